@@ -1,0 +1,25 @@
+"""fastmta: an outbound MTA for bulk email campaigns."""
+
+from .core import IMPL, Reply, ReplyParser, parse_reply
+from .errors import (
+    ConfigError,
+    FastMTAError,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "IMPL",
+    "Reply",
+    "ReplyParser",
+    "parse_reply",
+    "ConfigError",
+    "FastMTAError",
+    "LocalProtocolError",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "__version__",
+]

@@ -1,0 +1,3 @@
+"""CLI commands of the compiled core: ``fastmta classify`` (issue #2)."""
+
+from __future__ import annotations

@@ -1,0 +1,110 @@
+"""Configuration: TOML decoded with msgspec into frozen structs that reject unknown keys.
+
+Each section belongs to one concern; a module that needs settings reads its own section.
+Add fields with defaults only (old config files must keep loading).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from .errors import ConfigError
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DnsConfig(_Section):
+    """Where MX/A lookups go.  Tests and benchmarks point this at the simulated internet."""
+
+    nameservers: list[str] = msgspec.field(default_factory=list)  # empty = system resolver
+    port: int = 53
+    timeout_s: float = 5.0
+    cache_size: int = 100_000
+    negative_ttl_s: float = 300.0
+
+
+class SmtpConfig(_Section):
+    """SMTP client settings (RFC 5321 section 4.5.3.2 timeouts by default)."""
+
+    port: int = 25
+    ehlo_name: str = "localhost"
+    source_ips: list[str] = msgspec.field(default_factory=list)
+    tls: str = "opportunistic"  # none | opportunistic | required | verify
+    connect_timeout_s: float = 60.0
+    greeting_timeout_s: float = 300.0
+    command_timeout_s: float = 300.0
+    data_init_timeout_s: float = 120.0
+    data_block_timeout_s: float = 180.0
+    data_done_timeout_s: float = 600.0
+    idle_timeout_s: float = 30.0
+    max_msgs_per_conn: int = 100
+    max_rcpts_per_txn: int = 100
+    allow_private_mx: bool = False  # refuse MX hosts on private/unspecified addresses
+
+
+class SpoolConfig(_Section):
+    """The LMDB spool."""
+
+    path: str = "./fastmta-spool"
+    map_size_bytes: int = 64 * 1024**3
+    sync: bool = True
+    metasync: bool = True
+    commit_batch: int = 256
+    commit_window_ms: float = 20.0
+    lease_s: float = 300.0
+
+
+class DeliveryConfig(_Section):
+    """Defaults for new deliveries."""
+
+    validity_s: float = 3 * 86400.0
+    retry_initial_s: float = 300.0
+    retry_max_s: float = 4 * 3600.0
+
+
+class EngineConfig(_Section):
+    """Supervisor and workers."""
+
+    workers: int = 0  # 0 = one per core
+    shards: int = 64
+
+
+class Config(_Section):
+    """The whole configuration file."""
+
+    dns: DnsConfig = msgspec.field(default_factory=DnsConfig)
+    smtp: SmtpConfig = msgspec.field(default_factory=SmtpConfig)
+    spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
+    delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+
+
+def load_config(path: str | Path | None = None, **overrides) -> Config:
+    """Load a TOML config file (or the defaults when ``path`` is None).
+
+    ``overrides`` are top-level sections given as dicts, merged over the file's values.
+    Raises ``ConfigError`` naming the offending key on unknown keys or wrong types.
+    """
+    data: dict = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                data = tomllib.load(f)
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for section, values in overrides.items():
+        merged = dict(data.get(section, {}))
+        merged.update(values)
+        data[section] = merged
+    try:
+        return msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {exc}") from exc

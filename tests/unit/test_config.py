@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import pytest
+
+from fastmta.config import load_config
+from fastmta.errors import ConfigError
+
+
+def test_defaults_and_overrides(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[dns]\nnameservers = ["127.0.0.1"]\nport = 5353\n')
+    cfg = load_config(path, smtp={"port": 2525})
+    assert cfg.dns.nameservers == ["127.0.0.1"] and cfg.dns.port == 5353
+    assert cfg.smtp.port == 2525 and cfg.smtp.tls == "opportunistic"
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[smtp]\nprot = 25\n")
+    with pytest.raises(ConfigError, match="prot"):
+        load_config(path)
