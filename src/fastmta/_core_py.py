@@ -504,23 +504,29 @@ class Classifier:
 
     def classify(self, reply, command=None) -> Classification:
         """Classify ``reply`` (``Reply``, str or bytes) answered to ``command``."""
-        if isinstance(reply, Reply):
-            code = reply.code
-            enh = None if reply.enhanced is None else _enh_tuple(reply.enhanced)
-            enhanced = reply.enhanced
-            text = reply.raw
-            if command is None:
-                command = reply.command
+        if isinstance(reply, str):
+            text = reply
+        elif isinstance(reply, (bytes, bytearray, memoryview)):
+            text = bytes(reply).decode("utf-8", "replace")
         else:
-            if isinstance(reply, (bytes, bytearray, memoryview)):
-                text = bytes(reply).decode("utf-8", "replace")
-            elif isinstance(reply, str):
-                text = reply
-            else:
-                raise TypeError(f"classify() needs a Reply, str or bytes, not {type(reply).__name__}")
+            text = None
+        if text is not None:
             code, end = _find_code(text)
             enh = _find_enhanced(text, end)
             enhanced = None if enh is None else f"{enh[0]}.{enh[1]}.{enh[2]}"
+        else:
+            # A Reply (of either implementation): trust its parsed code and enhanced code.
+            try:
+                code = reply.code
+                enhanced = reply.enhanced
+                text = reply.raw
+                if command is None:
+                    command = reply.command
+            except AttributeError:
+                raise TypeError(
+                    f"classify() needs a Reply, str or bytes, not {type(reply).__name__}"
+                ) from None
+            enh = None if enhanced is None else _enh_tuple(enhanced)
         if command is None:
             phase = _rules.PHASE_NONE
         else:
