@@ -1019,10 +1019,10 @@ def default_classifier():
 def load_rules(rule_files=None, *, packaged=True):
     """Rebuild the default classifier from operator rule files (they take precedence)."""
     global _default
-    if rule_files is None:
+    if not rule_files:
         files = _rules.default_rule_files()
     elif isinstance(rule_files, str):
-        files = [rule_files] if rule_files else []
+        files = [rule_files]
     else:
         files = list(rule_files)
     _default = Classifier(_rules.compile_rules(files, packaged=packaged))

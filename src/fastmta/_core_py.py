@@ -594,14 +594,15 @@ def default_classifier() -> Classifier:
 def load_rules(rule_files=None, *, packaged: bool = True) -> Classifier:
     """Rebuild the default classifier from operator rule files (they take precedence).
 
-    ``rule_files``: a path or a list of paths; None = ``FASTMTA_BOUNCE_RULES``.  Raises
+    ``rule_files``: a path or a list of paths; None or "" = ``FASTMTA_BOUNCE_RULES`` (the
+    ``[classify] rules_file`` config key, when set, is passed here and wins).  Raises
     ``ConfigError`` for a missing or invalid file, leaving the previous rules in place.
     """
     global _default
-    if rule_files is None:
+    if not rule_files:
         files = _rules.default_rule_files()
     elif isinstance(rule_files, str):
-        files = [rule_files] if rule_files else []
+        files = [rule_files]
     else:
         files = list(rule_files)
     _default = Classifier(_rules.compile_rules(files, packaged=packaged))
