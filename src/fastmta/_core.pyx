@@ -21,7 +21,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
-from libc.stdint cimport int32_t, uint8_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memchr, memcpy, memset
 
@@ -621,6 +621,21 @@ cdef bint _parse_enh_str(str s, int* ec, int* es, int* ed) except -1:
     return True
 
 
+cdef dict _ENH_STR = {}
+
+
+cdef object _enh_str(int ec, int es, int ed):
+    """The text of an enhanced code, interned: replies repeat a few dozen codes, and
+    building the string is a third of the cost of a short classification."""
+    cdef long key = ec * 1000000 + es * 1000 + ed
+    s = _ENH_STR.get(key)
+    if s is None:
+        s = PyUnicode_FromFormat("%d.%d.%d", ec, es, ed)
+        if len(_ENH_STR) < 8192:
+            _ENH_STR[key] = s
+    return s
+
+
 def extract_codes(text):
     """(reply code or 0, enhanced code string or None) found leniently in ``text``."""
     cdef str s = text
@@ -631,7 +646,7 @@ def extract_codes(text):
     cdef Py_ssize_t n = PyUnicode_GET_LENGTH(s)
     code = _find_code(kind, d, n, &end)
     if _find_enhanced(kind, d, n, end, &ec, &es, &ed):
-        return code, PyUnicode_FromFormat("%d.%d.%d", ec, es, ed)
+        return code, _enh_str(ec, es, ed)
     return code, None
 
 
@@ -666,7 +681,7 @@ cdef class Classifier:
     cdef readonly object rules
     cdef int nc, space_class, n_patterns, n_rules, pat_words, rule_words
     cdef uint8_t cc[128]
-    cdef int32_t* delta
+    cdef uint16_t* delta             # DFA transitions (state * nc + class), < 65536 states
     cdef int32_t* out_off
     cdef int32_t* out_ids
     cdef int32_t* trig_off
@@ -697,7 +712,8 @@ cdef class Classifier:
     cdef uint8_t* r_throttle
 
     def __cinit__(self):
-        self.delta = self.out_off = self.out_ids = self.trig_off = self.trig_rules = NULL
+        self.delta = NULL
+        self.out_off = self.out_ids = self.trig_off = self.trig_rules = NULL
         self.base_cand = self.cand = self.found = self.code_bits = NULL
         self.found_list = self.enh_off = self.enh_pat = NULL
         self.any_off = self.any_ids = self.all_off = self.all_ids = NULL
@@ -722,7 +738,14 @@ cdef class Classifier:
         cc = rules.char_class
         for i in range(128):
             self.cc[i] = cc[i]
-        self.delta = _copy_i32(rules.delta, NULL)
+        if rules.n_states > 65535:
+            raise ValueError(f"bounce rules too large: {rules.n_states} automaton states (max 65535)")
+        dl = rules.delta
+        self.delta = <uint16_t*>malloc((len(dl) if len(dl) else 1) * sizeof(uint16_t))
+        if self.delta == NULL:
+            raise MemoryError()
+        for i in range(len(dl)):
+            self.delta[i] = dl[i]
         self.out_off = _copy_i32(rules.out_off, NULL)
         self.out_ids = _copy_i32(rules.out_ids, NULL)
         self.trig_off = _copy_i32(rules.trigger_off, NULL)
@@ -834,7 +857,7 @@ cdef class Classifier:
         cdef int nc = self.nc
         cdef int k
         cdef bint prev_space = True
-        cdef int32_t* delta = self.delta
+        cdef uint16_t* delta = self.delta
         cdef int32_t* out_off = self.out_off
         for i in range(self.n_found):
             self.found[self.found_list[i] >> 6] = 0
@@ -843,6 +866,24 @@ cdef class Classifier:
         state = delta[self.space_class]
         if out_off[state] != out_off[state + 1]:
             self._emit(state)
+        cdef const uint8_t* d1 = <const uint8_t*>d
+        cdef const uint8_t* cc = self.cc
+        if kind == 1:
+            # Latin-1/ASCII storage (nearly every reply): a plain byte loop.
+            for i in range(n):
+                ch = d1[i]
+                if ch == 32 or (9 <= ch <= 13):
+                    if prev_space:
+                        continue
+                    prev_space = True
+                    k = self.space_class
+                else:
+                    prev_space = False
+                    k = cc[ch] if ch < 128 else 0
+                state = delta[state * nc + k]
+                if out_off[state] != out_off[state + 1]:
+                    self._emit(state)
+            n = 0
         for i in range(n):
             ch = PyUnicode_READ(kind, d, i)
             if ch == 32 or (9 <= ch <= 13):
@@ -911,7 +952,7 @@ cdef class Classifier:
             code = _find_code(kind, d, n, &end)
             has_enh = _find_enhanced(kind, d, n, end, &ec, &es, &ed)
             if has_enh:
-                enhanced = PyUnicode_FromFormat("%d.%d.%d", ec, es, ed)
+                enhanced = _enh_str(ec, es, ed)
         else:
             has_enh = enhanced is not None
             if has_enh:

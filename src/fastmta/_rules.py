@@ -208,6 +208,20 @@ class CompiledRules:
                     order.append(nxt)
                 else:
                     delta[s * n_classes + k] = delta[fail[s] * n_classes + k]
+        # Renumber states breadth-first: the shallow states, where a scan spends most of
+        # its time, then sit together at the start of the table.
+        bfs = [0] + order
+        new_of = [0] * n_states
+        for new, old in enumerate(bfs):
+            new_of[old] = new
+        renum = array("i", [0]) * (n_states * n_classes)
+        for new, old in enumerate(bfs):
+            base_o = old * n_classes
+            base_n = new * n_classes
+            for k in range(n_classes):
+                renum[base_n + k] = new_of[delta[base_o + k]]
+        delta = renum
+        outputs = [outputs[old] for old in bfs]
         out_off = array("i", [0])
         out_ids = array("i")
         for s in range(n_states):
