@@ -274,3 +274,38 @@ def test_bad_rule_files_are_clear_errors(impl, tmp_path, body, needle):
         impl.load_rules(str(tmp_path / "missing.toml"))
     # The previous rules stay in place.
     assert impl.classify("550 5.1.1 user unknown", "rcpt").type == "hard"
+
+
+FALSE_FRIENDS = [
+    # text, command, what it must NOT be / must be
+    ("550 Mailbox is frozen", "rcpt", ("account_disabled", "hard")),
+    ("421 4.4.2 Connection terminated by remote host", None, ("unreachable", "soft")),
+    ("552 5.3.4 Message exceeded the maximum size for this server", "dot", ("refused", "soft")),
+    ("550 5.1.1 User not listed in public Name & Address Book", "rcpt", ("user_unknown", "hard")),
+    ("554 5.7.1 The message absorbs too much", "dot", ("refused", "soft")),
+    ("451 4.4.0 MX lookup failed for example.org, try again", None, ("invalid_domain", "soft")),
+    ("550 5.7.1 Your account has been suspended for sending spam", "mail", ("refused", "soft")),
+]
+
+
+@pytest.mark.parametrize("text,command,expected", FALSE_FRIENDS, ids=[f[0][:40] for f in FALSE_FRIENDS])
+def test_false_friends(impl, text, command, expected):
+    c = impl.classify(text, command)
+    assert (c.reason, c.type) == expected, c.rule
+
+
+def test_packaged_rules_lint():
+    compiled = _rules.compile_rules([])
+    names = [r.name for r in compiled.rules]
+    assert len(names) == len(set(names)), "rule names must be unique"
+    for p in compiled.patterns:
+        assert len(p.strip()) >= 3 or p.startswith(("[", "(", " ")), f"pattern {p!r} is too short"
+    # Every soft rule that blocks the sender is never hard, every hard rule bounces.
+    for r in compiled.rules:
+        if r.type == "hard":
+            assert r.action == "bounce" and r.reason in ("user_unknown", "invalid_domain",
+                                                         "account_disabled"), r.name
+        if r.reason == "refused":
+            assert r.type == "soft", r.name
+        if r.throttle:
+            assert r.type == "soft" and r.action == "reduce_rate", r.name
