@@ -680,7 +680,8 @@ cdef class Classifier:
 
     cdef readonly object rules
     cdef int nc, space_class, n_patterns, n_rules, pat_words, rule_words
-    cdef uint8_t cc[128]
+    cdef uint8_t cc[256]             # character -> class (0 for non-ASCII and unused)
+    cdef uint8_t* hasout             # per state: does it recognise a pattern
     cdef uint16_t* delta             # DFA transitions (state * nc + class), < 65536 states
     cdef int32_t* out_off
     cdef int32_t* out_ids
@@ -713,6 +714,7 @@ cdef class Classifier:
 
     def __cinit__(self):
         self.delta = NULL
+        self.hasout = NULL
         self.out_off = self.out_ids = self.trig_off = self.trig_rules = NULL
         self.base_cand = self.cand = self.found = self.code_bits = NULL
         self.found_list = self.enh_off = self.enh_pat = NULL
@@ -736,8 +738,14 @@ cdef class Classifier:
         self.nc = rules.n_classes
         self.space_class = rules.space_class
         cc = rules.char_class
-        for i in range(128):
-            self.cc[i] = cc[i]
+        for i in range(256):
+            self.cc[i] = cc[i] if i < 128 else 0
+        ho = rules.has_output
+        self.hasout = <uint8_t*>malloc(len(ho) if len(ho) else 1)
+        if self.hasout == NULL:
+            raise MemoryError()
+        for i in range(len(ho)):
+            self.hasout[i] = ho[i]
         if rules.n_states > 65535:
             raise ValueError(f"bounce rules too large: {rules.n_states} automaton states (max 65535)")
         dl = rules.delta
@@ -819,7 +827,7 @@ cdef class Classifier:
         self.not_ids = _copy_i32(not_ids, NULL)
 
     def __dealloc__(self):
-        free(self.delta); free(self.out_off); free(self.out_ids)
+        free(self.delta); free(self.hasout); free(self.out_off); free(self.out_ids)
         free(self.trig_off); free(self.trig_rules)
         free(self.base_cand); free(self.cand); free(self.found); free(self.found_list)
         free(self.cmd_mask); free(self.code_bits); free(self.has_code); free(self.has_regex)
@@ -851,56 +859,49 @@ cdef class Classifier:
         return (self.found[pid >> 6] >> (pid & 63)) & 1
 
     cdef void _scan(self, int kind, void* d, Py_ssize_t n) noexcept nogil:
+        """Run the automaton over " " + text + " " (whitespace runs collapse inside the
+        automaton: states entered by a space loop on whitespace)."""
         cdef Py_ssize_t i
         cdef uint32_t ch
-        cdef int32_t state
-        cdef int nc = self.nc
-        cdef int k
-        cdef bint prev_space = True
+        cdef uint32_t state
+        cdef uint32_t nc = self.nc
         cdef uint16_t* delta = self.delta
-        cdef int32_t* out_off = self.out_off
+        cdef uint8_t* hasout = self.hasout
+        cdef const uint8_t* cc = self.cc
+        cdef const uint8_t* d1
+        cdef const uint16_t* d2
+        cdef const uint32_t* d4
         for i in range(self.n_found):
             self.found[self.found_list[i] >> 6] = 0
         self.n_found = 0
         memcpy(self.cand, self.base_cand, self.rule_words * sizeof(uint64_t))
         state = delta[self.space_class]
-        if out_off[state] != out_off[state + 1]:
+        if hasout[state]:
             self._emit(state)
-        cdef const uint8_t* d1 = <const uint8_t*>d
-        cdef const uint8_t* cc = self.cc
         if kind == 1:
-            # Latin-1/ASCII storage (nearly every reply): a plain byte loop.
+            # Latin-1 storage (nearly every reply): one table lookup per character.
+            d1 = <const uint8_t*>d
             for i in range(n):
-                ch = d1[i]
-                if ch == 32 or (9 <= ch <= 13):
-                    if prev_space:
-                        continue
-                    prev_space = True
-                    k = self.space_class
-                else:
-                    prev_space = False
-                    k = cc[ch] if ch < 128 else 0
-                state = delta[state * nc + k]
-                if out_off[state] != out_off[state + 1]:
+                state = delta[state * nc + cc[d1[i]]]
+                if hasout[state]:
                     self._emit(state)
-            n = 0
-        for i in range(n):
-            ch = PyUnicode_READ(kind, d, i)
-            if ch == 32 or (9 <= ch <= 13):
-                if prev_space:
-                    continue
-                prev_space = True
-                k = self.space_class
-            else:
-                prev_space = False
-                k = self.cc[ch] if ch < 128 else 0
-            state = delta[state * nc + k]
-            if out_off[state] != out_off[state + 1]:
-                self._emit(state)
-        if not prev_space:
-            state = delta[state * nc + self.space_class]
-            if out_off[state] != out_off[state + 1]:
-                self._emit(state)
+        elif kind == 2:
+            d2 = <const uint16_t*>d
+            for i in range(n):
+                ch = d2[i]
+                state = delta[state * nc + (cc[ch] if ch < 256 else 0)]
+                if hasout[state]:
+                    self._emit(state)
+        else:
+            d4 = <const uint32_t*>d
+            for i in range(n):
+                ch = d4[i]
+                state = delta[state * nc + (cc[ch] if ch < 256 else 0)]
+                if hasout[state]:
+                    self._emit(state)
+        state = delta[state * nc + self.space_class]
+        if hasout[state]:
+            self._emit(state)
 
     cdef Classification _classify(self, object reply, object command):
         cdef str text

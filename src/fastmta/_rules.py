@@ -176,6 +176,7 @@ class CompiledRules:
         n_classes = len(chars) + 1
         goto: list[dict[int, int]] = [{}]
         outputs: list[list[int]] = [[]]
+        last: list[int] = [-1]  # class of the character that enters each state
         for pid, p in enumerate(self.patterns):
             s = 0
             for ch in p:
@@ -185,6 +186,7 @@ class CompiledRules:
                     nxt = len(goto)
                     goto.append({})
                     outputs.append([])
+                    last.append(k)
                     goto[s][k] = nxt
                 s = nxt
             outputs[s].append(pid)
@@ -222,6 +224,16 @@ class CompiledRules:
                 renum[base_n + k] = new_of[delta[base_o + k]]
         delta = renum
         outputs = [outputs[old] for old in bfs]
+        last = [last[old] for old in bfs]
+        # Whitespace collapsing inside the automaton: patterns never hold two spaces in a
+        # row, so a state entered by a space may stay put on further whitespace.  The
+        # scan then needs no branch for whitespace runs; the result is the same as
+        # matching on the collapsed text (the reference does exactly that).
+        sp = char_class[32]
+        if sp:
+            for st in range(1, n_states):
+                if last[st] == sp:
+                    delta[st * n_classes + sp] = st
         out_off = array("i", [0])
         out_ids = array("i")
         for s in range(n_states):
@@ -234,6 +246,7 @@ class CompiledRules:
         self.out_off = out_off
         self.out_ids = out_ids
         self.space_class = char_class[32]
+        self.has_output = bytes(1 if outputs[st] else 0 for st in range(n_states))
 
     def _build_triggers(self) -> None:
         per_pattern: list[list[int]] = [[] for _ in self.patterns]
