@@ -151,6 +151,8 @@ class ReplyParser:
     """Incremental SMTP reply parser (see module docstring)."""
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, max_reply: int = DEFAULT_MAX_REPLY):
+        if max_line < 1 or max_reply < 1:
+            raise ValueError("max_line and max_reply must be positive")
         self.max_line = max_line
         self.max_reply = max_reply
         self._buf = bytearray()

@@ -64,3 +64,15 @@ def test_cli_classify_sample_and_stdin(tmp_path):
     assert res.exit_code == 0
     assert json.loads(res.output)["throttle"] is True
     assert core.classify("550 5.1.1 x", "rcpt").type == "hard"
+
+
+def test_cli_bad_rules_file_is_a_clear_error(tmp_path):
+    from click.testing import CliRunner
+
+    from fastmta.cli import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[rule]]\nname = "x"\n')
+    res = CliRunner().invoke(main, ["classify", "--rules", str(bad), "550 x"])
+    assert res.exit_code == 1 and "bounce_class" in res.output
+    core.load_rules([])

@@ -242,3 +242,14 @@ def test_classify_parity_on_pattern_soup(text, command):
     # The same text as bytes and as a parsed reply line.
     assert (compiled.classify(text.encode("utf-8"), command).to_dict()
             == _core_py.classify(text.encode("utf-8"), command).to_dict())
+
+
+def test_bad_limits_and_input_types(impl):
+    with pytest.raises(ValueError):
+        impl.ReplyParser(max_line=0)
+    with pytest.raises(TypeError):
+        impl.ReplyParser().feed("250 ok\r\n")
+    p = impl.ReplyParser()
+    assert p.feed(bytearray(b"250 o")) == [] and p.buffered == 5
+    (r,) = p.feed(memoryview(b"k\r\n"))
+    assert r.lines == ("ok",) and p.buffered == 0 and p.pending_commands == 0

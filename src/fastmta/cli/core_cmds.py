@@ -9,6 +9,7 @@ from importlib import resources
 import click
 
 from .. import core
+from ..errors import ConfigError
 from . import main
 
 _OUT_FIELDS = ("code", "enhanced", "bounce_class", "type", "reason", "throttle", "action", "rule")
@@ -60,8 +61,10 @@ def classify(reply: str | None, command: str | None, sample: bool, rules_file: s
     With REPLY, classify that one reply.  Otherwise read JSONL from stdin, one
     {"reply": ..., "command": ...} per line, and write one JSON object per input line.
     """
-    if rules_file:
-        core.load_rules(rules_file)
+    try:
+        core.load_rules(rules_file) if rules_file else core.default_classifier()
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
     write = click.echo
     if reply is not None:
         write(json.dumps(_result(reply, command), ensure_ascii=False))
