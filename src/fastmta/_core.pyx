@@ -614,10 +614,31 @@ cdef bint _find_enhanced(int kind, void* d, Py_ssize_t n, Py_ssize_t after,
 
 
 cdef bint _parse_enh_str(str s, int* ec, int* es, int* ed) except -1:
-    a, b, c = s.split(".")
-    ec[0] = int(a)
-    es[0] = int(b)
-    ed[0] = int(c)
+    """Parse "c.s.d" (a Reply's enhanced code) without Python objects."""
+    cdef int kind = PyUnicode_KIND(s)
+    cdef void* d = PyUnicode_DATA(s)
+    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(s), i = 0
+    cdef int part = 0, ndig = 0, v = 0
+    cdef int vals[3]
+    cdef uint32_t c
+    while i < n:
+        c = PyUnicode_READ(kind, d, i)
+        if _dig(c) and ndig < 9:
+            v = v * 10 + <int>(c - 48)
+            ndig += 1
+        elif c == 46 and ndig and part < 2:
+            vals[part] = v
+            part += 1
+            v = 0
+            ndig = 0
+        else:
+            raise ValueError(f"bad enhanced status code {s!r}")
+        i += 1
+    if part != 2 or not ndig:
+        raise ValueError(f"bad enhanced status code {s!r}")
+    ec[0] = vals[0]
+    es[0] = vals[1]
+    ed[0] = v
     return True
 
 
