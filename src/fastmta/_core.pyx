@@ -879,12 +879,30 @@ cdef class Classifier:
     cdef inline bint _has(self, int32_t pid) noexcept nogil:
         return (self.found[pid >> 6] >> (pid & 63)) & 1
 
-    cdef void _scan(self, int kind, void* d, Py_ssize_t n) noexcept nogil:
-        """Run the automaton over " " + text + " " (whitespace runs collapse inside the
+    cdef uint32_t _scan_begin(self) noexcept nogil:
+        """Reset the found patterns and candidates; feed the leading space."""
+        cdef Py_ssize_t i
+        cdef uint32_t state
+        for i in range(self.n_found):
+            self.found[self.found_list[i] >> 6] = 0
+        self.n_found = 0
+        memcpy(self.cand, self.base_cand, self.rule_words * sizeof(uint64_t))
+        state = self.delta[self.space_class]
+        if self.hasout[state]:
+            self._emit(state)
+        return state
+
+    cdef uint32_t _scan_space(self, uint32_t state) noexcept nogil:
+        state = self.delta[state * self.nc + self.space_class]
+        if self.hasout[state]:
+            self._emit(state)
+        return state
+
+    cdef uint32_t _scan_text(self, uint32_t state, int kind, void* d, Py_ssize_t n) noexcept nogil:
+        """Run the automaton over one string (whitespace runs collapse inside the
         automaton: states entered by a space loop on whitespace)."""
         cdef Py_ssize_t i
         cdef uint32_t ch
-        cdef uint32_t state
         cdef uint32_t nc = self.nc
         cdef uint16_t* delta = self.delta
         cdef uint8_t* hasout = self.hasout
@@ -892,13 +910,6 @@ cdef class Classifier:
         cdef const uint8_t* d1
         cdef const uint16_t* d2
         cdef const uint32_t* d4
-        for i in range(self.n_found):
-            self.found[self.found_list[i] >> 6] = 0
-        self.n_found = 0
-        memcpy(self.cand, self.base_cand, self.rule_words * sizeof(uint64_t))
-        state = delta[self.space_class]
-        if hasout[state]:
-            self._emit(state)
         if kind == 1:
             # Latin-1 storage (nearly every reply): one table lookup per character.
             d1 = <const uint8_t*>d
@@ -920,12 +931,10 @@ cdef class Classifier:
                 state = delta[state * nc + (cc[ch] if ch < 256 else 0)]
                 if hasout[state]:
                     self._emit(state)
-        state = delta[state * nc + self.space_class]
-        if hasout[state]:
-            self._emit(state)
+        return state
 
     cdef Classification _classify(self, object reply, object command):
-        cdef str text
+        cdef str text = None
         cdef int code
         cdef int ec = 0, es = 0, ed = 0, kind, rtype
         cdef bint has_enh
@@ -938,6 +947,9 @@ cdef class Classifier:
         cdef bint ok
         cdef Reply rp
         cdef Classification res
+        cdef tuple lines = None
+        cdef uint32_t state
+        cdef str line
         cdef bint from_text = True
         code = 0
         enhanced = None
@@ -946,7 +958,7 @@ cdef class Classifier:
         elif type(reply) is Reply:
             rp = <Reply>reply
             from_text = False
-            text = rp.raw
+            lines = rp.lines
             enhanced = rp.enhanced
             code = rp.code
             if command is None:
@@ -960,17 +972,17 @@ cdef class Classifier:
             try:
                 code = reply.code
                 enhanced = reply.enhanced
-                text = reply.raw
+                lines = tuple(reply.lines)
                 if command is None:
                     command = reply.command
             except AttributeError:
                 raise TypeError(
                     f"classify() needs a Reply, str or bytes, not {type(reply).__name__}"
                 ) from None
-        kind = PyUnicode_KIND(text)
-        d = PyUnicode_DATA(text)
-        n = PyUnicode_GET_LENGTH(text)
         if from_text:
+            kind = PyUnicode_KIND(text)
+            d = PyUnicode_DATA(text)
+            n = PyUnicode_GET_LENGTH(text)
             code = _find_code(kind, d, n, &end)
             has_enh = _find_enhanced(kind, d, n, end, &ec, &es, &ed)
             if has_enh:
@@ -996,7 +1008,21 @@ cdef class Classifier:
             cm = 0
         if cm < 0 or cm >= 64 * CODE_WORDS:
             cm = 64 * CODE_WORDS - 1     # impossible code (reply objects built by hand)
-        self._scan(kind, d, n)
+        if from_text:
+            state = self._scan_begin()
+            state = self._scan_text(state, kind, d, n)
+            self._scan_space(state)
+        else:
+            # A Reply: match on its lines (codes and continuation prefixes stripped), as
+            # if joined by spaces, without building the joined string.
+            state = self._scan_begin()
+            for j in range(len(lines)):
+                line = <str?>lines[j]
+                if j:
+                    state = self._scan_space(state)
+                state = self._scan_text(state, PyUnicode_KIND(line), PyUnicode_DATA(line),
+                                        PyUnicode_GET_LENGTH(line))
+            self._scan_space(state)
         lowered = None
         for w in range(self.rule_words):
             bits = self.cand[w]
@@ -1045,7 +1071,7 @@ cdef class Classifier:
                     continue
                 if self.has_regex[r]:
                     if lowered is None:
-                        lowered = text.lower()
+                        lowered = (text if from_text else " ".join(lines)).lower()
                     if self.r_regex[r].search(lowered) is None:
                         continue
                 res = Classification.__new__(Classification)

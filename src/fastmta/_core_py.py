@@ -521,7 +521,9 @@ class Classifier:
             try:
                 code = reply.code
                 enhanced = reply.enhanced
-                text = reply.raw
+                # Match on the lines' text (codes and continuation prefixes stripped), so
+                # that a phrase wrapped over two lines still matches.
+                text = " ".join(reply.lines)
                 if command is None:
                     command = reply.command
             except AttributeError:

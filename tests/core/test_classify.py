@@ -187,6 +187,16 @@ def test_reply_objects_use_their_command(impl):
     assert impl.classify(r, "dot").rule != "rcpt-too-many-recipients-enhanced"
 
 
+def test_reply_phrase_wrapped_over_lines(impl):
+    p = impl.ReplyParser()
+    p.expect("rcpt")
+    (r,) = p.feed(b"550-5.1.1 The email account that you tried to reach does\r\n"
+                  b"550-5.1.1 not exist. Please try double-checking the address\r\n"
+                  b"550 5.1.1 for typos. - gsmtp\r\n")
+    c = impl.classify(r)
+    assert (c.type, c.reason, c.rule) == ("hard", "user_unknown", "user-unknown")
+
+
 def test_to_dict_fields(impl):
     d = impl.classify("550 5.1.1 user unknown", "rcpt").to_dict()
     assert set(d) == {"code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",

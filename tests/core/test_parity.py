@@ -26,7 +26,8 @@ if not (CORPUS / "replies.jsonl").exists():
 
 
 def run(mod, chunks, commands=("rcpt", "data", None), max_line=200, max_reply=1000):
-    """Feed ``chunks``; return (replies as tuples, error message or None)."""
+    """Feed ``chunks``; return (replies as tuples with their classification, error
+    message or None, bytes buffered)."""
     p = mod.ReplyParser(max_line=max_line, max_reply=max_reply)
     for c in commands:
         p.expect(c)
@@ -39,7 +40,11 @@ def run(mod, chunks, commands=("rcpt", "data", None), max_line=200, max_reply=10
             got += exc.replies
             err = str(exc)
             break
-    return [(r.code, r.enhanced, r.lines, r.raw, r.command) for r in got], err, p.buffered
+    return (
+        [(r.code, r.enhanced, r.lines, r.raw, r.command, mod.classify(r).to_dict()) for r in got],
+        err,
+        p.buffered,
+    )
 
 
 def splits(data: bytes, points: list[int]) -> list[bytes]:
