@@ -515,80 +515,86 @@ cdef inline bint _enh_gap(uint32_t c) nogil:
     return c == 32 or c == 45 or c == 39 or c == 34 or c == 58 or c == 35 or c == 40
 
 
-cdef int _scan_code(int kind, void* d, Py_ssize_t n, Py_ssize_t j, bint failures_only, Py_ssize_t* end) nogil:
+ctypedef fused char_t:
+    uint8_t
+    uint16_t
+    uint32_t
+
+
+cdef int _scan_code(const char_t* d, Py_ssize_t n, Py_ssize_t j, bint failures_only, Py_ssize_t* end) nogil:
     cdef uint32_t c
     while j + 3 <= n:
-        c = PyUnicode_READ(kind, d, j)
+        c = d[j]
         if ((c == 52 or c == 53 or (c == 50 and not failures_only))
-                and _dig(PyUnicode_READ(kind, d, j + 1)) and _dig(PyUnicode_READ(kind, d, j + 2))
-                and _code_prev(PyUnicode_READ(kind, d, j - 1))
-                and (j + 3 == n or _code_next(PyUnicode_READ(kind, d, j + 3)))):
+                and _dig(d[j + 1]) and _dig(d[j + 2])
+                and _code_prev(d[j - 1])
+                and (j + 3 == n or _code_next(d[j + 3]))):
             end[0] = j + 3
-            return ((c - 48) * 100 + (PyUnicode_READ(kind, d, j + 1) - 48) * 10
-                    + (PyUnicode_READ(kind, d, j + 2) - 48))
+            return ((c - 48) * 100 + (d[j + 1] - 48) * 10
+                    + (d[j + 2] - 48))
         j += 1
     end[0] = -1
     return 0
 
 
-cdef int _find_code(int kind, void* d, Py_ssize_t n, Py_ssize_t* end) nogil:
+cdef int _find_code(const char_t* d, Py_ssize_t n, Py_ssize_t* end) nogil:
     cdef Py_ssize_t i = 0
     cdef uint32_t c, c3 = 0
     cdef int code, later
     cdef Py_ssize_t lend
-    while i < n and _ws(PyUnicode_READ(kind, d, i)):
+    while i < n and _ws(d[i]):
         i += 1
     if i + 3 <= n:
-        c = PyUnicode_READ(kind, d, i)
-        if (50 <= c <= 53 and _dig(PyUnicode_READ(kind, d, i + 1))
-                and _dig(PyUnicode_READ(kind, d, i + 2))):
+        c = d[i]
+        if (50 <= c <= 53 and _dig(d[i + 1])
+                and _dig(d[i + 2])):
             if i + 3 < n:
-                c3 = PyUnicode_READ(kind, d, i + 3)
+                c3 = d[i + 3]
             if i + 3 == n or (not _dig(c3) and c3 != 46):
-                code = ((c - 48) * 100 + (PyUnicode_READ(kind, d, i + 1) - 48) * 10
-                        + (PyUnicode_READ(kind, d, i + 2) - 48))
+                code = ((c - 48) * 100 + (d[i + 1] - 48) * 10
+                        + (d[i + 2] - 48))
                 if code < 400:
-                    later = _scan_code(kind, d, n, i + 3, True, &lend)
+                    later = _scan_code(d, n, i + 3, True, &lend)
                     if later:
                         end[0] = lend
                         return later
                 end[0] = i + 3
                 return code
-    return _scan_code(kind, d, n, i + 1, False, end)
+    return _scan_code(d, n, i + 1, False, end)
 
 
-cdef bint _enh_at(int kind, void* d, Py_ssize_t n, Py_ssize_t j, int* ec, int* es, int* ed) nogil:
+cdef bint _enh_at(const char_t* d, Py_ssize_t n, Py_ssize_t j, int* ec, int* es, int* ed) nogil:
     cdef uint32_t c, pc
     cdef Py_ssize_t k, a, b
     cdef int subj, det
     if j + 5 > n:
         return False
-    c = PyUnicode_READ(kind, d, j)
-    if not (c == 50 or c == 52 or c == 53) or PyUnicode_READ(kind, d, j + 1) != 46:
+    c = d[j]
+    if not (c == 50 or c == 52 or c == 53) or d[j + 1] != 46:
         return False
     if j > 0:
-        pc = PyUnicode_READ(kind, d, j - 1)
+        pc = d[j - 1]
         if _alnum(pc) or pc == 46:
             return False
     k = j + 2
     a = k
     subj = 0
-    while k < n and _dig(PyUnicode_READ(kind, d, k)) and k - a < 3:
-        subj = subj * 10 + <int>(PyUnicode_READ(kind, d, k) - 48)
+    while k < n and _dig(d[k]) and k - a < 3:
+        subj = subj * 10 + <int>(d[k] - 48)
         k += 1
-    if k == a or k >= n or PyUnicode_READ(kind, d, k) != 46:
+    if k == a or k >= n or d[k] != 46:
         return False
     k += 1
     b = k
     det = 0
-    while k < n and _dig(PyUnicode_READ(kind, d, k)) and k - b < 3:
-        det = det * 10 + <int>(PyUnicode_READ(kind, d, k) - 48)
+    while k < n and _dig(d[k]) and k - b < 3:
+        det = det * 10 + <int>(d[k] - 48)
         k += 1
     if k == b:
         return False
     if k < n:
-        pc = PyUnicode_READ(kind, d, k)
-        if _alnum(pc) or (pc == 46 and k + 1 < n and _dig(PyUnicode_READ(kind, d, k + 1))):
+        pc = d[k]
+        if _alnum(pc) or (pc == 46 and k + 1 < n and _dig(d[k + 1])):
             return False
     ec[0] = c - 48
     es[0] = subj
@@ -596,21 +602,34 @@ cdef bint _enh_at(int kind, void* d, Py_ssize_t n, Py_ssize_t j, int* ec, int* e
     return True
 
 
-cdef bint _find_enhanced(int kind, void* d, Py_ssize_t n, Py_ssize_t after,
+cdef bint _find_enhanced(const char_t* d, Py_ssize_t n, Py_ssize_t after,
                          int* ec, int* es, int* ed) nogil:
     cdef Py_ssize_t j
     if after >= 0:
         j = after
-        while j < n and j - after < 2 and _enh_gap(PyUnicode_READ(kind, d, j)):
+        while j < n and j - after < 2 and _enh_gap(d[j]):
             j += 1
-        if _enh_at(kind, d, n, j, ec, es, ed):
+        if _enh_at(d, n, j, ec, es, ed):
             return True
     j = 0
     while j + 5 <= n:
-        if _enh_at(kind, d, n, j, ec, es, ed):
+        if _enh_at(d, n, j, ec, es, ed):
             return True
         j += 1
     return False
+
+
+cdef bint _extract(int kind, void* d, Py_ssize_t n, int* code, int* ec, int* es, int* ed) noexcept nogil:
+    """Reply code and enhanced code of a str's data, specialised by storage width."""
+    cdef Py_ssize_t end
+    if kind == 1:
+        code[0] = _find_code(<const uint8_t*>d, n, &end)
+        return _find_enhanced(<const uint8_t*>d, n, end, ec, es, ed)
+    if kind == 2:
+        code[0] = _find_code(<const uint16_t*>d, n, &end)
+        return _find_enhanced(<const uint16_t*>d, n, end, ec, es, ed)
+    code[0] = _find_code(<const uint32_t*>d, n, &end)
+    return _find_enhanced(<const uint32_t*>d, n, end, ec, es, ed)
 
 
 cdef bint _parse_enh_str(str s, int* ec, int* es, int* ed) except -1:
@@ -660,13 +679,8 @@ cdef object _enh_str(int ec, int es, int ed):
 def extract_codes(text):
     """(reply code or 0, enhanced code string or None) found leniently in ``text``."""
     cdef str s = text
-    cdef Py_ssize_t end
     cdef int code, ec, es, ed
-    cdef int kind = PyUnicode_KIND(s)
-    cdef void* d = PyUnicode_DATA(s)
-    cdef Py_ssize_t n = PyUnicode_GET_LENGTH(s)
-    code = _find_code(kind, d, n, &end)
-    if _find_enhanced(kind, d, n, end, &ec, &es, &ed):
+    if _extract(PyUnicode_KIND(s), PyUnicode_DATA(s), PyUnicode_GET_LENGTH(s), &code, &ec, &es, &ed):
         return code, _enh_str(ec, es, ed)
     return code, None
 
@@ -983,8 +997,7 @@ cdef class Classifier:
             kind = PyUnicode_KIND(text)
             d = PyUnicode_DATA(text)
             n = PyUnicode_GET_LENGTH(text)
-            code = _find_code(kind, d, n, &end)
-            has_enh = _find_enhanced(kind, d, n, end, &ec, &es, &ed)
+            has_enh = _extract(kind, d, n, &code, &ec, &es, &ed)
             if has_enh:
                 enhanced = _enh_str(ec, es, ed)
         else:
