@@ -714,7 +714,7 @@ cdef class Classifier:
     """A compiled rule set and the matcher over it (see ``fastmta._core_py.Classifier``)."""
 
     cdef readonly object rules
-    cdef int nc, space_class, n_patterns, n_rules, pat_words, rule_words
+    cdef int nc, shift, space_class, n_patterns, n_rules, pat_words, rule_words
     cdef uint8_t cc[256]             # character -> class (0 for non-ASCII and unused)
     cdef uint8_t* hasout             # per state: does it recognise a pattern
     cdef uint16_t* delta             # DFA transitions (state * nc + class), < 65536 states
@@ -783,12 +783,20 @@ cdef class Classifier:
             self.hasout[i] = ho[i]
         if rules.n_states > 65535:
             raise ValueError(f"bounce rules too large: {rules.n_states} automaton states (max 65535)")
+        # Rows padded to a power of two: the next row is found with a shift, not a
+        # multiply, on the dependency chain of the scan.
+        self.shift = 0
+        while (1 << self.shift) < self.nc:
+            self.shift += 1
         dl = rules.delta
-        self.delta = <uint16_t*>malloc((len(dl) if len(dl) else 1) * sizeof(uint16_t))
+        nst = rules.n_states
+        self.delta = <uint16_t*>malloc(((nst << self.shift) if nst else 1) * sizeof(uint16_t))
         if self.delta == NULL:
             raise MemoryError()
-        for i in range(len(dl)):
-            self.delta[i] = dl[i]
+        memset(self.delta, 0, (nst << self.shift) * sizeof(uint16_t))
+        for i in range(nst):
+            for j in range(self.nc):
+                self.delta[(i << self.shift) + j] = dl[i * self.nc + j]
         self.out_off = _copy_i32(rules.out_off, NULL)
         self.out_ids = _copy_i32(rules.out_ids, NULL)
         self.trig_off = _copy_i32(rules.trigger_off, NULL)
@@ -907,7 +915,7 @@ cdef class Classifier:
         return state
 
     cdef uint32_t _scan_space(self, uint32_t state) noexcept nogil:
-        state = self.delta[state * self.nc + self.space_class]
+        state = self.delta[(state << self.shift) + self.space_class]
         if self.hasout[state]:
             self._emit(state)
         return state
@@ -917,7 +925,7 @@ cdef class Classifier:
         automaton: states entered by a space loop on whitespace)."""
         cdef Py_ssize_t i
         cdef uint32_t ch
-        cdef uint32_t nc = self.nc
+        cdef uint32_t sh = self.shift
         cdef uint16_t* delta = self.delta
         cdef uint8_t* hasout = self.hasout
         cdef const uint8_t* cc = self.cc
@@ -928,21 +936,21 @@ cdef class Classifier:
             # Latin-1 storage (nearly every reply): one table lookup per character.
             d1 = <const uint8_t*>d
             for i in range(n):
-                state = delta[state * nc + cc[d1[i]]]
+                state = delta[(state << sh) + cc[d1[i]]]
                 if hasout[state]:
                     self._emit(state)
         elif kind == 2:
             d2 = <const uint16_t*>d
             for i in range(n):
                 ch = d2[i]
-                state = delta[state * nc + (cc[ch] if ch < 256 else 0)]
+                state = delta[(state << sh) + (cc[ch] if ch < 256 else 0)]
                 if hasout[state]:
                     self._emit(state)
         else:
             d4 = <const uint32_t*>d
             for i in range(n):
                 ch = d4[i]
-                state = delta[state * nc + (cc[ch] if ch < 256 else 0)]
+                state = delta[(state << sh) + (cc[ch] if ch < 256 else 0)]
                 if hasout[state]:
                     self._emit(state)
         return state
