@@ -295,6 +295,9 @@ FALSE_FRIENDS = [
     ("554 5.7.1 The message absorbs too much", "dot", ("refused", "soft")),
     ("451 4.4.0 MX lookup failed for example.org, try again", None, ("invalid_domain", "soft")),
     ("550 5.7.1 Your account has been suspended for sending spam", "mail", ("refused", "soft")),
+    ("551 User not local; please try <x@other.example>", "rcpt", ("user_unknown", "hard")),
+    ("554 Sending from your IP is disabled", "rcpt", ("refused", "soft")),
+    ("421 4.7.0 TLS handshake failed, try again later", "starttls", ("refused", "soft")),
 ]
 
 
