@@ -711,7 +711,11 @@ cdef int32_t* _copy_i32(object arr, Py_ssize_t* count) except? NULL:
 
 @cython.final
 cdef class Classifier:
-    """A compiled rule set and the matcher over it (see ``fastmta._core_py.Classifier``)."""
+    """A compiled rule set and the matcher over it (see ``fastmta._core_py.Classifier``).
+
+    One instance is meant for one thread (the compiled one keeps its scan state in the
+    instance); the engine uses one per worker process.
+    """
 
     cdef readonly object rules
     cdef int nc, shift, space_class, n_patterns, n_rules, pat_words, rule_words

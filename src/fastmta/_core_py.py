@@ -491,7 +491,11 @@ def _normalize(text: str) -> str:
 
 
 class Classifier:
-    """A compiled rule set and the matcher over it.  ``classify`` uses a default one."""
+    """A compiled rule set and the matcher over it.  ``classify`` uses a default one.
+
+    One instance is meant for one thread (the compiled one keeps its scan state in the
+    instance); the engine uses one per worker process.
+    """
 
     def __init__(self, rules: _rules.CompiledRules | None = None):
         if rules is None:

@@ -322,3 +322,20 @@ def test_packaged_rules_lint():
             assert r.type == "soft", r.name
         if r.throttle:
             assert r.type == "soft" and r.action == "reduce_rate", r.name
+
+
+def test_regex_rule_runs_only_after_other_conditions(impl, tmp_path):
+    f = tmp_path / "rx.toml"
+    f.write_text(
+        '[[rule]]\nname = "ticket"\ncode = ["55x"]\ntext = ["ticket"]\n'
+        "regex = 'ticket #[0-9]{4}\\b'\n"
+        'bounce_class = 25\ntype = "soft"\nreason = "refused"\n'
+    )
+    clf = impl.Classifier(_rules.compile_rules([str(f)]))
+    assert clf.classify("550 Rejected, ticket #1234 opened").rule == "ticket"
+    assert clf.classify("550 Rejected, TICKET #9876").rule == "ticket"  # lower-cased text
+    assert clf.classify("550 Rejected, ticket #12").rule != "ticket"
+    assert clf.classify("450 Rejected, ticket #1234").rule != "ticket"
+    p = impl.ReplyParser()
+    (r,) = p.feed(b"550-Rejected, ticket\r\n550 #4321 opened\r\n")
+    assert clf.classify(r).rule == "ticket"  # lines joined by a space
