@@ -74,6 +74,12 @@ class EngineConfig(_Section):
     shards: int = 64
 
 
+class ClassifyConfig(_Section):
+    """Bounce classification: an operator rules file tried before the packaged rules."""
+
+    rules_file: str = ""  # empty = $FASTMTA_BOUNCE_RULES or packaged rules only
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -82,6 +88,7 @@ class Config(_Section):
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:
