@@ -20,8 +20,8 @@ continuation.
 
 ``relaxed_header(raw_field) -> bytes``: RFC 6376 section 3.4.2 for one field.
 
-``body_relaxed(body) -> bytes`` / ``body_simple(body) -> bytes``: RFC 6376 sections
-3.4.4 / 3.4.3 canonical bodies.
+``body_relaxed(body, start=0) -> bytes`` / ``body_simple(body, start=0) -> bytes``: RFC
+6376 sections 3.4.4 / 3.4.3 canonical bodies of ``body[start:]``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def parse_headers(message: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     if message.startswith(b"\n"):
         return [], 1
     end_crlf = message.find(b"\n\r\n")
-    end_lf = message.find(b"\n\n")
+    end_lf = message.find(b"\n\n", 0, n if end_crlf < 0 else end_crlf + 1)
     if end_crlf < 0 and end_lf < 0:
         block, body_offset = message, n
     elif end_lf < 0 or (0 <= end_crlf < end_lf):
@@ -71,6 +71,8 @@ def parse_headers(message: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
     for lineno, line in enumerate(lines, 1):
         if line.endswith(b"\r"):
             line = line[:-1]
+        if not line:  # a lone CR at the very end of a message without a body
+            break
         if line[:1] in (b" ", b"\t"):
             if not parts:
                 raise ValueError("the message starts with a continuation line")
@@ -110,14 +112,20 @@ def _strip_trailing_lines(body: bytes) -> bytes:
     return body[: end + 2]
 
 
-def body_simple(body: bytes) -> bytes:
-    """Simple canonical body (RFC 6376 section 3.4.3): an empty body is one CRLF."""
+def body_simple(body: bytes, start: int = 0) -> bytes:
+    """Simple canonical body of ``body[start:]`` (RFC 6376 section 3.4.3): an empty
+    body is one CRLF."""
+    if start:
+        body = body[start:]
     out = _strip_trailing_lines(_crlf(body))
     return out or b"\r\n"
 
 
-def body_relaxed(body: bytes) -> bytes:
-    """Relaxed canonical body (RFC 6376 section 3.4.4): an empty body stays empty."""
+def body_relaxed(body: bytes, start: int = 0) -> bytes:
+    """Relaxed canonical body of ``body[start:]`` (RFC 6376 section 3.4.4): an empty
+    body stays empty."""
+    if start:
+        body = body[start:]
     body = _crlf(body)
     if b"\t" in body or b"  " in body:
         body = _WSP_NOT_SINGLE.sub(b" ", body)

@@ -292,11 +292,11 @@ class BodyHash:
         return len(message) - body_offset == len(self.body) and message.endswith(self.body)
 
 
-def _compute_bh(body, canon: str) -> bytes:
+def _compute_bh(body: bytes, canon: str, start: int = 0) -> bytes:
     if canon == "relaxed":
-        data = _impl.body_relaxed(body)
+        data = _impl.body_relaxed(body, start)
     else:
-        data = _impl.body_simple(body)
+        data = _impl.body_simple(body, start)
     return base64.b64encode(hashlib.sha256(data).digest())
 
 
@@ -343,7 +343,7 @@ class _Message:
             if precomputed is not None and precomputed.matches(self.data, self.body_offset):
                 v = precomputed.get(canon)
             else:
-                v = _compute_bh(self.data[self.body_offset :], canon)
+                v = _compute_bh(self.data, canon, self.body_offset)
             self._bh[canon] = v
         return v
 
