@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import itertools
 import json
 import os
 import sys
+import tempfile
 import time
 
 import dkim as dkimpy
@@ -92,9 +94,16 @@ def campaign_message(size: int, rcpt: str = "jane.doe@example.net") -> bytes:
     return head + "".join(parts).encode()
 
 
-def rate(fn, seconds: float, max_n: int = 1_000_000) -> tuple[float, float]:
-    """(ops per CPU second, ops per wall second), bounded by time and count."""
+def rate(fn, seconds: float, max_n: int = 1_000_000, repeat: int = 3) -> tuple[float, float]:
+    """Best of ``repeat`` runs of (ops per CPU second, ops per wall second), each run
+    bounded by ``seconds / repeat`` and ``max_n`` calls (best-of damps the noise of
+    other processes on a shared machine)."""
     fn()  # warm up
+    runs = [_rate_once(fn, seconds / repeat, max_n) for _ in range(repeat)]
+    return max(r[0] for r in runs), max(r[1] for r in runs)
+
+
+def _rate_once(fn, seconds: float, max_n: int) -> tuple[float, float]:
     n = 0
     c0, w0 = time.process_time(), time.perf_counter()
     deadline = w0 + seconds
@@ -122,101 +131,109 @@ def keys():
     }
 
 
+def _signing_row(kname, alg, key, pem, dkimpy_key, size_name, size, seconds):
+    if alg == "rsa-sha256":
+        pkcs1, sha256, block = padding.PKCS1v15(), hashes.SHA256(), b"x" * 600
+        raw_rate, _ = rate(lambda: key.sign(block, pkcs1, sha256), seconds)
+    else:
+        raw_rate, _ = rate(lambda: key.sign(b"d" * 32), seconds)
+    signer = dkim.Signer("shop.example.com", "s1", pem, algorithm=alg)
+    msg = campaign_message(size)
+    body = msg[msg.index(b"\r\n\r\n") + 4 :]
+    bh = dkim.body_hash(body)
+
+    def py():
+        dkimpy.sign(
+            msg,
+            b"s1",
+            b"shop.example.com",
+            dkimpy_key,
+            canonicalize=(b"relaxed", b"relaxed"),
+            signature_algorithm=alg.encode(),
+            include_headers=SIGNED,
+        )
+
+    py_rate, py_wall = rate(py, seconds, max_n=2000)
+    fm_rate, fm_wall = rate(lambda: signer.sign(msg), seconds)
+    bh_rate, bh_wall = rate(lambda: signer.sign(msg, body_hash=bh), seconds)
+    return {
+        "key": kname,
+        "size": size_name,
+        "bytes": len(msg),
+        "openssl": raw_rate,
+        "dkimpy": py_rate,
+        "fastmta": fm_rate,
+        "fastmta_bh": bh_rate,
+        "fastmta_vs_openssl": fm_rate / raw_rate,
+        "fastmta_bh_vs_openssl": bh_rate / raw_rate,
+        "fastmta_vs_dkimpy": fm_rate / py_rate,
+        "wall": {"dkimpy": py_wall, "fastmta": fm_wall, "fastmta_bh": bh_wall},
+    }
+
+
 def bench_signing(seconds: float) -> list[dict]:
     rows = []
-    pkcs1, sha256 = padding.PKCS1v15(), hashes.SHA256()
     for kname, (alg, key, pem, dkimpy_key) in keys().items():
-        if alg == "rsa-sha256":
-            block = b"x" * 600
-
-            def raw(key=key, block=block):
-                key.sign(block, pkcs1, sha256)
-        else:
-
-            def raw(key=key):
-                key.sign(b"d" * 32)
-
-        raw_rate, raw_wall = rate(raw, seconds)
-        signer = dkim.Signer("shop.example.com", "s1", pem, algorithm=alg)
         for size_name, size in (("3KB", 3 * 1024), ("100KB", 100 * 1024)):
-            msg = campaign_message(size)
-            body = msg[msg.index(b"\r\n\r\n") + 4 :]
-            bh = dkim.body_hash(body)
-
-            def py(msg=msg, alg=alg, k=dkimpy_key):
-                dkimpy.sign(
-                    msg,
-                    b"s1",
-                    b"shop.example.com",
-                    k,
-                    canonicalize=(b"relaxed", b"relaxed"),
-                    signature_algorithm=alg.encode(),
-                    include_headers=SIGNED,
-                )
-
-            py_rate, py_wall = rate(py, seconds, max_n=2000)
-            fm_rate, fm_wall = rate(lambda msg=msg: signer.sign(msg), seconds)
-            bh_rate, bh_wall = rate(lambda msg=msg, bh=bh: signer.sign(msg, body_hash=bh), seconds)
-            rows.append(
-                {
-                    "key": kname,
-                    "size": size_name,
-                    "bytes": len(msg),
-                    "openssl": raw_rate,
-                    "dkimpy": py_rate,
-                    "fastmta": fm_rate,
-                    "fastmta_bh": bh_rate,
-                    "fastmta_vs_openssl": fm_rate / raw_rate,
-                    "fastmta_bh_vs_openssl": bh_rate / raw_rate,
-                    "fastmta_vs_dkimpy": fm_rate / py_rate,
-                    "wall": {"openssl": raw_wall, "dkimpy": py_wall, "fastmta": fm_wall,
-                             "fastmta_bh": bh_wall},
-                }
-            )
+            rows.append(_signing_row(kname, alg, key, pem, dkimpy_key, size_name, size, seconds))
     return rows
 
 
-def bench_placement(seconds: float, recipients: int = 1000) -> list[dict]:
+def _spool_write_rate(records: list[bytes], batch: int = 100) -> float:
+    """Records/s written durably into LMDB (fsync per transaction of ``batch``)."""
+    import lmdb
+
+    with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as d:
+        env = lmdb.open(d, map_size=2 * 1024**3, sync=True, metasync=True)
+        try:
+            t0 = time.perf_counter()
+            for s in range(0, len(records), batch):
+                with env.begin(write=True) as txn:
+                    for k, rec in enumerate(records[s : s + batch], s):
+                        txn.put(b"%08d" % k, rec)
+            return len(records) / (time.perf_counter() - t0)
+        finally:
+            env.close()
+
+
+def _placement_row(signer, size_name, size, seconds, recipients):
+    template = campaign_message(size, rcpt="{{email}}")
+    body = template[template.index(b"\r\n\r\n") + 4 :]
+    fields = [{"email": f"user{i}@example.net", "name": f"User {i}"} for i in range(recipients)]
+    bh = dkim.body_hash(body)
+    counter = itertools.count()
+
+    def render_sign():
+        f = fields[next(counter) % recipients]
+        m = template.replace(b"{{email}}", f["email"].encode())
+        return signer.sign(m, body_hash=bh) + m
+
+    # At injection: one signed copy per recipient is written to the spool.
+    signed = [render_sign() for _ in range(recipients)]
+    inject_bytes = sum(map(len, signed)) / recipients
+    # At send time: the template once per delivery plus small per-recipient fields.
+    field_recs = [json.dumps(f).encode() for f in fields]
+    send_bytes = sum(map(len, field_recs)) / recipients + len(template) / recipients
+    sign_rate, _ = rate(render_sign, seconds)
+    return {
+        "size": size_name,
+        "spool_bytes_per_rcpt_inject": inject_bytes,
+        "spool_bytes_per_rcpt_send": send_bytes,
+        "spool_ratio": inject_bytes / send_bytes,
+        "render_sign_per_cpu_s": sign_rate,
+        "spool_writes_per_s_inject": _spool_write_rate(signed),
+        "spool_writes_per_s_send": _spool_write_rate(field_recs),
+    }
+
+
+def bench_placement(seconds: float, recipients: int = 2000) -> list[dict]:
     """Sign at injection (spool signed copies) vs at send time (spool template+fields)."""
     _alg, _key, pem, _ = keys()["rsa-2048"]
     signer = dkim.Signer("shop.example.com", "s1", pem)
-    out = []
-    for size_name, size in (("3KB", 3 * 1024), ("100KB", 100 * 1024)):
-        template = campaign_message(size, rcpt="{{email}}")
-        body = template[template.index(b"\r\n\r\n") + 4 :]
-        fields = [{"email": f"user{i}@example.net", "name": f"User {i}"} for i in range(recipients)]
-        # At injection: one signed copy per recipient goes into the spool.
-        rendered = [template.replace(b"{{email}}", f["email"].encode()) for f in fields[:50]]
-        signed_bytes = sum(len(signer.sign(m)) + len(m) for m in rendered) / len(rendered)
-        # At send time: the template once per delivery + small per-recipient fields.
-        field_bytes = sum(len(json.dumps(f)) for f in fields) / recipients
-        send_bytes = field_bytes + len(template) / recipients
-        bh = dkim.body_hash(body)
-        i = iter(range(10**9))
-
-        def at_send():
-            f = fields[next(i) % recipients]
-            m = template.replace(b"{{email}}", f["email"].encode())
-            signer.sign(m, body_hash=bh)
-
-        def at_inject():
-            f = fields[next(i) % recipients]
-            m = template.replace(b"{{email}}", f["email"].encode())
-            signer.sign(m)
-
-        send_rate, _ = rate(at_send, seconds)
-        inject_rate, _ = rate(at_inject, seconds)
-        out.append(
-            {
-                "size": size_name,
-                "spool_bytes_per_rcpt_inject": signed_bytes,
-                "spool_bytes_per_rcpt_send": send_bytes,
-                "spool_ratio": signed_bytes / send_bytes,
-                "render_sign_per_s_at_send_shared_bh": send_rate,
-                "render_sign_per_s_at_inject": inject_rate,
-            }
-        )
-    return out
+    return [
+        _placement_row(signer, size_name, size, seconds, recipients)
+        for size_name, size in (("3KB", 3 * 1024), ("100KB", 100 * 1024))
+    ]
 
 
 def main() -> int:
@@ -236,10 +253,14 @@ def main() -> int:
     if args.json:
         print(json.dumps({"info": info, "signing": rows, "placement": placement}, indent=1))
         return 0
-    print(f"fastmta.dkim IMPL={info['impl']}  cpus={info['cpus']}  "
-          f"load(1m)={info['loadavg_1m']:.2f}  (rates: signatures per CPU second)")
-    hdr = (f"{'key':8} {'msg':6} {'openssl':>9} {'dkimpy':>8} {'fastmta':>9} {'fm+bh':>9}"
-           f" {'fm/ossl':>8} {'fm+bh/ossl':>10} {'fm/dkimpy':>9}")
+    print(
+        f"fastmta.dkim IMPL={info['impl']}  cpus={info['cpus']}  "
+        f"load(1m)={info['loadavg_1m']:.2f}  (rates: signatures per CPU second)"
+    )
+    hdr = (
+        f"{'key':8} {'msg':6} {'openssl':>9} {'dkimpy':>8} {'fastmta':>9} {'fm+bh':>9}"
+        f" {'fm/ossl':>8} {'fm+bh/ossl':>10} {'fm/dkimpy':>9}"
+    )
     print(hdr)
     for r in rows:
         print(
@@ -248,14 +269,17 @@ def main() -> int:
             f"{r['fastmta_bh_vs_openssl']:10.0%} {r['fastmta_vs_dkimpy']:8.1f}x"
         )
     if placement:
-        print("\nplacement (RSA-2048, 1000 recipients, per recipient):")
+        print("\nplacement (RSA-2048, 2000 recipients, shared body hash):")
+        print(
+            f"  {'msg':6} {'spool B/rcpt inject':>19} {'send':>6} {'ratio':>6} "
+            f"{'render+sign/CPU s':>17} {'spool writes/s inject':>21} {'send':>8}"
+        )
         for p in placement:
             print(
-                f"  {p['size']:6} spool bytes: inject {p['spool_bytes_per_rcpt_inject']:9.0f}"
-                f"  send {p['spool_bytes_per_rcpt_send']:6.0f}  ({p['spool_ratio']:.0f}x)   "
-                f"render+sign/s: at send (shared bh) "
-                f"{p['render_sign_per_s_at_send_shared_bh']:6.0f}, at inject "
-                f"{p['render_sign_per_s_at_inject']:6.0f}"
+                f"  {p['size']:6} {p['spool_bytes_per_rcpt_inject']:19.0f} "
+                f"{p['spool_bytes_per_rcpt_send']:6.0f} {p['spool_ratio']:5.0f}x "
+                f"{p['render_sign_per_cpu_s']:17.0f} {p['spool_writes_per_s_inject']:21.0f} "
+                f"{p['spool_writes_per_s_send']:8.0f}"
             )
     return 0
 

@@ -121,7 +121,9 @@ RSA_MAX_BITS = 4096
 MAX_KEY_FILE_BYTES = 64 * 1024
 _LINE = 78  # folding target (RFC 5322 recommends <= 78 characters per line)
 _SELECTOR = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*$")
-_DOMAIN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*$")
+_DOMAIN = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*$"
+)
 _HEADER_NAME = re.compile(r"^[\x21-\x39\x3b-\x7e]+$")
 
 
