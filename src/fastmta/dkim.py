@@ -474,10 +474,11 @@ class Signer:
         self._hrelaxed = parts[0] == "relaxed"
         self._bcanon = parts[1]
         self._lnames = tuple((n.encode("ascii"), n in over) for n in lnames)
-        prefix = f"v=1; a={algorithm}; c={self.canonicalization}; d={domain}; s={selector};"
+        prefix = [f"v=1; a={algorithm};", f"c={self.canonicalization};", f"d={domain};"]
+        prefix.append(f"s={selector};")
         if identity is not None:
-            prefix += f" i={identity};"
-        self._prefix = prefix.encode("ascii")
+            prefix.append(f"i={identity};")
+        self._prefix = _fold_prefix([t.encode("ascii") for t in " ".join(prefix).split(" ")])
 
     # -- public helpers -------------------------------------------------------
     @property
@@ -595,21 +596,35 @@ class Signer:
         return base64.b64encode(sig)
 
 
-def _fold_template(prefix: bytes, tags: list[bytes], hnames: list[bytes], bh: bytes) -> bytes:
+def _fold_tokens(lines: list[bytes], line: bytes, tokens: Iterable[bytes]) -> bytes:
+    """Append ``tokens`` separated by a space, starting a new line (appended to
+    ``lines``) before a token that would pass the line length; return the last line."""
+    for tok in tokens:
+        if len(line) + 1 + len(tok) > _LINE and line.strip():
+            lines.append(line)
+            line = b" " + tok
+        else:
+            line += b" " + tok
+    return line
+
+
+def _fold_prefix(tokens: list[bytes]) -> tuple[tuple[bytes, ...], bytes]:
+    """Fold the constant leading tags once per signer: (full lines, open last line)."""
+    lines: list[bytes] = []
+    line = _fold_tokens(lines, b"DKIM-Signature:", tokens)
+    return tuple(lines), line
+
+
+def _fold_template(
+    prefix: tuple[tuple[bytes, ...], bytes], tags: list[bytes], hnames: list[bytes], bh: bytes
+) -> bytes:
     """Lay out ``DKIM-Signature: <tags>; h=...; bh=...;`` + CRLF + `` b=`` (folded).
 
-    Folds only where whitespace is allowed (between tags, around ``:`` in ``h=``), so
-    the relaxed canonical form is the unfolded text.
+    Folds only where whitespace is allowed (between tags, after ``:`` in ``h=``), and
+    always puts ``b=`` on a line of its own, last.
     """
-    lines: list[bytes] = []
-    line = b"DKIM-Signature: " + prefix
-    for tag in tags:
-        if len(line) + 1 + len(tag) > _LINE:
-            lines.append(line)
-            line = b" " + tag
-        else:
-            line += b" " + tag
-    # h= list, folded after a colon when too long.
+    lines = list(prefix[0])
+    line = _fold_tokens(lines, prefix[1], tags)
     h = b"h=" + b":".join(hnames) + b";"
     if len(line) + 1 + len(h) <= _LINE:
         line += b" " + h
@@ -624,12 +639,7 @@ def _fold_template(prefix: bytes, tags: list[bytes], hnames: list[bytes], bh: by
                 line = b" " + piece
             else:
                 line += piece
-    bhtag = b"bh=" + bh + b";"
-    if len(line) + 1 + len(bhtag) > _LINE:
-        lines.append(line)
-        line = b" " + bhtag
-    else:
-        line += b" " + bhtag
+    line = _fold_tokens(lines, line, (b"bh=" + bh + b";",))
     lines.append(line)
     lines.append(b" b=")
     return b"\r\n".join(lines)
