@@ -188,7 +188,9 @@ def test_timestamp_and_expiration(keys):
 
 
 def test_identity_tag(keys):
-    signer = dkim.Signer("shop.example.com", "s1", keys.rsa(), identity="news@mail.shop.example.com")
+    signer = dkim.Signer(
+        "shop.example.com", "s1", keys.rsa(), identity="news@mail.shop.example.com"
+    )
     sig = signer.sign(MESSAGES["plain"])
     assert tags(sig)[b"i"] == b"news@mail.shop.example.com"
     assert verify(sig + MESSAGES["plain"], signer)
