@@ -76,6 +76,8 @@ if os.environ.get("FASTMTA_NO_EXTENSIONS") != "1":
     else:
         _impl = _compiled
         IMPL = "compiled"
+_parse_headers = _impl.parse_headers
+_relaxed_header = _impl.relaxed_header
 
 
 def implementations() -> dict:
@@ -317,13 +319,17 @@ class _Message:
     def __init__(self, data: bytes):
         self.data = data
         try:
-            self.fields, self.body_offset = _impl.parse_headers(data)
+            self.fields, self.body_offset = _parse_headers(data)
         except ValueError as exc:
             raise DkimMessageError(f"cannot sign: {exc}") from None
         self._relaxed: dict[int, bytes] = {}
         positions: dict[bytes, list[int]] = {}
         for i, (name, _raw) in enumerate(self.fields):
-            positions.setdefault(name, []).append(i)
+            p = positions.get(name)
+            if p is None:
+                positions[name] = [i]
+            else:
+                p.append(i)
         self._positions = positions
         self._bh: dict[str, bytes] = {}
 
@@ -335,8 +341,7 @@ class _Message:
             return self.fields[i][1]
         c = self._relaxed.get(i)
         if c is None:
-            c = _impl.relaxed_header(self.fields[i][1])
-            self._relaxed[i] = c
+            c = self._relaxed[i] = _relaxed_header(self.fields[i][1])
         return c
 
     def bh(self, canon: str, precomputed: BodyHash | None) -> bytes:
@@ -530,16 +535,23 @@ class Signer:
         return self._sign(_Message(message), body_hash, timestamp)
 
     def _sign(self, msg: _Message, precomputed: BodyHash | None, timestamp: int | None) -> bytes:
-        if not msg.positions(b"from"):
+        positions = msg._positions
+        if b"from" not in positions:
             raise DkimMessageError("cannot sign: the message has no From header field")
         relaxed = self._hrelaxed
         hnames: list[bytes] = []
         signed: list[bytes] = []
+        canon_field = msg.canon_field
         for lname, over in self._lnames:
-            pos = msg.positions(lname)
-            for i in reversed(pos):
-                hnames.append(lname)
-                signed.append(msg.canon_field(i, relaxed))
+            pos = positions.get(lname)
+            if pos is not None:
+                if len(pos) == 1:
+                    hnames.append(lname)
+                    signed.append(canon_field(pos[0], relaxed))
+                else:
+                    for i in reversed(pos):
+                        hnames.append(lname)
+                        signed.append(canon_field(i, relaxed))
             if over:
                 hnames.append(lname)
         bh = msg.bh(self._bcanon, precomputed)
