@@ -695,13 +695,20 @@ class SignerSet:
             self._subdomains.setdefault(signer.domain, []).append(signer)
 
     @classmethod
-    def from_config(cls, cfg: DkimConfig) -> SignerSet:
-        """Load every key of a ``[dkim]`` section (keys read and parsed once)."""
+    def from_config(cls, cfg: DkimConfig, base_dir: str | os.PathLike | None = None) -> SignerSet:
+        """Load every key of a ``[dkim]`` section (keys read and parsed once).
+
+        A relative ``key_file`` is taken relative to ``base_dir`` (the directory of
+        the configuration file) when given, else to the working directory.
+        """
         out = cls()
         if not cfg.enabled:
             return out
         for entry in cfg.keys:
-            pem = read_key_file(entry.key_file, allow_insecure=cfg.allow_insecure_key_permissions)
+            path = entry.key_file
+            if base_dir is not None and not os.path.isabs(path):
+                path = os.path.join(base_dir, path)
+            pem = read_key_file(path, allow_insecure=cfg.allow_insecure_key_permissions)
             headers = entry.headers if entry.headers is not None else cfg.headers or None
             if headers is None and cfg.extra_headers:
                 headers = [*DEFAULT_HEADERS, *cfg.extra_headers]
@@ -719,7 +726,7 @@ class SignerSet:
                     expiration_s=cfg.expiration_s or None,
                 )
             except DkimKeyError as exc:
-                raise DkimKeyError(f"{entry.key_file}: {exc}") from None
+                raise DkimKeyError(f"{path}: {exc}") from None
             except DkimError as exc:
                 raise ConfigError(f"[dkim] key {entry.selector}/{entry.domain}: {exc}") from None
             out.add(signer, subdomains=entry.subdomains)
@@ -727,6 +734,10 @@ class SignerSet:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def __iter__(self):
+        """Every signer, in configuration order."""
+        return iter(self._keys.values())
 
     def get(self, domain: str, selector: str) -> Signer | None:
         """The signer cached for (domain, selector)."""
