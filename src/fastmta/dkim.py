@@ -456,6 +456,8 @@ class Signer:
                 lnames.append(o)
         if identity is not None:
             local, at, idom = identity.rpartition("@")
+            if not local.isascii() or not all(c.isprintable() and c not in " ;" for c in local):
+                raise DkimError(f"identity {identity!r}: invalid local part")
             idom = _ascii_domain(idom)
             if not at or not (idom == domain or idom.endswith("." + domain)):
                 raise DkimError(f"identity {identity!r} must be @{domain} or a subdomain of it")

@@ -196,6 +196,9 @@ def test_identity_tag(keys):
     assert verify(sig + MESSAGES["plain"], signer)
     with pytest.raises(dkim.DkimError, match="identity"):
         dkim.Signer("shop.example.com", "s1", keys.rsa(), identity="x@other.example")
+    for bad in ("a;b@shop.example.com", "a\r\nX: y@shop.example.com", "a b@shop.example.com"):
+        with pytest.raises(dkim.DkimError, match="invalid local part"):
+            dkim.Signer("shop.example.com", "s1", keys.rsa(), identity=bad)
 
 
 def test_message_without_from_is_refused(keys):
