@@ -54,6 +54,7 @@ __all__ = [
     "Signer",
     "SignerSet",
     "body_hash",
+    "body_of",
     "from_domain_of",
     "load_private_key",
     "read_key_file",
@@ -355,9 +356,21 @@ class _Message:
         return v
 
 
+def _parse_or_raise(message: bytes) -> tuple[list[tuple[bytes, bytes]], int]:
+    try:
+        return _parse_headers(message)
+    except ValueError as exc:
+        raise DkimMessageError(f"cannot sign: {exc}") from None
+
+
+def body_of(message: bytes) -> bytes:
+    """The body of ``message`` (after the blank line): what :func:`body_hash` takes."""
+    return message[_parse_or_raise(message)[1] :]
+
+
 def from_domain_of(message: bytes) -> str | None:
     """The domain of the (last) From: address of ``message``, lowercased, or None."""
-    fields, _ = _impl.parse_headers(message) if isinstance(message, bytes) else ([], 0)
+    fields, _ = _parse_or_raise(message)
     for name, raw in reversed(fields):
         if name == b"from":
             value = raw.split(b":", 1)[1].decode("utf-8", "replace")

@@ -160,6 +160,13 @@ def test_body_hash_reuse_across_recipients(keys):
     assert set(bh._bh) == {"relaxed", "simple"}  # computed once per canonicalisation
 
 
+def test_body_of_and_malformed_from_lookup():
+    assert dkim.body_of(MSG) == b"Hello\r\n"
+    assert dkim.body_of(b"From: a@b.c\r\n") == b""
+    with pytest.raises(dkim.DkimMessageError, match="not a header field"):
+        dkim.from_domain_of(b"From: a@b.c\r\nbroken\r\n\r\nx")
+
+
 def test_body_hash_for_another_body_is_not_trusted(keys):
     s = dkim.Signer("shop.example.com", "s1", keys.rsa())
     bh = s.body_hash(b"the template body\r\n")
