@@ -775,6 +775,16 @@ class SignerSet:
         """Would mail from ``domain`` be signed?  (Delivery analysis warns if not.)"""
         return bool(self.signers_for(domain))
 
+    def missing_key_warning(self, from_domain: str) -> str | None:
+        """The delivery analysis' warning for a From domain without a key (else None)."""
+        if self.has_key_for(from_domain):
+            return None
+        return (
+            f"no DKIM key for the From domain {from_domain}: messages will be sent "
+            "unsigned and fail DMARC at receivers that enforce it; add a [[dkim.keys]] "
+            "entry for it (or for a parent domain with subdomains = true)"
+        )
+
     def sign_message(
         self,
         message: bytes,

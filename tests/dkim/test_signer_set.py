@@ -85,6 +85,9 @@ def test_signers_for_and_sign_message(config_file):
     h = t[b"h"].split(b":")
     assert h.count(b"subject") == 2 and h.count(b"from") == 2 and b"list-unsubscribe" in h
     assert ss.sign_message(MSG, "other.example") == b""
+    assert ss.missing_key_warning("shop.example.com") is None
+    warning = ss.missing_key_warning("other.example")
+    assert warning is not None and "other.example" in warning and "unsigned" in warning
 
 
 def test_subdomain_key_signs_with_parent_domain(config_file):
