@@ -1,6 +1,6 @@
 """DKIM signing throughput: dkimpy vs fastmta vs the raw OpenSSL operation, same run.
 
-    PYTHONPATH=src python benchmarks/bench_dkim.py [--seconds 1.5] [--json]
+    PYTHONPATH=src python benchmarks/bench_dkim.py [--seconds 1.5] [--json] [--profile]
 
 Rates are signatures per second of *process CPU time* (``time.process_time``), i.e.
 per core, so other load on the machine inflates them less than wall-clock rates would;
@@ -31,11 +31,11 @@ import sys
 import tempfile
 import time
 
-import dkim as dkimpy
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
+import dkim as dkimpy
 from fastmta import dkim
 
 SIGNED = [
@@ -236,12 +236,34 @@ def bench_placement(seconds: float, recipients: int = 2000) -> list[dict]:
     ]
 
 
+def profile(n: int = 5000) -> None:
+    """cProfile of fastmta's signer (Ed25519, 3 KB and 100 KB): where the time goes."""
+    import cProfile
+    import pstats
+
+    alg, _key, pem, _ = keys()["ed25519"]
+    signer = dkim.Signer("shop.example.com", "s1", pem, algorithm=alg)
+    for size in (3 * 1024, 100 * 1024):
+        msg = campaign_message(size)
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(n if size < 10_000 else n // 10):
+            signer.sign(msg)
+        prof.disable()
+        print(f"\n--- cProfile, Ed25519, {len(msg)}-byte message, IMPL={dkim.IMPL}")
+        pstats.Stats(prof).sort_stats("tottime").print_stats(8)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=1.5, help="time per case")
     ap.add_argument("--json", action="store_true", help="print JSON only")
     ap.add_argument("--no-placement", action="store_true", help="skip the placement study")
+    ap.add_argument("--profile", action="store_true", help="only print a cProfile of signing")
     args = ap.parse_args()
+    if args.profile:
+        profile()
+        return 0
     info = {
         "impl": dkim.IMPL,
         "cpus": os.cpu_count(),
