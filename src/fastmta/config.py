@@ -103,7 +103,7 @@ class DkimConfig(_Section):
     keys: list[DkimKeyConfig] = msgspec.field(default_factory=list)
     canonicalization: str = "relaxed/relaxed"
     headers: list[str] = msgspec.field(default_factory=list)  # empty = built-in list
-    extra_headers: list[str] = msgspec.field(default_factory=list)  # added to built-in
+    extra_headers: list[str] = msgspec.field(default_factory=list)  # added to the list
     oversign_from: bool = True
     oversign_headers: list[str] = msgspec.field(default_factory=list)
     expiration_s: int = 0  # 0 = no x= tag

@@ -724,9 +724,8 @@ class SignerSet:
             if base_dir is not None and not os.path.isabs(path):
                 path = os.path.join(base_dir, path)
             pem = read_key_file(path, allow_insecure=cfg.allow_insecure_key_permissions)
-            headers = entry.headers if entry.headers is not None else cfg.headers or None
-            if headers is None and cfg.extra_headers:
-                headers = [*DEFAULT_HEADERS, *cfg.extra_headers]
+            base = entry.headers if entry.headers is not None else cfg.headers or DEFAULT_HEADERS
+            headers = [*base, *cfg.extra_headers]
             try:
                 signer = Signer(
                     entry.domain,
