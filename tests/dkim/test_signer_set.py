@@ -196,3 +196,21 @@ def test_sign_message_without_from(keys):
     ss = dkim.SignerSet([(dkim.Signer("a.example", "s", keys.rsa()), False)])
     with pytest.raises(dkim.DkimMessageError, match="no From"):
         ss.sign_message(b"To: a@b.c\r\n\r\nx\r\n")
+
+
+def test_header_lists_from_config(tmp_path, keys):
+    key = tmp_path / "k.pem"
+    key.write_bytes(keys.rsa())
+    os.chmod(key, 0o600)
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[dkim]\nheaders = ["From", "Subject"]\nextra_headers = ["X-A"]\noversign_from = false\n'
+        f'[[dkim.keys]]\ndomain = "a.example"\nselector = "s"\nkey_file = "{key}"\n'
+        f'[[dkim.keys]]\ndomain = "b.example"\nselector = "s"\nkey_file = "{key}"\n'
+        'headers = ["To"]\n'
+    )
+    ss = dkim.SignerSet.from_config(load_config(path).dkim)
+    msg = b"From: x@%s\r\nTo: y@z.example\r\nSubject: s\r\nX-A: 1\r\n\r\nbody\r\n"
+    ha = tags(ss.sign_message(msg % b"a.example"))[b"h"]
+    hb = tags(ss.sign_message(msg % b"b.example"))[b"h"]
+    assert ha == b"from:subject:x-a" and hb == b"from:to:x-a"
