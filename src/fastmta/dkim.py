@@ -521,6 +521,13 @@ class Signer:
         raw = pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
         return f"v=DKIM1; k=ed25519; p={base64.b64encode(raw).decode()}"
 
+    def dns_zone_line(self) -> str:
+        """The record as a zone-file line: TXT strings are at most 255 bytes each
+        (RFC 1035), so an RSA key's record is split into several quoted strings."""
+        record = self.dns_record()
+        chunks = " ".join(f'"{record[i : i + 255]}"' for i in range(0, len(record), 255))
+        return f"{self.dns_name}. IN TXT ( {chunks} )"
+
     def body_hash(self, body: bytes) -> BodyHash:
         """A :class:`BodyHash` for ``body`` with this signer's hash computed now."""
         bh = BodyHash(body)

@@ -21,7 +21,7 @@ def test_keygen_records_sign(tmp_path):
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
     assert stat.S_IMODE(os.stat(key).st_mode) == 0o600
-    assert 'ed1._domainkey.shop.example.com. IN TXT "v=DKIM1; k=ed25519; p=' in res.output
+    assert 'ed1._domainkey.shop.example.com. IN TXT ( "v=DKIM1; k=ed25519; p=' in res.output
     assert b"PRIVATE" not in res.output.encode()
     again = runner.invoke(main, args)
     assert again.exit_code != 0 and "refusing to overwrite" in again.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import shutil
 import subprocess
 
@@ -162,3 +163,12 @@ def test_repr_and_dns_record_hold_no_private_material(keys):
     ed = dkim.Signer("shop.example.com", "e1", keys.ed25519(), "ed25519-sha256")
     assert ed.dns_record().startswith("v=DKIM1; k=ed25519; p=")
     assert len(base64.b64decode(ed.dns_record().split("p=")[1])) == 32
+
+
+def test_zone_line_splits_long_records(keys):
+    signer = dkim.Signer("shop.example.com", "s1", keys.rsa(4096))
+    line = signer.dns_zone_line()
+    assert line.startswith("s1._domainkey.shop.example.com. IN TXT ( \"v=DKIM1; k=rsa; p=")
+    strings = re.findall(r'"([^"]*)"', line)
+    assert len(strings) == 3 and all(len(x) <= 255 for x in strings)
+    assert "".join(strings) == signer.dns_record()

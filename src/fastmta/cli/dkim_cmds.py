@@ -65,7 +65,7 @@ def keygen(domain: str, selector: str, algorithm: str, bits: int, out: str) -> N
         f.write(pem)
     signer = dkim.Signer(domain, selector, pem, algorithm)
     click.echo(f"wrote {out} (mode 0600)", err=True)
-    click.echo(f'{signer.dns_name}. IN TXT "{signer.dns_record()}"')
+    click.echo(signer.dns_zone_line())
 
 
 @dkim_group.command("records")
@@ -77,7 +77,7 @@ def records(config: str) -> None:
     if not len(ss):
         click.echo("no [dkim] keys configured", err=True)
     for signer in ss:
-        click.echo(f'{signer.dns_name}. IN TXT "{signer.dns_record()}"  ; {signer.algorithm}')
+        click.echo(f"{signer.dns_zone_line()}  ; {signer.algorithm}, {signer.key_bits} bits")
 
 
 @dkim_group.command("sign")
