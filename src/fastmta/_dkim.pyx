@@ -7,10 +7,18 @@ private-key operation stay in OpenSSL (hashlib / cryptography).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from libc.stdlib cimport free, malloc
-from libc.string cimport memchr, memcpy
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+from libc.stdlib cimport free, malloc, realloc
+from libc.string cimport memchr, memcmp, memcpy
 
-__all__ = ["parse_headers", "relaxed_header", "body_relaxed", "body_simple", "IMPL"]
+__all__ = [
+    "parse_headers",
+    "relaxed_header",
+    "signed_headers",
+    "body_relaxed",
+    "body_simple",
+    "IMPL",
+]
 
 IMPL = "compiled"
 
@@ -117,11 +125,8 @@ def parse_headers(message):
     return fields, n
 
 
-def relaxed_header(raw_field):
-    """Relaxed canonical form of one header field (RFC 6376 section 3.4.2)."""
-    cdef bytes data = raw_field if type(raw_field) is bytes else bytes(raw_field)
-    cdef const unsigned char* p = <const unsigned char*>PyBytes_AS_STRING(data)
-    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+cdef Py_ssize_t _relaxed_into(const unsigned char* p, Py_ssize_t n, unsigned char* w) nogil:
+    """Write the relaxed form of the field p[0:n] to w (room for n + 3); return its size."""
     cdef Py_ssize_t colon = 0, i, o = 0, name_end
     cdef unsigned char c
     cdef bint pending = False, started = False
@@ -130,8 +135,6 @@ def relaxed_header(raw_field):
     name_end = colon
     while name_end > 0 and _is_wsp(p[name_end - 1]):
         name_end -= 1
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 3)
-    cdef unsigned char* w = <unsigned char*>PyBytes_AS_STRING(out)
     for i in range(name_end):
         c = p[i]
         if 65 <= c <= 90:
@@ -163,8 +166,69 @@ def relaxed_header(raw_field):
         i += 1
     w[o] = 13
     w[o + 1] = 10
-    o += 2
+    return o + 2
+
+
+def relaxed_header(raw_field):
+    """Relaxed canonical form of one header field (RFC 6376 section 3.4.2)."""
+    cdef bytes data = raw_field if type(raw_field) is bytes else bytes(raw_field)
+    cdef Py_ssize_t n = PyBytes_GET_SIZE(data)
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n + 3)
+    cdef Py_ssize_t o = _relaxed_into(
+        <const unsigned char*>PyBytes_AS_STRING(data), n,
+        <unsigned char*>PyBytes_AS_STRING(out))
     return out[:o]
+
+
+def signed_headers(list fields, names, bint relaxed):
+    """Select and canonicalise the fields of ``h=`` (see ``_dkim_py.signed_headers``)."""
+    cdef Py_ssize_t nf = PyList_GET_SIZE(fields), i, cap = 256, o = 0, ln, rn
+    cdef object item, lname, over
+    cdef bytes fname, raw
+    cdef list hnames = []
+    cdef list fnames = [], raws = []
+    for item in fields:
+        fname, raw = item
+        if type(fname) is not bytes or type(raw) is not bytes:
+            raise TypeError("fields must be (bytes, bytes) pairs")
+        fnames.append(fname)
+        raws.append(raw)
+        cap += PyBytes_GET_SIZE(raw) + 3
+    cdef unsigned char* w = <unsigned char*>malloc(cap)
+    cdef unsigned char* grown
+    if w == NULL:
+        raise MemoryError()
+    cdef const char* lp
+    try:
+        for lname, over in names:
+            if type(lname) is not bytes:
+                raise TypeError("header names must be bytes")
+            lp = PyBytes_AS_STRING(lname)
+            ln = PyBytes_GET_SIZE(lname)
+            i = nf - 1
+            while i >= 0:
+                fname = <bytes>PyList_GET_ITEM(fnames, i)
+                if PyBytes_GET_SIZE(fname) == ln and memcmp(PyBytes_AS_STRING(fname), lp, ln) == 0:
+                    hnames.append(lname)
+                    raw = <bytes>PyList_GET_ITEM(raws, i)
+                    rn = PyBytes_GET_SIZE(raw)
+                    if o + rn + 3 > cap:  # a name listed twice selects fields twice
+                        cap = 2 * cap + rn + 3
+                        grown = <unsigned char*>realloc(w, cap)
+                        if grown == NULL:
+                            raise MemoryError()
+                        w = grown
+                    if relaxed:
+                        o += _relaxed_into(<const unsigned char*>PyBytes_AS_STRING(raw), rn, w + o)
+                    else:
+                        memcpy(w + o, PyBytes_AS_STRING(raw), rn)
+                        o += rn
+                i -= 1
+            if over:
+                hnames.append(lname)
+        return hnames, PyBytes_FromStringAndSize(<char*>w, o)
+    finally:
+        free(w)
 
 
 cdef inline Py_ssize_t _strip_trailing_lines(unsigned char* w, Py_ssize_t o) nogil:

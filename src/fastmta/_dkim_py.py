@@ -20,6 +20,12 @@ continuation.
 
 ``relaxed_header(raw_field) -> bytes``: RFC 6376 section 3.4.2 for one field.
 
+``signed_headers(fields, names, relaxed) -> (hnames, data)``: the header fields a
+signature covers.  ``names`` is a sequence of ``(lowercase_name, oversign)``; for each
+name every occurrence is taken from the bottom up (as verifiers select them), and
+``oversign`` adds the name once more to ``hnames`` with nothing hashed.  ``data`` is
+the concatenation of the selected fields, relaxed-canonicalised when ``relaxed``.
+
 ``body_relaxed(body, start=0) -> bytes`` / ``body_simple(body, start=0) -> bytes``: RFC
 6376 sections 3.4.4 / 3.4.3 canonical bodies of ``body[start:]``.
 """
@@ -28,7 +34,14 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["parse_headers", "relaxed_header", "body_relaxed", "body_simple", "IMPL"]
+__all__ = [
+    "parse_headers",
+    "relaxed_header",
+    "signed_headers",
+    "body_relaxed",
+    "body_simple",
+    "IMPL",
+]
 
 IMPL = "pure"
 
@@ -98,6 +111,25 @@ def relaxed_header(raw_field: bytes) -> bytes:
     value = value.replace(b"\r\n", b"").replace(b"\n", b"")
     value = _WSP_RUN.sub(b" ", value).strip(b" \t")
     return name.rstrip(b" \t").lower() + b":" + value + b"\r\n"
+
+
+def signed_headers(
+    fields: list[tuple[bytes, bytes]], names, relaxed: bool
+) -> tuple[list[bytes], bytes]:
+    """Select and canonicalise the fields of ``h=`` (see the module docstring)."""
+    positions: dict[bytes, list[int]] = {}
+    for i, (name, _raw) in enumerate(fields):
+        positions.setdefault(name, []).append(i)
+    hnames: list[bytes] = []
+    parts: list[bytes] = []
+    for lname, over in names:
+        for i in reversed(positions.get(lname, ())):
+            hnames.append(lname)
+            raw = fields[i][1]
+            parts.append(relaxed_header(raw) if relaxed else raw)
+        if over:
+            hnames.append(lname)
+    return hnames, b"".join(parts)
 
 
 def _strip_trailing_lines(body: bytes) -> bytes:

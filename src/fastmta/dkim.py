@@ -79,6 +79,7 @@ if os.environ.get("FASTMTA_NO_EXTENSIONS") != "1":
         IMPL = "compiled"
 _parse_headers = _impl.parse_headers
 _relaxed_header = _impl.relaxed_header
+_signed_headers = _impl.signed_headers
 
 
 def implementations() -> dict:
@@ -315,7 +316,7 @@ def body_hash(body: bytes) -> BodyHash:
 
 
 class _Message:
-    __slots__ = ("data", "fields", "body_offset", "_relaxed", "_positions", "_bh")
+    __slots__ = ("data", "fields", "body_offset", "has_from", "_bh")
 
     def __init__(self, data: bytes):
         self.data = data
@@ -323,27 +324,8 @@ class _Message:
             self.fields, self.body_offset = _parse_headers(data)
         except ValueError as exc:
             raise DkimMessageError(f"cannot sign: {exc}") from None
-        self._relaxed: dict[int, bytes] = {}
-        positions: dict[bytes, list[int]] = {}
-        for i, (name, _raw) in enumerate(self.fields):
-            p = positions.get(name)
-            if p is None:
-                positions[name] = [i]
-            else:
-                p.append(i)
-        self._positions = positions
+        self.has_from = any(name == b"from" for name, _raw in self.fields)
         self._bh: dict[str, bytes] = {}
-
-    def positions(self, lname: bytes) -> list[int]:
-        return self._positions.get(lname, ())  # type: ignore[return-value]
-
-    def canon_field(self, i: int, relaxed: bool) -> bytes:
-        if not relaxed:
-            return self.fields[i][1]
-        c = self._relaxed.get(i)
-        if c is None:
-            c = self._relaxed[i] = _relaxed_header(self.fields[i][1])
-        return c
 
     def bh(self, canon: str, precomputed: BodyHash | None) -> bytes:
         v = self._bh.get(canon)
@@ -557,25 +539,10 @@ class Signer:
         return self._sign(_Message(message), body_hash, timestamp)
 
     def _sign(self, msg: _Message, precomputed: BodyHash | None, timestamp: int | None) -> bytes:
-        positions = msg._positions
-        if b"from" not in positions:
+        if not msg.has_from:
             raise DkimMessageError("cannot sign: the message has no From header field")
         relaxed = self._hrelaxed
-        hnames: list[bytes] = []
-        signed: list[bytes] = []
-        canon_field = msg.canon_field
-        for lname, over in self._lnames:
-            pos = positions.get(lname)
-            if pos is not None:
-                if len(pos) == 1:
-                    hnames.append(lname)
-                    signed.append(canon_field(pos[0], relaxed))
-                else:
-                    for i in reversed(pos):
-                        hnames.append(lname)
-                        signed.append(canon_field(i, relaxed))
-            if over:
-                hnames.append(lname)
+        hnames, headers_data = _signed_headers(msg.fields, self._lnames, relaxed)
         bh = msg.bh(self._bcanon, precomputed)
         t = int(self.clock()) if timestamp is None else int(timestamp)
         tags = [b"t=%d;" % t]
@@ -583,10 +550,9 @@ class Signer:
             tags.append(b"x=%d;" % (t + self.expiration_s))
         header = _fold_template(self._prefix, tags, hnames, bh)
         if relaxed:
-            signed.append(_impl.relaxed_header(header)[:-2])
+            data = headers_data + _relaxed_header(header)[:-2]
         else:
-            signed.append(header)
-        data = b"".join(signed)
+            data = headers_data + header
         if self._is_rsa:
             sig = self._key.sign(data, _PKCS1, _SHA256)
         else:
@@ -611,17 +577,19 @@ class Signer:
         )
         relaxed = tags.get(b"c", b"simple/simple").split(b"/")[0] == b"relaxed"
         lnames = [n.strip().lower() for n in re.split(rb"\s*:\s*", tags[b"h"])]
+        # h= lists a name once per instance, bottom-up; instances past the last are
+        # empty (oversigning).
+        positions: dict[bytes, list[int]] = {}
+        for i, (name, _raw) in enumerate(msg.fields):
+            positions.setdefault(name, []).append(i)
         signed: list[bytes] = []
-        used: dict[bytes, int] = {}
         for lname in lnames:
-            pos = msg.positions(lname)
-            k = used.get(lname, len(pos))
-            if k > 0:
-                k -= 1
-                signed.append(msg.canon_field(pos[k], relaxed))
-            used[lname] = k
+            pos = positions.get(lname)
+            if pos:
+                raw = msg.fields[pos.pop()][1]
+                signed.append(_relaxed_header(raw) if relaxed else raw)
         head = template.rstrip(b"\r\n")
-        signed.append(_impl.relaxed_header(head + b"\r\n")[:-2] if relaxed else head)
+        signed.append(_relaxed_header(head + b"\r\n")[:-2] if relaxed else head)
         data = b"".join(signed)
         if self._is_rsa:
             sig = self._key.sign(data, _PKCS1, _SHA256)

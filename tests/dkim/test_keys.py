@@ -168,7 +168,7 @@ def test_repr_and_dns_record_hold_no_private_material(keys):
 def test_zone_line_splits_long_records(keys):
     signer = dkim.Signer("shop.example.com", "s1", keys.rsa(4096))
     line = signer.dns_zone_line()
-    assert line.startswith("s1._domainkey.shop.example.com. IN TXT ( \"v=DKIM1; k=rsa; p=")
+    assert line.startswith('s1._domainkey.shop.example.com. IN TXT ( "v=DKIM1; k=rsa; p=')
     strings = re.findall(r'"([^"]*)"', line)
     assert len(strings) == 3 and all(len(x) <= 255 for x in strings)
     assert "".join(strings) == signer.dns_record()

@@ -120,3 +120,19 @@ def test_compiled_equals_pure(data, start):
             return ("error", str(exc))
 
     assert parse(c) == parse(_dkim_py)
+
+
+NAME_SETS = st.lists(
+    st.tuples(st.sampled_from([b"from", b"to", b"subject", b"x-a", b"cc"]), st.booleans()),
+    max_size=8,
+)
+
+
+@pytest.mark.skipif("compiled" not in IMPLS, reason="compiled fastmta._dkim not built")
+@settings(max_examples=500, deadline=None)
+@given(msg=message(), names=NAME_SETS, relaxed=st.booleans())
+def test_signed_headers_compiled_equals_pure(msg, names, relaxed):
+    fields, _ = _dkim_py.parse_headers(msg)
+    fields = [(n.lower(), raw) for n, raw in fields]
+    expected = _dkim_py.signed_headers(fields, names, relaxed)
+    assert IMPLS["compiled"].signed_headers(fields, names, relaxed) == expected
