@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_HEADERS",
     "IMPL",
     "BodyHash",
+    "BodyHashCache",
     "DkimError",
     "DkimKeyError",
     "DkimMessageError",
@@ -309,6 +310,36 @@ def _compute_bh(body: bytes, canon: str, start: int = 0) -> bytes:
 def body_hash(body: bytes) -> BodyHash:
     """Precompute-once body hashes for a body shared by many recipients."""
     return BodyHash(body)
+
+
+class BodyHashCache:
+    """A bounded LRU of :class:`BodyHash` by key (e.g. the delivery id) for a worker.
+
+    ``get(key, body)`` returns the cached entry when it holds exactly ``body``, else a
+    new one (replacing it).  At most ``maxsize`` bodies are kept, so a long-running
+    worker's memory stays bounded whatever the number of deliveries.
+    """
+
+    __slots__ = ("maxsize", "_entries")
+
+    def __init__(self, maxsize: int = 64):
+        if maxsize < 1:
+            raise ValueError("maxsize must be >= 1")
+        self.maxsize = maxsize
+        self._entries: dict[object, BodyHash] = {}
+
+    def get(self, key: object, body: bytes) -> BodyHash:
+        entries = self._entries
+        bh = entries.pop(key, None)
+        if bh is None or not (bh.body is body or bh.body == body):
+            bh = BodyHash(body)
+        entries[key] = bh  # most recently used last
+        if len(entries) > self.maxsize:
+            del entries[next(iter(entries))]
+        return bh
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 # ---------------------------------------------------------------------------

@@ -214,3 +214,20 @@ def test_header_lists_from_config(tmp_path, keys):
     ha = tags(ss.sign_message(msg % b"a.example"))[b"h"]
     hb = tags(ss.sign_message(msg % b"b.example"))[b"h"]
     assert ha == b"from:subject:x-a" and hb == b"from:to:x-a"
+
+
+def test_body_hash_cache_is_bounded_and_checks_the_body(keys):
+    cache = dkim.BodyHashCache(maxsize=2)
+    a = cache.get("d1", b"body one\r\n")
+    assert cache.get("d1", b"body one\r\n") is a
+    b = cache.get("d1", b"body two\r\n")  # same key, different body: new entry
+    assert b is not a and b.body == b"body two\r\n"
+    cache.get("d2", b"x\r\n")
+    cache.get("d1", b"body two\r\n")  # d1 is now the most recent
+    cache.get("d3", b"y\r\n")  # evicts d2
+    assert len(cache) == 2 and set(cache._entries) == {"d1", "d3"}
+    s = dkim.Signer("shop.example.com", "s1", keys.rsa())
+    msg = b"From: a@shop.example.com\r\n\r\nbody two\r\n"
+    assert verify(s.sign(msg, body_hash=cache.get("d1", dkim.body_of(msg))) + msg, s)
+    with pytest.raises(ValueError):
+        dkim.BodyHashCache(0)
