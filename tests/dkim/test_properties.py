@@ -98,7 +98,8 @@ def test_relaxed_header_equals_dkimpy(value, name):
 
 FUZZ = st.lists(
     st.sampled_from([b"a", b"Z", b" ", b"\t", b"\r", b"\n", b"\r\n", b":", b"\r\n ", b"\r\n\r\n",
-                     b"\n\n", b"\xc3\xa9", b"\x00", b"From", b" :", b"-"]),
+                     b"\n\n", b"\xc3\xa9", b"\x00", b"From", b" :", b"-",
+                     b"abcdefghijk", b"\x80\xff\xfe!~\x7f\x21\x20", b"0123456\x1f9"]),
     max_size=40,
 ).map(b"".join)  # fmt: skip
 
