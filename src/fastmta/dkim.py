@@ -449,9 +449,9 @@ class Signer:
         clock: Callable[[], float] = time.time,
     ):
         domain = _ascii_domain(domain)
-        if not _DOMAIN.match(domain):
+        if not _DOMAIN.fullmatch(domain):
             raise DkimError(f"invalid signing domain {domain!r}")
-        if not _SELECTOR.match(selector):
+        if not _SELECTOR.fullmatch(selector):
             raise DkimError(f"invalid selector {selector!r}")
         if algorithm not in ALGORITHMS:
             raise DkimError(f"unknown DKIM algorithm {algorithm!r} (use one of {ALGORITHMS})")
@@ -466,7 +466,7 @@ class Signer:
         names = list(DEFAULT_HEADERS if headers is None else headers)
         lnames: list[str] = ["from"]
         for h in names:
-            if not isinstance(h, str) or not _HEADER_NAME.match(h):
+            if not isinstance(h, str) or not _HEADER_NAME.fullmatch(h):
                 raise DkimError(f"invalid header name {h!r} in the signed header list")
             if h.lower() in FORBIDDEN_HEADERS:
                 raise DkimError(f"the {h} header field must not be signed (it changes in transit)")
@@ -476,7 +476,7 @@ class Signer:
         if oversign_from:
             over.add("from")
         for o in over:
-            if not _HEADER_NAME.match(o) or o in FORBIDDEN_HEADERS:
+            if not _HEADER_NAME.fullmatch(o) or o in FORBIDDEN_HEADERS:
                 raise DkimError(f"invalid header name {o!r} to oversign")
             if o not in lnames:
                 lnames.append(o)

@@ -229,6 +229,11 @@ def test_headers_that_change_in_transit_cannot_be_signed(keys, bad):
         ({"algorithm": "rsa-sha1"}, "algorithm"),
         ({"canonicalization": "relaxed/loose"}, "canonicalization"),
         ({"headers": ["From", "Bad Name"]}, "header name"),
+        # a trailing newline must not slip through "$" (header injection)
+        ({"domain": "shop.example.com\nX: y"}, "signing domain"),
+        ({"selector": "s1\n"}, "selector"),
+        ({"headers": ["From", "Subject\n"]}, "header name"),
+        ({"oversign": ["Subject\n"]}, "oversign"),
     ],
 )
 def test_bad_parameters(keys, kwargs, match):
