@@ -142,6 +142,8 @@ class SimInternet:
         """domain -> ["ip:port", ...] (MX order), for MTAs that take a transport map."""
         out: dict[str, list[str]] = {}
         for d, p in self.world.domain_provider.items():
+            if p.dns in ("nxdomain", "nullmx", "servfail"):
+                continue  # a route would hide the DNS failure
             hosts = sorted(self.world.provider_hosts[p.name], key=lambda h: h.preference)
             out[d] = [f"{h.address}:{self.smtp_port}" for h in hosts]
         return out
