@@ -135,8 +135,8 @@ class SimInternet:
     # ------------------------------------------------------------------ configuration
     def dns_config(self, **kw) -> DnsConfig:
         """A DnsConfig pointing at this simulated internet (loopback MX allowed)."""
-        return DnsConfig(nameservers=["127.0.0.1"], port=self.dns_port,
-                         allow_loopback_mx=True, **kw)
+        kw.setdefault("allow_loopback_mx", True)
+        return DnsConfig(nameservers=["127.0.0.1"], port=self.dns_port, **kw)
 
     def routes(self) -> dict[str, list[str]]:
         """domain -> ["ip:port", ...] (MX order), for MTAs that take a transport map."""
