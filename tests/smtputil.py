@@ -207,6 +207,7 @@ local     unix  -       n       n       -       -       local
 anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
+tlsmgr    unix  -       -       n       1000    1       tlsmgr
 """
 
 
@@ -214,20 +215,21 @@ class PostfixServer:
     """A receiving Postfix instance (own config dir, ``postfix -c``) on a loopback port.
 
     Accepts mail for ``pf.test`` (discarded after queueing); recipients starting with
-    ``unknown`` get 550 5.1.1, ``full`` 450 4.2.2.  ``tls`` enables STARTTLS with the
+    ``unknown`` get 550 5.1.1, ``full`` 452 4.2.2.  ``tls`` enables STARTTLS with the
     given (cert, key); ``pipelining=False`` hides PIPELINING.
     """
 
     def __init__(self, *, tls: tuple[str, str] | None = None, pipelining: bool = True) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fastmta-postfix-"))
+        self.dir.chmod(0o755)  # postfix processes run as the postfix user
         self.port = free_port()
         conf = self.dir / "conf"
         for sub in ("conf", "queue", "data"):
             (self.dir / sub).mkdir()
         shutil.chown(self.dir / "data", "postfix")
         (conf / "rcpt_access").write_text(
-            "/^unknown/ REJECT 5.1.1 User unknown in virtual mailbox table\n"
-            "/^full/ DEFER 4.2.2 Mailbox full\n")
+            "/^unknown/ 550 5.1.1 User unknown in virtual mailbox table\n"
+            "/^full/ 452 4.2.2 Mailbox full\n")
         main = [
             "compatibility_level = 3.6",
             f"queue_directory = {self.dir}/queue",
@@ -245,6 +247,7 @@ class PostfixServer:
             "smtpd_peername_lookup = no",
             "smtpd_recipient_restrictions = check_recipient_access "
             f"regexp:{conf}/rcpt_access, permit_mynetworks, reject_unauth_destination",
+            f"maillog_file_prefixes = {self.dir}",
             f"maillog_file = {self.dir}/maillog",
             "biff = no",
             "smtpd_error_sleep_time = 0",
@@ -252,7 +255,11 @@ class PostfixServer:
             "smtpd_hard_error_limit = 1000",
         ]
         if tls:
-            cert, key = tls
+            # smtpd reads them as the postfix user: copy into our world-readable dir
+            cert, key = self.dir / "cert.pem", self.dir / "key.pem"
+            shutil.copyfile(tls[0], cert)
+            shutil.copyfile(tls[1], key)
+            key.chmod(0o644)  # a throwaway test key
             main += [f"smtpd_tls_cert_file = {cert}", f"smtpd_tls_key_file = {key}",
                      "smtpd_tls_security_level = may"]
         if not pipelining:
@@ -262,7 +269,9 @@ class PostfixServer:
         r = subprocess.run([POSTFIX, "-c", str(conf), "start"], capture_output=True, text=True,
                            timeout=30)
         if r.returncode != 0:
-            raise RuntimeError(f"postfix start failed: {r.stdout} {r.stderr}")
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise RuntimeError(f"postfix start failed: {r.stdout} {r.stderr} (postfix logs to "
+                               "syslog before maillog_file is up)")
         wait_port(self.port)
 
     def log(self) -> str:
