@@ -96,14 +96,15 @@ class ScriptServer:
     async def __aenter__(self) -> ScriptServer:
         async def on_conn(reader, writer):
             self.writers.add(writer)
-            task = asyncio.current_task()
-            self.tasks.add(task)
+            inner = asyncio.ensure_future(self.handler(reader, writer))
+            self.tasks.add(inner)
             try:
-                await self.handler(reader, writer)
-            except (ConnectionError, asyncio.IncompleteReadError):
+                await inner
+            except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError,
+                    AssertionError):
                 pass
             finally:
-                self.tasks.discard(task)
+                self.tasks.discard(inner)
                 self.writers.discard(writer)
                 writer.close()
 
@@ -126,9 +127,11 @@ async def read_line(reader: asyncio.StreamReader) -> bytes:
     return (await reader.readline()).rstrip(b"\r\n")
 
 
-async def standard_hello(reader, writer, caps=(b"PIPELINING", b"8BITMIME")) -> None:
+async def standard_hello(reader, writer, caps=(b"PIPELINING", b"8BITMIME"),
+                         greet: bool = True) -> None:
     """Greeting + EHLO answer."""
-    writer.write(b"220 script.test ESMTP\r\n")
+    if greet:
+        writer.write(b"220 script.test ESMTP\r\n")
     line = await read_line(reader)
     assert line.upper().startswith(b"EHLO"), line
     lines = [b"script.test"] + list(caps)

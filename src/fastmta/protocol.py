@@ -366,6 +366,7 @@ class ClientProtocol:
         self.greeting: Reply | None = None
         self.use_pipelining = pipelining  # may be turned off by the caller
         self.messages_sent = 0  # transactions that got a 2xx after the dot
+        self.replies_received = 0  # complete replies (progress, for timeouts)
         self.tls = False
         self._parser = ReplyParser(max_line, max_reply)
         self._parser.expect("connect")
@@ -619,6 +620,7 @@ class ClientProtocol:
             replies = self._parser.feed(data)
         except RemoteProtocolError as exc:
             return self._broken("protocol_error", str(exc))
+        self.replies_received += len(replies)
         for reply in replies:
             if self.state == State.TLS:
                 # a reply after "220 go ahead" before the handshake: response injection

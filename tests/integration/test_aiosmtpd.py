@@ -6,11 +6,11 @@ import ssl
 
 import pytest
 from aiosmtpd.controller import Controller
-from smtputil import arun, fast_timeouts, free_port
 
 from fastmta.protocol import Envelope
 from fastmta.sim.certs import make_self_signed
 from fastmta.transport import ConnectFailed, Connection
+from smtputil import arun, fast_timeouts, free_port
 
 
 class Recorder:

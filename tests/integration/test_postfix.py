@@ -11,11 +11,11 @@ import re
 import time
 
 import pytest
-from smtputil import POSTFIX, SMTP_SINK, PostfixServer, SmtpSink, arun, fast_timeouts
 
 from fastmta.protocol import Envelope
 from fastmta.sim.certs import make_self_signed
 from fastmta.transport import Connection
+from smtputil import POSTFIX, SMTP_SINK, PostfixServer, SmtpSink, arun, fast_timeouts
 
 pytestmark = pytest.mark.interop
 

@@ -6,11 +6,11 @@ import asyncio
 import random
 
 import pytest
-from smtputil import arun
 
 from fastmta.config import DnsConfig
 from fastmta.resolver import Resolver, _address_ok, provider_of, site_of
 from fastmta.sim import SimInternet, load_world
+from smtputil import arun
 
 
 async def with_sim(fn, world="default", **dns_kw):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from smtputil import arun, fast_timeouts
 
 from fastmta.protocol import Envelope
 from fastmta.resolver import Resolver
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
 from fastmta.transport import ConnectFailed, Connection
+from smtputil import arun, fast_timeouts
 
 WORLD = WorldSpec(name="test", greylist_default_s=0.3, providers=[
     Provider(name="fast", domains=["fast.test"], hosts=2, behaviour=Behaviour(starttls=True)),
@@ -81,7 +81,7 @@ def test_outcomes_match_world_expected():
 
     results, accepted, kept = arun(go(), timeout=30)
     mismatches = []
-    for rcpt, (status, reply, cls) in results.items():
+    for rcpt, (status, reply, _cls) in results.items():
         exp_status, exp_reason = world.expected(rcpt)
         if exp_status != status:
             mismatches.append((rcpt, exp_status, status, reply and reply.raw))
@@ -173,7 +173,7 @@ def test_worker_processes_count_exactly():
                                            timeouts=fast_timeouts()) for i in range(4)]
             envs = [[Envelope("s@x.test", [f"w{c}-{i}@fast.test"], b"x" * 3000)
                      for i in range(50)] for c in range(4)]
-            results = await asyncio.gather(*(c.send_many(e) for c, e in zip(conns, envs)))
+            results = await asyncio.gather(*(c.send_many(e) for c, e in zip(conns, envs, strict=True)))
             for c in conns:
                 await c.quit()
             return results, await sim.accepted(), await sim.stats()

@@ -106,7 +106,7 @@ def serve_cmd(profile, dns_port, smtp_port, workers, routes_path, routes_format,
             if duration > 0:
                 try:
                     await asyncio.wait_for(stop.wait(), duration)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     pass
             else:
                 await stop.wait()

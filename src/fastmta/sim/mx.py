@@ -505,7 +505,7 @@ class MxServer:
         for s in self._servers:
             try:
                 await asyncio.wait_for(s.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
         self._servers = []
 
