@@ -503,31 +503,30 @@ class Connection:
         if self.stream is not None and self.stream.paused:
             await self._drain()
         results: list[TransactionResult] = []
-        futs: list[asyncio.Future] = []
         proto = self.proto
+        last: TransactionResult | None = None
         for env in envelopes:
             if not self.usable:
                 results.append(self._dead_result(env))
                 continue
             res = proto.send(env)
             results.append(res)
+            if res.local_reply is None:
+                last = res
+        # local refusals (SIZE, SMTPUTF8) complete at once; they are ignored below
+        proto.pending_events()
+        fut = None
+        if last is not None:
+            # transactions complete in order: waiting for the last one is enough
             fut = self.loop.create_future()
-            self._txn_waiters[res] = fut
-            futs.append(fut)
-        # local refusals (SIZE, SMTPUTF8) complete at once
-        for ev in proto.pending_events():
-            if type(ev) is TransactionDone:
-                fut = self._txn_waiters.pop(ev.result, None)
-                if fut is not None:
-                    fut.set_result(ev.result)
+            self._txn_waiters[last] = fut
         self._flush()
-        try:
-            for fut in futs:
-                if not fut.done():
-                    await fut
-        except asyncio.CancelledError:
-            self.abort()
-            raise
+        if fut is not None:
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self.abort()
+                raise
         self.last_used = self.loop.time()
         return results
 
