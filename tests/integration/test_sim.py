@@ -182,3 +182,21 @@ def test_worker_processes_count_exactly():
     assert all(r.ok for rs in results for r in rs)
     assert len(accepted) == 200 and set(accepted.values()) == {1}
     assert stats["messages"] == 200 and stats["connections"] == 4
+
+
+def test_source_ip_is_used_and_limits_are_per_sender_ip():
+    async def go():
+        async with SimInternet(World(WORLD)) as sim:
+            ip = World(WORLD).provider_hosts["limited"][0].address
+            cfg = fast_timeouts()
+            a = [await Connection.open(ip, sim.smtp_port, source_ip="127.0.0.2", timeouts=cfg)
+                 for _ in range(2)]
+            with pytest.raises(ConnectFailed):
+                await Connection.open(ip, sim.smtp_port, source_ip="127.0.0.2", timeouts=cfg)
+            b = await Connection.open(ip, sim.smtp_port, source_ip="127.0.0.3", timeouts=cfg)
+            addrs = [c.local_address[0] for c in a + [b]]
+            for c in a + [b]:
+                await c.quit()
+            return addrs
+
+    assert arun(go()) == ["127.0.0.2", "127.0.0.2", "127.0.0.3"]
