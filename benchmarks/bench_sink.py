@@ -12,7 +12,6 @@ load generator and the sink compete for the same two cores.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import shutil
@@ -24,8 +23,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from bench_client import on_loop, run_fastmta  # noqa: E402
-
-from fastmta.sim import SimInternet, load_world  # noqa: E402
 
 SOURCE = shutil.which("smtp-source") or "/usr/sbin/smtp-source"
 SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"

@@ -7,19 +7,16 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
-
-from smtputil import arun, fast_timeouts
 
 from fastmta.protocol import Envelope
 from fastmta.transport import Connection
-
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+from smtputil import arun, fast_timeouts
 
 
 def test_sim_serve_cli(tmp_path):
     routes = tmp_path / "routes.txt"
-    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # the child imports fastmta exactly as this process does (src tree or installed)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
     proc = subprocess.Popen(
         [sys.executable, "-m", "fastmta", "sim", "serve", "--dns-port", "0", "--smtp-port", "0",
          "--workers", "1", "--routes", str(routes), "--duration", "60"],
