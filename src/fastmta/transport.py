@@ -569,7 +569,10 @@ class Connection:
     async def quit(self, timeout_s: float = 5.0) -> None:
         """QUIT politely (bounded wait), then close.  Never raises."""
         try:
-            if self.usable and self.proto.state != State.QUIT:
+            if self.usable and not self.proto.idle:
+                # transactions still in flight: do not mix QUIT into them
+                self.abort()
+            elif self.usable and self.proto.state != State.QUIT:
                 self.proto.quit()
                 self._flush()
                 try:
