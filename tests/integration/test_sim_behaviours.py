@@ -5,11 +5,11 @@ from __future__ import annotations
 import time
 
 import pytest
-from smtputil import arun, fast_timeouts
 
 from fastmta.protocol import Envelope
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
 from fastmta.transport import ConnectFailed, Connection
+from smtputil import arun, fast_timeouts
 
 SPEC = WorldSpec(name="behaviours", providers=[
     Provider(name="slow", domains=["slow.test"], behaviour=Behaviour(reply_delay_s=0.05)),
