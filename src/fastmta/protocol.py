@@ -125,6 +125,8 @@ def check_address(addr: str, what: str = "address") -> str:
     """Refuse CR, LF, NUL (and any other ASCII control) in an envelope argument."""
     if not isinstance(addr, str):
         raise LocalProtocolError(f"{what} must be a str, not {type(addr).__name__}")
+    if len(addr) > 986:  # "RCPT TO:<" + addr + ">\r\n" must fit a 1000-octet line
+        raise LocalProtocolError(f"{what} is longer than 986 characters")
     if not addr.isprintable() or "<" in addr or ">" in addr:
         for ch in addr:
             if ord(ch) in _FORBIDDEN:

@@ -365,6 +365,17 @@ class Connection:
         return self.proto.greeting
 
     @property
+    def tls_info(self) -> tuple[str, str] | None:
+        """(protocol version, cipher name) of the TLS session, None in plain text."""
+        if not self.tls_active or self.stream is None or self.stream.transport is None:
+            return None
+        obj = self.stream.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return (obj.version() or "", cipher[0] if cipher else "")
+
+    @property
     def messages_sent(self) -> int:
         return self.proto.messages_sent
 

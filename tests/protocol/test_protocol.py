@@ -274,6 +274,11 @@ def test_control_characters_refused_locally(bad):
         Envelope("s@a.test", ["x@y.test", bad], b"m")
 
 
+def test_over_long_address_refused():
+    with pytest.raises(LocalProtocolError):
+        Envelope("s@a.test", ["x" * 990 + "@b.test"], b"m")
+
+
 def test_empty_recipient_list_refused():
     with pytest.raises(LocalProtocolError):
         Envelope("s@a.test", [], b"m")
