@@ -116,6 +116,7 @@ def main() -> int:
         finally:
             stats = sim.stop()
         out[f"sim x{workers} counted"] = stats.get("messages")
+        out[f"sim x{workers} cpu_us_per_msg"] = stats.get("mx_cpu_s", 0) / (2 * n) * 1e6
         assert stats.get("messages") == 2 * n, stats  # every accepted message counted
 
     if args.json:
@@ -125,6 +126,8 @@ def main() -> int:
     for k, v in out.items():
         if isinstance(v, dict):
             print(f"  {k:28} {v['msgs_per_s']:9.0f} msgs/s")
+        elif k.endswith("cpu_us_per_msg"):
+            print(f"  {k:28} {v:9.1f} us CPU per accepted message (all MX workers)")
     return 0
 
 

@@ -169,8 +169,10 @@ class SimInternet:
     async def stats(self) -> dict:
         """Merged counters: connections, messages, replies (refusals by code)."""
         merged = {"connections": 0, "messages": 0, "replies": Counter(),
-                  "dns_queries": self.dns.queries if self.dns else 0}
+                  "dns_queries": self.dns.queries if self.dns else 0, "mx_cpu_s": 0.0}
         for s in await self._all_stats():
+            if self._procs:  # worker processes: their own CPU (in-process: not separable)
+                merged["mx_cpu_s"] += s["cpu_s"]
             merged["connections"] += s["connections"]
             merged["messages"] += s["messages"]
             merged["replies"].update(s["replies"])

@@ -37,6 +37,7 @@ class Stats:
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
+            "cpu_s": time.process_time(),  # CPU of the process serving these hosts
             "connections": self.connections,
             "messages": self.messages,
             "accepted": dict(self.accepted),
@@ -223,18 +224,21 @@ class _Session(asyncio.Protocol):
         pos = 0
         while self.mode != _CLOSED:
             if self.mode == _DATA:
-                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
-                if end < 0:
-                    self.scan = max(pos, len(buf) - 4)
-                    if self.fates and "disconnect" in self.fates:
-                        # drop the connection in the middle of the message
+                if self.fates and "disconnect" in self.fates:
+                    if len(buf) - pos > 2:
+                        # part of the body is here: drop the connection mid-message
                         self.mode = _CLOSED
                         if out:
                             self.tr.write(b"".join(out))
                         self.tr.abort()
                         return
                     break
-                body = bytes(buf[pos + 2 : end + 2])
+                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
+                if end < 0:
+                    self.scan = max(pos, len(buf) - 4)
+                    break
+                keep = self.beh.keep_messages or self.srv.keep_messages
+                body = bytes(buf[pos + 2 : end + 2]) if keep else b""
                 pos = end + 5
                 self.scan = 0
                 self.mode = _CMD
