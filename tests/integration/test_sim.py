@@ -94,6 +94,22 @@ def test_outcomes_match_world_expected():
     users = [s for r, (s, _, _) in results.items() if r.endswith("@users.test")]
     assert 0 < users.count("failed") < 30 and 0 < users.count("soft") < 30
     assert sum(len(k[1]) for k in kept) == len(sent)
+    assert all(k[2] == b"Subject: t\r\n\r\nhi\r\n" for k in kept)
+
+
+def test_kept_messages_are_unstuffed():
+    body = b".first\r\nmiddle\r\n.\r\n..two\r\nlast"
+
+    async def go():
+        async with SimInternet(World(WORLD), keep_messages=True) as sim:
+            conn = await Connection.open("127.0.1.1", sim.smtp_port, timeouts=fast_timeouts())
+            assert (await conn.send(Envelope("s@x.test", ["a@fast.test"], body))).ok
+            await conn.quit()
+            return await sim.messages()
+
+    [(mail_from, rcpts, got)] = arun(go())
+    assert (mail_from, rcpts) == ("s@x.test", ["a@fast.test"])
+    assert got == body + b"\r\n"
 
 
 @pytest.mark.parametrize("pipelining", [True, False])

@@ -33,7 +33,7 @@ class Stats:
         self.messages = 0  # transactions accepted after the dot
         self.accepted: Counter[str] = Counter()  # recipient -> times accepted
         self.replies: Counter[str] = Counter()  # "550 5.1.1" -> count (refusals only)
-        self.kept: list[tuple[str, list[str], bytes]] = []
+        self.kept: list[tuple[str, list[str], bytes]] = []  # (from, rcpts, body un-stuffed)
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
@@ -238,7 +238,9 @@ class _Session(asyncio.Protocol):
                     self.scan = max(pos, len(buf) - 4)
                     break
                 keep = self.beh.keep_messages or self.srv.keep_messages
-                body = bytes(buf[pos + 2 : end + 2]) if keep else b""
+                # kept bodies are un-stuffed ("\r\n.." -> "\r\n.")
+                body = bytes(buf[pos : end + 2]).replace(b"\r\n..", b"\r\n.")[2:] \
+                    if keep else b""
                 pos = end + 5
                 self.scan = 0
                 self.mode = _CMD
