@@ -168,6 +168,8 @@ def main() -> int:
     ap.add_argument("--baseline-messages", type=int, default=6000,
                     help="messages for aiosmtplib and smtplib (they are slower)")
     ap.add_argument("--sink", choices=["smtp-sink", "sim"], default=None)
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per client; the best is reported (contention noise)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     kind = args.sink or ("smtp-sink" if (shutil.which("smtp-sink")
@@ -188,16 +190,22 @@ def main() -> int:
             loop = asyncio.new_event_loop()
             loop.run_until_complete(sink.start_sim())
         ip, port = sink.ip, sink.port
-        n, c = args.messages, args.connections
-        out["fastmta_asyncio"] = on_loop(lambda: run_fastmta(ip, port, n, c, args.batch), False)
-        if have_uvloop:
-            out["fastmta_uvloop"] = on_loop(lambda: run_fastmta(ip, port, n, c, args.batch),
-                                            True)
-        b = args.baseline_messages
-        out["aiosmtplib_asyncio"] = on_loop(lambda: run_aiosmtplib(ip, port, b, c), False)
-        if have_uvloop:
-            out["aiosmtplib_uvloop"] = on_loop(lambda: run_aiosmtplib(ip, port, b, c), True)
-        out["smtplib_1conn"] = run_smtplib(ip, port, b // 2)
+        n, c, b = args.messages, args.connections, args.baseline_messages
+        loops = [False, True] if have_uvloop else [False]
+        runs = {}
+        for uv in loops:  # interleaved so that contention hits every client alike
+            name = "uvloop" if uv else "asyncio"
+            runs[f"fastmta_{name}"] = lambda uv=uv: on_loop(
+                lambda: run_fastmta(ip, port, n, c, args.batch), uv)
+            runs[f"aiosmtplib_{name}"] = lambda uv=uv: on_loop(
+                lambda: run_aiosmtplib(ip, port, b, c), uv)
+        runs["smtplib_1conn"] = lambda: run_smtplib(ip, port, b // 2)
+        for _ in range(args.repeat):
+            for key, fn in runs.items():
+                r = fn()
+                if key not in out or r["msgs_per_s"] > out[key]["msgs_per_s"]:
+                    out[key] = r
+        out["repeat"] = args.repeat
     finally:
         if kind == "sim":
             loop.run_until_complete(sink.sim.stop())
@@ -212,7 +220,8 @@ def main() -> int:
         print(json.dumps(out, indent=1))
         return 0
     print(f"core={out['impl']} sink={kind} {len(BODY)} B messages, {args.connections} "
-          f"connections, batch {args.batch} (under contention: shared 2-core machine)")
+          f"connections, batch {args.batch}, best of {args.repeat} "
+          f"(under contention: shared 2-core machine)")
     for k, v in out.items():
         if isinstance(v, dict):
             print(f"  {k:20} {v['msgs_per_s']:9.0f} msgs/s  {v['cpu_us_per_msg']:6.0f} us CPU/msg"
