@@ -75,6 +75,10 @@ class State(IntEnum):
     BROKEN = 11
 
 
+_READY, _TXN, _RSET, _TLS, _CLOSED, _BROKEN, _QUIT = (
+    State.READY, State.TXN, State.RSET, State.TLS, State.CLOSED, State.BROKEN, State.QUIT)
+_SEND_STATES = frozenset({State.READY, State.TXN, State.RSET})
+
 # ---------------------------------------------------------------------------- values
 
 
@@ -277,7 +281,7 @@ class Event:
     __slots__ = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Greeting(Event):
     reply: Reply
 
@@ -286,7 +290,7 @@ class Greeting(Event):
         return self.reply.code == 220
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Hello(Event):
     """EHLO (or HELO after an EHLO refusal) answered."""
 
@@ -298,7 +302,7 @@ class Hello(Event):
         return self.reply.code == 250
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class StartTls(Event):
     reply: Reply
 
@@ -307,29 +311,29 @@ class StartTls(Event):
         return self.reply.code == 220
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class TransactionDone(Event):
     result: TransactionResult
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class ResetDone(Event):
     reply: Reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class QuitDone(Event):
     reply: Reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class ServiceClosing(Event):
     """The server sent 421 (or any reply nobody asked for): the connection is over."""
 
     reply: Reply
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class ConnectionFailed(Event):
     """Connection lost, timed out, or the peer sent garbage (kind as in outcome.LOCAL_KINDS)."""
 
@@ -473,31 +477,38 @@ class ClientProtocol:
         Refusals decided locally (message over the announced SIZE, SMTPUTF8 needed but
         not offered) complete at once: the event is returned by ``pending_events()``.
         """
-        self._require(State.READY, State.TXN, State.RSET)
+        if self.state not in _SEND_STATES:
+            self._require(State.READY, State.TXN, State.RSET)
         result = TransactionResult(envelope)
         caps = self.capabilities
         body = prepare_body(envelope.body)
-        utf8 = envelope.smtputf8 or not envelope.mail_from.isascii() or not all(
-            r.isascii() for r in envelope.rcpts
-        )
+        rcpts = envelope.rcpts
+        mail_from = envelope.mail_from
+        utf8 = envelope.smtputf8 or not (
+            mail_from.isascii()
+            and (rcpts[0].isascii() if len(rcpts) == 1 else "".join(rcpts).isascii()))
         if utf8 and not caps.smtputf8:
             return self._local_done(result, "smtputf8_unsupported")
         size = len(body) - 3  # RFC 1870: the message with CRLFs, without the final "."
-        if caps.size and size > caps.size:
-            return self._local_done(result, "too_large", f"{size} > {caps.size} bytes")
-        enc = "utf-8" if utf8 else "ascii"
-        params = b""
-        if caps.size is not None:
-            params += b" SIZE=%d" % size
-        if caps.eightbitmime and not envelope.body.isascii():
-            params += b" BODY=8BITMIME"
+        limit = caps.size
+        if limit and size > limit:
+            return self._local_done(result, "too_large", f"{size} > {limit} bytes")
         if utf8:
-            params += b" SMTPUTF8"
-        mail_cmd = b"MAIL FROM:<" + envelope.mail_from.encode(enc) + b">" + params + b"\r\n"
-        rcpt_cmds = [b"RCPT TO:<" + r.encode(enc) + b">\r\n" for r in envelope.rcpts]
+            enc = "utf-8"
+            params = b" SMTPUTF8"
+        else:
+            enc = "ascii"
+            params = b""
+        if caps.eightbitmime and not envelope.body.isascii():
+            params = b" BODY=8BITMIME" + params
+        if limit is not None:
+            params = b" SIZE=%d" % size + params
+        mail_cmd = b"MAIL FROM:<" + mail_from.encode(enc) + b">" + params + b"\r\n"
+        rcpt_cmds = [b"RCPT TO:<" + r.encode(enc) + b">\r\n" for r in rcpts]
         txn = _Txn(result, body, mail_cmd, rcpt_cmds)
         self._queue.append(txn)
-        self._pump()
+        if self._active is None:
+            self._pump()
         return result
 
     def pending_events(self) -> list[Event]:
@@ -517,47 +528,61 @@ class ClientProtocol:
     # ----------------------------------------------------------------- transaction pump
     def _pump(self) -> None:
         """Start queued transactions as far as the state and PIPELINING allow."""
-        while self._queue and self._active is None:
-            if self.state == State.RSET:
-                if not self.pipelining:
-                    return
-            elif self.state == State.READY:
-                pass
-            elif self.state == State.TXN:
-                if not self.pipelining and self._inflight:
-                    return
-            else:
-                return
-            txn = self._queue.popleft()
-            self.state = State.TXN
-            self._inflight.append(txn)
-            self._active = txn
-            if self.pipelining:
-                self._cmd("mail", txn.mail_cmd, txn)
-                for i, cmd in enumerate(txn.rcpt_cmds):
-                    self._cmd("rcpt", cmd, txn, i)
-                self._cmd("data", b"DATA\r\n", txn)
-                txn.next_rcpt = len(txn.rcpt_cmds)
-            else:
-                self._cmd("mail", txn.mail_cmd, txn)
+        if not self._queue or self._active is not None:
             return
+        st = self.state
+        pipelining = self.use_pipelining and self.capabilities.pipelining
+        if st == _RSET:
+            if not pipelining:
+                return
+        elif st == _TXN:
+            if not pipelining and self._inflight:
+                return
+        elif st != _READY:
+            return
+        txn = self._queue.popleft()
+        self.state = _TXN
+        self._inflight.append(txn)
+        self._active = txn
+        if pipelining:
+            # MAIL, every RCPT and DATA in one write (RFC 2920); DATA ends the group
+            cmds = txn.rcpt_cmds
+            n = len(cmds)
+            self._out.append(txn.mail_cmd + b"".join(cmds) + b"DATA\r\n")
+            expect = self._parser.expect
+            pending = self._pending
+            expect("mail")
+            pending.append(("mail", txn, 0))
+            for i in range(n):
+                expect("rcpt")
+                pending.append(("rcpt", txn, i))
+            expect("data")
+            pending.append(("data", txn, 0))
+            txn.next_rcpt = n
+        else:
+            self._cmd("mail", txn.mail_cmd, txn)
 
     def _finish(self, txn: _Txn, need_rset: bool) -> None:
         txn.done = True
-        if txn in self._inflight:
+        try:
             self._inflight.remove(txn)
+        except ValueError:
+            pass
         if self._active is txn:
             self._active = None
-        if txn.result.data_reply is not None and txn.result.ok:
+        res = txn.result
+        d = res.data_reply
+        if d is not None and d.code < 300 and d.command == "dot":
             self.messages_sent += 1
-        self._events.append(TransactionDone(txn.result))
-        if self.state in (State.CLOSED, State.BROKEN, State.QUIT):
+        self._events.append(TransactionDone(res))
+        st = self.state
+        if st == _CLOSED or st == _BROKEN or st == _QUIT:
             return
         if need_rset:
-            self.state = State.RSET
+            self.state = _RSET
             self._cmd("rset", b"RSET\r\n")
-        elif not self._inflight and self.state == State.TXN:
-            self.state = State.READY
+        elif st == _TXN and not self._inflight:
+            self.state = _READY
         self._pump()
 
     def _send_body(self, txn: _Txn) -> None:
@@ -619,24 +644,31 @@ class ClientProtocol:
     # ----------------------------------------------------------------- input
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer; return the events they complete."""
-        if self.state == State.BROKEN:
+        if self.state == _BROKEN:
             return self.pending_events()
         try:
             replies = self._parser.feed(data)
         except RemoteProtocolError as exc:
             return self._broken("protocol_error", str(exc))
-        self.replies_received += len(replies)
-        for reply in replies:
-            if self.state == State.TLS:
-                # a reply after "220 go ahead" before the handshake: response injection
-                return self._broken("protocol_error", "data after STARTTLS reply")
-            self._on_reply(reply)
-            if self.state == State.BROKEN:
-                break
-        if self.state == State.TLS and self._parser.buffered:
+        if replies:
+            self.replies_received += len(replies)
+            on_reply = self._on_reply
+            for reply in replies:
+                st = self.state
+                if st == _TLS:
+                    # a reply after "220 go ahead" before the handshake: injection
+                    return self._broken("protocol_error", "data after STARTTLS reply")
+                if st == _BROKEN:
+                    break
+                on_reply(reply)
+        if self.state == _TLS and self._parser.buffered:
             # bytes after "220 go ahead" before the handshake: response injection
             return self._broken("protocol_error", "data after STARTTLS reply")
-        return self.pending_events()
+        ev = self._events
+        if not ev:
+            return []
+        self._events = []
+        return ev
 
     def _on_reply(self, reply: Reply) -> None:
         if not self._pending:
