@@ -400,8 +400,9 @@ class _Session(asyncio.Protocol):
         st = srv.stats
         st.messages += 1
         acc = st.accepted
+        get = acc.get
         for r in self.rcpts:
-            acc[r] += 1
+            acc[r] = get(r, 0) + 1  # (Counter's += calls __missing__ in Python)
         if self.beh.keep_messages or srv.keep_messages:
             st.kept.append((self.mail_from or "", list(self.rcpts), body))
         self.nmsg += 1

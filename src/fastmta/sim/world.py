@@ -108,7 +108,12 @@ def _bucket(address: str) -> float:
     return zlib.crc32(address.lower().encode("utf-8")) / 4294967296.0
 
 
+_MAGIC_FIRST = frozenset(p[0] for p, _ in MAGIC) | frozenset(p[0].upper() for p, _ in MAGIC)
+
+
 def magic_of(local_part: str) -> str | None:
+    if local_part[:1] not in _MAGIC_FIRST:
+        return None
     lp = local_part.lower()
     for prefix, kind in MAGIC:
         if lp.startswith(prefix):
