@@ -292,6 +292,10 @@ class Connection:
     async def _setup(self, name, policy, server_hostname, cafile) -> None:
         self._arm()
         ev = await self._next_control()
+        if isinstance(ev, ConnectionFailed) and ev.kind == "timeout":
+            # the host takes connections but does not serve: unreachable, not a lost session
+            reply, c = local("greeting_timeout", "connect", ev.detail)
+            raise ConnectFailed("timeout", reply, c)
         if not isinstance(ev, Greeting):
             self._fail_from(ev, "greeting")
         if not ev.ok:

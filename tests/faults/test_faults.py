@@ -116,6 +116,7 @@ def test_silent_server_greeting_timeout():
     err, took = arun(go())
     assert err.kind == "timeout" and 0.25 < took < 2.0
     assert err.classification.type == "soft" and err.classification.bounce_class == 24
+    assert err.classification.reason == "unreachable" and err.classification.throttle
 
 
 def test_silent_after_body_is_unknown_fate():

@@ -16,7 +16,7 @@ local part starts with    reply                                        expected
 ``unknown``/``nouser``   550 5.1.1 at RCPT                             failed user_unknown
 ``disabled``             550 5.2.1 at RCPT                             failed account_disabled
 ``full``                 452 4.2.2 at RCPT                             soft mailbox_full
-``tempfail``             451 4.3.0 at RCPT                             soft not_defined
+``tempfail``             451 4.3.0 at RCPT                             soft unreachable
 ``greylist``             450 4.2.0 until the greylist delay has passed  sent
 ``disconnect-in-data``   connection dropped in the middle of DATA      soft not_connected
 =======================  ===========================================  ===================
@@ -145,7 +145,7 @@ _FATE_EXPECTED = {
     "unknown": ("failed", "user_unknown"),
     "disabled": ("failed", "account_disabled"),
     "full": ("soft", "mailbox_full"),
-    "tempfail": ("soft", "not_defined"),
+    "tempfail": ("soft", "unreachable"),
     "greylist": ("sent", ""),
     "disconnect": ("soft", "not_connected"),
 }
