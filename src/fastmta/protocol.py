@@ -56,6 +56,7 @@ __all__ = [
     "ConnectionFailed",
     "parse_ehlo",
     "prepare_body",
+    "normalize_body",
     "check_address",
 ]
 
@@ -156,6 +157,18 @@ class Envelope(msgspec.Struct, frozen=True):
             check_address(r, "recipient")
             if not r:
                 raise LocalProtocolError("empty recipient address")
+
+
+def normalize_body(body: bytes) -> bytes:
+    """CRLF-normalise a message for BDAT (no dot-stuffing, no terminator)."""
+    crlf = body.count(b"\r\n")
+    if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+        if crlf or b"\r" in body:
+            body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        body = body.replace(b"\n", b"\r\n")
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body
 
 
 def prepare_body(body: bytes) -> bytes:
@@ -348,7 +361,7 @@ class ConnectionFailed(Event):
 
 class _Txn:
     __slots__ = ("result", "body", "mail_cmd", "rcpt_cmds", "body_sent", "done", "next_rcpt",
-                 "discard")
+                 "discard", "bdat")
 
     def __init__(self, result: TransactionResult, body: bytes, mail_cmd: bytes,
                  rcpt_cmds: list[bytes]) -> None:
@@ -360,6 +373,7 @@ class _Txn:
         self.done = False
         self.next_rcpt = 0
         self.discard = False  # 354 arrived although no recipient was accepted
+        self.bdat = False  # sent with BDAT LAST instead of DATA
 
 
 _EHLO_FALLBACK_CODES = frozenset({500, 501, 502, 504, 550})
@@ -369,11 +383,13 @@ class ClientProtocol:
     """The SMTP client state machine (see module docstring)."""
 
     def __init__(self, *, max_line: int = 8192, max_reply: int = 65536,
-                 pipelining: bool = True) -> None:
+                 pipelining: bool = True, chunking: bool = False) -> None:
         self.state = State.GREETING
         self.capabilities = Capabilities()
         self.greeting: Reply | None = None
         self.use_pipelining = pipelining  # may be turned off by the caller
+        self.use_chunking = chunking  # BDAT (RFC 3030) when CHUNKING + PIPELINING offered
+        self._bdat_sent = False  # a BDAT transaction went out: later groups start with RSET
         self.messages_sent = 0  # transactions that got a 2xx after the dot
         self.replies_received = 0  # complete replies (progress, for timeouts)
         self.tls = False
@@ -410,12 +426,23 @@ class ClientProtocol:
     def pipelining(self) -> bool:
         return self.use_pipelining and self.capabilities.pipelining
 
+    @property
+    def chunking(self) -> bool:
+        """BDAT in use: CHUNKING and PIPELINING offered, both enabled by the caller."""
+        c = self.capabilities
+        return self.use_chunking and self.use_pipelining and c.chunking and c.pipelining
+
     def _cmd(self, kind: str, line: bytes, txn: _Txn | None = None, index: int = 0) -> None:
         if self.state >= State.CLOSED:
             return
         self._out.append(line)
         self._parser.expect(kind)
         self._pending.append((kind, txn, index))
+
+    def _auto_rset(self) -> None:
+        self._out.append(b"RSET\r\n")
+        self._parser.expect("rset")
+        self._pending.append(("rset_auto", None, 0))
 
     def _require(self, *states: State) -> None:
         if self.state not in states:
@@ -481,7 +508,8 @@ class ClientProtocol:
             self._require(State.READY, State.TXN, State.RSET)
         result = TransactionResult(envelope)
         caps = self.capabilities
-        body = prepare_body(envelope.body)
+        bdat = self.chunking
+        body = normalize_body(envelope.body) if bdat else prepare_body(envelope.body)
         rcpts = envelope.rcpts
         mail_from = envelope.mail_from
         utf8 = envelope.smtputf8 or not (
@@ -489,7 +517,8 @@ class ClientProtocol:
             and (rcpts[0].isascii() if len(rcpts) == 1 else "".join(rcpts).isascii()))
         if utf8 and not caps.smtputf8:
             return self._local_done(result, "smtputf8_unsupported")
-        size = len(body) - 3  # RFC 1870: the message with CRLFs, without the final "."
+        # RFC 1870: the message with CRLFs, without the final "."
+        size = len(body) if bdat else len(body) - 3
         limit = caps.size
         if limit and size > limit:
             return self._local_done(result, "too_large", f"{size} > {limit} bytes")
@@ -506,6 +535,7 @@ class ClientProtocol:
         mail_cmd = b"MAIL FROM:<" + mail_from.encode(enc) + b">" + params + b"\r\n"
         rcpt_cmds = [b"RCPT TO:<" + r.encode(enc) + b">\r\n" for r in rcpts]
         txn = _Txn(result, body, mail_cmd, rcpt_cmds)
+        txn.bdat = bdat
         self._queue.append(txn)
         if self._active is None:
             self._pump()
@@ -544,7 +574,9 @@ class ClientProtocol:
         self.state = _TXN
         self._inflight.append(txn)
         self._active = txn
-        if pipelining:
+        if txn.bdat:
+            self._pump_bdat(txn)
+        elif pipelining:
             # MAIL, every RCPT and DATA in one write (RFC 2920); DATA ends the group
             cmds = txn.rcpt_cmds
             n = len(cmds)
@@ -561,6 +593,43 @@ class ClientProtocol:
             txn.next_rcpt = n
         else:
             self._cmd("mail", txn.mail_cmd, txn)
+
+    def _pump_bdat(self, txn: _Txn) -> None:
+        """BDAT (RFC 3030): whole transactions back to back, no 354 to wait for.
+
+        Each group after the first starts with RSET, so that a transaction the server
+        still holds open after a failed BDAT cannot swallow the next MAIL.  The reply to
+        ``BDAT n LAST`` is tagged ``dot``: it is the reply to the message content.
+        """
+        out = self._out
+        expect = self._parser.expect
+        pending = self._pending
+        while True:
+            cmds = txn.rcpt_cmds
+            body = txn.body
+            head = b"RSET\r\n" if self._bdat_sent else b""
+            out.append(head + txn.mail_cmd + b"".join(cmds)
+                       + b"BDAT %d LAST\r\n" % len(body))
+            out.append(body)
+            if head:
+                expect("rset")
+                pending.append(("rset_auto", None, 0))
+            expect("mail")
+            pending.append(("mail", txn, 0))
+            for i in range(len(cmds)):
+                expect("rcpt")
+                pending.append(("rcpt", txn, i))
+            expect("dot")
+            pending.append(("dot", txn, 0))
+            txn.next_rcpt = len(cmds)
+            txn.body_sent = True
+            self._bdat_sent = True
+            self._active = None
+            q = self._queue
+            if not q or not q[0].bdat:
+                return
+            txn = q.popleft()
+            self._inflight.append(txn)
 
     def _finish(self, txn: _Txn, need_rset: bool) -> None:
         txn.done = True
@@ -580,7 +649,7 @@ class ClientProtocol:
             return
         if need_rset:
             self.state = _RSET
-            self._cmd("rset", b"RSET\r\n")
+            self._auto_rset()
         elif st == _TXN and not self._inflight:
             self.state = _READY
         self._pump()
@@ -708,9 +777,14 @@ class ClientProtocol:
             else:
                 self.state = State.READY
             self._events.append(StartTls(reply))
+        elif kind == "rset_auto":
+            # our own RSET after a failed transaction: no event, just carry on
+            if self.state == _RSET:
+                self.state = _TXN if self._inflight else _READY
+            self._pump()
         elif kind == "rset":
-            if self.state == State.RSET:
-                self.state = State.TXN if self._inflight else State.READY
+            if self.state == _RSET:
+                self.state = _TXN if self._inflight else _READY
             self._events.append(ResetDone(reply))
             self._pump()
         elif kind == "noop":

@@ -183,7 +183,8 @@ class Connection:
     def __init__(self, cfg: SmtpConfig, ip: str, port: int) -> None:
         self.cfg = cfg
         self.peer = (ip, port)
-        self.proto = ClientProtocol(pipelining=cfg.pipelining, max_reply=cfg.max_reply_bytes)
+        self.proto = ClientProtocol(pipelining=cfg.pipelining, chunking=cfg.chunking,
+                                    max_reply=cfg.max_reply_bytes)
         self.loop = asyncio.get_running_loop()
         self.stream: _Stream | None = None
         self.local_address: tuple | None = None

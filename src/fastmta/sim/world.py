@@ -44,7 +44,7 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     pipelining: bool = True
     starttls: bool = False
-    chunking: bool = False  # advertised only (BDAT is not implemented by the sink)
+    chunking: bool = False  # CHUNKING advertised and BDAT accepted (RFC 3030)
     max_size: int = 0  # SIZE advertised; 0 = no limit announced as "SIZE 0"
     greeting: str = ""  # replace the greeting, e.g. "554 5.7.1 go away"
     greeting_delay_s: float = 0.0
