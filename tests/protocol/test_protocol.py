@@ -12,7 +12,6 @@ from fastmta.protocol import (
     Greeting,
     Hello,
     QuitDone,
-    ResetDone,
     ServiceClosing,
     StartTls,
     State,
