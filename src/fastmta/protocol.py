@@ -19,7 +19,11 @@ Transactions are queued: ``send()`` may be called while another transaction is i
 flight.  With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one write, and
 the next queued transaction's commands follow its predecessor's body in the same write;
 without it everything is lock-step.  A transaction that fails before the body is sent is
-followed by RSET.  Each RCPT reply is kept; each reply carries the command it answers.
+followed by RSET (our own RSETs produce no event).  With ``chunking=True`` and a server
+offering CHUNKING + PIPELINING, transactions use ``BDAT n LAST`` (RFC 3030) and go out
+back to back without waiting (see ``_pump_bdat``).  Each RCPT reply is kept; each reply
+carries the command it answers (the reply to the message content is tagged ``dot``,
+after DATA's "." or BDAT LAST alike).
 
 Nothing here raises on peer misbehaviour: garbage or an over-size reply becomes a
 ``ConnectionFailed`` event (state BROKEN) and every unfinished transaction completes with
@@ -331,6 +335,8 @@ class TransactionDone(Event):
 
 @dataclass(slots=True, eq=False)
 class ResetDone(Event):
+    """An explicit ``rset()`` or ``noop()`` was answered."""
+
     reply: Reply
 
 
