@@ -275,6 +275,10 @@ class _Session(asyncio.Protocol):
                     out.append(R_LINE_TOO_LONG)
                     self.mode = _CLOSED
                 break
+            if eol - pos > _MAX_LINE:
+                out.append(R_LINE_TOO_LONG)
+                self.mode = _CLOSED
+                break
             line = bytes(buf[pos:eol]).rstrip(b"\r")
             pos = eol + 1
             reply = self._command(line)
