@@ -461,8 +461,12 @@ class Connection:
                     w = self._control_waiter
                     if w is not None and not w.done():
                         w.set_result(None)
-            if isinstance(events[-1], (ServiceClosing, ConnectionFailed)) and not lost:
-                self.close()
+            last = events[-1]
+            if not lost:
+                if type(last) is ServiceClosing:
+                    self.close()  # the server said goodbye: flush and close
+                elif type(last) is ConnectionFailed:
+                    self.abort()  # garbage from the peer: drop at once
         if lost:
             if self._timer is not None:
                 self._timer.cancel()
