@@ -226,6 +226,8 @@ class World:
         if p.dns == "servfail":
             return ("soft", "unreachable")
         b = p.behaviour
+        if b.greeting.startswith("5"):
+            return ("soft", "refused")  # the host refuses us, not the address
         if b.silent or (b.greeting and not b.greeting.startswith("2")):
             return ("soft", "unreachable")
         if b.garbage:
