@@ -253,7 +253,13 @@ def load_world(name_or_path: str = "default", **overrides) -> World:
     """Load a profile TOML into a World (``overrides``: top-level WorldSpec fields)."""
     import tomllib
 
-    with open(profile_path(name_or_path), "rb") as f:
-        data = tomllib.load(f)
-    data.update(overrides)
-    return World(msgspec.convert(data, WorldSpec))
+    from ..errors import ConfigError
+
+    path = profile_path(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        data.update(overrides)
+        return World(msgspec.convert(data, WorldSpec))
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"sim profile {path}: {exc}") from None
