@@ -18,6 +18,7 @@ import dns.flags
 import dns.message
 import dns.name
 import dns.rcode
+import dns.rdataset
 import dns.rdatatype
 import dns.rrset
 
@@ -29,17 +30,25 @@ _SOA = "ns.sim.test. hostmaster.sim.test. 1 3600 600 86400 60"
 
 
 class Zone:
-    """name -> {rdtype -> RRset}, plus names answered with SERVFAIL or after a delay."""
+    """name -> {rdtype -> Rdataset}, plus names answered with SERVFAIL or after a delay.
+
+    Rdatasets are shared: all domains of a provider point at one MX rdataset, so a
+    world of 100,000 domains builds in well under a second; RRsets get their owner name
+    when a query is answered.
+    """
 
     def __init__(self, world: World) -> None:
-        self.records: dict[str, dict[int, dns.rrset.RRset]] = {}
+        self.records: dict[str, dict[int, dns.rdataset.Rdataset]] = {}
         self.cname_partial: set[str] = set()
         self.servfail: set[str] = set()
         self.delay: dict[str, float] = {}
         for h in world.hosts.values():
-            self._add(h.name, 300, "A", h.address)
+            self._put(h.name, _rdataset(300, "A", [h.address]))
         for p in world.spec.providers:
             hosts = world.provider_hosts[p.name]
+            mx = _rdataset(p.ttl, "MX", [f"{h.preference} {h.name}." for h in hosts])
+            a = _rdataset(p.ttl, "A", [hosts[0].address]) if hosts else None
+            null = _rdataset(p.ttl, "MX", ["0 ."])
             for d in world.domains_of(p):
                 if p.dns == "nxdomain":
                     continue
@@ -49,29 +58,20 @@ class Zone:
                 if p.dns == "slow":
                     self.delay[d] = p.dns_delay_s
                 if p.dns == "nullmx":
-                    self._add(d, p.ttl, "MX", "0 .")
+                    self._put(d, null)
                 elif p.dns == "implicit":
-                    self._add(d, p.ttl, "A", hosts[0].address)
+                    self._put(d, a)
                 elif p.dns in ("cname", "cname-partial"):
                     alias = f"alias.{d}"
-                    self._add(d, p.ttl, "CNAME", alias + ".")
-                    for h in hosts:
-                        self._add(alias, p.ttl, "MX", f"{h.preference} {h.name}.")
+                    self._put(d, _rdataset(p.ttl, "CNAME", [alias + "."]))
+                    self._put(alias, mx)
                     if p.dns == "cname-partial":
                         self.cname_partial.add(d)
                 else:
-                    for h in hosts:
-                        self._add(d, p.ttl, "MX", f"{h.preference} {h.name}.")
+                    self._put(d, mx)
 
-    def _add(self, name: str, ttl: int, rdtype: str, text: str) -> None:
-        name = name.lower().rstrip(".")
-        t = dns.rdatatype.from_text(rdtype)
-        by_type = self.records.setdefault(name, {})
-        rr = by_type.get(t)
-        if rr is None:
-            by_type[t] = dns.rrset.from_text(name + ".", ttl, "IN", rdtype, text)
-        else:
-            rr.add(dns.rrset.from_text(name + ".", ttl, "IN", rdtype, text)[0])
+    def _put(self, name: str, rds: dns.rdataset.Rdataset) -> None:
+        self.records.setdefault(name.lower().rstrip("."), {})[rds.rdtype] = rds
 
     def answer(self, query: dns.message.Message) -> tuple[dns.message.Message, float]:
         """The response to ``query`` and the delay before sending it."""
@@ -95,23 +95,33 @@ class Zone:
                     resp.set_rcode(dns.rcode.NXDOMAIN)
                     resp.authority.append(self._soa(name))
                 return resp, delay
-            rr = recs.get(q.rdtype)
-            if rr is not None:
-                resp.answer.append(rr)
+            rds = recs.get(q.rdtype)
+            if rds is not None:
+                resp.answer.append(_rrset(name, rds))
                 return resp, delay
             cname = recs.get(dns.rdatatype.CNAME)
             if cname is None or seen > 8:
                 resp.authority.append(self._soa(name))  # NODATA
                 return resp, delay
-            resp.answer.append(cname)
+            resp.answer.append(_rrset(name, cname))
             if name in self.cname_partial:
                 return resp, delay
-            name = cname[0].target.to_text(omit_final_dot=True).lower()
+            name = next(iter(cname)).target.to_text(omit_final_dot=True).lower()
             seen += 1
 
     @staticmethod
     def _soa(name: str) -> dns.rrset.RRset:
         return dns.rrset.from_text(name + ".", 60, "IN", "SOA", _SOA)
+
+
+def _rdataset(ttl: int, rdtype: str, texts: list[str]) -> dns.rdataset.Rdataset:
+    return dns.rdataset.from_text("IN", rdtype, ttl, *texts)
+
+
+def _rrset(name: str, rds: dns.rdataset.Rdataset) -> dns.rrset.RRset:
+    rr = dns.rrset.RRset(dns.name.from_text(name + "."), rds.rdclass, rds.rdtype)
+    rr.update(rds)
+    return rr
 
 
 class _Udp(asyncio.DatagramProtocol):
