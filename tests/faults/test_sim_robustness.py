@@ -75,3 +75,27 @@ def test_dns_over_tcp_and_malformed_queries():
     tcp, mx = arun(go())
     assert tcp.answer and tcp.answer[0].rdtype == dns.rdatatype.MX
     assert mx.ok and mx.hosts[0].addresses == ["127.0.1.1"]
+
+
+def test_dns_wire_fast_path_matches_dnspython_answers():
+    from fastmta.sim import load_world
+    from fastmta.sim.dns import Zone
+
+    zone = Zone(load_world("default"))
+    names = list(zone.wire)
+    assert len(names) > 20
+    for name in names:
+        for rdtype in (dns.rdatatype.MX, dns.rdatatype.A):
+            for edns in (None, 0):
+                q = dns.message.make_query(name, rdtype, use_edns=edns)
+                wire = q.to_wire()
+                fast = zone.fast_answer(wire)
+                slow, delay = zone.answer(q)
+                if fast is None:
+                    assert rdtype not in zone.wire[name]
+                    continue
+                got = dns.message.from_wire(fast[0])
+                assert got.id == q.id and fast[1] == delay
+                assert got.rcode() == slow.rcode() == 0
+                assert [sorted(r.to_text().splitlines()) for r in got.answer] == \
+                    [sorted(r.to_text().splitlines()) for r in slow.answer]
