@@ -154,6 +154,10 @@ class Envelope(msgspec.Struct, frozen=True):
     smtputf8: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.body, bytes):
+            raise LocalProtocolError(f"message body must be bytes, not {type(self.body).__name__}")
+        if isinstance(self.rcpts, str):
+            raise LocalProtocolError("rcpts must be a list of addresses, not a str")
         check_address(self.mail_from, "sender")
         if not self.rcpts:
             raise LocalProtocolError("an envelope needs at least one recipient")

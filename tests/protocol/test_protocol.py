@@ -278,6 +278,13 @@ def test_over_long_address_refused():
         Envelope("s@a.test", ["x" * 990 + "@b.test"], b"m")
 
 
+def test_wrong_types_refused():
+    with pytest.raises(LocalProtocolError, match="bytes"):
+        Envelope("s@a.test", ["x@y.test"], "a str body")
+    with pytest.raises(LocalProtocolError, match="list"):
+        Envelope("s@a.test", "x@y.test", b"m")
+
+
 def test_empty_recipient_list_refused():
     with pytest.raises(LocalProtocolError):
         Envelope("s@a.test", [], b"m")
