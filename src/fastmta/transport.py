@@ -318,6 +318,8 @@ class Connection:
         if not isinstance(ev, StartTls):
             self._fail_from(ev, "starttls")
         if not ev.ok:
+            if self.proto.state in (State.CLOSED, State.BROKEN):  # e.g. 421 to STARTTLS
+                raise ConnectFailed("tls_failed", ev.reply, classify_reply(ev.reply))
             if policy == "opportunistic":
                 return  # RFC 3207: carry on in plain text
             self._quit_nowait()
