@@ -62,8 +62,8 @@ class ConnectFailed(FastMTAError):
     """The connection could not be set up; ``classification`` says how to treat it.
 
     ``kind``: ``connect_failed``, ``connect_timeout``, ``greeting`` (4xx/5xx greeting),
-    ``ehlo`` (EHLO and HELO refused), ``tls_failed``, ``timeout``, ``connection_lost``,
-    ``protocol_error``.  ``reply``: the server's reply or a synthetic one.
+    ``ehlo`` (EHLO and HELO refused), ``tls_failed``, ``closing`` (421 to STARTTLS),
+    ``timeout``, ``connection_lost``, ``protocol_error``.  ``reply``: the server's reply or a synthetic one.
     """
 
     def __init__(self, kind: str, reply: Reply, classification: Classification) -> None:
@@ -319,7 +319,7 @@ class Connection:
             self._fail_from(ev, "starttls")
         if not ev.ok:
             if self.proto.state in (State.CLOSED, State.BROKEN):  # e.g. 421 to STARTTLS
-                raise ConnectFailed("tls_failed", ev.reply, classify_reply(ev.reply))
+                raise ConnectFailed("closing", ev.reply, classify_reply(ev.reply))
             if policy == "opportunistic":
                 return  # RFC 3207: carry on in plain text
             self._quit_nowait()

@@ -438,4 +438,4 @@ def test_421_to_starttls_fails_the_connection():
             return await open_expect_fail(srv.port, tls="opportunistic")
 
     err = arun(go())
-    assert err.kind == "tls_failed" and err.reply.code == 421 and err.classification.throttle
+    assert err.kind == "closing" and err.reply.code == 421 and err.classification.throttle
