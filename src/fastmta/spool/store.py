@@ -229,6 +229,16 @@ class Spool:
             except lmdb.MapResizedError:
                 self._env.set_mapsize(0)  # adopt the size another process set
             except lmdb.MapFullError as exc:
+                # Another process may have raised the map without writing past our end
+                # (LMDB then reports no MAP_RESIZED): adopt the size in the meta page.
+                before = self._env.info()["map_size"]
+                try:
+                    self._env.set_mapsize(0)
+                except lmdb.Error:
+                    pass
+                if self._env.info()["map_size"] > before:
+                    log.warning("spool %s: adopted a larger map size", self.path)
+                    continue
                 msg = (
                     f"spool {self.path} is full (map_size_bytes={self._env.info()['map_size']}): "
                     "delivery is paused and nothing is lost; raise [spool] map_size_bytes "
