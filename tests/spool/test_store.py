@@ -221,3 +221,15 @@ def test_opened_before_fork_is_refused(tmp_path):
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0
     assert sp.kpis(1) == {}
+
+
+def test_doubles_across_and_within_batches(spool):
+    did = make_delivery(spool, 0)
+    emails = ["a@x.example", "b@x.example", "a@x.example", "c@x.example", "b@x.example",
+              "A@X.example", "a@x.example"]
+    st = spool.add_recipients(did, [RecipientIn(email=e.split("@")[0] + "@" + e.split("@")[1].lower(),
+                                                line=i + 2) for i, e in enumerate(emails)], batch=2)
+    assert st.added == 4 and st.excluded == {"double": 3}
+    statuses = [r.status for _, r in spool.recipients(did)]
+    assert statuses == [Status.PENDING, Status.PENDING, Status.IGNORED, Status.PENDING,
+                        Status.IGNORED, Status.PENDING, Status.IGNORED]

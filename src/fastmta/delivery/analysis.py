@@ -26,7 +26,7 @@ import msgspec
 from ..config import DeliveryConfig
 from ..errors import FastMTAError
 from ..records import DeliveryRecord, RecipientIn
-from .addresses import check_address, domain_shard
+from .addresses import check_address, domain_shard, has_control
 from .recipients import RecipientReader, Row
 from .template import Template, TemplateError
 
@@ -122,6 +122,7 @@ class _Prechecker:
         self.t = t
         self.fields = t.fields
         self.missing: Counter[str] = Counter()
+        self._reader: Any = None
         if columns is not None:
             unknown = [f for f in t.fields if f not in columns]
             if unknown:
@@ -129,32 +130,59 @@ class _Prechecker:
                     f"the message uses {', '.join('{{' + u + '}}' for u in unknown)} but the "
                     f"recipients file has no such column (columns: {', '.join(columns) or 'none'})"
                 )
+        self.hidx = [i for i, f in enumerate(self.fields) if f in t.header_fields]
+        self.bidx = [i for i, f in enumerate(self.fields) if f in t.body_fields] if t.boundary else []
+        self.marker = "--" + t.boundary if t.boundary else ""
 
-    def check(self, row: Row) -> tuple[str, str, str, bool, tuple[str, ...]]:
-        """``(reason, detail, normalised email, smtputf8, field values)``."""
-        if row.error:
-            return "malformed_line", row.error, "", False, ()
-        norm, utf8, err = check_address(row.email)
-        if err == "empty":
-            return "address_not_specified", "", "", False, ()
+    def rows(self, reader: Any) -> Iterator[tuple[int, str, tuple[str, ...], str]]:
+        """``(line, email, field values, error)`` from a reader or an iterable of Row."""
+        if hasattr(reader, "rows"):
+            self._reader = reader
+            return reader.rows(self.fields)
+        return self._from_rows(reader)
+
+    def _from_rows(self, rows: Iterable[Row]) -> Iterator[tuple[int, str, tuple[str, ...], str]]:
+        for r in rows:
+            vals = []
+            for name in self.fields:
+                v = r.fields.get(name)
+                if v is None:
+                    self.missing[name] += 1
+                    v = ""
+                vals.append(v)
+            yield r.line, r.email, tuple(vals), r.error
+
+    def missing_counts(self) -> dict[str, int]:
+        out = dict(self.missing)
+        if self._reader is not None:
+            for k, v in self._reader.missing.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def check(self, email: str, vals: tuple[str, ...], error: str) -> tuple[str, str, str, bool]:
+        """``(reason, detail, normalised email, smtputf8)``."""
+        if error:
+            return "malformed_line", error, "", False
+        norm, utf8, err = check_address(email)
         if err:
-            return "unqualified_address", err, "", False, ()
-        f = row.fields
-        vals = []
-        for name in self.fields:
-            v = f.get(name)
-            if v is None:
-                self.missing[name] += 1
-                v = ""
-            vals.append(v)
-        bad = self.t.check_fields(f)
-        if bad is not None:
-            return "invalid_field", f"field {bad!r} would inject a line", norm, utf8, ()
-        return "", "", norm, utf8, tuple(vals)
+            if err == "empty":
+                return "address_not_specified", "", "", False
+            return "unqualified_address", err, "", False
+        hidx = self.hidx
+        if hidx:
+            text = vals[hidx[0]] if len(hidx) == 1 else " ".join([vals[i] for i in hidx])
+            if has_control(text):
+                bad = next(self.fields[i] for i in hidx if has_control(vals[i]))
+                return "invalid_field", f"field {bad!r} would inject a line", norm, utf8
+        if self.bidx:
+            for i in self.bidx:
+                if self.marker in vals[i]:
+                    return "invalid_field", f"field {self.fields[i]!r} holds the MIME boundary", norm, utf8
+        return "", "", norm, utf8
 
 
 def _finish(a: Analysis, pre: _Prechecker, domains: Counter[str], warnings: list[str]) -> Analysis:
-    for name, n in sorted(pre.missing.items()):
+    for name, n in sorted(pre.missing_counts().items()):
         warnings.append(f"field {name!r} missing on {n} recipient(s): rendered empty")
     if a.smtputf8:
         warnings.append(f"{a.smtputf8} recipient(s) have a UTF-8 local part and need SMTPUTF8")
@@ -191,9 +219,9 @@ def analyze(
     domains: Counter[str] = Counter()
     exc = a.excluded
     with ScratchSet(dir=scratch_dir) as seen:
-        for row in reader:
+        for line, email, vals, error in pre.rows(reader):
             a.recipients += 1
-            reason, detail, norm, utf8, _ = pre.check(row)
+            reason, detail, norm, utf8 = pre.check(email, vals, error)
             if not reason:
                 if not seen.add(norm):
                     reason = "double"
@@ -202,7 +230,7 @@ def analyze(
             if reason:
                 exc[reason] = exc.get(reason, 0) + 1
                 if on_excluded is not None:
-                    on_excluded(Exclusion(row.line, norm or row.email, reason, detail))
+                    on_excluded(Exclusion(line, norm or email, reason, detail))
                 continue
             a.to_deliver += 1
             a.smtputf8 += utf8
@@ -272,17 +300,18 @@ def inject(
     details: dict[int, str] = {}
 
     def items() -> Iterator[RecipientIn]:
-        for row in reader:
-            reason, detail, norm, utf8, vals = pre.check(row)
+        check = pre.check
+        for line, email, vals, error in pre.rows(reader):
+            reason, detail, norm, utf8 = check(email, vals, error)
             if reason:
                 if detail:
-                    details[row.line] = detail
-                yield RecipientIn(email=norm or row.email.strip()[:320], line=row.line,
-                                  exclude=reason)
+                    details[line] = detail
+                yield RecipientIn(email=norm or email.strip()[:320], line=line, exclude=reason)
                 continue
-            counts["smtputf8"] += utf8
-            yield RecipientIn(email=norm, fields=vals, shard=shard_of(norm.rpartition("@")[2]),
-                              line=row.line, smtputf8=utf8)
+            if utf8:
+                counts["smtputf8"] += 1
+            yield RecipientIn(email=norm, fields=vals, shard=shard_of(norm[norm.rindex("@") + 1:]),
+                              line=line, smtputf8=utf8)
 
     def excluded(item: RecipientIn, reason: str) -> None:
         if on_excluded is not None:

@@ -100,10 +100,11 @@ def dedupe_hash(address: str) -> bytes:
 class _Acc:
     """Per-transaction accumulator: KPI deltas, events, deliveries read, quarantine."""
 
-    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied")
+    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied", "q_check")
 
-    def __init__(self, now: int) -> None:
+    def __init__(self, now: int, q_check: bool = True) -> None:
         self.now = now
+        self.q_check = q_check  # False when the quarantine table is empty
         self.kpi: dict[int, defaultdict[str, int]] = {}
         self.events: list[Any] = []
         self.deliveries: dict[int, DeliveryRecord | None] = {}
@@ -418,9 +419,8 @@ class Spool:
         raw = txn.get(K.pack_u32(did) + b"recipients", db=db["kpi"])
         rid = K.unpack_i64(raw)[0] if raw else 0
         did4 = K.pack_u32(did)
-        seen_db = db["seen"]
-        put = txn.put
         check_q = txn.stat(db["quarantine"])["entries"] > 0
+        dups = self._find_doubles(txn, did4, chunk)
         rcpt_items: list[tuple[bytes, bytes]] = []
         ready_keys: list[tuple[bytes, bytes]] = []
         excluded: list[tuple[RecipientIn, str]] = []
@@ -428,14 +428,12 @@ class Spool:
         encode = ENCODER.encode
         pack_rcpt = K.pack_rcpt
         pack_ready = K.pack_ready
-        blake = hashlib.blake2b
         added = 0
-        for item in chunk:
+        for idx, item in enumerate(chunk):
             email = item.email
             reason = item.exclude
             if not reason:
-                if not put(did4 + blake(email.encode(), digest_size=8).digest(), b"",
-                           overwrite=False, db=seen_db):
+                if dups and idx in dups:
                     reason = "double"
                 elif check_q:
                     reason = self._quarantine_reason(txn, email, t0) or ""
@@ -449,7 +447,7 @@ class Spool:
                 rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
                            smtputf8=item.smtputf8)
                 ready_keys.append((pack_ready(item.shard, did, rid), b""))
-                domains[email.rpartition("@")[2]] += 1
+                domains[email[email.rindex("@") + 1:]] += 1
                 added += 1
             rcpt_items.append((pack_rcpt(did, rid), encode(rec)))
             rid += 1
@@ -471,6 +469,42 @@ class Spool:
             txn.put(did4, encode(d2), db=db["deliveries"])
         self._flush(txn, acc)
         return added, excluded
+
+    def _find_doubles(self, txn: Any, did4: bytes, chunk: list[RecipientIn]) -> set[int]:
+        """Indexes of the chunk's duplicates (of earlier items or of earlier chunks), and
+        record the others in ``seen``.  Fast path: one sorted ``putmulti`` in a nested
+        transaction; only if it finds an existing key are the items checked one by one."""
+        blake = hashlib.blake2b
+        dups: set[int] = set()
+        first: dict[bytes, int] = {}
+        for idx, item in enumerate(chunk):
+            if item.exclude:
+                continue
+            k = did4 + blake(item.email.encode(), digest_size=8).digest()
+            if k in first:
+                dups.add(idx)
+            else:
+                first[k] = idx
+        if not first:
+            return dups
+        seen_db = self._db["seen"]
+        keys = sorted(first)
+        sub = self._env.begin(write=True, parent=txn)
+        try:
+            consumed, added = sub.cursor(db=seen_db).putmulti(
+                [(k, b"") for k in keys], dupdata=False, overwrite=False)
+        except BaseException:
+            sub.abort()
+            raise
+        if added == len(keys):
+            sub.commit()
+            return dups
+        sub.abort()
+        put = txn.put
+        for k, idx in sorted(first.items(), key=lambda kv: kv[1]):
+            if not put(k, b"", overwrite=False, db=seen_db):
+                dups.add(idx)
+        return dups
 
     def precheck(self, address: str, *, now: int | None = None) -> str | None:
         """Exclusion reason from the quarantine/denylist for ``address`` (analysis)."""
@@ -670,7 +704,7 @@ class Spool:
         t = now or now_ms()
 
         def fn(txn: Any) -> CommitStats:
-            acc = _Acc(t)
+            acc = _Acc(t, txn.stat(self._db["quarantine"])["entries"] > 0)
             for res in results:
                 self._apply(txn, acc, res)
             self._flush(txn, acc)
@@ -714,17 +748,16 @@ class Spool:
             common["last_attempt_ms"] = t
             kd["attempts"] += 1
         if outcome == "sent":
+            # a soft reason stays as history; any other old reason is cleared
             new = msgspec.structs.replace(
-                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0, **common
+                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0,
+                reason=rec.reason if rec.type == "soft" else "", **common
             )
-            if rec.type == "soft" and rec.reason:
-                new = msgspec.structs.replace(new, reason=rec.reason)  # kept as history
-            else:
-                new = msgspec.structs.replace(new, reason="")
             kd["pending"] -= 1
             kd["sent"] += 1
             kd[f"domain/{dom}/sent"] += 1
-            self._quarantine_on_success(txn, acc, rec.email)
+            if acc.q_check:
+                self._quarantine_on_success(txn, acc, rec.email)
         elif outcome == "hard":
             reason = res.reason or "not_defined"
             new = msgspec.structs.replace(
