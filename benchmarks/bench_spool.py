@@ -55,7 +55,7 @@ TEMPLATE = (b"From: Shop <news@shop.example>\r\nTo: {{first}} {{last}} <{{email}
 
 
 # ---------------------------------------------------------------------- phases (children)
-def phase_inject(spool_dir: str, csv_path: str, q) -> None:
+def phase_inject(spool_dir: str, csv_path: str, parallel: bool, q) -> None:
     from fastmta.config import SpoolConfig
     from fastmta.delivery import inject, open_recipients
     from fastmta.spool import Spool
@@ -64,7 +64,7 @@ def phase_inject(spool_dir: str, csv_path: str, q) -> None:
     sp = Spool.open(spool_dir, cfg)
     t0 = time.perf_counter()
     with open_recipients(csv_path) as r:
-        a = inject(sp, r, TEMPLATE, shards=64)
+        a = inject(sp, r, TEMPLATE, shards=64, parallel=parallel)
     dt = time.perf_counter() - t0
     info = sp.info()
     q.put({"recipients": a.to_deliver, "seconds": round(dt, 2),
@@ -115,7 +115,7 @@ def phase_lease(spool_dir: str, shards: list[int], batch: int, q) -> None:
     q.put({"leased": n, "seconds": round(dt, 2), "leases_per_s": round(n / dt), **_mem()})
 
 
-def phase_commit(spool_dir: str, shards: list[int], q, barrier) -> None:
+def phase_commit(spool_dir: str, shards: list[int], group: int, q, barrier) -> None:
     """Results for this process's leased items through ResultWriter (default batching),
     as an engine would: many concurrent submitters awaiting durability."""
     from fastmta.records import Result
@@ -141,12 +141,20 @@ def phase_commit(spool_dir: str, shards: list[int], q, barrier) -> None:
                 for r in it:
                     await w.submit(r)
 
-            await asyncio.gather(*(worker() for _ in range(conc)))
+            async def group_worker() -> None:
+                while chunk := [r for _, r in zip(range(group), it, strict=False)]:
+                    await w.submit_many(chunk)
+
+            if group <= 1:
+                await asyncio.gather(*(worker() for _ in range(conc)))
+            else:
+                await asyncio.gather(*(group_worker() for _ in range(max(1, conc // group))))
             return time.perf_counter() - t0
 
     dt = asyncio.run(main())
     q.put({"results": len(results), "seconds": round(dt, 2),
            "commits_per_s": round(len(results) / dt), "commit_batch": sp.cfg.commit_batch,
+           "submit": f"submit_many({group})" if group > 1 else "submit (one result per await)",
            "commit_window_ms": sp.cfg.commit_window_ms, **_mem()})
 
 
@@ -195,11 +203,13 @@ def run_phase(target, *args, procs: int = 1, arg_per_proc=None, timeout: float =
     return out
 
 
-def inject_run(n: int, work: str) -> dict:
+def inject_run(n: int, work: str, parallel: bool = False) -> dict:
     csv_path = os.path.join(work, f"r{n}.csv")
-    make_csv(csv_path, n)
-    spool = os.path.join(work, f"spool{n}")
-    (res,) = run_phase(phase_inject, spool, csv_path)
+    if not os.path.exists(csv_path):
+        make_csv(csv_path, n)
+    spool = os.path.join(work, f"spool{n}{'p' if parallel else ''}")
+    (res,) = run_phase(phase_inject, spool, csv_path, parallel)
+    res["parallel_reader"] = parallel
     raw = os.path.join(work, f"raw{n}")
     os.makedirs(raw)
     (peer,) = run_phase(phase_raw_inject, raw, csv_path)
@@ -236,6 +246,10 @@ def main() -> None:
             r = inject_run(n, work)
             report[f"inject_{n}"] = r
             print(f"inject {n}: {r}", flush=True)
+        r = inject_run(args.recipients, work, parallel=True)
+        report[f"inject_{args.recipients}_parallel_reader"] = r
+        print(f"inject {args.recipients} with a reader process: {r}", flush=True)
+        shutil.rmtree(os.path.join(work, f"spool{args.recipients}p"), ignore_errors=True)
         big = os.path.join(work, f"spool{args.recipients}")
         (lease,) = run_phase(phase_lease, big, list(range(64)), 1000)
         report["lease_and_claim"] = lease
@@ -246,24 +260,27 @@ def main() -> None:
             csv_path = os.path.join(work, f"c{procs}.csv")
             make_csv(csv_path, args.commit_n)
             spool = os.path.join(work, f"commit{procs}")
-            run_phase(phase_inject, spool, csv_path)
-            shard_sets = [list(range(64))] if procs == 1 else [list(range(0, 64, 2)), list(range(1, 64, 2))]
-            res = run_phase(phase_commit, procs=procs,
-                            arg_per_proc=[(spool, s) for s in shard_sets])
-            total = sum(r["results"] for r in res)
-            secs = max(r["seconds"] for r in res)
-            agg = {"processes": procs, "results": total, "seconds": secs,
-                   "commits_per_s": round(total / secs), "per_process": res}
-            report[f"commits_{procs}proc_one_env"] = agg
-            print(f"result commits, {procs} process(es), one env: "
-                  f"{agg['commits_per_s']}/s {res}", flush=True)
+            for group in (1, 8):
+                spool = os.path.join(work, f"commit{procs}_{group}")
+                run_phase(phase_inject, spool, csv_path, False)
+                shard_sets = [list(range(64))] if procs == 1 else [list(range(0, 64, 2)), list(range(1, 64, 2))]
+                res = run_phase(phase_commit, procs=procs,
+                                arg_per_proc=[(spool, s, group) for s in shard_sets])
+                total = sum(r["results"] for r in res)
+                secs = max(r["seconds"] for r in res)
+                agg = {"processes": procs, "results": total, "seconds": secs,
+                       "commits_per_s": round(total / secs), "per_process": res}
+                report[f"commits_{procs}proc_one_env_group{group}"] = agg
+                print(f"result commits, {procs} process(es), one env, {res[0]['submit']}: "
+                      f"{agg['commits_per_s']}/s {res}", flush=True)
+                shutil.rmtree(spool, ignore_errors=True)
         # the one-env-vs-env-per-shard question: two processes, two separate envs
         csv_path = os.path.join(work, "c2.csv")
         envs = []
         for i in range(2):
             spool = os.path.join(work, f"split{i}")
-            run_phase(phase_inject, spool, csv_path)
-            envs.append((spool, list(range(i, 64, 2))))
+            run_phase(phase_inject, spool, csv_path, False)
+            envs.append((spool, list(range(i, 64, 2)), 1))
         res = run_phase(phase_commit, procs=2, arg_per_proc=envs)
         total = sum(r["results"] for r in res)
         secs = max(r["seconds"] for r in res)

@@ -121,3 +121,24 @@ def test_semicolon_csv_and_validity_limit(tmp_path):
             inject(sp, reader_from_text(CSV), TPL, validity_s=4 * 86400)
     finally:
         sp.close()
+
+
+def test_parallel_reader_process_gives_the_same_result(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_text(CSV)
+    results = []
+    for parallel in (False, True):
+        sp = Spool.open(str(tmp_path / f"spool{parallel}"))
+        try:
+            sp.quarantine_add("quar@a.example")
+            sp.quarantine_add("@deny.example", state="denylisted")
+            exc = []
+            with open_recipients(p) as r:
+                a = inject(sp, r, TPL, on_excluded=exc.append, parallel=parallel)
+            recs = [(r.email, r.status, r.reason, r.line, r.shard, r.fields)
+                    for _, r in sp.recipients(a.delivery_id)]
+            results.append((a.to_deliver, a.excluded, [(e.line, e.reason, e.detail) for e in exc], recs))
+        finally:
+            sp.close()
+    assert results[0] == results[1]
+    assert [(x[0], x[1]) for x in results[1][2]] == EXPECTED
