@@ -91,9 +91,9 @@ def test_kpis_equal_recount(seq):
                     line += 1
                     items.append(RecipientIn(email=email, shard=zlib.crc32(email.encode()) % 3, line=line,
                                              exclude=exc))
-                sp.add_recipients(did, items, now=now)
+                sp.add_recipients(did, items, now_ms=now)
             elif kind == "lease":
-                leased += [w.key for w in sp.lease(op[1], "w", op[2], now=now)]
+                leased += [w.key for w in sp.lease(op[1], "w", op[2], now_ms=now)]
             elif kind == "commit":
                 if not leased:
                     continue
@@ -105,20 +105,20 @@ def test_kpis_equal_recount(seq):
                                       bounce_class=cls, type="hard" if out == "hard" else "soft",
                                       reason={"hard": "user_unknown", "soft": "mailbox_full"}.get(out, ""),
                                       next_attempt_ms=now + 5_000 if out in ("soft", "defer") else 0))
-                sp.commit(res, now=now)
+                sp.commit(res, now_ms=now)
                 done = {r.key for r in res}
                 leased = [k for k in leased if k not in done]
             elif kind == "recover":
-                sp.recover_leases(owner="w", now=now)
+                sp.recover_leases(owner="w", now_ms=now)
                 leased = []
             elif kind == "tick":
                 now += 6_000
             elif kind == "bigtick":
                 now += VALIDITY // 2
             elif kind == "expire":
-                sp.expire_due(now=now)
+                sp.expire_due(now_ms=now)
             elif kind == "quarantine":
-                sp.quarantine_add(POOL[line % len(POOL)], now=now)
+                sp.quarantine_add(POOL[line % len(POOL)], now_ms=now)
             assert {k: v for k, v in sp.kpis(did).items() if v} == recount(sp, did), op
         k = sp.kpis(did)
         assert k.get("pending", 0) + k.get("sent", 0) + k.get("failed", 0) == k.get("to_deliver", 0)

@@ -14,7 +14,7 @@ from fastmta.spool import Spool, SpoolError, now_ms
 def _drain(sp: Spool, shards, owner="w", now=None):
     out = []
     while True:
-        got = sp.lease(shards, owner, 100, now=now)
+        got = sp.lease(shards, owner, 100, now_ms=now)
         if not got:
             return out
         out += got
@@ -51,7 +51,7 @@ def test_results_update_status_kpis_and_events(spool):
                type="soft", reason="mailbox_full", next_attempt_ms=t + 60_000),
         Result(key=items[3].key, outcome="defer", next_attempt_ms=t + 1000),
     ]
-    st = spool.commit(res, now=t)
+    st = spool.commit(res, now_ms=t)
     assert st.applied == 4
     recs = dict(spool.recipients(did))
     assert recs[0].status == Status.SENT and recs[0].attempts == 1 and recs[0].mx == "mx.d0.example"
@@ -67,13 +67,13 @@ def test_results_update_status_kpis_and_events(spool):
     # hard bounce -> quarantine
     assert spool.quarantine_get(recs[1].email).state == "quarantined"
     # the scheduled queue: nothing due now, the deferral is due first
-    assert spool.lease([0], "w", 10, now=t + 10) == []
+    assert spool.lease([0], "w", 10, now_ms=t + 10) == []
     assert spool.next_due_ms([0]) == t + 1000
-    due = spool.lease([0], "w", 10, now=t + 1000)
+    due = spool.lease([0], "w", 10, now_ms=t + 1000)
     assert [i.rcpt_id for i in due] == [3]
-    due = spool.lease([0], "w", 10, now=t + 60_000)
+    due = spool.lease([0], "w", 10, now_ms=t + 60_000)
     assert [i.rcpt_id for i in due] == [2] and due[0].attempts == 1
-    spool.commit([Result(key=due[0].key, outcome="sent", code=250)], now=t + 60_001)
+    spool.commit([Result(key=due[0].key, outcome="sent", code=250)], now_ms=t + 60_001)
     rec = spool.recipient(did, 2)
     assert rec.status == Status.SENT and rec.attempts == 2 and rec.reason == "mailbox_full"
     evs = [e for _, e in spool.events(delivery_id=did) if type(e).__name__ == "AttemptEvent"]
@@ -93,10 +93,10 @@ def test_final_status_is_sticky_and_repeats_are_stale(spool):
 def test_recover_expired_and_owner_leases(spool):
     make_delivery(spool, 10, shards=1)
     t = now_ms()
-    spool.lease([0], "a", 4, now=t, lease_s=10)
-    spool.lease([0], "b", 6, now=t, lease_s=1000)
-    assert spool.recover_leases(now=t + 5_000) == 0  # holders alive, leases valid
-    assert spool.recover_leases(now=t + 20_000) == 4  # a's leases expired
+    spool.lease([0], "a", 4, now_ms=t, lease_s=10)
+    spool.lease([0], "b", 6, now_ms=t, lease_s=1000)
+    assert spool.recover_leases(now_ms=t + 5_000) == 0  # holders alive, leases valid
+    assert spool.recover_leases(now_ms=t + 20_000) == 4  # a's leases expired
     assert spool.recover_leases(owner="b") == 6
     assert len(_drain(spool, [0])) == 10
 
@@ -113,15 +113,15 @@ def test_late_result_after_recovery_unqueues(spool):
 def test_validity_expiry_keeps_last_soft_reason(spool):
     did = make_delivery(spool, 3, shards=1, validity_s=100)
     d = spool.delivery(did)
-    items = spool.lease([0], "w", 3, now=d.created_ms)
+    items = spool.lease([0], "w", 3, now_ms=d.created_ms)
     spool.commit([Result(key=items[0].key, outcome="soft", reason="mailbox_full", type="soft",
                          bounce_class=22, code=452, next_attempt_ms=d.created_ms + 500_000)],
-                 now=d.created_ms + 1)
+                 now_ms=d.created_ms + 1)
     rec = spool.recipient(did, 0)
     assert rec.next_attempt_ms == d.expires_ms  # rescheduled no later than the validity end
     spool.recover_leases(owner="w")
     # after the validity period, leasing expires instead of returning the items
-    assert spool.lease([0], "w", 10, now=d.expires_ms) == []
+    assert spool.lease([0], "w", 10, now_ms=d.expires_ms) == []
     r0 = spool.recipient(did, 0)
     assert r0.status == Status.FAILED and r0.reason == "expired"
     assert r0.last_soft_reason == "mailbox_full" and r0.bounce_class == 22
@@ -132,8 +132,8 @@ def test_validity_expiry_keeps_last_soft_reason(spool):
 def test_expire_sweep(spool):
     did = make_delivery(spool, 5, shards=2, validity_s=10)
     d = spool.delivery(did)
-    assert spool.expire_due(now=d.expires_ms - 1) == 0
-    assert spool.expire_due(now=d.expires_ms) == 5
+    assert spool.expire_due(now_ms=d.expires_ms - 1) == 0
+    assert spool.expire_due(now_ms=d.expires_ms) == 5
     assert spool.queue_counts()["ready"] == 0 and spool.kpis(did)["failed_expired"] == 5
 
 
@@ -162,9 +162,9 @@ def test_quarantine_rules(spool):
             DeliveryRecord(created_ms=t, expires_ms=t + 1000, fields=[]), b"From: a@b.c\r\n\r\n")
         st = spool.add_recipients(did, [RecipientIn(email="Soft@x.example", line=2)])
         assert st.added == 1, i
-        (it,) = spool.lease([0], "w", 1, now=t)
-        spool.commit([Result(key=it.key, outcome="soft", reason="mailbox_full", type="soft")], now=t)
-        spool.expire_due(now=t + 1000)
+        (it,) = spool.lease([0], "w", 1, now_ms=t)
+        spool.commit([Result(key=it.key, outcome="soft", reason="mailbox_full", type="soft")], now_ms=t)
+        spool.expire_due(now_ms=t + 1000)
         e = spool.quarantine_get("soft@x.example")
         assert e.soft_count == i + 1
         assert e.state == ("quarantined" if i + 1 >= cfg_threshold else "erroneous")
@@ -173,8 +173,8 @@ def test_quarantine_rules(spool):
     assert st.excluded == {"address_in_quarantine": 1}
     # released after quarantine_release_days
     later = t + int(spool.cfg.quarantine_release_days * 86400_000) + 2000
-    assert spool.precheck("soft@x.example", now=later) is None
-    assert spool.quarantine_release_expired(now=later) == 1
+    assert spool.precheck("soft@x.example", now_ms=later) is None
+    assert spool.quarantine_release_expired(now_ms=later) == 1
     # denylist by domain, manual add/remove
     spool.quarantine_add("@bad.example", state="denylisted")
     st = spool.add_recipients(did, [RecipientIn(email="x@bad.example", line=3)])

@@ -75,9 +75,12 @@ _REGISTRY: dict[str, Spool] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def now_ms() -> int:
+def clock_ms() -> int:
     """Wall-clock milliseconds (persisted timestamps are ``*_ms`` epoch)."""
     return time.time_ns() // 1_000_000
+
+
+now_ms = clock_ms
 
 
 def _pid_alive(pid: int) -> bool:
@@ -296,7 +299,7 @@ class Spool:
     # ------------------------------------------------------------------ deliveries
     def create_delivery(self, rec: DeliveryRecord, template: bytes) -> int:
         """Store a delivery and its template (once); returns the new delivery id."""
-        now = now_ms()
+        now = clock_ms()
         created = rec.created_ms or now
         expires = rec.expires_ms or created + 3 * 86400 * 1000
         if expires - created > _MAX_VALIDITY_MS:
@@ -345,7 +348,7 @@ class Spool:
                 raise DeliveryNotFound(f"no delivery {did} in spool {self.path}")
             rec = msgspec.structs.replace(rec, state=state, paused_reason=reason)
             txn.put(K.pack_u32(did), ENCODER.encode(rec), db=self._db["deliveries"])
-            ev = DeliveryEvent(ts_ms=now_ms(), delivery_id=did, kind=state, text=reason)
+            ev = DeliveryEvent(ts_ms=clock_ms(), delivery_id=did, kind=state, text=reason)
             self._append_events(txn, [ev])
             return rec
 
@@ -368,7 +371,7 @@ class Spool:
         *,
         on_excluded: Callable[[RecipientIn, str], None] | None = None,
         batch: int | None = None,
-        now: int | None = None,
+        now_ms: int | None = None,
     ) -> InjectStats:
         """Add recipients, streamed in transactions of ``batch`` items; each batch is
         durable (``pending``) before the next starts.  Excludes duplicates, quarantined and
@@ -381,7 +384,7 @@ class Spool:
         it = iter(items)
         d = self.delivery(did)
         resume_line = d.injected_line
-        t0 = now or now_ms()
+        t0 = now_ms or clock_ms()
         while True:
             chunk = list(itertools.islice(it, batch))
             if not chunk:
@@ -506,10 +509,10 @@ class Spool:
                 dups.add(idx)
         return dups
 
-    def precheck(self, address: str, *, now: int | None = None) -> str | None:
+    def precheck(self, address: str, *, now_ms: int | None = None) -> str | None:
         """Exclusion reason from the quarantine/denylist for ``address`` (analysis)."""
         with self._read() as txn:
-            return self._quarantine_reason(txn, address, now or now_ms())
+            return self._quarantine_reason(txn, address, now_ms or clock_ms())
 
     # ------------------------------------------------------------------ leasing
     def lease(
@@ -517,14 +520,14 @@ class Spool:
         shards: Iterable[int],
         owner: str,
         max_n: int,
-        now: int | None = None,
+        now_ms: int | None = None,
         lease_s: float | None = None,
     ) -> list[WorkItem]:
         """Claim up to ``max_n`` due items of ``shards`` for ``owner``: due retries first
         (scheduled queue, by due time), then the ready queue (FIFO by delivery, recipient).
         Items of paused/cancelled deliveries stay queued; items past their delivery's
         validity become ``failed``/``expired`` here instead of being returned."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
         exp = t + int((lease_s if lease_s is not None else self.cfg.lease_s) * 1000)
         shard_list = list(shards)
         if not shard_list or max_n <= 0:
@@ -625,10 +628,10 @@ class Spool:
             expires_ms=d.expires_ms, last_reason=rec.reason,
         )
 
-    def recover_leases(self, owner: str | None = None, now: int | None = None) -> int:
+    def recover_leases(self, owner: str | None = None, now_ms: int | None = None) -> int:
         """Return leased items to their ready queue: all of ``owner``'s, or (owner None)
         those whose lease expired or whose holder process is gone.  Returns the count."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
         alive: dict[int, bool] = {}
 
         def dead(lease: Lease) -> bool:
@@ -697,11 +700,11 @@ class Spool:
         return best
 
     # ------------------------------------------------------------------ results
-    def commit(self, results: list[Result], now: int | None = None) -> CommitStats:
+    def commit(self, results: list[Result], now_ms: int | None = None) -> CommitStats:
         """Apply results in ONE durable transaction (statuses, queues, KPIs, quarantine,
         event log).  Idempotent per recipient: a result for a recipient that is already
         final is counted as ``stale`` and changes nothing."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> CommitStats:
             acc = _Acc(t, txn.stat(self._db["quarantine"])["entries"] > 0)
@@ -842,11 +845,11 @@ class Spool:
         if last_soft:
             self._quarantine_on_expired(txn, acc, did, rec.email, last_soft, t)
 
-    def expire_due(self, now: int | None = None, limit: int = 50_000) -> int:
+    def expire_due(self, now_ms: int | None = None, limit: int = 50_000) -> int:
         """Sweep: every pending recipient of a delivery whose validity ended becomes
         failed/expired (queued items; leased ones expire when their result comes back
         or their lease is recovered).  Returns how many; call until it returns < limit."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
         expired = [d for d in self.deliveries() if d.expires_ms <= t]
         if not expired:
             return 0
@@ -961,7 +964,7 @@ class Spool:
 
     def quarantine_add(
         self, address: str, *, state: str = "quarantined", reason: str = "manual",
-        permanent: bool = True, now: int | None = None,
+        permanent: bool = True, now_ms: int | None = None,
     ) -> QuarantineEntry:
         """Add an address (or ``@domain``) by hand: ``quarantined`` or ``denylisted``."""
         if state not in ("quarantined", "denylisted"):
@@ -969,7 +972,7 @@ class Spool:
         low = address.strip().lower()
         if "@" not in low:
             raise SpoolError(f"not an address or @domain: {address!r}")
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> QuarantineEntry:
             old = self._q_get(txn, low)
@@ -984,9 +987,9 @@ class Spool:
 
         return self._write(fn)
 
-    def quarantine_remove(self, address: str, now: int | None = None) -> bool:
+    def quarantine_remove(self, address: str, now_ms: int | None = None) -> bool:
         low = address.strip().lower()
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> bool:
             if not txn.delete(low.encode(), db=self._db["quarantine"]):
@@ -1008,9 +1011,9 @@ class Spool:
                 if state is None or e.state == state:
                     yield e
 
-    def quarantine_release_expired(self, now: int | None = None) -> int:
+    def quarantine_release_expired(self, now_ms: int | None = None) -> int:
         """Delete bounce quarantines older than ``quarantine_release_days``."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> int:
             n = 0
@@ -1159,7 +1162,7 @@ class Spool:
                     ok = bool(cur.key())
             txn.delete(prefix, db=self._db["templates"])
             txn.delete(prefix, db=self._db["deliveries"])
-            self._append_events(txn, [DeliveryEvent(ts_ms=now_ms(), delivery_id=did,
+            self._append_events(txn, [DeliveryEvent(ts_ms=clock_ms(), delivery_id=did,
                                                     kind="purged", count=n_total)])
 
         self._write(rest)
