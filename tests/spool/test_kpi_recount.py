@@ -67,7 +67,7 @@ def recount(sp: Spool, did: int) -> dict[str, int]:
                 c["failed_hard"] += 1
                 c["soft_bounces"] -= 1
     for _, ev in sp.events(delivery_id=did):
-        if isinstance(ev, AttemptEvent) and ev.outcome == "soft" and ev.status == Status.PENDING:
+        if isinstance(ev, AttemptEvent) and ev.outcome == "soft":
             c[f"soft_reason/{ev.reason}"] += 1
     return {k: v for k, v in c.items() if v}
 

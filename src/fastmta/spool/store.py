@@ -736,8 +736,33 @@ class Spool:
             self._unqueue(txn, did, rid, rec)
         t = res.time_ms or acc.now
         kd = acc.k(did)
-        dom = rec.email.rpartition("@")[2]
         outcome = res.outcome
+        if outcome == "sent":  # the hot path, kept lean
+            new = msgspec.structs.replace(
+                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0,
+                reason=rec.reason if rec.type == "soft" else "",  # a soft reason stays as history
+                code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
+                type=res.type, reply=res.reply[:_REPLY_MAX], mx=res.mx or rec.mx,
+                source_ip=res.source_ip or rec.source_ip, attempts=rec.attempts + 1,
+                first_attempt_ms=rec.first_attempt_ms or t, last_attempt_ms=t,
+            )
+            kd["attempts"] += 1
+            kd["pending"] -= 1
+            kd["sent"] += 1
+            email = rec.email
+            kd["domain/" + email[email.rindex("@") + 1:] + "/sent"] += 1
+            if acc.q_check:
+                self._quarantine_on_success(txn, acc, email)
+            txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
+            acc.events.append(AttemptEvent(
+                ts_ms=t, delivery_id=did, rcpt_id=rid, email=email, outcome=outcome,
+                status=Status.SENT, attempt=new.attempts, code=res.code, enhanced=res.enhanced,
+                bounce_class=res.bounce_class, type=res.type, reply=new.reply, mx=res.mx,
+                source_ip=res.source_ip,
+            ))
+            acc.applied += 1
+            return
+        dom = rec.email.rpartition("@")[2]
         reply = res.reply[:_REPLY_MAX]
         common = dict(
             code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
@@ -750,18 +775,7 @@ class Spool:
             common["first_attempt_ms"] = rec.first_attempt_ms or t
             common["last_attempt_ms"] = t
             kd["attempts"] += 1
-        if outcome == "sent":
-            # a soft reason stays as history; any other old reason is cleared
-            new = msgspec.structs.replace(
-                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0,
-                reason=rec.reason if rec.type == "soft" else "", **common
-            )
-            kd["pending"] -= 1
-            kd["sent"] += 1
-            kd[f"domain/{dom}/sent"] += 1
-            if acc.q_check:
-                self._quarantine_on_success(txn, acc, rec.email)
-        elif outcome == "hard":
+        if outcome == "hard":
             reason = res.reason or "not_defined"
             new = msgspec.structs.replace(
                 rec, status=Status.FAILED, done_ms=t, next_attempt_ms=0, reason=reason,
