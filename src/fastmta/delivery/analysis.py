@@ -377,8 +377,7 @@ def _items(
             continue
         if utf8:
             counts["smtputf8"] += 1
-        yield RecipientIn(email=norm, fields=vals, shard=shard_of(norm[norm.rindex("@") + 1:]),
-                          line=line, smtputf8=utf8)
+        yield RecipientIn(norm, vals, shard_of(norm[norm.rindex("@") + 1:]), line, "", utf8)
 
 
 _PARALLEL_MIN_BYTES = 16 * 1024 * 1024

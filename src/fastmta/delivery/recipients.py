@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import operator
 import os
 from collections.abc import Iterator
@@ -75,7 +76,7 @@ class RecipientReader:
         if header_line.count(delim) == 0:
             delim = ","
         rest = self._f
-        reader = csv.reader(_chain(header_line, rest), delimiter=delim, strict=False)
+        reader = csv.reader(itertools.chain((header_line,), rest), delimiter=delim, strict=False)
         header = next(reader)
         names = [h.strip() for h in header]
         lowered = [h.lower() for h in names]
@@ -191,11 +192,6 @@ class RecipientReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _chain(first: str, rest: IO[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 def reader_from_text(text: str, fmt: str = "csv") -> RecipientReader:

@@ -490,8 +490,8 @@ class Spool:
                 excluded.append((item, reason))
                 kd["excluded/" + reason] += 1
             else:
-                rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
-                           smtputf8=item.smtputf8)
+                rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING,
+                           item.smtputf8)
                 ready_keys.append((pack_ready(item.shard, did, rid), b""))
                 domains[email[email.rindex("@") + 1:]] += 1
                 added += 1
