@@ -82,3 +82,13 @@ def raise_map(path: str, size: int) -> None:
 
     sp = Spool.open(path, open_spool.__globals__["SpoolConfig"](map_size_bytes=size))
     sp.set_map_size(size)
+
+
+def inject_file(path: str, csv_path: str, template: bytes, conn) -> None:
+    """Inject a recipients file (small batches so the kill lands mid-way)."""
+    from fastmta.delivery import inject, open_recipients
+
+    sp = open_spool(path, sync=True, metasync=True, inject_batch=500)
+    with open_recipients(csv_path) as r:
+        a = inject(sp, r, template, shards=4)
+    conn.send(a.delivery_id)
