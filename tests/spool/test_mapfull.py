@@ -89,3 +89,29 @@ def make_delivery_noraise(sp):
             except SpoolFullError:
                 break
     return did
+
+
+def test_close_gives_up_on_a_full_map_and_leases_stay(tmp_path):
+    path = str(tmp_path / "spool")
+    sp = open_spool(path, map_size_bytes=TINY, full_retry_s=0.02)
+    make_delivery(sp, 50, shards=4)
+    held = sp.lease(range(4), "w", 50)
+    make_delivery_noraise(sp)
+
+    async def run():
+        w = ResultWriter(sp, commit_batch=1000, full_retry_s=0.02).start()
+        fut = asyncio.ensure_future(w.submit_many(
+            [Result(key=i.key, outcome="sent", code=250) for i in held]))
+        for _ in range(200):
+            if w.paused:
+                break
+            await asyncio.sleep(0.01)
+        assert w.paused
+        await w.close(timeout_s=0.2)
+        with pytest.raises(SpoolFullError):
+            await fut
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    # nothing was acknowledged: the recipients are still pending and leased
+    assert len(sp.leases()) == 50
+    assert sp.recover_leases(owner="w") == 50

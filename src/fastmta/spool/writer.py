@@ -21,7 +21,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -82,6 +81,7 @@ class ResultWriter:
         self._outstanding = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._abandon = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> ResultWriter:
@@ -92,13 +92,19 @@ class ResultWriter:
         self._thread.start()
         return self
 
-    async def close(self) -> None:
-        """Commit everything queued, then stop the thread."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Commit everything queued, then stop the thread.  With ``timeout_s``, a writer
+        still paused on a full map after that long gives up: its waiters get
+        ``SpoolFullError`` and their recipients stay leased (recovered at restart)."""
         if self._thread is None:
             return
         self._handoff()
         self._q.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        th = self._thread
+        await asyncio.to_thread(th.join, timeout_s)
+        if th.is_alive():
+            self._abandon.set()
+            await asyncio.to_thread(th.join)
         self._thread = None
 
     async def __aenter__(self) -> ResultWriter:
@@ -185,7 +191,9 @@ class ResultWriter:
                 break
             except SpoolFullError as exc:
                 self._pause(str(exc))
-                time.sleep(self.full_retry_s)
+                if self._abandon.wait(self.full_retry_s):
+                    self._resolve(batch, exc)
+                    return
             except BaseException as exc:  # resolve the waiters with the error
                 self._resolve(batch, exc)
                 return
