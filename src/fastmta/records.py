@@ -118,7 +118,7 @@ class RecipientIn(msgspec.Struct, array_like=True):
     smtputf8: bool = False
 
 
-class WorkItem(msgspec.Struct, array_like=True, kw_only=True):
+class WorkItem(msgspec.Struct, array_like=True):
     """A leased recipient, ready to be sent (crosses processes as msgpack)."""
 
     key: bytes  # spool key: delivery id + recipient id (8 bytes)

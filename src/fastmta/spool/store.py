@@ -122,11 +122,14 @@ def dedupe_hash(address: str) -> bytes:
 class _Acc:
     """Per-transaction accumulator: KPI deltas, events, deliveries read, quarantine."""
 
-    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied", "q_check")
+    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied", "q_check",
+                 "leases", "lease_values")
 
     def __init__(self, now: int, q_check: bool = True) -> None:
         self.now = now
         self.q_check = q_check  # False when the quarantine table is empty
+        self.leases: list[tuple[bytes, bytes]] = []  # written at the end, in key order
+        self.lease_values: dict[int, bytes] = {}
         self.kpi: dict[int, defaultdict[str, int]] = {}
         self.events: list[Any] = []
         self.deliveries: dict[int, DeliveryRecord | None] = {}
@@ -167,6 +170,7 @@ class Spool:
         self.full: str | None = None  # set while the map is full (the alert text)
         self.on_full: list[Callable[[str], None]] = []
         self._rotate = 0
+        self._touched_since_trim = 0
         with env.begin(write=True) as txn:
             for name in _DBS:
                 # seen: key = delivery id, sorted fixed-size duplicates = address digests
@@ -595,8 +599,19 @@ class Spool:
             if room <= 0:
                 break
             self._lease_shard(txn, acc, shard, owner, pid, room, t, exp, out)
+        if acc.leases:
+            acc.leases.sort()
+            txn.cursor(db=self._db["lease"]).putmulti(acc.leases)
         self._flush(txn, acc)
+        self._maybe_trim(len(out))
         return out
+
+    def _maybe_trim(self, n: int) -> None:
+        """Reading records maps file pages; unmap them every 100k records (flat RSS)."""
+        self._touched_since_trim += n
+        if self._touched_since_trim >= 100_000:
+            self._touched_since_trim = 0
+            self.trim_rss()
 
     def _lease_shard(
         self, txn: Any, acc: _Acc, shard: int, owner: str, pid: int, limit: int,
@@ -661,14 +676,14 @@ class Spool:
         if d.expires_ms <= t:
             self._finish_expired(txn, acc, did, rid, rkey, rec, d, t)
             return None
-        txn.put(rkey, ENCODER.encode(Lease(owner, pid, exp, shard, t)), db=self._db["lease"])
+        lv = acc.lease_values.get(shard)
+        if lv is None:  # one encoded Lease per shard and call
+            lv = acc.lease_values[shard] = ENCODER.encode(Lease(owner, pid, exp, shard, t))
+        acc.leases.append((rkey, lv))
         fields = dict(zip(d.fields, rec.fields, strict=False)) if d.fields else {}
-        return WorkItem(
-            key=rkey, delivery_id=did, rcpt_id=rid, email=rec.email, shard=shard,
-            fields=fields, attempts=rec.attempts, first_attempt_ms=rec.first_attempt_ms,
-            smtputf8=rec.smtputf8 or d.smtputf8, mail_from=d.mail_from,
-            expires_ms=d.expires_ms, last_reason=rec.reason,
-        )
+        return WorkItem(rkey, did, rid, rec.email, shard, fields, rec.attempts,
+                        rec.first_attempt_ms, rec.smtputf8 or d.smtputf8, d.mail_from,
+                        d.expires_ms, rec.reason)
 
     def recover_leases(self, owner: str | None = None, now_ms: int | None = None) -> int:
         """Return leased items to their ready queue: all of ``owner``'s, or (owner None)
@@ -755,7 +770,9 @@ class Spool:
             self._flush(txn, acc)
             return CommitStats(applied=acc.applied, stale=acc.stale, unknown=acc.unknown)
 
-        return self._write(fn)
+        stats = self._write(fn)
+        self._maybe_trim(len(results))
+        return stats
 
     def _apply(self, txn: Any, acc: _Acc, res: Result) -> None:
         db = self._db
