@@ -128,7 +128,7 @@ def test_kill9_during_injection_then_resume(tmp_path):
 
     path = str(tmp_path / "spool")
     csv_path = str(tmp_path / "r.csv")
-    n = 40_000
+    n = 100_000
     with open(csv_path, "w") as f:
         f.write("email,first\n")
         for i in range(n):
