@@ -233,3 +233,13 @@ def test_doubles_across_and_within_batches(spool):
     statuses = [r.status for _, r in spool.recipients(did)]
     assert statuses == [Status.PENDING, Status.PENDING, Status.IGNORED, Status.PENDING,
                         Status.IGNORED, Status.PENDING, Status.IGNORED]
+
+
+def test_prune_events(spool):
+    make_delivery(spool, 3, shards=1)
+    items = spool.lease([0], "w", 3)
+    spool.commit([Result(key=i.key, outcome="sent", code=250) for i in items])
+    last = spool.last_event_seq()
+    assert len(list(spool.events())) == last
+    assert spool.prune_events(last) == last - 1
+    assert [s for s, _ in spool.events()] == [last]

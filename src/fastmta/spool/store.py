@@ -1192,6 +1192,31 @@ class Spool:
                 return
             start = batch[-1][0] + 1
 
+    def prune_events(self, before_seq: int, *, chunk: int = 50_000) -> int:
+        """Delete events with sequence number < ``before_seq`` (after they were exported);
+        the per-recipient state keeps the last outcome of every recipient."""
+        total = 0
+        while True:
+            def fn(txn: Any) -> int:
+                n = 0
+                cur = txn.cursor(db=self._db["events"])
+                ok = cur.first()
+                while ok and n < chunk and K.unpack_u64(cur.key())[0] < before_seq:
+                    cur.delete()
+                    ok = bool(cur.key())
+                    n += 1
+                return n
+
+            n = self._write(fn)
+            total += n
+            if n < chunk:
+                return total
+
+    def last_event_seq(self) -> int:
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db["events"])
+            return K.unpack_u64(cur.key())[0] if cur.last() else 0
+
     def queue_counts(self, shards: Iterable[int] | None = None) -> dict[str, int]:
         """Entries in the ready, scheduled and lease tables (whole spool)."""
         with self._read() as txn:
