@@ -43,3 +43,23 @@ def test_errors_reach_the_awaiting_caller(spool):
 
     exc = asyncio.run(asyncio.wait_for(run(), 30))
     assert exc is not None and "bogus" in str(exc)
+
+
+def test_lease_behind_a_batch_shares_its_transaction(spool):
+    did = make_delivery(spool, 300, shards=1)
+
+    async def run():
+        async with ResultWriter(spool, commit_batch=1000, commit_window_ms=1000) as w:
+            first = await w.run(spool.lease, [0], "w", 100)
+            pending = asyncio.ensure_future(w.submit_many(
+                [Result(key=i.key, outcome="sent", code=250) for i in first]))
+            await asyncio.sleep(0)  # the results are batched on the loop, not yet handed off
+            second = await w.run(spool.lease, [0], "w", 100)  # hands the batch off first
+            await pending
+            assert w.merged_leases == 1 and w.commits == 1
+            assert [i.rcpt_id for i in second] == list(range(100, 200))
+            return second
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    k = spool.kpis(did)
+    assert k["sent"] == 100 and len(spool.leases(did)) == 100

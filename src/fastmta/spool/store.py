@@ -774,6 +774,33 @@ class Spool:
         self._maybe_trim(len(results))
         return stats
 
+    def commit_and_lease(
+        self, results: list[Result], shards: Iterable[int], owner: str, max_n: int,
+        now_ms: int | None = None, lease_s: float | None = None,
+    ) -> tuple[CommitStats, list[WorkItem]]:
+        """``commit(results)`` then ``lease(...)`` in ONE durable transaction (one fsync
+        instead of two; the ResultWriter merges a lease queued behind a batch)."""
+        t = now_ms or clock_ms()
+        exp = t + int((lease_s if lease_s is not None else self.cfg.lease_s) * 1000)
+        shard_list = list(shards)
+        order: list[int] = []
+        if shard_list and max_n > 0:
+            self._rotate = (self._rotate + 1) % len(shard_list)
+            order = shard_list[self._rotate:] + shard_list[: self._rotate]
+
+        def fn(txn: Any) -> tuple[CommitStats, list[WorkItem]]:
+            acc = _Acc(t, txn.stat(self._db["quarantine"])["entries"] > 0)
+            for res in results:
+                self._apply(txn, acc, res)
+            self._flush(txn, acc)
+            stats = CommitStats(applied=acc.applied, stale=acc.stale, unknown=acc.unknown)
+            items = self._lease_txn(txn, order, owner, max_n, t, exp) if order else []
+            return stats, items
+
+        out = self._write(fn)
+        self._maybe_trim(len(results))
+        return out
+
     def _apply(self, txn: Any, acc: _Acc, res: Result) -> None:
         db = self._db
         rkey = res.key

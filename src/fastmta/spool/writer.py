@@ -74,6 +74,7 @@ class ResultWriter:
         self.paused: str | None = None
         self.commits = 0
         self.committed = 0
+        self.merged_leases = 0  # leases done in the transaction of the batch before them
         self._q: queue.Queue[Any] = queue.Queue()
         self._batch: list[tuple[Result, Any]] = []
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
@@ -166,9 +167,17 @@ class ResultWriter:
         """Run another spool write (``lease``, ``recover_leases``...) in the writer thread,
         after the results submitted before it; returns its value."""
         assert self._loop is not None, "start() first"
-        self._handoff()
         fut = self._loop.create_future()
-        self._q.put(_Call(fn, args, kwargs, fut))
+        call = _Call(fn, args, kwargs, fut)
+        if self._batch and self._is_lease(fn):  # one transaction for both (one fsync)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch, self._batch = self._batch, []
+            self._q.put((batch, call))
+        else:
+            self._handoff()
+            self._q.put(call)
         return await fut
 
     # ------------------------------------------------------------------ thread
@@ -181,21 +190,36 @@ class ResultWriter:
             if isinstance(item, _Call):
                 self._do_call(item)
                 continue
-            self._commit(item)
+            if isinstance(item, tuple):  # a batch and the lease queued right behind it
+                self._commit(item[0], lease=item[1])
+            else:
+                self._commit(item)
 
-    def _commit(self, batch: list[tuple[Result, Any]]) -> None:
+    def _is_lease(self, fn: Callable[..., Any]) -> bool:
+        return getattr(fn, "__func__", None) is Spool.lease and getattr(fn, "__self__", None) is self.spool
+
+    def _commit(self, batch: list[tuple[Result, Any]], lease: _Call | None = None) -> None:
         results = [r for r, _ in batch]
         while True:
             try:
-                self.spool.commit(results)
+                if lease is None:
+                    self.spool.commit(results)
+                else:
+                    _, items = self.spool.commit_and_lease(results, *lease.args, **lease.kwargs)
+                    self.merged_leases += 1
+                    self._settle(lease.fut, items, None)
                 break
             except SpoolFullError as exc:
                 self._pause(str(exc))
                 if self._abandon.wait(self.full_retry_s):
                     self._resolve(batch, exc)
+                    if lease is not None:
+                        self._settle(lease.fut, None, exc)
                     return
             except BaseException as exc:  # resolve the waiters with the error
                 self._resolve(batch, exc)
+                if lease is not None:
+                    self._do_call(lease)
                 return
         if self.paused:
             log.warning("spool writer resumed after: %s", self.paused)
@@ -250,7 +274,9 @@ class ResultWriter:
             val, exc = None, e
         except BaseException as e:
             val, exc = None, e
-        fut = call.fut
+        self._settle(call.fut, val, exc)
+
+    def _settle(self, fut: asyncio.Future, val: Any, exc: BaseException | None) -> None:
         assert self._loop is not None
 
         def done() -> None:
