@@ -1,13 +1,7 @@
-"""The LMDB spool: the only module that talks to lmdb (with ``scratch.py``).
+"""Spool operations: deliveries, injection, leasing, results, expiry, purge.
 
-One environment per spool directory, opened by each process itself after it started
-(``spawn``); ``Spool.open`` keeps one handle per path per process.  All writes go through
-``_write`` which maps LMDB's resize/full conditions onto clear behaviour:
-
-- ``MapResizedError`` (another process raised the map): adopt the new size, retry.
-- ``MapFullError``: the transaction is aborted (nothing half-written), ``SpoolFullError``
-  is raised with what to do, ``spool.full`` is set and ``on_full`` callbacks alert.
-
+``Spool`` = ``SpoolBase`` (environment, transactions, ledger) + ``ReadingMixin``
+(queries) + ``QuarantineMixin`` (quarantine rules) + the write operations below.
 Status semantics follow ARCHITECTURE.md section 3; see docs/spool.md.
 """
 
@@ -15,33 +9,20 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import logging
-import os
-import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from typing import Any
 
-import lmdb
 import msgspec
 
-from ..config import SpoolConfig
 from ..records import (
-    DELIVERY_DECODER,
     ENCODER,
-    EVENT_DECODER,
     LEASE_DECODER,
-    QUARANTINE_DECODER,
     RCPT_DECODER,
-    SCHEMA_VERSION,
     AttemptEvent,
     DeliveryEvent,
     DeliveryRecord,
-    Event,
     Lease,
-    QuarantineEntry,
-    QuarantineEvent,
     Rcpt,
     RecipientIn,
     Result,
@@ -49,298 +30,27 @@ from ..records import (
     WorkItem,
 )
 from . import keys as K
-from .errors import DeliveryNotFound, SpoolError, SpoolFullError
-
-log = logging.getLogger("fastmta.spool")
-
-_DBS = (
-    "meta",
-    "deliveries",
-    "templates",
-    "rcpt",
-    "ready",
-    "sched",
-    "lease",
-    "seen",
-    "kpi",
-    "events",
-    "quarantine",
+from .base import (
+    _MAX_VALIDITY_MS,
+    _REPLY_MAX,
+    _U32MAX,
+    CommitStats,
+    InjectStats,
+    SpoolBase,
+    _Acc,
+    _pid_alive,
+    clock_ms,
+    dedupe_hash,
+    now_ms,
 )
-MAX_DBS = 16
-_REPLY_MAX = 500  # reply text kept per recipient / event
-_U32MAX = 0xFFFFFFFF
-_MAX_VALIDITY_MS = int(3.5 * 86400 * 1000)
+from .errors import DeliveryNotFound, SpoolError, SpoolFullError
+from .quarantine import QuarantineMixin
+from .reading import ReadingMixin
 
-_MADV_DONTNEED = 4
+__all__ = ["CommitStats", "InjectStats", "Spool", "clock_ms", "dedupe_hash", "now_ms"]
 
-
-def _load_madvise() -> Callable[[int, int, int], int] | None:
-    try:
-        import ctypes
-        import ctypes.util
-
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        fn = libc.madvise
-        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        fn.restype = ctypes.c_int
-        return fn
-    except (OSError, AttributeError):
-        return None
-
-
-_madvise = _load_madvise() if os.name == "posix" else None
-
-_REGISTRY: dict[str, Spool] = {}
-_REGISTRY_LOCK = threading.Lock()
-
-
-def clock_ms() -> int:
-    """Wall-clock milliseconds (persisted timestamps are ``*_ms`` epoch)."""
-    return time.time_ns() // 1_000_000
-
-
-now_ms = clock_ms
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def dedupe_hash(address: str) -> bytes:
-    """64-bit digest used for duplicate detection (collisions ~1e-6 at 10M addresses)."""
-    return hashlib.blake2b(address.encode(), digest_size=8).digest()
-
-
-class _Acc:
-    """Per-transaction accumulator: KPI deltas, events, deliveries read, quarantine."""
-
-    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied", "q_check",
-                 "leases", "lease_values")
-
-    def __init__(self, now: int, q_check: bool = True) -> None:
-        self.now = now
-        self.q_check = q_check  # False when the quarantine table is empty
-        self.leases: list[tuple[bytes, bytes]] = []  # written at the end, in key order
-        self.lease_values: dict[int, bytes] = {}
-        self.kpi: dict[int, defaultdict[str, int]] = {}
-        self.events: list[Any] = []
-        self.deliveries: dict[int, DeliveryRecord | None] = {}
-        self.stale = 0
-        self.unknown = 0
-        self.applied = 0
-
-    def k(self, did: int) -> defaultdict[str, int]:
-        d = self.kpi.get(did)
-        if d is None:
-            d = self.kpi[did] = defaultdict(int)
-        return d
-
-
-class CommitStats(msgspec.Struct):
-    applied: int = 0  # results that changed a recipient
-    stale: int = 0  # results for a recipient already final (e.g. repeated after a crash)
-    unknown: int = 0  # results for keys not in the spool
-
-
-class InjectStats(msgspec.Struct):
-    recipients: int = 0  # input items seen (this call)
-    added: int = 0  # queued as pending (to deliver)
-    excluded: dict[str, int] = msgspec.field(default_factory=dict)
-    skipped: int = 0  # already injected before (resume)
-    last_line: int = 0
-
-
-class Spool:
+class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
-
-    def __init__(self, path: str, cfg: SpoolConfig, env: lmdb.Environment) -> None:
-        self.path = path
-        self.cfg = cfg
-        self.pid = os.getpid()
-        self._env = env
-        self._db: dict[str, Any] = {}
-        self.full: str | None = None  # set while the map is full (the alert text)
-        self.on_full: list[Callable[[str], None]] = []
-        self._rotate = 0
-        self._touched_since_trim = 0
-        with env.begin(write=True) as txn:
-            for name in _DBS:
-                # seen: key = delivery id, sorted fixed-size duplicates = address digests
-                # (8 bytes each on DUPFIXED pages: 4x denser than one key per address)
-                dup = name == "seen"
-                self._db[name] = env.open_db(name.encode(), txn=txn, create=True,
-                                             dupsort=dup, dupfixed=dup)
-            meta = self._db["meta"]
-            ver = txn.get(b"schema", db=meta)
-            if ver is None:
-                txn.put(b"schema", K.pack_u32(SCHEMA_VERSION), db=meta)
-            elif K.unpack_u32(ver)[0] > SCHEMA_VERSION:
-                raise SpoolError(
-                    f"spool {path} has schema {K.unpack_u32(ver)[0]}, this fastmta reads "
-                    f"up to {SCHEMA_VERSION}: upgrade fastmta"
-                )
-
-    # ------------------------------------------------------------------ open / close
-    @classmethod
-    def open(cls, path: str | os.PathLike[str] | None = None, cfg: SpoolConfig | None = None) -> Spool:
-        """Open (or create) the spool at ``path``; returns this process's single handle."""
-        cfg = cfg or SpoolConfig()
-        path = os.fspath(path if path is not None else cfg.path)
-        os.makedirs(path, exist_ok=True)
-        real = os.path.realpath(path)
-        with _REGISTRY_LOCK:
-            sp = _REGISTRY.get(real)
-            if sp is not None:
-                if sp.pid != os.getpid():
-                    raise SpoolError(
-                        f"spool {real} was opened before this process was forked; "
-                        "start processes with multiprocessing 'spawn' and open it there"
-                    )
-                return sp
-            env = lmdb.open(
-                real,
-                map_size=cfg.map_size_bytes,
-                subdir=True,
-                max_dbs=MAX_DBS,
-                max_readers=cfg.max_readers,
-                max_spare_txns=cfg.max_spare_txns,
-                sync=cfg.sync,
-                metasync=cfg.metasync,
-                readahead=False,
-                writemap=False,
-                lock=True,
-            )
-            try:
-                sp = cls(real, cfg, env)
-            except BaseException:
-                env.close()
-                raise
-            _REGISTRY[real] = sp
-            return sp
-
-    def close(self) -> None:
-        """Close the environment (no transaction of this handle may be open)."""
-        with _REGISTRY_LOCK:
-            if _REGISTRY.get(self.path) is self:
-                del _REGISTRY[self.path]
-        self._env.close()
-
-    @staticmethod
-    def close_all() -> None:
-        """Close every spool opened by this process (tests, clean shutdown)."""
-        for sp in list(_REGISTRY.values()):
-            sp.close()
-
-    def __enter__(self) -> Spool:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    # ------------------------------------------------------------------ txn plumbing
-    def _write(self, fn: Callable[[Any], Any]) -> Any:
-        """Run ``fn(txn)`` in one write transaction; ``fn`` may be re-run (no side effects
-        outside the transaction)."""
-        for _ in range(5):
-            try:
-                with self._env.begin(write=True) as txn:
-                    out = fn(txn)
-                if self.full:
-                    log.warning("spool %s: space available again, resuming", self.path)
-                    self.full = None
-                return out
-            except lmdb.MapResizedError:
-                self._env.set_mapsize(0)  # adopt the size another process set
-            except lmdb.MapFullError as exc:
-                # Another process may have raised the map without writing past our end
-                # (LMDB then reports no MAP_RESIZED): adopt the size in the meta page.
-                before = self._env.info()["map_size"]
-                try:
-                    self._env.set_mapsize(0)
-                except lmdb.Error:
-                    pass
-                if self._env.info()["map_size"] > before:
-                    log.warning("spool %s: adopted a larger map size", self.path)
-                    continue
-                msg = (
-                    f"spool {self.path} is full (map_size_bytes={self._env.info()['map_size']}): "
-                    "delivery is paused and nothing is lost; raise [spool] map_size_bytes "
-                    "and run `fastmta spool resize` (or purge finished deliveries)"
-                )
-                if not self.full:
-                    log.error("%s", msg)
-                    for cb in list(self.on_full):
-                        try:
-                            cb(msg)
-                        except Exception:  # an alert hook must not break the spool
-                            log.exception("on_full callback failed")
-                self.full = msg
-                raise SpoolFullError(msg) from exc
-        raise SpoolError("spool map kept being resized by another process; retry")
-
-    def _read(self) -> Any:
-        try:
-            return self._env.begin(write=False, buffers=False)
-        except lmdb.MapResizedError:
-            self._env.set_mapsize(0)
-            return self._env.begin(write=False, buffers=False)
-
-    def set_map_size(self, size_bytes: int) -> None:
-        """Raise the map size (no transaction of this process may be open).  Other
-        processes adopt it at their next transaction."""
-        if size_bytes < self._env.info()["map_size"]:
-            raise SpoolError("the map size can only be raised")
-        self._env.set_mapsize(size_bytes)
-        # Persist it in the meta page so other processes see it.
-        self._write(lambda txn: txn.put(b"map_size", K.pack_u64(size_bytes), db=self._db["meta"]))
-
-    def trim_rss(self) -> None:
-        """Drop this process's page-table mappings of the spool file (``MADV_DONTNEED``).
-
-        The map is read-only for us (``writemap`` off: LMDB writes with ``pwrite``), so
-        this only unmaps clean page-cache pages; they stay in the kernel's page cache and
-        are faulted back on the next read.  It keeps a long injection's RSS flat instead
-        of growing with every page it has read.  No-op where unsupported."""
-        if _madvise is None:
-            return
-        target = os.path.join(self.path, "data.mdb")
-        try:
-            with open("/proc/self/maps") as f:
-                for line in f:
-                    if line.rstrip().endswith(target):
-                        lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
-                        _madvise(lo, hi - lo, _MADV_DONTNEED)
-        except OSError:
-            return
-
-    def info(self) -> dict[str, Any]:
-        """Map size, bytes used, file bytes on disk, entries per database."""
-        inf = self._env.info()
-        st = self._env.stat()
-        out = {
-            "path": self.path,
-            "map_size": inf["map_size"],
-            "used_bytes": (inf["last_pgno"] + 1) * st["psize"],
-            "readers": inf["num_readers"],
-            "max_readers": inf["max_readers"],
-            "full": self.full,
-        }
-        data = os.path.join(self.path, "data.mdb")
-        try:
-            out["file_bytes"] = os.stat(data).st_blocks * 512
-        except OSError:
-            out["file_bytes"] = 0
-        with self._read() as txn:
-            out["entries"] = {n: txn.stat(self._db[n])["entries"] for n in _DBS}
-        return out
 
     # ------------------------------------------------------------------ deliveries
     def create_delivery(self, rec: DeliveryRecord, template: bytes) -> int:
@@ -364,24 +74,6 @@ class Spool:
 
         return self._write(fn)
 
-    def delivery(self, did: int) -> DeliveryRecord:
-        with self._read() as txn:
-            raw = txn.get(K.pack_u32(did), db=self._db["deliveries"])
-        if raw is None:
-            raise DeliveryNotFound(f"no delivery {did} in spool {self.path}")
-        return DELIVERY_DECODER.decode(raw)
-
-    def deliveries(self) -> list[DeliveryRecord]:
-        with self._read() as txn:
-            return [DELIVERY_DECODER.decode(v) for _, v in txn.cursor(db=self._db["deliveries"])]
-
-    def template(self, did: int) -> bytes:
-        with self._read() as txn:
-            raw = txn.get(K.pack_u32(did), db=self._db["templates"])
-        if raw is None:
-            raise DeliveryNotFound(f"no delivery {did} in spool {self.path}")
-        return bytes(raw)
-
     def set_state(self, did: int, state: str, reason: str = "") -> DeliveryRecord:
         """Change a delivery's state: ``active``, ``paused`` (lease skips it),
         ``cancelled`` (lease skips it), ``injecting``."""
@@ -399,15 +91,6 @@ class Spool:
             return rec
 
         return self._write(fn)
-
-    def _delivery_in(self, txn: Any, did: int, acc: _Acc | None = None) -> DeliveryRecord | None:
-        if acc is not None and did in acc.deliveries:
-            return acc.deliveries[did]
-        raw = txn.get(K.pack_u32(did), db=self._db["deliveries"])
-        rec = DELIVERY_DECODER.decode(raw) if raw is not None else None
-        if acc is not None:
-            acc.deliveries[did] = rec
-        return rec
 
     # ------------------------------------------------------------------ injection
     def add_recipients(
@@ -606,13 +289,6 @@ class Spool:
         self._maybe_trim(len(out))
         return out
 
-    def _maybe_trim(self, n: int) -> None:
-        """Reading records maps file pages; unmap them every 100k records (flat RSS)."""
-        self._touched_since_trim += n
-        if self._touched_since_trim >= 100_000:
-            self._touched_since_trim = 0
-            self.trim_rss()
-
     def _lease_shard(
         self, txn: Any, acc: _Acc, shard: int, owner: str, pid: int, limit: int,
         t: int, exp: int, out: list[WorkItem],
@@ -726,35 +402,6 @@ class Spool:
             return n
 
         return self._write(fn)
-
-    def leases(self, did: int | None = None) -> list[tuple[int, int, Lease]]:
-        """Current leases (delivery id, recipient id, lease)."""
-        out = []
-        with self._read() as txn:
-            cur = txn.cursor(db=self._db["lease"])
-            ok = cur.set_range(K.pack_u32(did)) if did is not None else cur.first()
-            while ok:
-                d, r = K.unpack_rcpt(cur.key())
-                if did is not None and d != did:
-                    break
-                out.append((d, r, LEASE_DECODER.decode(cur.value())))
-                ok = cur.next()
-        return out
-
-    def next_due_ms(self, shards: Iterable[int]) -> int | None:
-        """Earliest due time among ``shards`` (0 if something is ready now), or None."""
-        best: int | None = None
-        with self._read() as txn:
-            rc = txn.cursor(db=self._db["ready"])
-            sc = txn.cursor(db=self._db["sched"])
-            for shard in shards:
-                p = K.pack_u16(shard)
-                if rc.set_range(p) and rc.key()[:2] == p:
-                    return 0
-                if sc.set_range(p) and sc.key()[:2] == p:
-                    due = K.unpack_sched(sc.key())[1]
-                    best = due if best is None else min(best, due)
-        return best
 
     # ------------------------------------------------------------------ results
     def commit(self, results: list[Result], now_ms: int | None = None) -> CommitStats:
@@ -991,263 +638,6 @@ class Spool:
             return n
 
         return self._write(fn)
-
-    # ------------------------------------------------------------------ quarantine
-    def _quarantine_reason(self, txn: Any, address: str, t: int) -> str | None:
-        qdb = self._db["quarantine"]
-        low = address.lower()
-        for key in (low, "@" + low.rpartition("@")[2]):
-            raw = txn.get(key.encode(), db=qdb)
-            if raw is None:
-                continue
-            e = QUARANTINE_DECODER.decode(raw)
-            if e.state == "denylisted":
-                return "denylisted_address"
-            if e.state == "quarantined" and self._q_active(e, t):
-                return "address_in_quarantine"
-        return None
-
-    def _q_active(self, e: QuarantineEntry, t: int) -> bool:
-        days = self.cfg.quarantine_release_days
-        if e.permanent or e.source != "bounce" or days <= 0:
-            return True
-        return t - e.last_ms < days * 86400 * 1000
-
-    def _q_get(self, txn: Any, low: str) -> QuarantineEntry | None:
-        raw = txn.get(low.encode(), db=self._db["quarantine"])
-        return QUARANTINE_DECODER.decode(raw) if raw is not None else None
-
-    def _q_put(self, txn: Any, e: QuarantineEntry) -> None:
-        txn.put(e.address.encode(), ENCODER.encode(e), db=self._db["quarantine"])
-
-    def _quarantine_on_hard(
-        self, txn: Any, acc: _Acc, did: int, email: str, reason: str, res: Result, t: int
-    ) -> None:
-        low = email.lower()
-        e = self._q_get(txn, low)
-        if e is not None and e.state == "denylisted":
-            return
-        e = e or QuarantineEntry(address=low, state="quarantined", first_ms=t)
-        e = msgspec.structs.replace(
-            e, state="quarantined", reason=reason, bounce_class=res.bounce_class,
-            reply=res.reply[:_REPLY_MAX], last_ms=t, hard_count=e.hard_count + 1,
-            delivery_id=did, source=e.source or "bounce", first_ms=e.first_ms or t,
-        )
-        self._q_put(txn, e)
-        acc.events.append(QuarantineEvent(ts_ms=t, address=low, kind="quarantined",
-                                          reason=reason, delivery_id=did))
-
-    def _quarantine_on_expired(
-        self, txn: Any, acc: _Acc, did: int, email: str, reason: str, t: int
-    ) -> None:
-        low = email.lower()
-        e = self._q_get(txn, low)
-        if e is not None and e.state in ("denylisted", "quarantined"):
-            return
-        e = e or QuarantineEntry(address=low, state="erroneous", first_ms=t, source="bounce")
-        n = e.soft_count + 1
-        state = "quarantined" if n >= self.cfg.quarantine_soft_threshold else "erroneous"
-        e = msgspec.structs.replace(e, state=state, soft_count=n, reason=reason, last_ms=t,
-                                    delivery_id=did)
-        self._q_put(txn, e)
-        acc.events.append(QuarantineEvent(ts_ms=t, address=low, kind=state, reason=reason,
-                                          delivery_id=did))
-
-    def _quarantine_on_success(self, txn: Any, acc: _Acc, email: str) -> None:
-        low = email.lower()
-        e = self._q_get(txn, low)
-        if e is None or e.state == "denylisted" or e.source != "bounce":
-            return
-        txn.delete(low.encode(), db=self._db["quarantine"])  # delivered: errors cleared
-        acc.events.append(QuarantineEvent(ts_ms=acc.now, address=low, kind="released",
-                                          reason="delivered"))
-
-    def quarantine_add(
-        self, address: str, *, state: str = "quarantined", reason: str = "manual",
-        permanent: bool = True, now_ms: int | None = None,
-    ) -> QuarantineEntry:
-        """Add an address (or ``@domain``) by hand: ``quarantined`` or ``denylisted``."""
-        if state not in ("quarantined", "denylisted"):
-            raise SpoolError("state must be 'quarantined' or 'denylisted'")
-        low = address.strip().lower()
-        if "@" not in low:
-            raise SpoolError(f"not an address or @domain: {address!r}")
-        t = now_ms or clock_ms()
-
-        def fn(txn: Any) -> QuarantineEntry:
-            old = self._q_get(txn, low)
-            e = QuarantineEntry(address=low, state=state, reason=reason, first_ms=t, last_ms=t,
-                                source="manual", permanent=permanent,
-                                hard_count=old.hard_count if old else 0,
-                                soft_count=old.soft_count if old else 0)
-            self._q_put(txn, e)
-            self._append_events(txn, [QuarantineEvent(ts_ms=t, address=low, kind=state,
-                                                      reason=reason)])
-            return e
-
-        return self._write(fn)
-
-    def quarantine_remove(self, address: str, now_ms: int | None = None) -> bool:
-        low = address.strip().lower()
-        t = now_ms or clock_ms()
-
-        def fn(txn: Any) -> bool:
-            if not txn.delete(low.encode(), db=self._db["quarantine"]):
-                return False
-            self._append_events(txn, [QuarantineEvent(ts_ms=t, address=low, kind="released",
-                                                      reason="manual")])
-            return True
-
-        return self._write(fn)
-
-    def quarantine_get(self, address: str) -> QuarantineEntry | None:
-        with self._read() as txn:
-            return self._q_get(txn, address.strip().lower())
-
-    def quarantine_list(self, state: str | None = None) -> Iterator[QuarantineEntry]:
-        with self._read() as txn:
-            for _, v in txn.cursor(db=self._db["quarantine"]):
-                e = QUARANTINE_DECODER.decode(v)
-                if state is None or e.state == state:
-                    yield e
-
-    def quarantine_release_expired(self, now_ms: int | None = None) -> int:
-        """Delete bounce quarantines older than ``quarantine_release_days``."""
-        t = now_ms or clock_ms()
-
-        def fn(txn: Any) -> int:
-            n = 0
-            cur = txn.cursor(db=self._db["quarantine"])
-            ok = cur.first()
-            while ok:
-                e = QUARANTINE_DECODER.decode(cur.value())
-                if e.state == "quarantined" and not self._q_active(e, t):
-                    cur.delete()
-                    ok = bool(cur.key())
-                    n += 1
-                else:
-                    ok = cur.next()
-            return n
-
-        return self._write(fn)
-
-    # ------------------------------------------------------------------ KPIs / events
-    def _flush(self, txn: Any, acc: _Acc) -> None:
-        kdb = self._db["kpi"]
-        for did, deltas in acc.kpi.items():
-            prefix = K.pack_u32(did)
-            for name, delta in deltas.items():
-                if not delta:
-                    continue
-                key = prefix + name.encode()
-                raw = txn.get(key, db=kdb)
-                val = (K.unpack_i64(raw)[0] if raw else 0) + delta
-                txn.put(key, K.pack_i64(val), db=kdb)
-        if acc.events:
-            self._append_events(txn, acc.events)
-
-    def _append_events(self, txn: Any, events: list[Any]) -> None:
-        if not events:
-            return
-        cur = txn.cursor(db=self._db["events"])
-        seq = K.unpack_u64(cur.key())[0] + 1 if cur.last() else 1
-        items = []
-        for ev in events:
-            items.append((K.pack_u64(seq), ENCODER.encode(ev)))
-            seq += 1
-        cur.putmulti(items, append=True)
-
-    def kpis(self, did: int) -> dict[str, int]:
-        """KPI counters of a delivery (maintained incrementally, never recounted)."""
-        prefix = K.pack_u32(did)
-        out: dict[str, int] = {}
-        with self._read() as txn:
-            cur = txn.cursor(db=self._db["kpi"])
-            ok = cur.set_range(prefix)
-            while ok:
-                k = cur.key()
-                if k[:4] != prefix:
-                    break
-                out[k[4:].decode()] = K.unpack_i64(cur.value())[0]
-                ok = cur.next()
-        return out
-
-    def recipients(
-        self, did: int, *, chunk: int = 5000
-    ) -> Iterator[tuple[int, Rcpt]]:
-        """Every recipient of a delivery in id order (short read transactions)."""
-        start = K.pack_rcpt(did, 0)
-        prefix = K.pack_u32(did)
-        while True:
-            batch = []
-            with self._read() as txn:
-                cur = txn.cursor(db=self._db["rcpt"])
-                ok = cur.set_range(start)
-                while ok and len(batch) < chunk:
-                    k = cur.key()
-                    if k[:4] != prefix:
-                        break
-                    batch.append((K.unpack_rcpt(k)[1], RCPT_DECODER.decode(cur.value())))
-                    ok = cur.next()
-            yield from batch
-            if len(batch) < chunk:
-                return
-            start = K.pack_rcpt(did, batch[-1][0] + 1)
-
-    def recipient(self, did: int, rid: int) -> Rcpt | None:
-        with self._read() as txn:
-            raw = txn.get(K.pack_rcpt(did, rid), db=self._db["rcpt"])
-        return RCPT_DECODER.decode(raw) if raw is not None else None
-
-    def events(
-        self, since: int = 0, *, delivery_id: int | None = None, chunk: int = 5000
-    ) -> Iterator[tuple[int, Event]]:
-        """Events with sequence number > ``since``, in order (short read transactions)."""
-        start = since + 1
-        while True:
-            batch = []
-            with self._read() as txn:
-                cur = txn.cursor(db=self._db["events"])
-                ok = cur.set_range(K.pack_u64(start))
-                while ok and len(batch) < chunk:
-                    batch.append((K.unpack_u64(cur.key())[0], EVENT_DECODER.decode(cur.value())))
-                    ok = cur.next()
-            for seq, ev in batch:
-                if delivery_id is None or getattr(ev, "delivery_id", None) == delivery_id:
-                    yield seq, ev
-            if len(batch) < chunk:
-                return
-            start = batch[-1][0] + 1
-
-    def prune_events(self, before_seq: int, *, chunk: int = 50_000) -> int:
-        """Delete events with sequence number < ``before_seq`` (after they were exported);
-        the per-recipient state keeps the last outcome of every recipient."""
-        total = 0
-        while True:
-            def fn(txn: Any) -> int:
-                n = 0
-                cur = txn.cursor(db=self._db["events"])
-                ok = cur.first()
-                while ok and n < chunk and K.unpack_u64(cur.key())[0] < before_seq:
-                    cur.delete()
-                    ok = bool(cur.key())
-                    n += 1
-                return n
-
-            n = self._write(fn)
-            total += n
-            if n < chunk:
-                return total
-
-    def last_event_seq(self) -> int:
-        with self._read() as txn:
-            cur = txn.cursor(db=self._db["events"])
-            return K.unpack_u64(cur.key())[0] if cur.last() else 0
-
-    def queue_counts(self, shards: Iterable[int] | None = None) -> dict[str, int]:
-        """Entries in the ready, scheduled and lease tables (whole spool)."""
-        with self._read() as txn:
-            return {n: txn.stat(self._db[n])["entries"] for n in ("ready", "sched", "lease")}
 
     # ------------------------------------------------------------------ purge
     def purge_delivery(self, did: int, *, chunk: int = 20_000) -> int:
