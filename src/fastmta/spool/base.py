@@ -159,7 +159,8 @@ class SpoolBase:
             for name in _DBS:
                 # seen: key = delivery id, sorted fixed-size duplicates = address digests
                 # (8 bytes each on DUPFIXED pages: 4x denser than one key per address)
-                dup = name == "seen"
+                # ready/sched: key = shard, DUPFIXED values (one dense list per shard)
+                dup = name in ("seen", "ready", "sched")
                 self._db[name] = env.open_db(name.encode(), txn=txn, create=True,
                                              dupsort=dup, dupfixed=dup)
             meta = self._db["meta"]

@@ -66,11 +66,11 @@ class ReadingMixin(SpoolBase):
             rc = txn.cursor(db=self._db["ready"])
             sc = txn.cursor(db=self._db["sched"])
             for shard in shards:
-                p = K.pack_u16(shard)
-                if rc.set_range(p) and rc.key()[:2] == p:
+                p = K.shard_key(shard)
+                if rc.set_key(p):
                     return 0
-                if sc.set_range(p) and sc.key()[:2] == p:
-                    due = K.unpack_sched(sc.key())[1]
+                if sc.set_key(p):  # first duplicate = earliest due time
+                    due = K.unpack_sched(sc.value())[0]
                     best = due if best is None else min(best, due)
         return best
 

@@ -161,6 +161,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         encode = ENCODER.encode
         pack_rcpt = K.pack_rcpt
         pack_ready = K.pack_ready
+        shard_key = K.shard_key
         added = 0
         for idx, item in enumerate(chunk):
             email = item.email
@@ -179,7 +180,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             else:
                 rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING,
                            item.smtputf8)
-                ready_keys.append((pack_ready(item.shard, did, rid), b""))
+                ready_keys.append((shard_key(item.shard), pack_ready(did, rid)))
                 domains[email[email.rindex("@") + 1:]] += 1
                 added += 1
             rcpt_items.append((pack_rcpt(did, rid), encode(rec)))
@@ -189,7 +190,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         cur.putmulti(rcpt_items, append=append)
         if ready_keys:
             ready_keys.sort()
-            txn.cursor(db=db["ready"]).putmulti(ready_keys)
+            txn.cursor(db=db["ready"]).putmulti(ready_keys, dupdata=True)
         kd["recipients"] += len(chunk)
         kd["to_deliver"] += added
         kd["pending"] += added
@@ -295,39 +296,34 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
     ) -> int:
         db = self._db
         got = 0
-        prefix = K.pack_u16(shard)
-        # 1. scheduled items that are due
-        hi = K.pack_sched(shard, t, _U32MAX, _U32MAX)
+        skey = K.shard_key(shard)
+        # 1. scheduled items that are due (duplicates sorted by due time)
         cur = txn.cursor(db=db["sched"])
-        ok = cur.set_range(prefix)
+        ok = cur.set_key(skey)
         while ok and got < limit:
-            k = cur.key()
-            if k[:2] != prefix or k > hi:
+            due, did, rid = K.unpack_sched(cur.value())
+            if due > t:
                 break
-            _, _, did, rid = K.unpack_sched(k)
             r = self._claim(txn, acc, did, rid, shard, owner, pid, t, exp)
             if r is _SKIP:
-                ok = cur.next()
+                ok = cur.next_dup()
                 continue
             cur.delete()
-            ok = bool(cur.key())
+            ok = cur.key() == skey
             if r is not None:
                 out.append(r)
                 got += 1
-        # 2. ready queue
+        # 2. ready queue (duplicates sorted by delivery, recipient)
         cur = txn.cursor(db=db["ready"])
-        ok = cur.set_range(prefix)
+        ok = cur.set_key(skey)
         while ok and got < limit:
-            k = cur.key()
-            if k[:2] != prefix:
-                break
-            _, did, rid = K.unpack_ready(k)
+            did, rid = K.unpack_ready(cur.value())
             r = self._claim(txn, acc, did, rid, shard, owner, pid, t, exp)
             if r is _SKIP:  # delivery paused: jump over its items
-                ok = cur.set_range(K.pack_ready(shard, did + 1, 0)) if did < _U32MAX else False
+                ok = did < _U32MAX and cur.set_range_dup(skey, K.pack_ready(did + 1, 0))
                 continue
             cur.delete()
-            ok = bool(cur.key())
+            ok = cur.key() == skey
             if r is not None:
                 out.append(r)
                 got += 1
@@ -391,7 +387,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                 did, rid = K.unpack_rcpt(k)
                 raw = txn.get(k, db=db["rcpt"])
                 if raw is not None and RCPT_DECODER.decode(raw).status == Status.PENDING:
-                    txn.put(K.pack_ready(lease.shard, did, rid), b"", db=db["ready"])
+                    txn.put(K.shard_key(lease.shard), K.pack_ready(did, rid), db=db["ready"])
                     recovered[did] += 1
                     n += 1
                 cur.delete()
@@ -540,7 +536,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                 return
             due = min(due, d.expires_ms)  # expires exactly at the end of validity
             new = msgspec.structs.replace(new, next_attempt_ms=due)
-            txn.put(K.pack_sched(rec.shard, due, did, rid), b"", db=db["sched"])
+            txn.put(K.shard_key(rec.shard), K.pack_sched(due, did, rid), db=db["sched"])
         else:
             raise SpoolError(f"unknown result outcome {outcome!r}")
         txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
@@ -567,9 +563,10 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         kd[f"domain/{dom}/failed"] += 1
 
     def _unqueue(self, txn: Any, did: int, rid: int, rec: Rcpt) -> None:
-        txn.delete(K.pack_ready(rec.shard, did, rid), db=self._db["ready"])
+        skey = K.shard_key(rec.shard)
+        txn.delete(skey, K.pack_ready(did, rid), db=self._db["ready"])
         if rec.next_attempt_ms:
-            txn.delete(K.pack_sched(rec.shard, rec.next_attempt_ms, did, rid), db=self._db["sched"])
+            txn.delete(skey, K.pack_sched(rec.next_attempt_ms, did, rid), db=self._db["sched"])
 
     def _finish_expired(
         self, txn: Any, acc: _Acc, did: int, rid: int, rkey: bytes, rec: Rcpt,
@@ -609,11 +606,11 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                 cur = txn.cursor(db=self._db[dbname])
                 ok = cur.first()
                 while ok and n < limit:
-                    k = cur.key()
+                    v = cur.value()
                     if dbname == "ready":
-                        _, did, rid = K.unpack_ready(k)
+                        did, rid = K.unpack_ready(v)
                     else:
-                        _, _, did, rid = K.unpack_sched(k)
+                        _, did, rid = K.unpack_sched(v)
                     if did not in ids:
                         ok = cur.next()
                         continue
