@@ -97,6 +97,8 @@ def test_recover_expired_and_owner_leases(spool):
     spool.lease([0], "b", 6, now_ms=t, lease_s=1000)
     assert spool.recover_leases(now_ms=t + 5_000) == 0  # holders alive, leases valid
     assert spool.recover_leases(now_ms=t + 20_000) == 4  # a's leases expired
+    assert spool.renew_leases("b", now_ms=t + 900_000, lease_s=1000) == 6
+    assert spool.recover_leases(now_ms=t + 1_500_000) == 0  # renewed: still valid
     assert spool.recover_leases(owner="b") == 6
     assert len(_drain(spool, [0])) == 10
 

@@ -357,6 +357,25 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                         rec.first_attempt_ms, rec.smtputf8 or d.smtputf8, d.mail_from,
                         d.expires_ms, rec.reason)
 
+    def renew_leases(self, owner: str, now_ms: int | None = None, lease_s: float | None = None) -> int:
+        """Extend every lease of ``owner`` to ``now + lease_s`` (a live worker whose
+        deliveries take long calls this so its work is not recovered under it)."""
+        t = now_ms or clock_ms()
+        exp = t + int((lease_s if lease_s is not None else self.cfg.lease_s) * 1000)
+
+        def fn(txn: Any) -> int:
+            cur = txn.cursor(db=self._db["lease"])
+            upd = []
+            for k, v in cur:
+                lease = LEASE_DECODER.decode(v)
+                if lease.owner == owner:
+                    upd.append((k, ENCODER.encode(msgspec.structs.replace(lease, expires_ms=exp))))
+            if upd:
+                cur.putmulti(upd)
+            return len(upd)
+
+        return self._write(fn)
+
     def recover_leases(self, owner: str | None = None, now_ms: int | None = None) -> int:
         """Return leased items to their ready queue: all of ``owner``'s, or (owner None)
         those whose lease expired or whose holder process is gone.  Returns the count."""
