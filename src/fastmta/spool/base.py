@@ -342,9 +342,9 @@ class SpoolBase:
         return rec
 
     def _maybe_trim(self, n: int) -> None:
-        """Reading records maps file pages; unmap them every 100k records (flat RSS)."""
+        """Reading records maps file pages; unmap them every 20k records (flat RSS)."""
         self._touched_since_trim += n
-        if self._touched_since_trim >= 100_000:
+        if self._touched_since_trim >= 20_000:
             self._touched_since_trim = 0
             self.trim_rss()
 
