@@ -245,3 +245,18 @@ def test_prune_events(spool):
     assert len(list(spool.events())) == last
     assert spool.prune_events(last) == last - 1
     assert [s for s, _ in spool.events()] == [last]
+
+
+def test_resume_point_is_read_in_the_write_transaction(spool, monkeypatch):
+    """After a writer is killed mid-commit a reader can lag one commit behind; the
+    resume point must come from the write transaction, not from such a read."""
+    did = make_delivery(spool, 0)
+    items = [RecipientIn(email=f"r{i}@x.example", line=i + 2) for i in range(10)]
+    spool.add_recipients(did, items[:6], batch=3)
+    stale = spool.delivery(did)
+    import msgspec
+
+    monkeypatch.setattr(spool, "delivery", lambda d: msgspec.structs.replace(stale, injected_line=4))
+    st = spool.add_recipients(did, items, batch=4)
+    assert st.skipped == 6 and st.added == 4 and st.excluded == {}
+    assert spool.kpis(did)["recipients"] == 10
