@@ -34,7 +34,8 @@ def test_injection_is_pending_and_queued_per_shard(spool):
     items = _drain(spool, [2])
     assert {i.shard for i in items} == {2} and len(items) == 25
     assert [i.rcpt_id for i in items] == sorted(i.rcpt_id for i in items)  # FIFO range scan
-    assert items[0].fields == {"first": "F2"} and items[0].mail_from == "news@example.com"
+    assert items[0].fields == {"first": "F2", "email": items[0].email}
+    assert items[0].mail_from == "news@example.com"
     assert len(spool.leases(did)) == 25
     assert spool.lease([2], "w", 10) == []  # leased work is not handed out twice
 

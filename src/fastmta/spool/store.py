@@ -361,6 +361,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             lv = acc.lease_values[shard] = ENCODER.encode(Lease(owner, pid, exp, shard, t))
         acc.leases.append((rkey, lv))
         fields = dict(zip(d.fields, rec.fields, strict=False)) if d.fields else {}
+        fields["email"] = rec.email  # ready for Template.render
         return WorkItem(rkey, did, rid, rec.email, shard, fields, rec.attempts,
                         rec.first_attempt_ms, rec.smtputf8 or d.smtputf8, d.mail_from,
                         d.expires_ms, rec.reason)
