@@ -152,7 +152,10 @@ class ResultWriter:
     async def submit(self, result: Result) -> None:
         """Queue one result; returns when its commit is durable."""
         assert self._loop is not None, "start() first"
-        await self._reserve(1)
+        if self._outstanding < self.queue_size:
+            self._outstanding += 1  # fast path: no extra coroutine
+        else:
+            await self._reserve(1)
         fut = self._loop.create_future()
         self._add(result, fut)
         await fut
