@@ -261,3 +261,13 @@ def test_resume_point_is_read_in_the_write_transaction(spool, monkeypatch):
     st = spool.add_recipients(did, items, batch=4)
     assert st.skipped == 6 and st.added == 4 and st.excluded == {}
     assert spool.kpis(did)["recipients"] == 10
+
+
+def test_maintenance(spool):
+    did = make_delivery(spool, 4, shards=1, validity_s=10)
+    d = spool.delivery(did)
+    spool.lease([0], "gone", 2, now_ms=d.created_ms, lease_s=1)
+    out = spool.maintenance(now_ms=d.created_ms + 2_000)
+    assert out == {"recovered": 2, "expired": 0, "released": 0}
+    out = spool.maintenance(now_ms=d.expires_ms)
+    assert out["expired"] == 4 and spool.kpis(did)["failed_expired"] == 4

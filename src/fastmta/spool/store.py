@@ -366,6 +366,18 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                         rec.first_attempt_ms, rec.smtputf8 or d.smtputf8, d.mail_from,
                         d.expires_ms, rec.reason)
 
+    def maintenance(self, now_ms: int | None = None) -> dict[str, int]:
+        """Periodic housekeeping for the supervisor: recover dead/expired leases, expire
+        recipients past their validity, release old bounce quarantines."""
+        t = now_ms or clock_ms()
+        out = {"recovered": self.recover_leases(now_ms=t), "expired": 0,
+               "released": self.quarantine_release_expired(now_ms=t)}
+        while True:
+            n = self.expire_due(now_ms=t)
+            out["expired"] += n
+            if n < 50_000:
+                return out
+
     def renew_leases(self, owner: str, now_ms: int | None = None, lease_s: float | None = None) -> int:
         """Extend every lease of ``owner`` to ``now + lease_s`` (a live worker whose
         deliveries take long calls this so its work is not recovered under it)."""
