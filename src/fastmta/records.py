@@ -164,7 +164,7 @@ class Result(msgspec.Struct, array_like=True, kw_only=True):
     time_ms: int = 0  # when the outcome happened (0 = commit time)
 
 
-class AttemptEvent(_Rec, tag=10, kw_only=True):
+class AttemptEvent(_Rec, tag=10):
     """Appended to the event log for every committed result."""
 
     ts_ms: int
