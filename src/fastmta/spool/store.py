@@ -49,6 +49,7 @@ from .reading import ReadingMixin
 
 __all__ = ["CommitStats", "InjectStats", "Spool", "clock_ms", "dedupe_hash", "now_ms"]
 
+
 class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 
