@@ -74,6 +74,79 @@ class EngineConfig(_Section):
     shards: int = 64
 
 
+class ShapingRule(_Section, kw_only=True):
+    """Traffic-shaping automation: a reply-text pattern -> an action for a duration.
+
+    ``action``: ``suspend`` (no new connections to the site), ``set_connections`` (cap
+    the site's connection limit to ``value``), ``set_rate`` (cap its message rate to
+    ``value`` per second) or ``bounce`` (fail the site's queued recipients for the
+    duration, reason ``refused``).  Applied after ``threshold`` matches within
+    ``period_s``; reverts by itself after ``duration_s``.
+    """
+
+    name: str = ""
+    pattern: str
+    action: str
+    value: float = 0.0
+    duration_s: float = 600.0
+    threshold: int = 1
+    period_s: float = 300.0
+
+
+class ShapingConfig(_Section):
+    """Per-site shaping defaults and the adaptive algorithm's parameters (docs/shaping.md)."""
+
+    initial_connections: int = 2
+    min_connections: int = 1
+    max_connections: int = 32
+    increase_step: int = 1
+    decrease_factor: float = 0.5
+    throttle_holdoff_s: float = 2.0
+    throttle_pause_s: float = 1.0
+    probe_interval_s: float = 30.0
+    ceiling_ttl_s: float = 900.0
+    adaptive: bool = True
+    adaptive_rate: bool = True
+    rate_recover_fraction: float = 0.92
+    rate_increase_fraction: float = 0.1
+    rate_probe_fraction: float = 0.03
+    rate_window_s: float = 2.0
+    suspend_initial_s: float = 60.0
+    suspend_max_s: float = 3600.0
+    suspend_factor: float = 2.0
+    connect_failures_to_suspend: int = 3
+    msg_rate_per_s: float = 0.0  # 0 = no fixed cap
+    msg_burst: int = 0  # 0 = about a tenth of a second of the rate
+    conn_rate_per_s: float = 0.0
+    conn_burst: int = 0
+    max_msgs_per_conn: int = 0  # 0 = [smtp] max_msgs_per_conn
+    idle_timeout_s: float = 0.0  # 0 = [smtp] idle_timeout_s
+    ready_queue_size: int = 2000
+    use_provider_defaults: bool = True
+    rules: list[ShapingRule] = msgspec.field(default_factory=list)
+
+
+class ProviderConfig(_Section, kw_only=True):
+    """A mailbox provider: matched by MX host suffix; overrides the site defaults.
+
+    Fields left unset inherit from ``[shaping]`` (or the shipped defaults of a provider
+    of the same name).  ``provider_max_connections`` and ``provider_msg_rate_per_s`` cap
+    the sum over all of the provider's sites.
+    """
+
+    name: str
+    mx_suffixes: list[str] = msgspec.field(default_factory=list)
+    initial_connections: int | None = None
+    max_connections: int | None = None
+    max_msgs_per_conn: int | None = None
+    msg_rate_per_s: float | None = None
+    conn_rate_per_s: float | None = None
+    provider_max_connections: int | None = None
+    provider_msg_rate_per_s: float | None = None
+    tls: str | None = None
+    rules: list[ShapingRule] = msgspec.field(default_factory=list)
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -82,6 +155,8 @@ class Config(_Section):
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    shaping: ShapingConfig = msgspec.field(default_factory=ShapingConfig)
+    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:
