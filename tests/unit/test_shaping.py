@@ -109,7 +109,7 @@ def test_rate_throttle_learns_rate_and_recovers_below_it():
     assert s.msg_rate(3.0) == pytest.approx(s.rate_ceiling * 0.5)
     assert s.msg_rate(8.5) == pytest.approx(s.rate_ceiling * 0.9)
     # GCRA: no more than the rate over a second
-    t0, sent, t = 9.0, 0, 9.0
+    sent, t = 0, 9.0
     while t < 10.0:
         if s.reserve_send(t) == 0.0:
             sent += 1
