@@ -48,21 +48,36 @@ class SmtpConfig(_Section):
 
 
 class SpoolConfig(_Section):
-    """The LMDB spool."""
+    """The LMDB spool (docs/spool.md explains each trade-off)."""
 
     path: str = "./fastmta-spool"
+    # Sparse reservation: the file grows with the data, the map is only address space.
+    # Every process must use the same value; raise it (and restart or `fastmta spool
+    # resize`) if the spool fills up.
     map_size_bytes: int = 64 * 1024**3
-    sync: bool = True
-    metasync: bool = True
-    commit_batch: int = 256
-    commit_window_ms: float = 20.0
-    lease_s: float = 300.0
+    sync: bool = True  # fsync the data at each commit (durability of `pending`/results)
+    metasync: bool = True  # fsync the meta page too (False: last commit may roll back)
+    commit_batch: int = 256  # results per group commit (ResultWriter)
+    commit_window_ms: float = 20.0  # max wait for more results before a commit
+    lease_s: float = 300.0  # claim duration of leased work
+    max_readers: int = 512  # fixed by the first process that opens the spool
+    max_spare_txns: int = 1  # 0 in a process that forks with the spool open
+    writer_queue: int = 8192  # bound on results waiting for the writer thread
+    inject_batch: int = 20_000  # recipients per injection transaction
+    full_retry_s: float = 2.0  # while the map is full, retry commits this often
+    defer_s: float = 60.0  # default delay of a `defer` result without next_attempt_ms
+    retry_s: float = 300.0  # default delay of a `soft` result without next_attempt_ms
+    quarantine_soft_threshold: int = 3  # expired deliveries to one address -> quarantine
+    quarantine_release_days: float = 30.0  # bounce quarantine ends after this (0 = never)
 
 
 class DeliveryConfig(_Section):
     """Defaults for new deliveries."""
 
     validity_s: float = 3 * 86400.0
+    max_validity_s: float = 3.5 * 86400.0  # a longer validity is refused
+    warn_message_bytes: int = 100_000  # analysis warns above (Gmail clips at ~102 KB)
+    max_message_bytes: int = 10 * 1024 * 1024  # analysis refuses above
     retry_initial_s: float = 300.0
     retry_max_s: float = 4 * 3600.0
 

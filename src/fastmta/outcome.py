@@ -1,0 +1,121 @@
+"""Classifications attached to SMTP client outcomes.
+
+Two things live here:
+
+* ``classify_reply(reply)``: THE seam to the core classifier.  It calls
+  ``fastmta.core.classify`` when the core provides it, otherwise a minimal fallback that
+  decides from the reply code class alone (``_fallback_classify``).  The fallback exists
+  only until issue #2's classifier is merged; remove it then.
+* ``local(kind, command, detail)``: outcomes that have no server reply (connection
+  refused, timeout, connection lost, TLS failure, local refusal).  Each gets a synthetic
+  ``Reply`` (so the delivery log always has a code and text) and a ``Classification``.
+
+Pure module: no asyncio, sockets or clock.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from . import core as _core
+from .core import Reply
+
+__all__ = ["Classification", "classify_reply", "local", "LOCAL_KINDS"]
+
+
+class Classification(msgspec.Struct, frozen=True, kw_only=True):
+    """Same fields as ``fastmta.core.Classification`` (docs/interfaces.md section 1)."""
+
+    code: int
+    enhanced: str | None
+    bounce_class: int
+    type: str  # hard | soft | ignored | none
+    reason: str
+    throttle: bool = False
+    action: str = "retry"  # deliver_ok | retry | bounce | suspend_site | reduce_rate
+
+    def to_dict(self) -> dict:
+        return msgspec.structs.asdict(self)
+
+
+def _fallback_classify(reply: Reply) -> Classification:
+    """Code-class-only stand-in for ``fastmta.core.classify`` (removed at merge)."""
+    code = reply.code
+    enh = reply.enhanced
+    if code < 400:
+        return Classification(
+            code=code, enhanced=enh, bounce_class=0, type="none", reason="", action="deliver_ok"
+        )
+    if code < 500:
+        throttle = code == 421 or (enh or "").startswith("4.7")
+        return Classification(
+            code=code,
+            enhanced=enh,
+            bounce_class=20,
+            type="soft",
+            reason="not_defined",
+            throttle=throttle,
+            action="reduce_rate" if throttle else "retry",
+        )
+    if (enh or "").startswith("5.1.") and reply.command == "rcpt":
+        return Classification(
+            code=code, enhanced=enh, bounce_class=10, type="hard", reason="user_unknown",
+            action="bounce",
+        )
+    return Classification(
+        code=code, enhanced=enh, bounce_class=40, type="hard", reason="not_defined",
+        action="bounce",
+    )
+
+
+_core_classify = getattr(_core, "classify", None)
+
+
+def classify_reply(reply: Reply) -> Classification:
+    """Classify a server reply (tagged with the command it answers)."""
+    if _core_classify is not None:
+        return _core_classify(reply, reply.command)
+    return _fallback_classify(reply)
+
+
+# kind -> (code, enhanced, bounce_class, type, reason, throttle, action, text)
+LOCAL_KINDS: dict[str, tuple] = {
+    # could not reach the host at all (refused, unreachable, connect timeout)
+    "connect_failed": (421, "4.4.1", 24, "soft", "unreachable", False, "retry",
+                       "connection failed"),
+    "connect_timeout": (421, "4.4.1", 24, "soft", "unreachable", True, "retry",
+                        "connection timed out"),
+    # a command got no reply in time
+    "timeout": (421, "4.4.2", 24, "soft", "not_connected", True, "retry",
+                "timed out waiting for the reply"),
+    # the connection closed or was reset while we waited for a reply
+    "connection_lost": (421, "4.4.2", 24, "soft", "not_connected", True, "retry",
+                        "connection lost"),
+    # the peer sent bytes that are not SMTP replies
+    "protocol_error": (421, "4.5.0", 70, "soft", "not_connected", False, "retry",
+                       "protocol error"),
+    # STARTTLS required by policy but not offered, refused, or the handshake failed
+    "tls_failed": (421, "4.7.10", 70, "soft", "unreachable", False, "retry",
+                   "TLS not available"),
+    # the message exceeds the SIZE the server announced
+    "too_large": (552, "5.3.4", 23, "hard", "refused", False, "bounce",
+                  "message larger than the server accepts"),
+    # SMTPUTF8 needed but not offered by the server
+    "smtputf8_unsupported": (553, "5.6.7", 40, "hard", "refused", False, "bounce",
+                             "SMTPUTF8 required but not offered"),
+}
+
+
+def local(kind: str, command: str | None, detail: str = "") -> tuple[Reply, Classification]:
+    """A synthetic reply and its classification for an outcome with no server reply."""
+    code, enh, bclass, typ, reason, throttle, action, text = LOCAL_KINDS[kind]
+    if detail:
+        text = f"{text}: {detail}"
+    text = text.replace("\r", " ").replace("\n", " ")
+    raw = f"{code} {enh} {text}"
+    reply = Reply(code, enh, (text,), raw, command)
+    cls = Classification(
+        code=code, enhanced=enh, bounce_class=bclass, type=typ, reason=reason,
+        throttle=throttle, action=action,
+    )
+    return reply, cls

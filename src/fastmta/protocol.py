@@ -1,0 +1,749 @@
+"""Sans-IO SMTP client state machine (no sockets, no clock, no asyncio).
+
+Use it like h11: feed received bytes with ``receive_data(data) -> list[Event]``, call
+commands (``ehlo``, ``starttls``, ``send``, ``rset``, ``quit``) and write out whatever
+``data_to_send()`` returns.  The transport (``fastmta.transport``) is a thin asyncio
+shell around this class; tests drive it directly with scripted server bytes.
+
+States and moves::
+
+    GREETING --220--> GREETED --ehlo()--> EHLO --250--> READY
+                                           \\--5xx--> HELO --250--> READY
+    READY --starttls()--> STARTTLS --220--> TLS --tls_established()--> GREETED
+    READY --send(env)--> TXN (MAIL/RCPT*/DATA, body after 354, reply to the dot)
+    TXN --all done--> READY (or RSET while a RSET after a failed transaction is pending)
+    any --421 / unsolicited reply--> CLOSED;  QUIT answered --> CLOSED
+    any --connection_lost() / garbage--> BROKEN
+
+Transactions are queued: ``send()`` may be called while another transaction is in
+flight.  With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one write, and
+the next queued transaction's commands follow its predecessor's body in the same write;
+without it everything is lock-step.  A transaction that fails before the body is sent is
+followed by RSET.  Each RCPT reply is kept; each reply carries the command it answers.
+
+Nothing here raises on peer misbehaviour: garbage or an over-size reply becomes a
+``ConnectionFailed`` event (state BROKEN) and every unfinished transaction completes with
+a synthetic outcome.  Misuse by the caller (CR/LF/NUL in an address, a command in the
+wrong state) raises ``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+
+import msgspec
+
+from .core import Reply, ReplyParser
+from .errors import LocalProtocolError, RemoteProtocolError
+from .outcome import Classification, classify_reply, local
+
+__all__ = [
+    "State",
+    "Capabilities",
+    "Envelope",
+    "TransactionResult",
+    "ClientProtocol",
+    "Event",
+    "Greeting",
+    "Hello",
+    "StartTls",
+    "TransactionDone",
+    "ResetDone",
+    "QuitDone",
+    "ServiceClosing",
+    "ConnectionFailed",
+    "parse_ehlo",
+    "prepare_body",
+    "check_address",
+]
+
+
+class State(IntEnum):
+    GREETING = 0
+    GREETED = 1
+    EHLO = 2
+    HELO = 3
+    READY = 4
+    STARTTLS = 5
+    TLS = 6
+    TXN = 7
+    RSET = 8
+    QUIT = 9
+    CLOSED = 10
+    BROKEN = 11
+
+
+# ---------------------------------------------------------------------------- values
+
+
+class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
+    """What the server's EHLO reply advertised (all False/None after HELO)."""
+
+    esmtp: bool = False
+    pipelining: bool = False
+    size: int | None = None  # None: not advertised; 0: advertised without a limit
+    eightbitmime: bool = False
+    smtputf8: bool = False
+    starttls: bool = False
+    chunking: bool = False
+    enhancedstatuscodes: bool = False
+    extensions: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+def parse_ehlo(reply: Reply) -> Capabilities:
+    """Capabilities from a 250 EHLO reply (first line is the greeting, not an extension)."""
+    ext: dict[str, str] = {}
+    for line in reply.lines[1:]:
+        keyword, _, param = line.strip().partition(" ")
+        if keyword:
+            ext[keyword.upper()] = param.strip()
+    size: int | None = None
+    if "SIZE" in ext:
+        try:
+            size = int(ext["SIZE"] or 0)
+        except ValueError:
+            size = 0
+    return Capabilities(
+        esmtp=True,
+        pipelining="PIPELINING" in ext,
+        size=size,
+        eightbitmime="8BITMIME" in ext,
+        smtputf8="SMTPUTF8" in ext,
+        starttls="STARTTLS" in ext,
+        chunking="CHUNKING" in ext,
+        enhancedstatuscodes="ENHANCEDSTATUSCODES" in ext,
+        extensions=ext,
+    )
+
+
+_FORBIDDEN = frozenset(range(0x20)) | {0x7F}
+
+
+def check_address(addr: str, what: str = "address") -> str:
+    """Refuse CR, LF, NUL (and any other ASCII control) in an envelope argument."""
+    if not isinstance(addr, str):
+        raise LocalProtocolError(f"{what} must be a str, not {type(addr).__name__}")
+    if not addr.isprintable() or "<" in addr or ">" in addr:
+        for ch in addr:
+            if ord(ch) in _FORBIDDEN:
+                raise LocalProtocolError(f"{what} {addr!r} contains a control character")
+        if "<" in addr or ">" in addr:
+            raise LocalProtocolError(f"{what} {addr!r} contains '<' or '>'")
+    return addr
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """One SMTP transaction: sender, recipients, and the message (identical for all)."""
+
+    mail_from: str
+    rcpts: list[str]
+    body: bytes
+    smtputf8: bool = False
+
+    def __post_init__(self) -> None:
+        check_address(self.mail_from, "sender")
+        if not self.rcpts:
+            raise LocalProtocolError("an envelope needs at least one recipient")
+        for r in self.rcpts:
+            check_address(r, "recipient")
+            if not r:
+                raise LocalProtocolError("empty recipient address")
+
+
+def prepare_body(body: bytes) -> bytes:
+    """CRLF-normalise, dot-stuff and terminate a message for DATA (RFC 5321 4.5.2).
+
+    Bare CR and bare LF become CRLF (no smuggling: RFC 5321 2.3.8), a line starting with
+    "." gets another, a final CRLF is added when missing, then ".\\r\\n".
+    """
+    if b"\r" in body:
+        body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    body = body.replace(b"\n", b"\r\n")
+    if body.startswith(b"."):
+        body = b"." + body
+    if b"\n." in body:
+        body = body.replace(b"\n.", b"\n..")
+    if body and not body.endswith(b"\r\n"):
+        body += b"\r\n"
+    return body + b".\r\n"
+
+
+class TransactionResult:
+    """Result of one transaction: every reply, per-recipient outcomes with classification.
+
+    ``mail_reply``: reply to MAIL.  ``rcpt_replies``: one per recipient, in order.
+    ``data_reply``: the reply that decided the accepted recipients: the reply after the
+    dot, or the refusal of DATA; None when DATA was never sent.  ``accepted``: recipients
+    whose message was taken (2xx after the dot).  ``outcomes``: (recipient, final reply,
+    Classification) for every recipient.  ``unknown_fate``: the connection died after the
+    whole body was sent but before the reply to the dot (the message may have been
+    delivered).  ``local``: the outcome was decided locally (no server reply).
+    """
+
+    __slots__ = (
+        "envelope",
+        "mail_reply",
+        "rcpt_replies",
+        "data_cmd_reply",
+        "data_reply",
+        "unknown_fate",
+        "local_reply",
+        "local_cls",
+        "_outcomes",
+    )
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+        self.mail_reply: Reply | None = None
+        self.rcpt_replies: list[Reply | None] = [None] * len(envelope.rcpts)
+        self.data_cmd_reply: Reply | None = None  # reply to the DATA command itself
+        self.data_reply: Reply | None = None
+        self.unknown_fate = False
+        self.local_reply: Reply | None = None  # synthetic reply (no server answer)
+        self.local_cls: Classification | None = None
+        self._outcomes: list | None = None
+
+    @property
+    def accepted(self) -> list[str]:
+        d = self.data_reply
+        if d is None or d.code >= 300 or d.command != "dot":
+            return []
+        return [r for r, rep in zip(self.envelope.rcpts, self.rcpt_replies, strict=True)
+                if rep is not None and rep.code < 300]
+
+    @property
+    def ok(self) -> bool:
+        """True when the message was accepted for at least one recipient."""
+        d = self.data_reply
+        return d is not None and d.command == "dot" and d.code < 300
+
+    @property
+    def outcomes(self) -> list[tuple[str, Reply, Classification]]:
+        if self._outcomes is None:
+            self._outcomes = self._compute_outcomes()
+        return self._outcomes
+
+    def _final_reply(self, i: int) -> Reply:
+        m = self.mail_reply
+        if m is None or m.code >= 300:
+            return m  # type: ignore[return-value]
+        r = self.rcpt_replies[i]
+        if r is None or r.code >= 300:
+            return r  # type: ignore[return-value]
+        return self.data_reply  # type: ignore[return-value]
+
+    def _compute_outcomes(self) -> list:
+        out = []
+        cache: dict[int, Classification] = {}
+        for i, rcpt in enumerate(self.envelope.rcpts):
+            reply = self._final_reply(i)
+            key = id(reply)
+            cls = cache.get(key)
+            if cls is None:
+                lr = self.local_reply
+                if lr is not None and self.local_cls is not None and reply.raw == lr.raw:
+                    cls = self.local_cls
+                else:
+                    cls = classify_reply(reply)
+                cache[key] = cls
+            out.append((rcpt, reply, cls))
+        return out
+
+    def __repr__(self) -> str:
+        return (
+            f"TransactionResult(rcpts={self.envelope.rcpts!r}, mail={_code(self.mail_reply)}, "
+            f"rcpt={[_code(r) for r in self.rcpt_replies]}, data={_code(self.data_reply)}, "
+            f"unknown_fate={self.unknown_fate})"
+        )
+
+
+def _code(r: Reply | None):
+    return None if r is None else r.code
+
+
+# ---------------------------------------------------------------------------- events
+
+
+class Event:
+    """Base class of protocol events."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Greeting(Event):
+    reply: Reply
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.code == 220
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Event):
+    """EHLO (or HELO after an EHLO refusal) answered."""
+
+    reply: Reply
+    capabilities: Capabilities
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.code == 250
+
+
+@dataclass(frozen=True, slots=True)
+class StartTls(Event):
+    reply: Reply
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.code == 220
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionDone(Event):
+    result: TransactionResult
+
+
+@dataclass(frozen=True, slots=True)
+class ResetDone(Event):
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class QuitDone(Event):
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceClosing(Event):
+    """The server sent 421 (or any reply nobody asked for): the connection is over."""
+
+    reply: Reply
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFailed(Event):
+    """Connection lost, timed out, or the peer sent garbage (kind as in outcome.LOCAL_KINDS)."""
+
+    kind: str
+    reply: Reply
+    classification: Classification
+    detail: str = ""
+
+
+# ---------------------------------------------------------------------------- machine
+
+
+class _Txn:
+    __slots__ = ("result", "body", "mail_cmd", "rcpt_cmds", "body_sent", "done", "next_rcpt",
+                 "discard")
+
+    def __init__(self, result: TransactionResult, body: bytes, mail_cmd: bytes,
+                 rcpt_cmds: list[bytes]) -> None:
+        self.result = result
+        self.body = body
+        self.mail_cmd = mail_cmd
+        self.rcpt_cmds = rcpt_cmds
+        self.body_sent = False
+        self.done = False
+        self.next_rcpt = 0
+        self.discard = False  # 354 arrived although no recipient was accepted
+
+
+_EHLO_FALLBACK_CODES = frozenset({500, 501, 502, 504, 550})
+
+
+class ClientProtocol:
+    """The SMTP client state machine (see module docstring)."""
+
+    def __init__(self, *, max_line: int = 8192, max_reply: int = 65536,
+                 pipelining: bool = True) -> None:
+        self.state = State.GREETING
+        self.capabilities = Capabilities()
+        self.greeting: Reply | None = None
+        self.use_pipelining = pipelining  # may be turned off by the caller
+        self.messages_sent = 0  # transactions that got a 2xx after the dot
+        self.tls = False
+        self._parser = ReplyParser(max_line, max_reply)
+        self._parser.expect("connect")
+        self._pending: deque = deque([("connect", None, 0)])
+        self._out: list[bytes] = []
+        self._queue: deque[_Txn] = deque()
+        self._active: _Txn | None = None  # commands sent, body not yet sent
+        self._inflight: list[_Txn] = []  # started, not finished
+        self._ehlo_name = ""
+        self._events: list[Event] = []
+
+    # ----------------------------------------------------------------- output
+    def data_to_send(self) -> bytes:
+        """Bytes to write to the peer now (possibly empty)."""
+        if not self._out:
+            return b""
+        out = self._out
+        self._out = []
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    @property
+    def awaiting(self) -> str | None:
+        """The command whose reply is expected next (for per-command timeouts)."""
+        return self._pending[0][0] if self._pending else None
+
+    @property
+    def idle(self) -> bool:
+        """READY with nothing in flight or queued (a connection that may be reused)."""
+        return self.state == State.READY and not self._pending and not self._queue
+
+    @property
+    def pipelining(self) -> bool:
+        return self.use_pipelining and self.capabilities.pipelining
+
+    def _cmd(self, kind: str, line: bytes, txn: _Txn | None = None, index: int = 0) -> None:
+        if self.state >= State.CLOSED:
+            return
+        self._out.append(line)
+        self._parser.expect(kind)
+        self._pending.append((kind, txn, index))
+
+    def _require(self, *states: State) -> None:
+        if self.state not in states:
+            raise LocalProtocolError(
+                f"command not allowed in state {self.state.name} (needs "
+                f"{'/'.join(s.name for s in states)})"
+            )
+
+    # ----------------------------------------------------------------- commands
+    def ehlo(self, name: str) -> None:
+        """Send EHLO (HELO follows automatically when EHLO is refused)."""
+        self._require(State.GREETED)
+        check_address(name, "EHLO name")
+        self._ehlo_name = name
+        self.state = State.EHLO
+        self._cmd("ehlo", b"EHLO " + name.encode("ascii", "strict") + b"\r\n")
+
+    def helo(self, name: str) -> None:
+        """Send HELO directly (for servers known not to speak ESMTP)."""
+        self._require(State.GREETED)
+        check_address(name, "HELO name")
+        self._ehlo_name = name
+        self.state = State.HELO
+        self._cmd("helo", b"HELO " + name.encode("ascii", "strict") + b"\r\n")
+
+    def starttls(self) -> None:
+        self._require(State.READY)
+        if self._pending or self._queue:
+            raise LocalProtocolError("STARTTLS with commands in flight")
+        self.state = State.STARTTLS
+        self._cmd("starttls", b"STARTTLS\r\n")
+
+    def tls_established(self) -> None:
+        """The transport finished the TLS handshake: forget everything, EHLO again."""
+        self._require(State.TLS)
+        self.tls = True
+        self.capabilities = Capabilities()
+        self.state = State.GREETED
+
+    def rset(self) -> None:
+        self._require(State.READY)
+        self.state = State.RSET
+        self._cmd("rset", b"RSET\r\n")
+
+    def noop(self) -> None:
+        self._require(State.READY)
+        self._cmd("noop", b"NOOP\r\n")
+
+    def quit(self) -> None:
+        """Send QUIT (allowed whenever the connection is still open)."""
+        if self.state in (State.CLOSED, State.BROKEN, State.QUIT):
+            return
+        self.state = State.QUIT
+        self._cmd("quit", b"QUIT\r\n")
+
+    def send(self, envelope: Envelope) -> TransactionResult:
+        """Queue a transaction; its TransactionDone event carries the returned result.
+
+        Refusals decided locally (message over the announced SIZE, SMTPUTF8 needed but
+        not offered) complete at once: the event is returned by ``pending_events()``.
+        """
+        self._require(State.READY, State.TXN, State.RSET)
+        result = TransactionResult(envelope)
+        caps = self.capabilities
+        body = prepare_body(envelope.body)
+        utf8 = envelope.smtputf8 or not envelope.mail_from.isascii() or not all(
+            r.isascii() for r in envelope.rcpts
+        )
+        if utf8 and not caps.smtputf8:
+            return self._local_done(result, "smtputf8_unsupported")
+        if caps.size and len(body) > caps.size:
+            return self._local_done(result, "too_large", f"{len(body)} > {caps.size} bytes")
+        enc = "utf-8" if utf8 else "ascii"
+        params = b""
+        if caps.size is not None:
+            params += b" SIZE=%d" % len(body)
+        if caps.eightbitmime and not envelope.body.isascii():
+            params += b" BODY=8BITMIME"
+        if utf8:
+            params += b" SMTPUTF8"
+        mail_cmd = b"MAIL FROM:<" + envelope.mail_from.encode(enc) + b">" + params + b"\r\n"
+        rcpt_cmds = [b"RCPT TO:<" + r.encode(enc) + b">\r\n" for r in envelope.rcpts]
+        txn = _Txn(result, body, mail_cmd, rcpt_cmds)
+        self._queue.append(txn)
+        self._pump()
+        return result
+
+    def pending_events(self) -> list[Event]:
+        """Events produced outside ``receive_data`` (local refusals in ``send``)."""
+        ev = self._events
+        self._events = []
+        return ev
+
+    def _local_done(self, result: TransactionResult, kind: str, detail: str = ""):
+        reply, cls = local(kind, "mail", detail)
+        result.mail_reply = reply
+        result.local_reply = reply
+        result.local_cls = cls
+        self._events.append(TransactionDone(result))
+        return result
+
+    # ----------------------------------------------------------------- transaction pump
+    def _pump(self) -> None:
+        """Start queued transactions as far as the state and PIPELINING allow."""
+        while self._queue and self._active is None:
+            if self.state == State.RSET:
+                if not self.pipelining:
+                    return
+            elif self.state == State.READY:
+                pass
+            elif self.state == State.TXN:
+                if not self.pipelining and self._inflight:
+                    return
+            else:
+                return
+            txn = self._queue.popleft()
+            self.state = State.TXN
+            self._inflight.append(txn)
+            self._active = txn
+            if self.pipelining:
+                self._cmd("mail", txn.mail_cmd, txn)
+                for i, cmd in enumerate(txn.rcpt_cmds):
+                    self._cmd("rcpt", cmd, txn, i)
+                self._cmd("data", b"DATA\r\n", txn)
+                txn.next_rcpt = len(txn.rcpt_cmds)
+            else:
+                self._cmd("mail", txn.mail_cmd, txn)
+            return
+
+    def _finish(self, txn: _Txn, need_rset: bool) -> None:
+        txn.done = True
+        if txn in self._inflight:
+            self._inflight.remove(txn)
+        if self._active is txn:
+            self._active = None
+        if txn.result.data_reply is not None and txn.result.ok:
+            self.messages_sent += 1
+        self._events.append(TransactionDone(txn.result))
+        if self.state in (State.CLOSED, State.BROKEN, State.QUIT):
+            return
+        if need_rset:
+            self.state = State.RSET
+            self._cmd("rset", b"RSET\r\n")
+        elif not self._inflight and self.state == State.TXN:
+            self.state = State.READY
+        self._pump()
+
+    def _send_body(self, txn: _Txn) -> None:
+        txn.body_sent = True
+        self._out.append(txn.body)
+        self._parser.expect("dot")
+        self._pending.append(("dot", txn, 0))
+        if self._active is txn:
+            self._active = None
+        # pipeline the next transaction's commands behind this body
+        self._pump()
+
+    def _on_txn_reply(self, kind: str, txn: _Txn, index: int, reply: Reply) -> None:
+        res = txn.result
+        if kind == "mail":
+            res.mail_reply = reply
+            if not self.pipelining:
+                if reply.code >= 300:
+                    self._finish(txn, need_rset=False)
+                else:
+                    self._cmd("rcpt", txn.rcpt_cmds[0], txn, 0)
+                    txn.next_rcpt = 1
+        elif kind == "rcpt":
+            res.rcpt_replies[index] = reply
+            if not self.pipelining and not txn.done:
+                if txn.next_rcpt < len(txn.rcpt_cmds):
+                    i = txn.next_rcpt
+                    txn.next_rcpt += 1
+                    self._cmd("rcpt", txn.rcpt_cmds[i], txn, i)
+                elif any(r is not None and r.code < 300 for r in res.rcpt_replies):
+                    self._cmd("data", b"DATA\r\n", txn)
+                else:
+                    self._finish(txn, need_rset=True)
+        elif kind == "data":
+            res.data_cmd_reply = reply
+            if reply.code == 354:
+                ok = (res.mail_reply is not None and res.mail_reply.code < 300
+                      and any(r is not None and r.code < 300 for r in res.rcpt_replies))
+                if ok:
+                    self._send_body(txn)
+                else:
+                    # RFC 2920: a 354 although nothing was accepted; end the empty
+                    # message at once and throw the transaction away.
+                    txn.body = b".\r\n"
+                    txn.discard = True
+                    self._send_body(txn)
+            else:
+                res.data_reply = reply
+                mail_ok = res.mail_reply is not None and res.mail_reply.code < 300
+                self._finish(txn, need_rset=mail_ok)
+        elif kind == "dot":
+            if txn.discard:
+                # the empty message of a transaction with no accepted recipient
+                self._finish(txn, need_rset=True)
+            else:
+                res.data_reply = reply
+                self._finish(txn, need_rset=False)
+
+    # ----------------------------------------------------------------- input
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete."""
+        if self.state == State.BROKEN:
+            return self.pending_events()
+        try:
+            replies = self._parser.feed(data)
+        except RemoteProtocolError as exc:
+            return self._broken("protocol_error", str(exc))
+        for reply in replies:
+            self._on_reply(reply)
+            if self.state == State.BROKEN:
+                break
+        if self.state == State.TLS and self._parser.buffered:
+            # bytes after "220 go ahead" before the handshake: response injection
+            return self._broken("protocol_error", "data after STARTTLS reply")
+        return self.pending_events()
+
+    def _on_reply(self, reply: Reply) -> None:
+        if not self._pending:
+            self.state = State.CLOSED
+            self._events.append(ServiceClosing(reply))
+            return
+        kind, txn, index = self._pending.popleft()
+        if reply.code == 421 and kind not in ("quit",):
+            self._service_closing(kind, txn, index, reply)
+            return
+        if txn is not None:
+            self._on_txn_reply(kind, txn, index, reply)
+            return
+        st = self.state
+        if kind == "connect":
+            self.greeting = reply
+            self._events.append(Greeting(reply))
+            self.state = State.GREETED if reply.code == 220 else State.CLOSED
+        elif kind == "ehlo":
+            if reply.code == 250:
+                self.capabilities = parse_ehlo(reply)
+                self.state = State.READY
+                self._events.append(Hello(reply, self.capabilities))
+            elif reply.code in _EHLO_FALLBACK_CODES:
+                self.state = State.HELO
+                self._cmd("helo", b"HELO " + self._ehlo_name.encode("ascii") + b"\r\n")
+            else:
+                self.state = State.CLOSED if reply.code >= 400 else st
+                self._events.append(Hello(reply, Capabilities()))
+        elif kind == "helo":
+            self.capabilities = Capabilities()
+            self.state = State.READY if reply.code == 250 else State.CLOSED
+            self._events.append(Hello(reply, self.capabilities))
+        elif kind == "starttls":
+            if reply.code == 220:
+                self.state = State.TLS
+            else:
+                self.state = State.READY
+            self._events.append(StartTls(reply))
+        elif kind == "rset":
+            if self.state == State.RSET:
+                self.state = State.TXN if self._inflight else State.READY
+            self._events.append(ResetDone(reply))
+            self._pump()
+        elif kind == "noop":
+            self._events.append(ResetDone(reply))
+        elif kind == "quit":
+            self.state = State.CLOSED
+            self._events.append(QuitDone(reply))
+
+    def _service_closing(self, kind: str, txn: _Txn | None, index: int, reply: Reply) -> None:
+        """421: the server closes.  It answers the command and everything behind it."""
+        self.state = State.CLOSED
+        if txn is not None:
+            self._on_txn_reply(kind, txn, index, reply)
+        if kind == "connect":
+            self.greeting = reply
+            self._events.append(Greeting(reply))
+        elif kind == "ehlo" or kind == "helo":
+            self._events.append(Hello(reply, Capabilities()))
+        elif kind == "starttls":
+            self._events.append(StartTls(reply))
+        while self._pending:
+            k, t, i = self._pending.popleft()
+            if t is not None and not t.done:
+                self._on_txn_reply(k, t, i, reply.with_command(k))
+        self._fail_unfinished(reply, None)
+        self._events.append(ServiceClosing(reply))
+
+    def _fail_unfinished(self, reply: Reply, cls: Classification | None) -> None:
+        """Complete every unfinished transaction with ``reply`` for its missing replies."""
+        for txn in list(self._inflight) + list(self._queue):
+            if txn.done:
+                continue
+            res = txn.result
+            if txn.body_sent and res.data_reply is None:
+                res.unknown_fate = True
+            r_mail = reply.with_command("mail")
+            if res.mail_reply is None:
+                res.mail_reply = r_mail
+            elif res.mail_reply.code < 300:
+                for i, r in enumerate(res.rcpt_replies):
+                    if r is None:
+                        res.rcpt_replies[i] = reply.with_command("rcpt")
+                if res.data_reply is None:
+                    res.data_reply = reply.with_command("dot" if txn.body_sent else "data")
+            if cls is not None:
+                res.local_reply = reply
+                res.local_cls = cls
+            txn.done = True
+            self._events.append(TransactionDone(res))
+        self._inflight.clear()
+        self._queue.clear()
+        self._active = None
+
+    def _broken(self, kind: str, detail: str = "") -> list[Event]:
+        cmd = self._pending[0][0] if self._pending else None
+        reply, cls = local(kind, cmd, detail)
+        self.state = State.BROKEN
+        self._pending.clear()
+        self._fail_unfinished(reply, cls)
+        self._events.append(ConnectionFailed(kind, reply, cls, detail))
+        return self.pending_events()
+
+    def connection_lost(self, kind: str = "connection_lost", detail: str = "") -> list[Event]:
+        """The transport lost the connection (EOF, reset, timeout, TLS error).
+
+        Returns the events that complete every unfinished transaction (with a synthetic
+        reply classified as ``kind``) and a final ``ConnectionFailed``.  Nothing is
+        returned when the connection had already ended cleanly (QUIT/421 answered).
+        """
+        if self.state == State.BROKEN:
+            return self.pending_events()
+        if self.state == State.CLOSED and not self._pending:
+            self.state = State.BROKEN
+            return self.pending_events()
+        if self.state == State.QUIT and not self._inflight and not self._queue:
+            self.state = State.BROKEN
+            self._pending.clear()
+            return self.pending_events()
+        return self._broken(kind, detail)

@@ -1,0 +1,51 @@
+"""A disk-backed set of 64-bit digests for analysing inputs larger than memory.
+
+Used by ``fastmta analyze`` to find duplicates in a 10M-line file with flat memory: a
+throw-away LMDB environment in a temporary directory, no fsync, removed on close.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from typing import Any
+
+import lmdb
+
+from .store import dedupe_hash
+
+
+class ScratchSet:
+    """``add(address) -> bool`` (False if it was already there); batched transactions."""
+
+    def __init__(self, *, map_size: int = 16 * 1024**3, batch: int = 50_000, dir: str | None = None) -> None:
+        self._dir = tempfile.mkdtemp(prefix="fastmta-scratch-", dir=dir)
+        self._env = lmdb.open(self._dir, map_size=map_size, sync=False, metasync=False,
+                              writemap=False, readahead=False, max_dbs=1, lock=False)
+        self._batch = batch
+        self._n = 0
+        self._txn: Any = None
+
+    def add(self, address: str) -> bool:
+        if self._txn is None:
+            self._txn = self._env.begin(write=True)
+        added = self._txn.put(dedupe_hash(address), b"", overwrite=False)
+        self._n += 1
+        if self._n >= self._batch:
+            self._txn.commit()
+            self._txn = None
+            self._n = 0
+        return added
+
+    def close(self) -> None:
+        if self._txn is not None:
+            self._txn.abort()
+            self._txn = None
+        self._env.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> ScratchSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,218 @@
+"""ResultWriter: group-committed spool writes from asyncio, in one writer thread.
+
+LMDB commits fsync and write transactions are thread-bound, so an event loop must not
+commit itself.  ``await writer.submit(result)`` queues the result and resolves once the
+transaction holding it is durable.  The thread takes up to ``commit_batch`` results, or
+whatever arrived within ``commit_window_ms`` of the first, and commits them together.
+
+At-least-once: a result is durable only after its future resolves; if the process dies
+before, the recipient is still leased and ``recover_leases`` puts it back, so at most the
+results not yet committed (bounded by the batch/window and by the callers' concurrency)
+are sent twice, never lost.
+
+While the map is full the thread keeps the batch, marks ``paused`` with the alert text,
+and retries every ``full_retry_s``; the futures stay pending (nothing is lost) and
+resolve once space is available again (map raised or deliveries purged).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..records import Result
+from .errors import SpoolFullError
+from .store import Spool
+
+log = logging.getLogger("fastmta.spool")
+
+_STOP = object()
+
+
+class _Call:
+    __slots__ = ("fn", "args", "kwargs", "fut")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple, kwargs: dict, fut: asyncio.Future) -> None:
+        self.fn, self.args, self.kwargs, self.fut = fn, args, kwargs, fut
+
+
+class ResultWriter:
+    """One writer thread per process, fed by a bounded queue (see module docstring)."""
+
+    def __init__(
+        self,
+        spool: Spool,
+        *,
+        commit_batch: int | None = None,
+        commit_window_ms: float | None = None,
+        queue_size: int | None = None,
+        full_retry_s: float | None = None,
+        on_alert: Callable[[str], None] | None = None,
+    ) -> None:
+        cfg = spool.cfg
+        self.spool = spool
+        self.commit_batch = commit_batch or cfg.commit_batch
+        self.window_s = (cfg.commit_window_ms if commit_window_ms is None else commit_window_ms) / 1000
+        self.queue_size = queue_size or cfg.writer_queue
+        self.full_retry_s = cfg.full_retry_s if full_retry_s is None else full_retry_s
+        self.on_alert = on_alert
+        self.paused: str | None = None
+        self.commits = 0
+        self.committed = 0
+        self._q: queue.Queue[Any] = queue.Queue()
+        self._slots: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> ResultWriter:
+        """Start the thread; must be called from the event loop that will submit."""
+        self._loop = asyncio.get_running_loop()
+        self._slots = asyncio.Semaphore(self.queue_size)
+        self._thread = threading.Thread(target=self._run, name="fastmta-spool-writer", daemon=True)
+        self._thread.start()
+        return self
+
+    async def close(self) -> None:
+        """Commit everything queued, then stop the thread."""
+        if self._thread is None:
+            return
+        self._q.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+        self._thread = None
+
+    async def __aenter__(self) -> ResultWriter:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ API
+    async def submit(self, result: Result) -> None:
+        """Queue one result; returns when its commit is durable."""
+        assert self._loop is not None and self._slots is not None, "start() first"
+        await self._slots.acquire()
+        fut = self._loop.create_future()
+        self._q.put((result, fut))
+        try:
+            await fut
+        finally:
+            self._slots.release()
+
+    async def submit_many(self, results: list[Result]) -> None:
+        """Queue several results; returns when all are durable."""
+        await asyncio.gather(*(self.submit(r) for r in results))
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run another spool write (``lease``, ``recover_leases``...) in the writer thread,
+        in order with the results; returns its value."""
+        assert self._loop is not None, "start() first"
+        fut = self._loop.create_future()
+        self._q.put(_Call(fn, args, kwargs, fut))
+        return await fut
+
+    # ------------------------------------------------------------------ thread
+    def _run(self) -> None:
+        q = self._q
+        carry: Any = None
+        while True:
+            item = carry if carry is not None else q.get()
+            carry = None
+            if item is _STOP:
+                return
+            if isinstance(item, _Call):
+                self._do_call(item)
+                continue
+            batch = [item]
+            deadline = time.monotonic() + self.window_s
+            while len(batch) < self.commit_batch:
+                try:
+                    nxt = q.get_nowait()
+                except queue.Empty:
+                    timeout = deadline - time.monotonic()
+                    if timeout <= 0:
+                        break
+                    try:
+                        nxt = q.get(timeout=timeout)
+                    except queue.Empty:
+                        break
+                if nxt is _STOP or isinstance(nxt, _Call):
+                    carry = nxt
+                    break
+                batch.append(nxt)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Result, asyncio.Future]]) -> None:
+        results = [r for r, _ in batch]
+        while True:
+            try:
+                self.spool.commit(results)
+                break
+            except SpoolFullError as exc:
+                self._pause(str(exc))
+                time.sleep(self.full_retry_s)
+            except BaseException as exc:  # resolve the waiters with the error
+                self._resolve(batch, exc)
+                return
+        if self.paused:
+            log.warning("spool writer resumed after: %s", self.paused)
+            self.paused = None
+        self.commits += 1
+        self.committed += len(batch)
+        self._resolve(batch, None)
+
+    def _pause(self, msg: str) -> None:
+        if self.paused is None:
+            self.paused = msg
+            log.error("spool writer paused: %s", msg)
+            if self.on_alert is not None:
+                try:
+                    self.on_alert(msg)
+                except Exception:
+                    log.exception("on_alert callback failed")
+
+    def _resolve(self, batch: list[tuple[Result, asyncio.Future]], exc: BaseException | None) -> None:
+        futs = [f for _, f in batch]
+
+        def done() -> None:  # one loop callback per batch, not per result
+            for f in futs:
+                if not f.done():
+                    if exc is None:
+                        f.set_result(None)
+                    else:
+                        f.set_exception(exc)
+
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(done)
+
+    def _do_call(self, call: _Call) -> None:
+        while True:
+            try:
+                val = call.fn(*call.args, **call.kwargs)
+                exc = None
+                break
+            except SpoolFullError as e:
+                self._pause(str(e))
+                val, exc = None, e
+                break
+            except BaseException as e:
+                val, exc = None, e
+                break
+        fut = call.fut
+        assert self._loop is not None
+
+        def done() -> None:
+            if fut.done():
+                return
+            if exc is None:
+                fut.set_result(val)
+            else:
+                fut.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(done)
