@@ -125,7 +125,8 @@ class ShapingConfig(_Section):
     rate_recover_fraction: float = 0.92
     rate_increase_fraction: float = 0.1
     rate_probe_fraction: float = 0.03
-    rate_window_s: float = 2.0
+    rate_window_s: float = 60.0
+    rate_pause_max_s: float = 60.0
     suspend_initial_s: float = 60.0
     suspend_max_s: float = 3600.0
     suspend_factor: float = 2.0

@@ -36,7 +36,8 @@ from .shaping import ProviderBudget, SiteShaper, site_params, site_rules
 log = logging.getLogger("fastmta.scheduler")
 
 _CONN_THROTTLE = re.compile(r"too many (concurrent |simultaneous )?(connections|sessions)|"
-                            r"connection (limit|rate)", re.IGNORECASE)
+                            r"concurrent (server )?connections|connection (limit|rate)",
+                            re.IGNORECASE)
 MAX_INMEMORY_REQUEUES = 4
 FLIGHT = 8  # transactions pipelined per write
 
@@ -412,7 +413,7 @@ class Scheduler:
             site.wakeup.clear()
             try:
                 await asyncio.wait_for(site.wakeup.wait(), idle_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 return None
             finally:
                 site.waiting -= 1
@@ -423,8 +424,11 @@ class Scheduler:
         max_rcpts = max(1, self.cfg.smtp.max_rcpts_per_txn)
         budget = max(1, site.params.max_msgs_per_conn or self.cfg.smtp.max_msgs_per_conn) \
             - conn.messages_sent
+        probe = site.shaper.flight_limit(self.now())
+        if probe:
+            max_rcpts = 1
         flight: list[list[Job]] = []
-        while site.queue and len(flight) < min(FLIGHT, max(1, budget)):
+        while site.queue and len(flight) < min(probe or FLIGHT, max(1, budget)):
             first = self._take(site)
             if first.body is None:
                 first.body = self.render(first.item)
@@ -474,7 +478,7 @@ class Scheduler:
                 self.stats["attempts"] += n
                 stop = False
                 for group, res in zip(flight, results, strict=True):
-                    if self._handle(site, group, res, mx, source_ip):
+                    if self._handle(site, group, res, mx, source_ip, after_close=stop):
                         stop = True
             except BaseException:
                 # cancelled (stop) or a bug: whatever has no outcome yet goes back to
@@ -487,18 +491,28 @@ class Scheduler:
             if stop or not conn.usable or conn.messages_sent >= max_msgs:
                 return
 
-    def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str) -> bool:
-        """Turn one transaction's outcomes into results.  True = close the connection."""
+    def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str,
+                after_close: bool = False) -> bool:
+        """Turn one transaction's outcomes into results.  True = close the connection.
+
+        ``after_close``: an earlier transaction of the same pipelined flight already
+        ended the session (throttle, 421): a ``not_connected`` outcome here means the
+        transaction never ran, so its recipients are queued again, not failed."""
         now = self.now()
         shaper = site.shaper
         close = False
         requeue: list[Job] = []
         sent = 0
+        answered = False
         for job, (_rcpt, reply, cls) in zip(group, res.outcomes, strict=True):
             code = reply.code if reply is not None else 0
             if 200 <= code < 300:
                 sent += 1
                 self._emit(job, "sent", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+                continue
+            if after_close and cls.reason == "not_connected" and not res.unknown_fate:
+                requeue.append(job)
+                close = True
                 continue
             text = reply.raw if reply is not None else ""
             effects = shaper.on_reply(text, now)
@@ -522,6 +536,8 @@ class Scheduler:
                 else:
                     self.defer(job, self.rng.uniform(5, 15), reason=cls.reason)
                 continue
+            if cls.reason != "not_connected":
+                answered = True
             if cls.action == "suspend_site":
                 resume = shaper.on_block(now, cls.reason or "blocked")
                 not_before = self.now_ms() + int((resume - now) * 1000)
@@ -536,6 +552,8 @@ class Scheduler:
                 close = True
         if sent:
             shaper.on_success(now, sent, site.active)
+        elif answered:
+            shaper.on_answer(now)
         if requeue:
             self._requeue_front(site, requeue)
         if shaper.suspended(now):

@@ -156,6 +156,11 @@ class SiteShaper:
         self.rate: float | None = None
         self.rate_ceiling: float | None = None
         self.last_rate_step = now
+        # after a rate throttle: pause sending for a doubling time, then one probe
+        self.rate_pause_until = -INF
+        self.rate_pause_s = params.throttle_pause_s
+        self.probe_pending = False
+        self.probe_out_at: float | None = None
         self._gcra: Gcra | None = None
         self._gcra_rate: float | None = None
         self._conn_gcra = (Gcra(params.conn_rate_per_s, _burst(params.conn_rate_per_s,
@@ -249,9 +254,24 @@ class SiteShaper:
         if self.provider is not None:
             self.provider.release()
 
+    def flight_limit(self, now: float) -> int | None:
+        """1 while the site must be probed with a single message (after a rate throttle
+        pause), else None (no limit from shaping)."""
+        return 1 if self.probe_pending else None
+
     def reserve_send(self, now: float, n: int = 1) -> float:
         """Take ``n`` message cells from the site and provider rate limits if both allow
-        now (returns 0.0), else return the seconds to wait (nothing taken)."""
+        now (returns 0.0), else return the seconds to wait (nothing taken).
+
+        After a rate throttle nothing is sent until the pause ends; then a single
+        message (``n == 1``) goes first as a probe and the rest wait for its answer."""
+        if now < self.rate_pause_until:
+            return self.rate_pause_until - now
+        if self.probe_pending:
+            if self.probe_out_at is not None and now - self.probe_out_at < 30.0:
+                return 0.05
+            if n > 1:
+                return 0.05
         rate = self.msg_rate(now)
         wait = 0.0
         if rate is not None:
@@ -271,6 +291,8 @@ class SiteShaper:
             self._gcra.take(now, min(n, self._max_cells(rate)))
         if prov is not None:
             prov.take(now, n)
+        if self.probe_pending:
+            self.probe_out_at = now
         return 0.0
 
     def _max_cells(self, rate: float) -> int:
@@ -281,10 +303,19 @@ class SiteShaper:
     def on_connected(self, now: float) -> None:
         self.connect_failures = 0
 
+    def on_answer(self, now: float) -> None:
+        """A transaction got a non-throttle answer (accepted or not): the destination
+        takes our traffic again, so a pending probe succeeded."""
+        if self.probe_pending:
+            self.probe_pending = False
+            self.probe_out_at = None
+        self.rate_pause_s = self.p.throttle_pause_s
+
     def on_success(self, now: float, n: int = 1, active: int | None = None) -> None:
         """``n`` recipients accepted.  ``active``: connections open to the site now; the
         limit grows only while it is in use (``active >= limit``)."""
         self.sent += n
+        self.on_answer(now)
         sec = math.floor(now)
         if self._window and self._window[-1][0] == sec:
             self._window[-1][1] += n
@@ -333,6 +364,12 @@ class SiteShaper:
         to a transaction).  Returns True when the limits were cut (at most once per
         ``throttle_holdoff_s``: replies of one cohort count once)."""
         self.throttles += 1
+        if kind == "rate" and self.p.adaptive and now >= self.rate_pause_until:
+            # pause all sending, doubling while the throttling goes on, then probe
+            self.rate_pause_until = now + self.rate_pause_s
+            self.rate_pause_s = min(self.p.rate_pause_max_s, self.rate_pause_s * 2)
+            self.probe_pending = True
+            self.probe_out_at = None
         if not self.p.adaptive or now - self.last_cut < self.p.throttle_holdoff_s:
             return False
         self.last_cut = now

@@ -77,9 +77,10 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _is_final(kpis) -> bool:
-    get = kpis.get if isinstance(kpis, dict) else lambda k, d=None: getattr(kpis, k, d)
-    return get("pending", 1) == 0 and get("injecting", False) in (False, 0, None)
+def _is_final(spool, did: int, kpis: dict) -> bool:
+    if kpis.get("pending", 0) > 0:
+        return False
+    return spool.delivery(did).state != "injecting"
 
 
 class Supervisor:
@@ -193,7 +194,7 @@ class Supervisor:
         self._detach(slot)
         now_ms = int(time.time() * 1000)
         try:
-            n = self.spool.recover_leases(owner=slot.owner, now_ms=now_ms)
+            n = self.spool.recover_leases(owner=slot.owner, now=now_ms)
         except Exception:  # pragma: no cover
             log.exception("recovering leases of %s", slot.owner)
             n = None
@@ -280,7 +281,7 @@ class Supervisor:
         try:
             await self._wait_orphans()
             self.spool = Spool.open(self.spool_path, self.cfg.spool)
-            self.spool.recover_leases(owner=None, now_ms=int(time.time() * 1000))
+            self.spool.recover_leases(owner=None)
             for slot in self.slots:
                 self._start(slot)
             last_progress = 0.0
@@ -290,7 +291,7 @@ class Supervisor:
                 done = False
                 if until_done and not forever:
                     kpis = {did: self.spool.kpis(did) for did in until_done}
-                    done = all(_is_final(k) for k in kpis.values())
+                    done = all(_is_final(self.spool, d, k) for d, k in kpis.items())
                     if self.progress is not None and (now - last_progress >= self.progress_s
                                                       or done):
                         last_progress = now
@@ -307,7 +308,7 @@ class Supervisor:
                 self._wake.clear()
                 try:
                     await asyncio.wait_for(self._wake.wait(), 0.1)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     pass
         finally:
             await self._shutdown()
@@ -331,7 +332,7 @@ class Supervisor:
                     proc.kill()
             await asyncio.sleep(0.05)
         if self.spool is not None:
-            self.spool.recover_leases(owner=None, now_ms=int(time.time() * 1000))
+            self.spool.recover_leases(owner=None)
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

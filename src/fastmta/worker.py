@@ -82,7 +82,7 @@ class Worker:
         from .spool import ResultWriter, Spool
 
         self.spool = Spool.open(self.spec.spool_path, self.cfg.spool)
-        self.writer = ResultWriter(self.spool)
+        self.writer = ResultWriter(self.spool).start()
         self.resolver = Resolver(self.cfg.dns)
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
@@ -124,11 +124,11 @@ class Worker:
                 self._room.clear()
                 try:
                     await asyncio.wait_for(self._room.wait(), spec.poll_s)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     pass
                 continue
-            items = self.spool.lease(spec.shards, self.owner, min(room, spec.lease_batch),
-                                     int(time.time() * 1000))
+            items = await self.writer.run(self.spool.lease, spec.shards, self.owner,
+                                          min(room, spec.lease_batch))
             if not items:
                 await asyncio.sleep(spec.poll_s)
                 continue
@@ -180,7 +180,7 @@ class Worker:
                     self.request("stop")
             try:
                 await asyncio.wait_for(self._done.wait(), self.spec.heartbeat_s)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
 
     def _on_pipe(self) -> None:
@@ -244,7 +244,7 @@ class Worker:
             log.exception("closing the result writer")
         try:
             # anything still leased by us (e.g. a result that failed to commit)
-            self.spool.recover_leases(owner=self.owner, now_ms=int(time.time() * 1000))
+            self.spool.recover_leases(owner=self.owner)
         except Exception:  # pragma: no cover
             log.exception("returning leases")
         if self.pipe is not None:
