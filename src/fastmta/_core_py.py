@@ -15,15 +15,38 @@ Limits: a line may hold at most ``max_line`` bytes (default 8 KiB, well beyond R
 5321's 512) and a reply at most ``max_reply`` bytes over all its lines; past either cap,
 or on a malformed line (non-digit code, code changing inside a reply, missing
 separator), ``feed`` raises ``RemoteProtocolError`` and the parser stays broken.
+
+Bounce classifier
+-----------------
+``classify(reply, command=None)`` qualifies a reply (a ``Reply`` or any text that
+contains one, leniently: a leading or embedded reply code, an RFC 3463 code anywhere
+such as "#5.1.1") with the first matching rule of the compiled rule set (see
+``fastmta._rules`` for the rule language and the normalization of the text).  The
+reference below tests every rule in order; the compiled core gets the same answer from
+a single automaton pass plus the few candidate rules it triggers.
 """
 
 from __future__ import annotations
 
+import re
 from collections import deque
 
+from . import _rules
 from .errors import RemoteProtocolError
 
-__all__ = ["Reply", "ReplyParser", "parse_reply", "DEFAULT_MAX_LINE", "DEFAULT_MAX_REPLY"]
+__all__ = [
+    "Reply",
+    "ReplyParser",
+    "parse_reply",
+    "DEFAULT_MAX_LINE",
+    "DEFAULT_MAX_REPLY",
+    "Classification",
+    "Classifier",
+    "classify",
+    "load_rules",
+    "default_classifier",
+    "extract_codes",
+]
 
 DEFAULT_MAX_LINE = 8192
 DEFAULT_MAX_REPLY = 65536
@@ -81,6 +104,9 @@ class Reply:
     def __hash__(self):
         return hash((self.code, self.enhanced, self.lines, self.raw, self.command))
 
+    def __reduce__(self):
+        return (Reply, (self.code, self.enhanced, self.lines, self.raw, self.command))
+
     def __repr__(self):
         return (
             f"Reply(code={self.code!r}, enhanced={self.enhanced!r}, "
@@ -100,13 +126,13 @@ def _split_enhanced(text: str, klass: int):
         return None, text
     i = 2
     start = i
-    while i < n and text[i].isdigit() and i - start < 3:
+    while i < n and "0" <= text[i] <= "9" and i - start < 3:
         i += 1
     if i == start or i >= n or text[i] != ".":
         return None, text
     i += 1
     start = i
-    while i < n and text[i].isdigit() and i - start < 3:
+    while i < n and "0" <= text[i] <= "9" and i - start < 3:
         i += 1
     if i == start:
         return None, text
@@ -134,7 +160,7 @@ class ReplyParser:
         self._enhanced = None
         self._reply_size = 0
         self._expected: deque = deque()
-        self._error: RemoteProtocolError | None = None
+        self._error: str | None = None
 
     def expect(self, command) -> None:
         """Announce that ``command`` was sent; the next unclaimed reply answers it."""
@@ -151,33 +177,46 @@ class ReplyParser:
         return len(self._buf) + self._reply_size
 
     def _fail(self, msg: str):
-        self._error = RemoteProtocolError(msg)
-        raise self._error
+        self._error = msg
+        raise RemoteProtocolError(msg)
 
     def feed(self, data) -> list:
-        """Add received bytes; return the replies they complete (possibly none)."""
+        """Add received bytes; return the replies they complete (possibly none).
+
+        On a protocol error, raises ``RemoteProtocolError`` whose ``replies`` attribute
+        holds the replies completed by this chunk before the bad line (so that nothing
+        the server already answered is lost); every later call raises again.
+        """
         if self._error is not None:
-            raise self._error
+            exc = RemoteProtocolError(self._error)
+            exc.replies = []
+            raise exc
         out = []
         buf = self._buf
         buf += data
         pos = 0
         n = len(buf)
-        while pos < n:
-            eol = buf.find(b"\n", pos)
-            if eol < 0:
-                if n - pos > self.max_line:
+        try:
+            while pos < n:
+                eol = buf.find(b"\n", pos)
+                if eol < 0:
+                    # One byte more than max_line may be the CR of a CRLF still coming.
+                    if n - pos > self.max_line + 1:
+                        self._fail(f"reply line longer than {self.max_line} bytes")
+                    break
+                end = eol
+                if end > pos and buf[end - 1] == 13:
+                    end -= 1
+                if end - pos > self.max_line:
                     self._fail(f"reply line longer than {self.max_line} bytes")
-                break
-            end = eol
-            if end > pos and buf[end - 1] == 13:
-                end -= 1
-            if end - pos > self.max_line:
-                self._fail(f"reply line longer than {self.max_line} bytes")
-            reply = self._line(bytes(buf[pos:end]))
-            pos = eol + 1
-            if reply is not None:
-                out.append(reply)
+                reply = self._line(bytes(buf[pos:end]))
+                pos = eol + 1
+                if reply is not None:
+                    out.append(reply)
+        except RemoteProtocolError as exc:
+            del buf[:]
+            exc.replies = out
+            raise
         del buf[:pos]
         return out
 
@@ -244,3 +283,328 @@ def parse_reply(data, command=None) -> Reply:
     if len(replies) != 1 or p.buffered:
         raise RemoteProtocolError(f"expected exactly one reply, got {len(replies)}")
     return replies[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Bounce classifier
+# ---------------------------------------------------------------------------------------
+
+
+class Classification:
+    """The verdict on one reply (ARCHITECTURE.md section 4).
+
+    ``code`` (0 when the text carries no reply code), ``enhanced`` ("5.1.1" or None),
+    ``bounce_class`` (Momentum/SparkPost class, 0 = not a bounce), ``type``
+    (hard/soft/ignored/none), ``reason`` (campaign failure reason), ``throttle``,
+    ``action`` (deliver_ok/retry/bounce/suspend_site/reduce_rate) and ``rule`` (the name
+    of the rule that decided).
+    """
+
+    __slots__ = ("code", "enhanced", "bounce_class", "type", "reason", "throttle", "action", "rule")
+
+    def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule):
+        self.code = code
+        self.enhanced = enhanced
+        self.bounce_class = bounce_class
+        self.type = type
+        self.reason = reason
+        self.throttle = throttle
+        self.action = action
+        self.rule = rule
+
+    def to_dict(self) -> dict:
+        return {
+            "code": self.code,
+            "enhanced": self.enhanced,
+            "bounce_class": self.bounce_class,
+            "type": self.type,
+            "reason": self.reason,
+            "throttle": self.throttle,
+            "action": self.action,
+            "rule": self.rule,
+        }
+
+    def _key(self):
+        return (
+            self.code,
+            self.enhanced,
+            self.bounce_class,
+            self.type,
+            self.reason,
+            self.throttle,
+            self.action,
+            self.rule,
+        )
+
+    def __eq__(self, other):
+        if not hasattr(other, "to_dict") or not hasattr(other, "bounce_class"):
+            return NotImplemented
+        return self._key() == tuple(other.to_dict().values())
+
+    def __hash__(self):
+        return hash(self._key())
+
+    def __reduce__(self):
+        return (Classification, self._key())
+
+    def __repr__(self):
+        return (
+            f"Classification(code={self.code!r}, enhanced={self.enhanced!r}, "
+            f"bounce_class={self.bounce_class!r}, type={self.type!r}, reason={self.reason!r}, "
+            f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r})"
+        )
+
+
+_WS = " \t\n\r\x0b\x0c"
+_CODE_PREV = _WS + "(\"'<[;,:="
+_CODE_NEXT = _WS + "-:,;)'\">]"
+
+
+def _isdigit(c: str) -> bool:
+    return "0" <= c <= "9"
+
+
+def _isalnum(c: str) -> bool:
+    return "0" <= c <= "9" or "a" <= c <= "z" or "A" <= c <= "Z"
+
+
+def _scan_code(s: str, j: int, failures_only: bool):
+    n = len(s)
+    while j + 3 <= n:
+        c = s[j]
+        if (
+            (c == "4" or c == "5" or (c == "2" and not failures_only))
+            and _isdigit(s[j + 1])
+            and _isdigit(s[j + 2])
+            and s[j - 1] in _CODE_PREV
+            and (j + 3 == n or s[j + 3] in _CODE_NEXT)
+        ):
+            return int(s[j : j + 3]), j + 3
+        j += 1
+    return 0, -1
+
+
+def _find_code(s: str):
+    """The reply code of free text.
+
+    A leading code (after whitespace) wins, unless it is 2xx/3xx and a failure code
+    (4xx/5xx) follows later (a transcript: greeting, then the refusal).  Otherwise the
+    first 2xx/4xx/5xx token bounded by a space or punctuation (not a dot: no IP parts).
+    Returns (code or 0, index just after it or -1).
+    """
+    n = len(s)
+    i = 0
+    while i < n and s[i] in _WS:
+        i += 1
+    if (
+        i + 3 <= n
+        and "2" <= s[i] <= "5"
+        and _isdigit(s[i + 1])
+        and _isdigit(s[i + 2])
+        and (i + 3 == n or (not _isdigit(s[i + 3]) and s[i + 3] != "."))
+    ):
+        code = int(s[i : i + 3])
+        if code < 400:
+            later = _scan_code(s, i + 3, True)
+            if later[0]:
+                return later
+        return code, i + 3
+    return _scan_code(s, i + 1, False)
+
+
+_ENH_GAP = " -'\":#("
+
+
+def _find_enhanced(s: str, after: int = -1):
+    """The RFC 3463 code of free text as (class, subject, detail), or None.
+
+    The one right after the reply code (``after``: index after the code; at most two
+    separator characters between) is preferred, else the first one anywhere.
+    """
+    n = len(s)
+    if after >= 0:
+        j = after
+        while j < n and j - after < 2 and s[j] in _ENH_GAP:
+            j += 1
+        e = _enh_at(s, j)
+        if e is not None:
+            return e
+    j = 0
+    while j + 5 <= n:
+        e = _enh_at(s, j)
+        if e is not None:
+            return e
+        j += 1
+    return None
+
+
+def _enh_at(s: str, j: int):
+    """The enhanced code starting exactly at ``j`` (bounded on both sides), or None."""
+    n = len(s)
+    if j + 5 <= n:
+        c = s[j]
+        if (c == "2" or c == "4" or c == "5") and s[j + 1] == "." and (
+            j == 0 or not (_isalnum(s[j - 1]) or s[j - 1] == ".")
+        ):
+            k = j + 2
+            a = k
+            while k < n and _isdigit(s[k]) and k - a < 3:
+                k += 1
+            if k > a and k < n and s[k] == ".":
+                subj = int(s[a:k])
+                k += 1
+                b = k
+                while k < n and _isdigit(s[k]) and k - b < 3:
+                    k += 1
+                if k > b and (
+                    k == n
+                    or not (
+                        _isalnum(s[k]) or (s[k] == "." and k + 1 < n and _isdigit(s[k + 1]))
+                    )
+                ):
+                    return (ord(c) - 48, subj, int(s[b:k]))
+    return None
+
+
+def _enh_tuple(enhanced: str):
+    a, b, c = enhanced.split(".")
+    return (int(a), int(b), int(c))
+
+
+def extract_codes(text: str):
+    """(reply code or 0, enhanced code string or None) found leniently in ``text``."""
+    code, end = _find_code(text)
+    e = _find_enhanced(text, end)
+    return code, (None if e is None else f"{e[0]}.{e[1]}.{e[2]}")
+
+
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+_WS_RUN = re.compile(r"[ \t\n\r\x0b\x0c]+")
+
+
+def _normalize(text: str) -> str:
+    """ASCII lower case, whitespace runs collapsed, one space at both ends."""
+    t = _NON_ASCII.sub("\x7f", text).lower()
+    return _WS_RUN.sub(" ", " " + t + " ")
+
+
+class Classifier:
+    """A compiled rule set and the matcher over it.  ``classify`` uses a default one."""
+
+    def __init__(self, rules: _rules.CompiledRules | None = None):
+        if rules is None:
+            rules = _rules.compile_rules(_rules.default_rule_files())
+        self.rules = rules
+        self._patterns = list(rules.patterns)
+        self._rules = list(rules.rules)
+
+    @property
+    def sources(self) -> list:
+        return list(self.rules.sources)
+
+    def classify(self, reply, command=None) -> Classification:
+        """Classify ``reply`` (``Reply``, str or bytes) answered to ``command``."""
+        if isinstance(reply, Reply):
+            code = reply.code
+            enh = None if reply.enhanced is None else _enh_tuple(reply.enhanced)
+            enhanced = reply.enhanced
+            text = reply.raw
+            if command is None:
+                command = reply.command
+        else:
+            if isinstance(reply, (bytes, bytearray, memoryview)):
+                text = bytes(reply).decode("utf-8", "replace")
+            elif isinstance(reply, str):
+                text = reply
+            else:
+                raise TypeError(f"classify() needs a Reply, str or bytes, not {type(reply).__name__}")
+            code, end = _find_code(text)
+            enh = _find_enhanced(text, end)
+            enhanced = None if enh is None else f"{enh[0]}.{enh[1]}.{enh[2]}"
+        if command is None:
+            phase = _rules.PHASE_NONE
+        else:
+            if not isinstance(command, str):
+                raise TypeError("command must be a str or None")
+            phase = _rules.PHASE_BIT.get(command) or _rules.PHASE_BIT.get(
+                command.lower(), _rules.PHASE_OTHER
+            )
+        if code:
+            cm = code
+        elif enh is not None:
+            cm = _rules.PSEUDO_BASE + enh[0]
+        else:
+            cm = _rules.CODE_NONE
+        norm = _normalize(text)
+        found = {i for i, p in enumerate(self._patterns) if p in norm}
+        lowered = None
+        for r in self._rules:
+            if r.cmd_mask and not (r.cmd_mask & phase):
+                continue
+            if r.code_bits and not (r.code_bits >> cm) & 1:
+                continue
+            if r.enh and not any(_enh_match(p, enh) for p in r.enh):
+                continue
+            if r.any_ids and not any(i in found for i in r.any_ids):
+                continue
+            if r.all_ids and not all(i in found for i in r.all_ids):
+                continue
+            if r.not_ids and any(i in found for i in r.not_ids):
+                continue
+            if r.regex is not None:
+                if lowered is None:
+                    lowered = text.lower()
+                if r.regex.search(lowered) is None:
+                    continue
+            return Classification(
+                code, enhanced, r.bounce_class, r.type, r.reason, r.throttle, r.action, r.name
+            )
+        return Classification(code, enhanced, 1, "soft", "not_defined", False, "retry", "default")
+
+
+def _enh_match(p, enh) -> bool:
+    if p[0] == 0:
+        return enh is None
+    if enh is None:
+        return False
+    return (
+        (p[0] == -1 or p[0] == enh[0])
+        and (p[1] == -1 or p[1] == enh[1])
+        and (p[2] == -1 or p[2] == enh[2])
+    )
+
+
+_default: Classifier | None = None
+
+
+def default_classifier() -> Classifier:
+    """The process-wide classifier (packaged rules + ``FASTMTA_BOUNCE_RULES``), built once."""
+    global _default
+    if _default is None:
+        _default = Classifier()
+    return _default
+
+
+def load_rules(rule_files=None, *, packaged: bool = True) -> Classifier:
+    """Rebuild the default classifier from operator rule files (they take precedence).
+
+    ``rule_files``: a path or a list of paths; None = ``FASTMTA_BOUNCE_RULES``.  Raises
+    ``ConfigError`` for a missing or invalid file, leaving the previous rules in place.
+    """
+    global _default
+    if rule_files is None:
+        files = _rules.default_rule_files()
+    elif isinstance(rule_files, str):
+        files = [rule_files] if rule_files else []
+    else:
+        files = list(rule_files)
+    _default = Classifier(_rules.compile_rules(files, packaged=packaged))
+    return _default
+
+
+def classify(reply, command=None) -> Classification:
+    """Classify one reply with the default rules (see ``Classifier.classify``)."""
+    c = _default
+    if c is None:
+        c = default_classifier()
+    return c.classify(reply, command)

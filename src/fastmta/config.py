@@ -26,6 +26,28 @@ class DnsConfig(_Section):
     timeout_s: float = 5.0
     cache_size: int = 100_000
     negative_ttl_s: float = 300.0
+    # added by issue #4 (resolver)
+    max_ttl_s: float = 86400.0  # cap on cached TTLs
+    servfail_ttl_s: float = 30.0  # how long a SERVFAIL/timeout is cached
+    ipv6: bool = False  # also look up AAAA of MX hosts
+    allow_private_mx: bool = False  # MX hosts on private/unspecified addresses
+    allow_loopback_mx: bool | None = None  # None: allowed iff all nameservers are loopback
+    providers: dict[str, list[str]] = msgspec.field(
+        default_factory=lambda: {
+            "gmail": ["google.com", "googlemail.com"],
+            "outlook": ["outlook.com", "hotmail.com"],
+            "yahoo": ["yahoodns.net"],
+            "apple": ["icloud.com", "me.com"],
+            "gmx": ["gmx.net", "web.de"],
+            "orange": ["orange.fr"],
+            "free": ["free.fr"],
+            "sfr": ["sfr.fr"],
+            "laposte": ["laposte.net"],
+            "ovh": ["ovh.net"],
+            "proofpoint": ["pphosted.com"],
+            "mimecast": ["mimecast.com"],
+        }
+    )  # provider -> MX host suffixes
 
 
 class SmtpConfig(_Section):
@@ -45,6 +67,10 @@ class SmtpConfig(_Section):
     max_msgs_per_conn: int = 100
     max_rcpts_per_txn: int = 100
     allow_private_mx: bool = False  # refuse MX hosts on private/unspecified addresses
+    # added by issue #4 (client)
+    pipelining: bool = True  # use PIPELINING when offered
+    tls_cafile: str = ""  # CA bundle for tls = "verify" (empty: system store)
+    max_reply_bytes: int = 65536
 
 
 class SpoolConfig(_Section):

@@ -183,7 +183,7 @@ class Connection:
     def __init__(self, cfg: SmtpConfig, ip: str, port: int) -> None:
         self.cfg = cfg
         self.peer = (ip, port)
-        self.proto = ClientProtocol(pipelining=True)
+        self.proto = ClientProtocol(pipelining=cfg.pipelining, max_reply=cfg.max_reply_bytes)
         self.loop = asyncio.get_running_loop()
         self.stream: _Stream | None = None
         self.local_address: tuple | None = None
@@ -242,6 +242,7 @@ class Connection:
         except ValueError as exc:
             raise LocalProtocolError(f"connect to IP addresses only: {exc}") from None
         name = ehlo_name or cfg.ehlo_name
+        cafile = cafile or cfg.tls_cafile or None
         try:
             return await cls._open_once(cfg, ip, port, name, policy, server_hostname,
                                         source_ip, pipelining, cafile)
@@ -255,7 +256,7 @@ class Connection:
     async def _open_once(cls, cfg, ip, port, name, policy, server_hostname, source_ip,
                          pipelining, cafile) -> Connection:
         self = cls(cfg, ip, port)
-        self.proto.use_pipelining = pipelining
+        self.proto.use_pipelining = pipelining and cfg.pipelining
         local_addr = (source_ip, 0) if source_ip else None
         try:
             _, stream = await asyncio.wait_for(
