@@ -92,11 +92,13 @@ class Scheduler:
         *,
         connect: Callable[..., Awaitable[Any]] | None = None,
         rng: random.Random | None = None,
+        is_static: Callable[[int], bool] | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
         self.on_result = on_result
         self.render = render
+        self.is_static = is_static or (lambda did: False)
         self.rng = rng or random.Random()
         if connect is None:
             from .transport import Connection
@@ -433,12 +435,15 @@ class Scheduler:
             if first.body is None:
                 first.body = self.render(first.item)
             group = [first]
+            static = self.is_static(first.item.delivery_id)
             while site.queue and len(group) < max_rcpts:
                 nxt = site.queue[0]
                 if nxt.item.delivery_id != first.item.delivery_id or \
                         nxt.item.domain != first.item.domain:
                     break
-                if nxt.body is None:
+                if static:
+                    nxt.body = first.body
+                elif nxt.body is None:
                     nxt.body = self.render(nxt.item)
                 if nxt.body != first.body:
                     break

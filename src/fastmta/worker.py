@@ -83,22 +83,33 @@ class Worker:
 
         self.spool = Spool.open(self.spec.spool_path, self.cfg.spool)
         self.writer = ResultWriter(self.spool).start()
-        self.resolver = Resolver(self.cfg.dns)
+        self.resolver = Resolver(self.cfg.dns, self.cfg.smtp)
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
-                                   rng=self.rng)
+                                   rng=self.rng, is_static=self._is_static)
 
-    def _render(self, item: WorkItem) -> bytes:
-        from .delivery import render
+    def _template(self, did: int):
+        from .delivery import Template
 
-        tpl = self._templates.get(item.delivery_id)
+        tpl = self._templates.get(did)
         if tpl is None:
-            tpl = self.spool.template(item.delivery_id)
+            tpl = Template(self.spool.template(did))
             if len(self._templates) > 64:
                 self._templates.clear()
-            self._templates[item.delivery_id] = tpl
-        return render(tpl, item.fields)
+            self._templates[did] = tpl
+        return tpl
+
+    def _is_static(self, did: int) -> bool:
+        """True when the message has no personalisation: one body serves every
+        recipient, so recipients can share transactions."""
+        tpl = self._template(did)
+        return not (tpl.header_fields or tpl.body_fields)
+
+    def _render(self, item: WorkItem) -> bytes:
+        fields = dict(item.fields)
+        fields["email"] = item.email
+        return self._template(item.delivery_id).render(fields)
 
     def _on_result(self, job: Job, result) -> None:
         fut = asyncio.ensure_future(self.writer.submit(result))
