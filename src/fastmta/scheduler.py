@@ -38,6 +38,9 @@ log = logging.getLogger("fastmta.scheduler")
 _CONN_THROTTLE = re.compile(r"too many (concurrent |simultaneous )?(connections|sessions)|"
                             r"concurrent (server )?connections|connection (limit|rate)",
                             re.IGNORECASE)
+_SESSION_LIMIT = re.compile(r"too many (messages|mails) (for|in|per) this (session|connection)|"
+                            r"(messages|mails) per (session|connection)", re.IGNORECASE)
+_TOO_MANY_RCPTS = re.compile(r"too many recipients", re.IGNORECASE)
 MAX_INMEMORY_REQUEUES = 4
 FLIGHT = 8  # transactions pipelined per write
 
@@ -75,6 +78,8 @@ class Site:
         self.timer: asyncio.TimerHandle | None = None
         self.attempts = 0
         self.throttled = 0
+        self.msgs_cap = 0  # learned: the server ends sessions after this many messages
+        self.rcpts_cap = 0  # learned: the server takes at most this many RCPTs
 
     def label(self) -> str:
         return self.provider.name if self.provider else self.name
@@ -166,8 +171,10 @@ class Scheduler:
         job.done = True
         self.on_result(job, res)
 
-    def defer(self, job: Job, delay_s: float, reason: str = "") -> None:
+    def defer(self, job: Job, delay_s: float, reason: str = "", why: str = "") -> None:
         """Give a job back to the spool for later, without counting an attempt."""
+        if why:
+            self.stats["defer_" + why] = self.stats.get("defer_" + why, 0) + 1
         due = self.now_ms() + int(max(0.0, delay_s) * 1000)
         self._emit(job, "defer", next_ms=due, reason=reason or job.item.last_reason)
 
@@ -208,17 +215,21 @@ class Scheduler:
             self._emit(job, "expired", reason=item.last_reason or "expired")
             return
         if self.draining:
-            self.defer(job, 0)
+            self.defer(job, 0, why="draining")
             return
         bounce = site.shaper.bouncing(now)
         if bounce is not None:
             self._bounce_by_rule(job, bounce.rule)
             return
         if site.shaper.suspended(now):
-            self.defer(job, site.shaper.resume_at(now) - now + self.rng.uniform(0, 5))
+            self.defer(job, site.shaper.resume_at(now) - now + self.rng.uniform(0, 5),
+                       why="suspended")
             return
         if len(site.queue) >= max(1, site.params.ready_queue_size):
-            self.defer(job, self.rng.uniform(2, 6))
+            # come back about when the queue has drained at the site's current pace
+            pace = max(1.0, site.shaper.observed_rate(now))
+            delay = min(300.0, max(1.0, len(site.queue) / pace))
+            self.defer(job, delay * self.rng.uniform(1.0, 1.5), why="queue_full")
             return
         job.site = site
         site.queue.append(job)
@@ -249,7 +260,8 @@ class Scheduler:
         """Defer everything queued for a site (suspended, or draining)."""
         while site.queue:
             job = self._take(site)
-            self.defer(job, delay_s + self.rng.uniform(0, min(5.0, delay_s / 10 + 0.01)))
+            self.defer(job, delay_s + self.rng.uniform(0, min(5.0, delay_s / 10 + 0.01)),
+                       why="flushed")
 
     # ------------------------------------------------------------------ pumping
     def pump(self, site: Site) -> None:
@@ -423,9 +435,8 @@ class Scheduler:
                 return None
         if self._limit_exceeded(site) or site.shaper.suspended(self.now()):
             return None
-        max_rcpts = max(1, self.cfg.smtp.max_rcpts_per_txn)
-        budget = max(1, site.params.max_msgs_per_conn or self.cfg.smtp.max_msgs_per_conn) \
-            - conn.messages_sent
+        max_rcpts = max(1, site.rcpts_cap or self.cfg.smtp.max_rcpts_per_txn)
+        budget = max(1, self._max_msgs(site)) - conn.messages_sent
         probe = site.shaper.flight_limit(self.now())
         if probe:
             max_rcpts = 1
@@ -451,12 +462,15 @@ class Scheduler:
             flight.append(group)
         return flight
 
+    def _max_msgs(self, site: Site) -> int:
+        configured = site.params.max_msgs_per_conn or self.cfg.smtp.max_msgs_per_conn
+        return min(configured, site.msgs_cap) if site.msgs_cap else configured
+
     async def _serve(self, site: Site, conn, host: str, ip: str) -> None:
         from .protocol import Envelope
 
         smtp = self.cfg.smtp
         idle_s = site.params.idle_timeout_s or smtp.idle_timeout_s
-        max_msgs = site.params.max_msgs_per_conn or smtp.max_msgs_per_conn
         mx = f"{host} [{ip}]"
         source_ip = conn.local_address[0] if getattr(conn, "local_address", None) else ""
         while not self.stopping:
@@ -483,7 +497,8 @@ class Scheduler:
                 self.stats["attempts"] += n
                 stop = False
                 for group, res in zip(flight, results, strict=True):
-                    if self._handle(site, group, res, mx, source_ip, after_close=stop):
+                    if self._handle(site, group, res, mx, source_ip, after_close=stop,
+                                    conn=conn):
                         stop = True
             except BaseException:
                 # cancelled (stop) or a bug: whatever has no outcome yet goes back to
@@ -491,13 +506,13 @@ class Scheduler:
                 for group in flight:
                     for job in group:
                         if not job.done and job.site is site:
-                            self.defer(job, 0)
+                            self.defer(job, 0, why="aborted")
                 raise
-            if stop or not conn.usable or conn.messages_sent >= max_msgs:
+            if stop or not conn.usable or conn.messages_sent >= self._max_msgs(site):
                 return
 
     def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str,
-                after_close: bool = False) -> bool:
+                after_close: bool = False, conn=None) -> bool:
         """Turn one transaction's outcomes into results.  True = close the connection.
 
         ``after_close``: an earlier transaction of the same pipelined flight already
@@ -520,6 +535,25 @@ class Scheduler:
                 close = True
                 continue
             text = reply.raw if reply is not None else ""
+            cmd = reply.command if reply is not None else None
+            if code == 421 and cmd == "mail" and conn is not None and \
+                    conn.messages_sent > 0 and _SESSION_LIMIT.search(text):
+                # a per-session message limit, not a throttle: learn it, send again
+                n = conn.messages_sent
+                site.msgs_cap = n if not site.msgs_cap else min(site.msgs_cap, n)
+                requeue.append(job)
+                close = True
+                continue
+            if 400 <= code < 500 and cmd == "rcpt" and (
+                    reply.enhanced == "4.5.3" or _TOO_MANY_RCPTS.search(text)):
+                # RFC 5321 4.5.3.1.10: too many recipients -- the rest go in a new
+                # transaction; learn the server's cap
+                accepted = sum(1 for r in res.rcpt_replies if r is not None and r.code < 300)
+                if accepted:
+                    site.rcpts_cap = accepted if not site.rcpts_cap \
+                        else min(site.rcpts_cap, accepted)
+                    requeue.append(job)
+                    continue
             effects = shaper.on_reply(text, now)
             bounce = next((e for e in effects if e.action == "bounce"), None)
             if bounce is not None:
@@ -529,7 +563,6 @@ class Scheduler:
             if cls.throttle:
                 site.throttled += 1
                 self.stats["throttled"] += 1
-                cmd = reply.command if reply is not None else None
                 kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
                     _CONN_THROTTLE.search(text) else "rate"
                 shaper.on_throttle(now, kind)
@@ -539,7 +572,8 @@ class Scheduler:
                     job.requeues += 1
                     requeue.append(job)
                 else:
-                    self.defer(job, self.rng.uniform(5, 15), reason=cls.reason)
+                    self.defer(job, self.rng.uniform(5, 15), reason=cls.reason,
+                               why="throttled")
                 continue
             if cls.reason != "not_connected":
                 answered = True

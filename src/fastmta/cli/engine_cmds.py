@@ -43,6 +43,7 @@ class ProgressPrinter:
         return (done - d0) / (elapsed - t0) if elapsed > t0 else 0.0
 
     def __call__(self, p) -> None:
+        self.last_workers = [w.get("stats") for w in p.workers]
         sent = failed = pending = 0
         for k in p.kpis.values():
             sent += k.get("sent", 0)
@@ -351,7 +352,7 @@ def demo(count, domains, workers, spool_dir, validity, as_json, verbose) -> None
         validity_s = parse_duration(validity)
 
         async def go() -> tuple[int, float, dict]:
-            async with SimInternet(world, workers=1) as sim:
+            async with SimInternet(world, workers=0) as sim:
                 cfg = sim_config(sim, validity_s=validity_s, workers=workers)
                 spool_path = str(Path(spool_dir) / "spool")
                 spool = Spool.open(spool_path, cfg.spool)
@@ -378,6 +379,8 @@ def demo(count, domains, workers, spool_dir, validity, as_json, verbose) -> None
                 finally:
                     printer.finish()
                 elapsed = time.monotonic() - t0
+                if verbose:
+                    click.echo(json.dumps(printer.last_workers, default=str)[:3000])
                 stats = await sim.stats()
                 rep = engine.summary(spool, inj.delivery_id)
                 rep["sim"] = stats
