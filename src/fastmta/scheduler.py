@@ -175,7 +175,12 @@ class Scheduler:
         """Give a job back to the spool for later, without counting an attempt."""
         if why:
             self.stats["defer_" + why] = self.stats.get("defer_" + why, 0) + 1
-        due = self.now_ms() + int(max(0.0, delay_s) * 1000)
+        now_ms = self.now_ms()
+        due = now_ms + int(max(0.0, delay_s) * 1000)
+        exp = job.item.expires_ms
+        if exp and due >= exp - 1000 and exp - now_ms > 2000:
+            # our own shaping must not push a recipient to its expiry: try again before
+            due = now_ms + (exp - now_ms) // 2
         self._emit(job, "defer", next_ms=due, reason=reason or job.item.last_reason)
 
     def soft(self, job: Job, reply, cls, mx: str = "", not_before_ms: int = 0,
@@ -227,8 +232,8 @@ class Scheduler:
             return
         if len(site.queue) >= max(1, site.params.ready_queue_size):
             # come back about when the queue has drained at the site's current pace
-            pace = max(1.0, site.shaper.observed_rate(now))
-            delay = min(300.0, max(1.0, len(site.queue) / pace))
+            pace = site.shaper.observed_rate(now)
+            delay = min(120.0, max(1.0, len(site.queue) / pace)) if pace > 1.0 else 3.0
             self.defer(job, delay * self.rng.uniform(1.0, 1.5), why="queue_full")
             return
         job.site = site
