@@ -116,3 +116,25 @@ def audit(spool, did: int, world: World, accepted: dict[str, int]) -> dict:
         problems.append(f"KPI reasons {kreasons} != recount {dict(reasons)}")
     return {"n": n, "status": dict(status), "reasons": dict(reasons), "dupes": dupes,
             "problems": problems[:20], "n_problems": len(problems)}
+
+
+def config_toml(cfg: Config) -> str:
+    """The scalar settings of a Config as TOML (enough for a subprocess `fastmta run`)."""
+    import json
+
+    out = []
+    for section, values in msgspec.to_builtins(cfg).items():
+        if not isinstance(values, dict):
+            continue
+        out.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, bool):
+                out.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, int | float):
+                out.append(f"{k} = {v}")
+            elif isinstance(v, str):
+                out.append(f"{k} = {json.dumps(v)}")
+            elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+                out.append(f"{k} = {json.dumps(v)}")
+        out.append("")
+    return "\n".join(out)
