@@ -65,6 +65,7 @@ _DBS = (
     "kpi",
     "events",
     "quarantine",
+    "control",  # operator controls (admin requests): key -> msgpack, see ops extensions
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event
@@ -513,6 +514,10 @@ class Spool:
         if last_line > d.injected_line:
             d2 = msgspec.structs.replace(d, injected_line=last_line)
             txn.put(did4, encode(d2), db=db["deliveries"])
+        # reception: one event per durable injection batch (not per recipient)
+        acc.events.append(DeliveryEvent(ts_ms=t0, delivery_id=did, kind="received",
+                                        count=added, text=f"lines {chunk[0].line}-{last_line}; "
+                                        f"excluded {len(excluded)}"))
         self._flush(txn, acc)
         return added, excluded
 
@@ -831,6 +836,14 @@ class Spool:
             acc.events.append(self._attempt_event(t, did, rid, rec, res, Status.FAILED))
             acc.applied += 1
             return
+        elif outcome == "canceled":
+            # operator action (cancel a delivery, bounce a site's queue): final failure,
+            # no attempt counted, no quarantine (the address did nothing wrong)
+            reason = res.reason or "delivery_canceled"
+            new = msgspec.structs.replace(rec, status=Status.FAILED, done_ms=t,
+                                          next_attempt_ms=0, reason=reason, type="ignored")
+            self._count_failed(kd, dom, reason, 0)
+            kd["failed_canceled"] += 1
         elif outcome in ("soft", "defer"):
             if outcome == "soft":
                 kd["soft_bounces"] += 1
@@ -1174,6 +1187,63 @@ class Spool:
             if len(batch) < chunk:
                 return
             start = batch[-1][0] + 1
+
+    # ------------------------------------------------------------------ ops extensions
+    def append_events(self, events: list[Any]) -> int:
+        """Append records of the ``Event`` union to the event log in one durable
+        transaction (site and admin events of ``fastmta.events``).  Returns the last
+        sequence number."""
+        def fn(txn: Any) -> int:
+            self._append_events(txn, events)
+            cur = txn.cursor(db=self._db["events"])
+            return K.unpack_u64(cur.key())[0] if cur.last() else 0
+
+        return self._write(fn)
+
+    def last_event_seq(self) -> int:
+        """Sequence number of the newest event (0 when the log is empty)."""
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db["events"])
+            return K.unpack_u64(cur.key())[0] if cur.last() else 0
+
+    def control_put(self, key: str, value: bytes | None, events: list[Any] = ()) -> int:
+        """Set (or delete, ``value=None``) an operator control and append ``events`` in the
+        same durable transaction; bumps the control generation, which is returned."""
+        def fn(txn: Any) -> int:
+            db = self._db["control"]
+            if value is None:
+                txn.delete(key.encode(), db=db)
+            else:
+                txn.put(key.encode(), value, db=db)
+            raw = txn.get(b"\x00gen", db=db)
+            gen = (K.unpack_u64(raw)[0] if raw else 0) + 1
+            txn.put(b"\x00gen", K.pack_u64(gen), db=db)
+            self._append_events(txn, list(events))
+            return gen
+
+        return self._write(fn)
+
+    def control_gen(self) -> int:
+        """Generation of the operator controls (changes on every ``control_put``)."""
+        with self._read() as txn:
+            raw = txn.get(b"\x00gen", db=self._db["control"])
+        return K.unpack_u64(raw)[0] if raw else 0
+
+    def controls(self, prefix: str = "") -> dict[str, bytes]:
+        """Operator controls whose key starts with ``prefix``."""
+        out: dict[str, bytes] = {}
+        p = prefix.encode()
+        with self._read() as txn:
+            cur = txn.cursor(db=self._db["control"])
+            ok = cur.set_range(p) if p else cur.first()
+            while ok:
+                k = cur.key()
+                if not k.startswith(p):
+                    break
+                if not k.startswith(b"\x00"):
+                    out[k.decode()] = bytes(cur.value())
+                ok = cur.next()
+        return out
 
     def queue_counts(self, shards: Iterable[int] | None = None) -> dict[str, int]:
         """Entries in the ready, scheduled and lease tables (whole spool)."""
