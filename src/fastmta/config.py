@@ -241,6 +241,41 @@ class DkimConfig(_Section):
             raise ValueError("dkim expiration_s must be >= 0")
 
 
+class OpsConfig(_Section):
+    """Operations (docs/operations.md): events, exports, metrics, admin polling.
+
+    Everything here runs in the supervisor process (exports and the metrics endpoint in
+    their own threads) except ``site_events`` and ``admin_poll_s``, which the workers
+    use.  Empty paths / URL / port 0 disable an export / the endpoint.
+    """
+
+    site_events: bool = True  # workers log site suspension / limit changes as events
+    admin_poll_s: float = 1.0  # how often workers look for admin requests
+    status_interval_s: float = 1.0  # status.json snapshot for `fastmta top` / inspect
+    metrics_port: int = 0  # Prometheus endpoint (0 = off)
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str = ""  # required (Bearer) when metrics_host is not loopback
+    jsonl_dir: str = ""  # JSONL event files, rotated
+    jsonl_max_bytes: int = 64 * 1024 * 1024
+    jsonl_max_age_s: float = 3600.0
+    csv_path: str = ""  # PowerMTA-style accounting CSV (rotated like the JSONL files)
+    webhook_url: str = ""  # batched HTTP POST of events (JSON)
+    webhook_batch: int = 500
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_s: float = 1.0  # first retry delay, doubled up to webhook_backoff_max_s
+    webhook_backoff_max_s: float = 60.0
+    webhook_token: str = ""  # sent as "Authorization: Bearer ..." when set
+    webhook_types: list[str] = msgspec.field(default_factory=list)  # empty = all types
+    export_interval_s: float = 0.5  # how often exporters look for new events
+
+    def __post_init__(self) -> None:
+        if self.webhook_batch < 1:
+            raise ValueError("ops webhook_batch must be >= 1")
+        if self.metrics_port and self.metrics_host not in ("127.0.0.1", "::1", "localhost") \
+                and not self.metrics_token:
+            raise ValueError("ops metrics_token is required when metrics_host is not loopback")
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -253,6 +288,7 @@ class Config(_Section):
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
+    ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:

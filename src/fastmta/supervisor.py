@@ -108,6 +108,7 @@ class Supervisor:
         self._wake: asyncio.Event | None = None
         self._lock_file = None
         self.spool = None
+        self.ops = None  # ops hook: SupervisorOps (metrics, status, exports, sweeps)
 
     # ---------------------------------------------------------------- locking
     def _lock(self) -> None:
@@ -194,7 +195,7 @@ class Supervisor:
         self._detach(slot)
         now_ms = int(time.time() * 1000)
         try:
-            n = self.spool.recover_leases(owner=slot.owner, now=now_ms)
+            n = self.spool.recover_leases(owner=slot.owner, now_ms=now_ms)
         except Exception:  # pragma: no cover
             log.exception("recovering leases of %s", slot.owner)
             n = None
@@ -282,11 +283,16 @@ class Supervisor:
             await self._wait_orphans()
             self.spool = Spool.open(self.spool_path, self.cfg.spool)
             self.spool.recover_leases(owner=None)
+            from .ops_supervisor import SupervisorOps
+
+            self.ops = SupervisorOps(self)  # ops hook
+            self.ops.start()
             for slot in self.slots:
                 self._start(slot)
             last_progress = 0.0
             while True:
                 self._check()
+                self.ops.tick()  # ops hook
                 now = time.monotonic()
                 done = False
                 if until_done and not forever:
@@ -333,6 +339,8 @@ class Supervisor:
             await asyncio.sleep(0.05)
         if self.spool is not None:
             self.spool.recover_leases(owner=None)
+        if self.ops is not None:
+            self.ops.stop()  # ops hook: final status, exporters caught up
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

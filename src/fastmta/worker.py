@@ -92,6 +92,9 @@ class Worker:
                                    shipped=self.cfg.shaping.use_provider_defaults)
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static)
+        from .ops_worker import WorkerOps
+
+        self.ops = WorkerOps(self)  # ops hook: counters, admin requests, site events
 
     def _template(self, did: int):
         from .delivery import Template
@@ -116,6 +119,7 @@ class Worker:
         return self._template(item.delivery_id).render(fields)
 
     def _on_result(self, job: Job, result) -> None:
+        self.ops.on_result(job, result)  # ops hook
         fut = asyncio.ensure_future(self.writer.submit(result))
         self._pending.add(fut)
         shard = job.item.shard
@@ -178,7 +182,9 @@ class Worker:
             if mx.error is not None:
                 sched.fail_resolution(job, mx.error)
                 continue
-            sched.enqueue(sched.site_for(mx), job)
+            site = sched.site_for(mx)
+            if not self.ops.intercept(site, job):  # ops hook: admin suspend / bounce
+                sched.enqueue(site, job)
 
     def heartbeat(self) -> dict:
         sched = self.scheduler
@@ -192,6 +198,7 @@ class Worker:
             "sites": sched.status(),
             "commit_errors": self.commit_errors,
             "draining": self.draining,
+            "ops": self.ops.snapshot(),  # ops hook
         }
 
     async def _heartbeat_loop(self) -> None:
@@ -240,6 +247,7 @@ class Worker:
             pass
         hb = loop.create_task(self._heartbeat_loop())
         fetch = loop.create_task(self._fetch_loop())
+        ops = loop.create_task(self.ops.run())  # ops hook
         try:
             while not self.draining:
                 await self._wake.wait()
@@ -260,6 +268,7 @@ class Worker:
                 await asyncio.wait(set(self._pending), timeout=30.0)
         finally:
             fetch.cancel()
+            ops.cancel()
             self._done.set()
             await asyncio.gather(hb, return_exceptions=True)
             await self._close()
