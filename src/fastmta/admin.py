@@ -7,7 +7,7 @@ it.  Running workers poll the control generation (``[ops] admin_poll_s``, defaul
 - ``suspend(site=...)`` / ``suspend(provider=...)``: no new transactions to that site
   (or any site of that provider) until ``resume`` (or ``duration_s``); queued recipients
   are handed back to the spool (deferred, not failed) and come back every
-  ``SUSPEND_RECHECK_S`` to check.  ``suspend(delivery=ID)``: the delivery is paused
+  ``[ops] suspend_recheck_s`` to check.  ``suspend(delivery=ID)``: the delivery is paused
   (workers stop leasing its recipients).
 - ``cancel(delivery)``: remaining recipients become ``failed`` with reason
   ``delivery_canceled`` (no quarantine).  Recipients in flight finish their current
@@ -37,7 +37,6 @@ from .errors import FastMTAError
 from .records import AdminEvent, Result, Status
 from .spool.keys import pack_rcpt
 
-SUSPEND_RECHECK_S = 30.0  # a deferred recipient of a suspended site comes back this soon
 BOUNCE_WINDOW_S = 120.0  # a bounce order also catches what workers lease meanwhile
 STATUS_FILE = "status.json"
 

@@ -251,6 +251,7 @@ class OpsConfig(_Section):
 
     site_events: bool = True  # workers log site suspension / limit changes as events
     admin_poll_s: float = 1.0  # how often workers look for admin requests
+    suspend_recheck_s: float = 30.0  # recipients of an admin-suspended site come back this soon
     status_interval_s: float = 1.0  # status.json snapshot for `fastmta top` / inspect
     metrics_port: int = 0  # Prometheus endpoint (0 = off)
     metrics_host: str = "127.0.0.1"

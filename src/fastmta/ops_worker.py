@@ -17,7 +17,7 @@ import logging
 import time
 from collections import defaultdict
 
-from .admin import SUSPEND_RECHECK_S, read_controls
+from .admin import read_controls
 from .records import SiteEvent
 from .shaping import Effect
 
@@ -170,11 +170,11 @@ class WorkerOps:
             return
         now = self.w.scheduler.now()
         keep = [e for e in shaper.effects if e.rule != ADMIN_RULE]
-        keep.append(Effect(ADMIN_RULE, "suspend", 0.0, now + SUSPEND_RECHECK_S))
+        keep.append(Effect(ADMIN_RULE, "suspend", 0.0, now + self.cfg.suspend_recheck_s))
         shaper.effects = keep
         if site.name not in self.applied:
             self.applied[site.name] = f"{s.kind}:{s.name}"
-            self.w.scheduler._flush_queue(site, SUSPEND_RECHECK_S)
+            self.w.scheduler._flush_queue(site, self.cfg.suspend_recheck_s)
 
     def _apply_bounce(self, site, order) -> None:
         sched = self.w.scheduler
