@@ -6,8 +6,8 @@ import asyncio
 from collections import Counter
 
 import pytest
+from ops_helpers import MESSAGE, make_config, recipients
 
-from conftest import MESSAGE, make_config, recipients
 from fastmta import AsyncWorkerPool, WorkerPool
 from fastmta import events as E
 

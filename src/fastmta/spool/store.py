@@ -664,7 +664,7 @@ class Spool:
         if rec.status != Status.PENDING:
             return None  # stale queue entry
         if d.expires_ms <= t:
-            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t)
+            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t, event=True)
             return None
         txn.put(rkey, ENCODER.encode(Lease(owner, pid, exp, shard, t)), db=self._db["lease"])
         fields = dict(zip(d.fields, rec.fields, strict=False)) if d.fields else {}
@@ -895,7 +895,7 @@ class Spool:
 
     def _finish_expired(
         self, txn: Any, acc: _Acc, did: int, rid: int, rkey: bytes, rec: Rcpt,
-        d: DeliveryRecord, t: int, res: Result | None = None,
+        d: DeliveryRecord, t: int, res: Result | None = None, event: bool = False,
     ) -> None:
         """Validity period over while pending: failed / expired, last soft reason kept."""
         last_soft = rec.last_soft_reason or (rec.reason if rec.type == "soft" else "")
@@ -911,6 +911,13 @@ class Spool:
         kd = acc.k(did)
         self._count_failed(kd, rec.email.rpartition("@")[2], "expired", bclass)
         kd["failed_expired"] += 1
+        if event:  # expired in the spool (lease time, sweep): per-recipient event too
+            acc.events.append(AttemptEvent(
+                ts_ms=t, delivery_id=did, rcpt_id=rid, email=rec.email, outcome="expired",
+                status=Status.FAILED, attempt=rec.attempts, code=new.code,
+                enhanced=new.enhanced, bounce_class=bclass, type="soft",
+                reason=last_soft or "expired", reply=new.reply, mx=rec.mx,
+                source_ip=rec.source_ip))
         if last_soft:
             self._quarantine_on_expired(txn, acc, did, rec.email, last_soft, t)
 
@@ -946,7 +953,8 @@ class Spool:
                         if rec.status == Status.PENDING:
                             d = self._delivery_in(txn, did, acc)
                             assert d is not None
-                            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t)
+                            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t,
+                                                 event=True)
                             n += 1
                     cur.delete()
                     ok = bool(cur.key())
