@@ -189,6 +189,8 @@ class WorkerOps:
             self.gen = gen
             self.suspensions, self.bounces = read_controls(spool)
         now_ms = int(time.time() * 1000)
+        if any(not s.active(now_ms) for s in self.suspensions.values()):  # timed ones end
+            self.suspensions = {k: s for k, s in self.suspensions.items() if s.active(now_ms)}
         sched = self.w.scheduler
         for site in list(sched.sites.values()):
             if self.suspensions or site.name in self.applied:
