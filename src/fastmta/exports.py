@@ -8,7 +8,7 @@ last sequence number) that stays the same when a batch is re-sent, even after a
 restart, so a receiver can drop duplicates.
 
 - ``JsonlExporter(spool, directory, max_bytes, max_age_s)``: one JSON event per line in
-  ``events.jsonl``; rotated to ``events-YYYYmmddTHHMMSS-SEQ.jsonl`` by size or age.
+  ``events.jsonl``; rotated to ``events-YYYYmmddTHHMMSS-LASTSEQ.jsonl`` (sorts in log order) by size or age.
 - ``CsvExporter(spool, path, ...)``: PowerMTA-style accounting records (``d`` delivered,
   ``b`` bounced, ``t`` transient, ``r`` received), rotated like the JSONL files.
 - ``WebhookExporter(spool, url, batch, ...)``: HTTP POST of ``{"batch_id", "events":
@@ -156,25 +156,42 @@ class _RotatingFile:
         else:
             self.opened = self.path.stat().st_mtime if self.opened == 0 else self.opened
 
-    def write(self, data: bytes, last_seq: int) -> None:
+    def write(self, lines: Sequence[tuple[bytes, int]]) -> None:
+        """Append ``(line, seq)`` items durably; a file never grows past ``max_bytes``
+        (unless one line is bigger) and is rotated by age too."""
         if self.f is None:
             self._open()
-        self.f.write(data)
+        size = self.f.tell()
+        floor = len(self.header)
+        buf: list[bytes] = []
+        pending = 0
+        prev_seq = 0
+        for line, seq in lines:
+            if size + pending + len(line) > self.max_bytes and size + pending > floor:
+                self.f.write(b"".join(buf))
+                buf, pending = [], 0
+                self.rotate(prev_seq)
+                self._open()
+                size = self.f.tell()
+            buf.append(line)
+            pending += len(line)
+            prev_seq = seq
+        self.f.write(b"".join(buf))
         self.f.flush()
         os.fsync(self.f.fileno())
-        size = self.f.tell()
-        if size >= self.max_bytes or (self.max_age_s and time.time() - self.opened
-                                      >= self.max_age_s):
-            self.rotate(last_seq)
+        if self.max_age_s and time.time() - self.opened >= self.max_age_s:
+            self.rotate(prev_seq)
 
     def rotate(self, last_seq: int) -> Path | None:
         if self.f is None and not self.path.exists():
             return None
         if self.f is not None:
+            self.f.flush()
+            os.fsync(self.f.fileno())
             self.f.close()
             self.f = None
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        dest = self.dir / f"{self.base}-{stamp}-{last_seq}.{self.ext}"
+        dest = self.dir / f"{self.base}-{stamp}-{last_seq:012d}.{self.ext}"
         os.replace(self.path, dest)
         self.opened = time.time()
         return dest
@@ -196,7 +213,7 @@ class JsonlExporter(Exporter):
         self.out = _RotatingFile(directory, "events", "jsonl", max_bytes, max_age_s)
 
     def export(self, evs, first, last) -> None:
-        self.out.write(b"".join(E.to_json(e) + b"\n" for e in evs), last)
+        self.out.write([(E.to_json(e) + b"\n", e.seq) for e in evs])
 
     def close(self) -> None:
         self.out.close()
@@ -277,14 +294,15 @@ class CsvExporter(Exporter):
                 ev.attempt, ""]
 
     def export(self, evs, first, last) -> None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\r\n")
+        lines = []
         for ev in evs:
             r = self.row(ev)
             if r is not None:
-                w.writerow(r)
-        if buf.tell():
-            self.out.write(buf.getvalue().encode(), last)
+                buf = io.StringIO()
+                csv.writer(buf, lineterminator="\r\n").writerow(r)
+                lines.append((buf.getvalue().encode(), ev.seq))
+        if lines:
+            self.out.write(lines)
 
     def close(self) -> None:
         self.out.close()
