@@ -249,6 +249,7 @@ class OpsConfig(_Section):
     use.  Empty paths / URL / port 0 disable an export / the endpoint.
     """
 
+    enabled: bool = True  # False: no ops hooks at all (no admin requests, metrics, exports)
     site_events: bool = True  # workers log site suspension / limit changes as events
     admin_poll_s: float = 1.0  # how often workers look for admin requests
     suspend_recheck_s: float = 30.0  # recipients of an admin-suspended site come back this soon
@@ -268,6 +269,7 @@ class OpsConfig(_Section):
     webhook_token: str = ""  # sent as "Authorization: Bearer ..." when set
     webhook_types: list[str] = msgspec.field(default_factory=list)  # empty = all types
     export_interval_s: float = 0.5  # how often exporters look for new events
+    export_nice: int = 10  # the export thread's niceness: delivery first, exports catch up
 
     def __post_init__(self) -> None:
         if self.webhook_batch < 1:

@@ -219,23 +219,35 @@ def to_dict(ev: OpsEvent) -> dict:
 
 
 def _matcher(types: Iterable[str] | None, delivery_id: int | None
-             ) -> Callable[[OpsEvent], bool]:
+             ) -> Callable[[OpsEvent], bool] | None:
+    """A filter for events (None = everything passes)."""
     wanted = frozenset(types) if types else None
     if wanted is not None:
         bad = wanted - set(TYPES)
         if bad:
             raise ValueError(f"unknown event type(s) {sorted(bad)}; known: {', '.join(TYPES)}")
 
+    if wanted is None and delivery_id is None:
+        return None
+    tags = _TAGS
+
     def match(ev: OpsEvent) -> bool:
-        if wanted is not None and _type_of(ev) not in wanted:
+        if wanted is not None and tags[type(ev)] not in wanted:
             return False
         return delivery_id is None or getattr(ev, "delivery_id", None) == delivery_id
 
     return match
 
 
+_TAGS: dict[type, str] = {
+    cls: cls.__struct_config__.tag  # type: ignore[attr-defined]
+    for cls in (Reception, Delivery, Bounce, Transient, Deferral, Expiration, SiteChange,
+                AdminAction, DeliveryState, QuarantineChange)
+}
+
+
 def _type_of(ev: OpsEvent) -> str:
-    return type(ev).__struct_config__.tag  # type: ignore[return-value]
+    return _TAGS[type(ev)]
 
 
 def event_type(ev: OpsEvent) -> str:
@@ -263,11 +275,12 @@ class EventReader:
         out: list[OpsEvent] = []
         n = 0
         cap = limit or self.batch
-        for seq, raw in self.spool.events(self.seq):
+        match = self._match
+        for seq, raw in self.spool.events(self.seq, chunk=cap):
             self.seq = seq
             n += 1
             ev = from_stored(seq, raw)
-            if ev is not None and self._match(ev):
+            if ev is not None and (match is None or match(ev)):
                 out.append(ev)
             if n >= cap:
                 break

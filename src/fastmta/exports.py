@@ -66,6 +66,45 @@ class Cursor:
         os.replace(tmp, self.path)
 
 
+class EventFeed:
+    """Converted events shared by several exporters (read and converted once).
+
+    Keeps the last ``keep`` log records as ``(seq, event | None)``; the log is gap-free,
+    so a record is found by arithmetic on its sequence number."""
+
+    def __init__(self, spool, keep: int = 50_000) -> None:
+        self.spool = spool
+        self.keep = keep
+        self.buf: list[tuple[int, E.OpsEvent | None]] = []
+        self.lock = threading.Lock()
+
+    def _fetch(self, after: int, n: int) -> list[tuple[int, E.OpsEvent | None]]:
+        out = []
+        for seq, raw in self.spool.events(after, chunk=max(1, min(5000, n))):
+            out.append((seq, E.from_stored(seq, raw)))
+            if len(out) >= n:
+                break
+        return out
+
+    def records(self, after: int, n: int) -> list[tuple[int, E.OpsEvent | None]]:
+        """Up to ``n`` records with sequence number > ``after``."""
+        with self.lock:
+            buf = self.buf
+            if not buf or after + 1 < buf[0][0] or after > buf[-1][0]:
+                got = self._fetch(after, n)
+                if got and (not buf or got[0][0] != buf[-1][0] + 1):
+                    self.buf = got[-self.keep:]
+                return got
+            i = after + 1 - buf[0][0]
+            if len(buf) - i < n:
+                buf.extend(self._fetch(buf[-1][0], n - (len(buf) - i)))
+                if len(buf) > self.keep:
+                    drop = len(buf) - self.keep
+                    del buf[:drop]
+                    i -= drop
+            return buf[max(0, i): max(0, i) + n]
+
+
 class Exporter:
     """Base: reads new events after the cursor and hands them to ``export``."""
 
@@ -80,6 +119,7 @@ class Exporter:
                              / f"{self.name}.cursor")
         self.types = list(types) if types else None
         self._match = E._matcher(self.types, None)
+        self.feed: EventFeed | None = None  # shared reads when several run together
         self.exported = 0
         self.errors = 0
 
@@ -88,14 +128,33 @@ class Exporter:
         most ``batch``), and the last raw sequence number read."""
         out: list[E.OpsEvent] = []
         last = after
+        match = self._match
+        if self.feed is not None:
+            want = (upto - after) if upto is not None else self.batch
+            while want > 0:
+                recs = self.feed.records(last, min(want, 5000))
+                if not recs:
+                    break
+                for seq, ev in recs:
+                    last = seq
+                    if ev is not None and (match is None or match(ev)):
+                        out.append(ev)
+                if upto is not None:
+                    want = upto - last
+                elif len(out) >= self.batch or last - after >= 50 * self.batch:
+                    break
+                else:
+                    want = self.batch - len(out)
+            return out, last
         scanned = 0
-        for seq, raw in self.spool.events(after):
+        chunk = min(5000, (upto - after) if upto is not None else self.batch)
+        for seq, raw in self.spool.events(after, chunk=max(1, chunk)):
             if upto is not None and seq > upto:
                 break
             last = seq
             scanned += 1
             ev = E.from_stored(seq, raw)
-            if ev is not None and self._match(ev):
+            if ev is not None and (match is None or match(ev)):
                 out.append(ev)
             if upto is None and (len(out) >= self.batch or scanned >= 50 * self.batch):
                 break
@@ -231,8 +290,21 @@ _BOUNCE_CAT = {10: "bad-mailbox", 20: "other", 21: "bad-domain", 22: "quota-issu
                60: "other", 70: "other", 80: "other", 90: "other", 100: "other"}
 
 
+_ISO_CACHE: dict[int, str] = {}
+
+
 def _iso(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S%z") if ms else ""
+    """``YYYY-mm-dd HH:MM:SS+0000`` (cached per second: rows come in time order)."""
+    if not ms:
+        return ""
+    sec = ms // 1000
+    text = _ISO_CACHE.get(sec)
+    if text is None:
+        if len(_ISO_CACHE) > 4096:
+            _ISO_CACHE.clear()
+        text = _ISO_CACHE[sec] = datetime.fromtimestamp(sec, UTC).strftime(
+            "%Y-%m-%d %H:%M:%S%z")
+    return text
 
 
 class CsvExporter(Exporter):
@@ -294,13 +366,16 @@ class CsvExporter(Exporter):
                 ev.attempt, ""]
 
     def export(self, evs, first, last) -> None:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\r\n")
         lines = []
         for ev in evs:
             r = self.row(ev)
             if r is not None:
-                buf = io.StringIO()
-                csv.writer(buf, lineterminator="\r\n").writerow(r)
+                w.writerow(r)
                 lines.append((buf.getvalue().encode(), ev.seq))
+                buf.seek(0)
+                buf.truncate()
         if lines:
             self.out.write(lines)
 
@@ -394,8 +469,21 @@ def from_config(spool, ops) -> list[Exporter]:
 
 
 def run_exporters(exporters: Sequence[Exporter], stop: threading.Event,
-                  interval_s: float = 0.5, final_timeout_s: float = 10.0) -> None:
-    """Run every exporter until ``stop`` is set, then catch up (bounded) and close."""
+                  interval_s: float = 0.5, final_timeout_s: float = 10.0,
+                  nice: int = 0) -> None:
+    """Run every exporter until ``stop`` is set, then catch up (bounded) and close.
+    ``nice``: lower this thread's CPU priority (Linux: per thread), so that under load
+    the exports lag a little instead of slowing delivery."""
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        except (AttributeError, OSError):  # not Linux / not permitted: run as is
+            pass
+    if len(exporters) > 1:
+        feed = EventFeed(exporters[0].spool)
+        for ex in exporters:
+            if ex.spool is feed.spool:
+                ex.feed = feed
     try:
         while not stop.is_set():
             busy = False

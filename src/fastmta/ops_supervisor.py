@@ -38,6 +38,8 @@ class SupervisorOps:
     def start(self) -> None:
         spool = self.sup.spool
         self.admin = A.Admin(spool, self.sup.cfg)
+        if not self.cfg.enabled:
+            return
         if self.cfg.metrics_port:
             try:
                 self.server = MetricsServer(self.state, self.cfg.metrics_host,
@@ -51,7 +53,8 @@ class SupervisorOps:
         if self.exporters:
             self._thread = threading.Thread(
                 target=run_exporters, args=(self.exporters, self._stop,
-                                            self.cfg.export_interval_s),
+                                            self.cfg.export_interval_s, 10.0,
+                                            self.cfg.export_nice),
                 name="fastmta-exports", daemon=True)
             self._thread.start()
 
@@ -69,7 +72,7 @@ class SupervisorOps:
     def tick(self) -> None:
         """Called from the supervisor loop (every <= 0.1 s); does work at most 1/s."""
         now = time.monotonic()
-        if now - self._last_status < self.cfg.status_interval_s:
+        if not self.cfg.enabled or now - self._last_status < self.cfg.status_interval_s:
             return
         self._last_status = now
         try:

@@ -249,3 +249,27 @@ class WorkerOps:
             except Exception:  # operations must never take the worker down
                 log.exception("ops poll")
             await asyncio.sleep(period)
+
+
+class NullOps:
+    """``[ops] enabled = false``: the hooks do nothing (for overhead measurements)."""
+
+    def on_result(self, job, res) -> None:
+        pass
+
+    def intercept(self, site, job) -> bool:
+        return False
+
+    def snapshot(self) -> dict:
+        return {}
+
+    def observe_dkim(self, seconds: float) -> None:
+        pass
+
+    async def run(self) -> None:
+        return None
+
+
+def worker_ops(worker) -> WorkerOps | NullOps:
+    """The ops hook object of a worker (per ``[ops] enabled``)."""
+    return WorkerOps(worker) if worker.cfg.ops.enabled else NullOps()

@@ -92,9 +92,9 @@ class Worker:
                                    shipped=self.cfg.shaping.use_provider_defaults)
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static)
-        from .ops_worker import WorkerOps
+        from .ops_worker import worker_ops
 
-        self.ops = WorkerOps(self)  # ops hook: counters, admin requests, site events
+        self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
 
     def _template(self, did: int):
         from .delivery import Template
