@@ -19,8 +19,6 @@ restart, so a receiver can drop duplicates.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
@@ -290,6 +288,20 @@ _BOUNCE_CAT = {10: "bad-mailbox", 20: "other", 21: "bad-domain", 22: "quota-issu
                60: "other", 70: "other", 80: "other", 90: "other", 100: "other"}
 
 
+_CSV_SPECIAL = frozenset(',"\r\n')
+
+
+def _csv_line(values: Sequence) -> bytes:
+    """One RFC 4180 record (CRLF); quotes only the fields that need it."""
+    out = []
+    for v in values:
+        t = v if isinstance(v, str) else str(v)
+        if t and not _CSV_SPECIAL.isdisjoint(t):
+            t = '"' + t.replace('"', '""') + '"'
+        out.append(t)
+    return (",".join(out) + "\r\n").encode()
+
+
 _ISO_CACHE: dict[int, str] = {}
 
 
@@ -317,7 +329,7 @@ class CsvExporter(Exporter):
         kw.setdefault("types", ["reception", "delivery", "bounce", "transient", "expiration"])
         super().__init__(spool, **kw)
         p = Path(path)
-        header = (",".join(CSV_FIELDS) + "\r\n").encode()
+        header = _csv_line(CSV_FIELDS)
         self.out = _RotatingFile(p.parent, p.stem, p.suffix.lstrip(".") or "csv",
                                  max_bytes, max_age_s, header)
         self._deliveries: dict[int, tuple[str, int]] = {}
@@ -366,16 +378,11 @@ class CsvExporter(Exporter):
                 ev.attempt, ""]
 
     def export(self, evs, first, last) -> None:
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\r\n")
         lines = []
         for ev in evs:
             r = self.row(ev)
             if r is not None:
-                w.writerow(r)
-                lines.append((buf.getvalue().encode(), ev.seq))
-                buf.seek(0)
-                buf.truncate()
+                lines.append((_csv_line(r), ev.seq))
         if lines:
             self.out.write(lines)
 

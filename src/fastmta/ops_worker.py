@@ -24,6 +24,9 @@ from .shaping import Effect
 log = logging.getLogger("fastmta.ops")
 
 ADMIN_RULE = "admin:suspend"
+DNS_SITE = "(dns)"  # recipients that failed before a site was known (resolution)
+OTHER_SITE = "(other)"  # sites beyond MAX_SITES in the heartbeat, folded together
+MAX_SITES = 1000  # per worker heartbeat (bounded size and metric cardinality)
 _LAST_ERRORS = 4  # kept per site
 
 
@@ -72,7 +75,7 @@ class WorkerOps:
     def on_result(self, job, res) -> None:
         """Count one committed-to-be outcome (called for every result)."""
         site = job.site
-        key = site.name if site is not None else "domain:" + job.item.domain
+        key = site.name if site is not None else DNS_SITE  # unresolved: one bucket
         so = self.sites.get(key)
         if so is None:
             if site is not None:
@@ -130,8 +133,19 @@ class WorkerOps:
     def snapshot(self) -> dict:
         sched = self.w.scheduler
         now = sched.now()
-        sites = {}
-        for name, so in self.sites.items():
+        sites: dict[str, dict] = {}
+        items = list(self.sites.items())
+        if len(items) > MAX_SITES:
+            items.sort(key=lambda kv: -sum(kv[1].outcomes.values()))
+            other: dict[str, int] = defaultdict(int)
+            for _name, so in items[MAX_SITES - 1:]:
+                for k, v in so.outcomes.items():
+                    other[k] += v
+            items = items[:MAX_SITES - 1]
+            sites[OTHER_SITE] = {"label": OTHER_SITE, "provider": "", "outcomes": dict(other),
+                                 "classes": {}, "throttles": 0, "last_error": None,
+                                 "queue_ms_avg": 0, "queue_ms_max": 0}
+        for name, so in items:
             s = sched.sites.get(name)
             row = {
                 "label": so.label, "provider": so.provider,
