@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from ops_helpers import MESSAGE, make_config, recipients
 
-from fastmta import AsyncWorkerPool, WorkerPool
+from fastmta import AsyncWorkerPool, PoolError, WorkerPool
 from fastmta import events as E
 
 pytestmark = pytest.mark.timeout(120)
@@ -91,3 +91,11 @@ def test_asyncio_flavour(sim, world, spool_dir):
     assert st["pending"] == 0 and st["sent"] + st["failed"] == 60
     assert rep["sent"] == st["sent"]
     assert sorted(e.email for e in got) == sorted(r["email"] for r in rows)
+
+
+def test_second_pool_on_the_same_spool_is_refused(sim, spool_dir):
+    cfg = make_config(sim)
+    with WorkerPool(cfg, spool=spool_dir):
+        other = WorkerPool(cfg, spool=spool_dir)
+        with pytest.raises(PoolError, match="another fastmta supervisor"):
+            other.start()

@@ -79,6 +79,8 @@ def test_every_event_type(sim, world, spool_dir):
     site = [e for e in all_events if isinstance(e, E.SiteChange)]
     blocked = [e for e in site if e.kind == "suspended" and "blocker" in e.site]
     assert blocked and blocked[0].reason and blocked[0].until_ms > blocked[0].ts_ms
+    # adaptive limits moved somewhere (connection limit or rate) and were logged
+    assert any(e.kind == "limit" and e.limit >= 1 for e in site)
     adm = [e for e in all_events if isinstance(e, E.AdminAction)]
     assert [(a.action, a.target) for a in adm] == [("suspend", f"delivery:{h.id}"),
                                                    ("resume", f"delivery:{h.id}")]

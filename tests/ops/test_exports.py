@@ -198,3 +198,24 @@ def test_jsonl_rotation_and_accounting_csv(sim, world, spool_dir, tmp_path):
         assert f"{expect} events exported" in r.stderr
     assert _jsonl_seqs(out_dir) == log
     assert all(E.from_json(json.dumps(x)) for x in [{"type": "admin", "action": "x"}])
+
+
+def test_jsonl_rotates_by_age(tmp_path):
+    from fastmta.exports import JsonlExporter
+    from fastmta.records import AdminEvent
+
+    sp = Spool.open(tmp_path / "spool")
+    try:
+        sp.append_events([AdminEvent(ts_ms=1, action="a")])
+        ex = JsonlExporter(sp, tmp_path / "j", max_age_s=60.0)
+        assert ex.step() == 1
+        assert len(glob.glob(str(tmp_path / "j" / "events*.jsonl"))) == 1
+        ex.out.opened -= 61.0  # the open file is a minute old now
+        sp.append_events([AdminEvent(ts_ms=2, action="b")])
+        assert ex.step() == 1
+        files = sorted(glob.glob(str(tmp_path / "j" / "events-*.jsonl")))
+        assert len(files) == 1 and files[0].endswith("-000000000002.jsonl")
+        assert _jsonl_seqs(str(tmp_path / "j")) == [1, 2]
+        ex.close()
+    finally:
+        Spool.close_all()
