@@ -493,7 +493,7 @@ class Scheduler:
                 if wait <= 0:
                     break
                 await asyncio.sleep(min(wait, 1.0))
-                if self.stopping or site.shaper.suspended(self.now()):
+                if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
             envelopes = []
@@ -600,7 +600,10 @@ class Scheduler:
             if cls.reason == "not_connected":
                 close = True
         if sent:
+            before = shaper.limit
             shaper.on_success(now, sent, site.active)
+            if shaper.limit > before:
+                self.pump(site)  # the limit grew: open the next connection now
         elif answered:
             shaper.on_answer(now)
         if requeue:
