@@ -19,8 +19,8 @@ import asyncio
 import time
 
 import pytest
-
 from engine_helpers import inject, make_config, write_inputs
+
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool

@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine_helpers import audit, config_toml, inject, make_config, mixed_world, write_inputs
+
 from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool

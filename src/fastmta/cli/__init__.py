@@ -34,4 +34,4 @@ def info() -> None:
 
 # Command modules register themselves on ``main``; keep one module per concern.
 from . import core_cmds  # noqa: E402,F401
-from . import engine_cmds  # noqa: E402,F401
+from . import engine_cmds  # noqa: E402,F401,I001
