@@ -189,6 +189,12 @@ class ProviderConfig(_Section, kw_only=True):
     rules: list[ShapingRule] = msgspec.field(default_factory=list)
 
 
+class ClassifyConfig(_Section):
+    """Bounce classification: an operator rules file tried before the packaged rules."""
+
+    rules_file: str = ""  # empty = $FASTMTA_BOUNCE_RULES or packaged rules only
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -199,6 +205,7 @@ class Config(_Section):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     shaping: ShapingConfig = msgspec.field(default_factory=ShapingConfig)
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
+    classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:
