@@ -34,4 +34,5 @@ def info() -> None:
 
 # Command modules register themselves on ``main``; keep one module per concern.
 from . import core_cmds  # noqa: E402,F401
-from . import engine_cmds  # noqa: E402,F401,I001
+from . import delivery_cmds as delivery_cmds  # noqa: E402,F401
+from . import engine_cmds  # noqa: E402,F401
