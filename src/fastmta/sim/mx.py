@@ -33,10 +33,11 @@ class Stats:
         self.messages = 0  # transactions accepted after the dot
         self.accepted: Counter[str] = Counter()  # recipient -> times accepted
         self.replies: Counter[str] = Counter()  # "550 5.1.1" -> count (refusals only)
-        self.kept: list[tuple[str, list[str], bytes]] = []
+        self.kept: list[tuple[str, list[str], bytes]] = []  # (from, rcpts, body un-stuffed)
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
+            "cpu_s": time.process_time(),  # CPU of the process serving these hosts
             "connections": self.connections,
             "messages": self.messages,
             "accepted": dict(self.accepted),
@@ -212,7 +213,10 @@ class _Session(asyncio.Protocol):
 
     # -------------------------------------------------------------- input
     def data_received(self, data: bytes) -> None:
-        if self.mode == _CLOSED or self.mode == _TLS:
+        if self.mode == _CLOSED:
+            return
+        if self.mode == _TLS:
+            self.buf += data  # decrypted data arriving before start_tls() returned
             return
         buf = self.buf
         buf += data
@@ -220,18 +224,23 @@ class _Session(asyncio.Protocol):
         pos = 0
         while self.mode != _CLOSED:
             if self.mode == _DATA:
-                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
-                if end < 0:
-                    self.scan = max(pos, len(buf) - 4)
-                    if self.fates and "disconnect" in self.fates:
-                        # drop the connection in the middle of the message
+                if self.fates and "disconnect" in self.fates:
+                    if len(buf) - pos > 2:
+                        # part of the body is here: drop the connection mid-message
                         self.mode = _CLOSED
                         if out:
                             self.tr.write(b"".join(out))
                         self.tr.abort()
                         return
                     break
-                body = bytes(buf[pos + 2 : end + 2])
+                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
+                if end < 0:
+                    self.scan = max(pos, len(buf) - 4)
+                    break
+                keep = self.beh.keep_messages or self.srv.keep_messages
+                # kept bodies are un-stuffed ("\r\n.." -> "\r\n.")
+                body = bytes(buf[pos : end + 2]).replace(b"\r\n..", b"\r\n.")[2:] \
+                    if keep else b""
                 pos = end + 5
                 self.scan = 0
                 self.mode = _CMD
@@ -265,7 +274,10 @@ class _Session(asyncio.Protocol):
         if self.mode == _CLOSED:
             self._close_after_write()
         elif self.mode == _TLS:
-            asyncio.ensure_future(self._starttls())
+            self.tr.pause_reading()  # the next bytes are the TLS ClientHello
+            t = asyncio.ensure_future(self._starttls())
+            self.srv.tasks.add(t)
+            t.add_done_callback(self.srv.tasks.discard)
 
     # -------------------------------------------------------------- commands
     def _command(self, line: bytes) -> bytes | None:
@@ -414,8 +426,9 @@ class _Session(asyncio.Protocol):
         self.tls = True
         self.ehlo = False
         self._reset()
-        self.buf.clear()
         self.mode = _CMD
+        if self.buf:
+            self.data_received(b"")
 
 
 class MxServer:
@@ -430,6 +443,7 @@ class MxServer:
         self.default_behaviour = Behaviour()
         self.queue_id = 0
         self.open_sessions: set[_Session] = set()
+        self.tasks: set[asyncio.Future] = set()
         self._pstates: dict[str, _ProviderState] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._names = {h.address: h.name.encode() for h in world.hosts.values()}
@@ -497,7 +511,7 @@ class MxServer:
         for s in self._servers:
             try:
                 await asyncio.wait_for(s.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
         self._servers = []
 
