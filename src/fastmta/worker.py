@@ -196,7 +196,16 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         enc = msgspec.msgpack.Encoder()
+        renew_every = max(1.0, self.cfg.spool.lease_s / 3)
+        last_renew = time.monotonic()
         while not self._done.is_set():
+            if time.monotonic() - last_renew >= renew_every and not self.stop_now:
+                # recipients held in memory (a paused site) keep their leases
+                last_renew = time.monotonic()
+                try:
+                    await self.writer.run(self.spool.renew_leases, self.owner)
+                except Exception:  # pragma: no cover - the next beat tries again
+                    log.exception("renewing leases")
             if os.getppid() != self.spec.parent_pid:
                 log.warning("supervisor gone: stopping")
                 self.request("stop")
