@@ -192,7 +192,6 @@ class Supervisor:
         proc = slot.proc
         code = proc.exitcode if proc is not None else None
         self._detach(slot)
-        now_ms = int(time.time() * 1000)
         try:
             n = self.spool.recover_leases(owner=slot.owner)
         except Exception:  # pragma: no cover
