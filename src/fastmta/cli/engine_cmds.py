@@ -195,6 +195,9 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
             click.echo(json.dumps(rep, indent=2))
         else:
             print_report(rep, elapsed)
+        if rep["pending"]:
+            click.echo(f"stopped with {rep['pending']} recipient(s) pending; `fastmta run "
+                       f"--spool {spool_path}` resumes")
     except FastMTAError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -224,8 +227,14 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
             click.echo("no active delivery in the spool")
             return
         elapsed = _run_until_done(cfg, spool_path, dids, quiet=not sys.stderr.isatty())
+        pending = 0
         for did in dids:
-            print_report(engine.summary(spool, did), elapsed)
+            rep = engine.summary(spool, did)
+            pending += rep["pending"]
+            print_report(rep, elapsed)
+        if pending:
+            click.echo(f"stopped with {pending} recipient(s) pending; `fastmta run --spool "
+                       f"{spool_path}` resumes")
     except FastMTAError as exc:
         raise click.ClickException(str(exc)) from exc
 
