@@ -507,8 +507,9 @@ class Scheduler:
                 self.stats["attempts"] += n
                 stop = False
                 for group, res in zip(flight, results, strict=True):
+                    blocked = site.shaper.suspended(self.now())
                     if self._handle(site, group, res, mx, source_ip, after_close=stop,
-                                    conn=conn):
+                                    conn=conn, collateral=blocked):
                         stop = True
             except BaseException:
                 # cancelled (stop) or a bug: whatever has no outcome yet goes back to
@@ -522,12 +523,13 @@ class Scheduler:
                 return
 
     def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str,
-                after_close: bool = False, conn=None) -> bool:
+                after_close: bool = False, conn=None, collateral: bool = False) -> bool:
         """Turn one transaction's outcomes into results.  True = close the connection.
 
         ``after_close``: an earlier transaction of the same pipelined flight already
         ended the session (throttle, 421): a ``not_connected`` outcome here means the
-        transaction never ran, so its recipients are queued again, not failed."""
+        transaction never ran, so its recipients are queued again, not failed.
+        ``collateral``: the site was suspended by an earlier transaction of the flight."""
         now = self.now()
         shaper = site.shaper
         close = False
@@ -587,6 +589,11 @@ class Scheduler:
                 continue
             if cls.reason != "not_connected":
                 answered = True
+            if cls.action == "suspend_site" and collateral:
+                # an earlier transaction of the same flight was blocked and suspended
+                # the site: this one is collateral, not a new attempt of the recipient
+                requeue.append(job)
+                continue
             if cls.action == "suspend_site":
                 resume = shaper.on_block(now, cls.reason or "blocked")
                 not_before = self.now_ms() + int((resume - now) * 1000)
