@@ -7,8 +7,8 @@ import asyncio
 import time
 
 import pytest
-
 from engine_helpers import make_config
+
 from fastmta.delivery import Template
 from fastmta.records import WorkItem
 from fastmta.resolver import MxHost, MxResult
