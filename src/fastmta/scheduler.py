@@ -577,8 +577,16 @@ class Scheduler:
                 self.stats["throttled"] += 1
                 kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
                     _CONN_THROTTLE.search(text) else "rate"
+                if cls.reason == "not_connected":
+                    # reset / timeout / connection lost during this transaction: a
+                    # throttle signal for the site AND a real (soft) attempt for the
+                    # recipient (its message may even have arrived: at-least-once)
+                    shaper.on_throttle(now, "connections")
+                    self.soft(job, reply, cls, mx, source_ip=source_ip)
+                    close = True
+                    continue
                 shaper.on_throttle(now, kind)
-                if cls.reason == "not_connected" or code == 421:
+                if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
                     job.requeues += 1
