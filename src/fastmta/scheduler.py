@@ -194,7 +194,10 @@ class Scheduler:
             due = not_before_ms if (not item.expires_ms or not_before_ms < item.expires_ms) \
                 else None
         if due is None:
-            self._emit(job, "expired", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+            # no retry fits in the validity: count this attempt (its reason is kept)
+            # and let the spool expire the recipient when the validity ends
+            self._emit(job, "soft", reply=reply, cls=cls, mx=mx,
+                       next_ms=item.expires_ms or now_ms, source_ip=source_ip)
         else:
             self._emit(job, "soft", reply=reply, cls=cls, mx=mx, next_ms=due,
                        source_ip=source_ip)

@@ -134,6 +134,17 @@ class Worker:
 
     # ----------------------------------------------------------------- loops
     async def _fetch_loop(self) -> None:
+        while not self.draining:
+            try:
+                await self._fetch()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a spool error: log, back off, go on leasing
+                log.exception("fetching work")
+                await asyncio.sleep(1.0)
+
+    async def _fetch(self) -> None:
         spec = self.spec
         while not self.draining:
             room = spec.max_inflight - self.inflight
@@ -168,7 +179,13 @@ class Worker:
 
         async def resolve(d: str):
             async with sem:
-                return d, await self.resolver.resolve_mx(d)
+                try:
+                    return d, await self.resolver.resolve_mx(d)
+                except Exception as exc:  # never lose the batch: soft, retried later
+                    from .resolver import MxResult, dns_failure
+
+                    log.exception("resolving %s", d)
+                    return d, MxResult(domain=d, error=dns_failure("servfail", str(exc)))
 
         resolved = dict(await asyncio.gather(*(resolve(d) for d in domains)))
         sched = self.scheduler
