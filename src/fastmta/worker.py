@@ -324,7 +324,17 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
     fcntl.flock(lock, fcntl.LOCK_SH)
     from .transport import run
 
+    prof_dir = os.environ.get("FASTMTA_PROFILE_DIR")  # developer aid: cProfile per worker
     try:
-        run(Worker(spec, pipe).run())
+        if prof_dir:
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(run, Worker(spec, pipe).run())
+            finally:
+                prof.dump_stats(str(Path(prof_dir) / f"worker-{spec.index}-{os.getpid()}.prof"))
+        else:
+            run(Worker(spec, pipe).run())
     finally:
         lock.close()

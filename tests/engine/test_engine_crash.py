@@ -19,7 +19,7 @@ from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 
-VALIDITY_S = 20.0
+VALIDITY_S = 15.0
 N = 10_000
 
 
