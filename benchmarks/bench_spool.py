@@ -122,7 +122,28 @@ def phase_lease(spool_dir: str, shards: list[int], batch: int, q) -> None:
            "batch": batch, **_mem()})
 
 
-def phase_commit(spool_dir: str, shards: list[int], group: int, q, barrier) -> None:
+def phase_cycle(spool_dir: str, shards: list[int], q, barrier) -> None:
+    """The spool alone, no event loop: lease 2048, commit them in batches of
+    ``commit_batch``, repeat (what a worker's writer thread does)."""
+    from fastmta.records import Result
+    from fastmta.spool import Spool
+
+    sp = Spool.open(spool_dir)
+    owner = f"bench-{os.getpid()}"
+    b = sp.cfg.commit_batch
+    barrier.wait()
+    t0 = time.perf_counter()
+    n = 0
+    while items := sp.lease(shards, owner, 2048):
+        for i in range(0, len(items), b):
+            sp.commit([Result(key=x.key, outcome="sent", code=250, mx="mx.example",
+                              source_ip="127.0.0.2") for x in items[i:i + b]])
+        n += len(items)
+    dt = time.perf_counter() - t0
+    q.put({"results": n, "seconds": round(dt, 2), "commits_per_s": round(n / dt), **_mem()})
+
+
+def phase_commit(spool_dir: str, shards: list[int], group: int, loop: str, q, barrier) -> None:
     """Engine-shaped result commits through ResultWriter (default batching): a feeder
     leases batches of 2048 (through the writer thread) while at most ``writer_queue``
     items are in flight; concurrent tasks submit one result each (or ``group`` at once,
@@ -178,10 +199,16 @@ def phase_commit(spool_dir: str, shards: list[int], group: int, q, barrier) -> N
             await asyncio.gather(feeder(), *(worker() for _ in range(conc)))
             return time.perf_counter() - t0, done, lease_s
 
-    dt, n, lease_s = asyncio.run(main())
+    if loop == "uvloop":
+        import uvloop
+
+        dt, n, lease_s = uvloop.run(main())
+    else:
+        dt, n, lease_s = asyncio.run(main())
     q.put({"results": n, "seconds": round(dt, 2), "commits_per_s": round(n / dt),
            "lease_wait_s": round(lease_s, 2), "commit_batch": sp.cfg.commit_batch,
            "submit": f"submit_many({group})" if group > 1 else "submit (one result per await)",
+           "loop": loop,
            "commit_window_ms": sp.cfg.commit_window_ms, **_mem()})
 
 
@@ -250,7 +277,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--recipients", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=100_000)
-    ap.add_argument("--commit-n", type=int, default=400_000, help="results per commit run")
+    ap.add_argument("--commit-n", type=int, default=200_000, help="results per commit run")
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -269,6 +296,16 @@ def main() -> None:
     }
     try:
         print(f"settings: {report['settings']}", flush=True)
+        from fastmta.delivery import Template
+
+        tpl = Template(TEMPLATE + b"Lorem ipsum dolor sit amet " * 100 + b"\r\n")
+        f = {"email": "user1@domain1.example", "first": "First1", "last": "Last1", "city": "City1"}
+        t0 = time.perf_counter()
+        for _ in range(50_000):
+            tpl.render(f)
+        rps = round(50_000 / (time.perf_counter() - t0))
+        report["render_per_s"] = rps
+        print(f"render (3 KB template, 4 fields, Date + Message-ID added): {rps}/s", flush=True)
         for n in (args.small, args.recipients):
             r = inject_run(n, work)
             report[f"inject_{n}"] = r
@@ -282,38 +319,36 @@ def main() -> None:
         report["lease_and_claim"] = lease
         print(f"lease-and-claim (batches of 1000 over 64 shards): {lease}", flush=True)
 
-        # commits: fresh spool with commit_n recipients, one process, then two processes
-        for procs in (1, 2):
-            csv_path = os.path.join(work, f"c{procs}.csv")
-            make_csv(csv_path, args.commit_n)
-            spool = os.path.join(work, f"commit{procs}")
-            for group in (1, 8):
-                spool = os.path.join(work, f"commit{procs}_{group}")
-                run_phase(phase_inject, spool, csv_path, False)
-                shard_sets = [list(range(64))] if procs == 1 else [list(range(0, 64, 2)), list(range(1, 64, 2))]
-                res = run_phase(phase_commit, procs=procs,
-                                arg_per_proc=[(spool, s, group) for s in shard_sets])
-                total = sum(r["results"] for r in res)
-                secs = max(r["seconds"] for r in res)
-                agg = {"processes": procs, "results": total, "seconds": secs,
-                       "commits_per_s": round(total / secs), "per_process": res}
-                report[f"commits_{procs}proc_one_env_group{group}"] = agg
-                print(f"result commits, {procs} process(es), one env, {res[0]['submit']}: "
-                      f"{agg['commits_per_s']}/s {res}", flush=True)
-                shutil.rmtree(spool, ignore_errors=True)
-        # the one-env-vs-env-per-shard question: two processes, two separate envs
-        csv_path = os.path.join(work, "c2.csv")
-        envs = []
-        for i in range(2):
-            spool = os.path.join(work, f"split{i}")
-            run_phase(phase_inject, spool, csv_path, False)
-            envs.append((spool, list(range(i, 64, 2)), 1))
-        res = run_phase(phase_commit, procs=2, arg_per_proc=envs)
-        total = sum(r["results"] for r in res)
-        secs = max(r["seconds"] for r in res)
-        report["commits_2proc_two_envs"] = {"commits_per_s": round(total / secs), "results": total,
-                                            "seconds": secs}
-        print(f"result commits, 2 processes, one env each: {round(total / secs)}/s", flush=True)
+        # commits: fresh spool with commit_n recipients per run
+        csv_path = os.path.join(work, "c.csv")
+        make_csv(csv_path, args.commit_n)
+        halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
+        runs = [  # (name, phase, processes, per-process args, separate envs)
+            ("cycle_1proc_no_loop", phase_cycle, 1, [(list(range(64)),)], False),
+            ("commits_1proc_asyncio_submit", phase_commit, 1, [(list(range(64)), 1, "asyncio")], False),
+            ("commits_1proc_uvloop_submit", phase_commit, 1, [(list(range(64)), 1, "uvloop")], False),
+            ("commits_1proc_asyncio_submit_many8", phase_commit, 1, [(list(range(64)), 8, "asyncio")], False),
+            ("commits_2proc_one_env", phase_commit, 2, [(h, 1, "asyncio") for h in halves], False),
+            ("commits_2proc_two_envs", phase_commit, 2, [(h, 1, "asyncio") for h in halves], True),
+            ("cycle_2proc_one_env_no_loop", phase_cycle, 2, [(h,) for h in halves], False),
+            ("cycle_2proc_two_envs_no_loop", phase_cycle, 2, [(h,) for h in halves], True),
+        ]
+        for name, phase, procs, per, separate in runs:
+            spools = []
+            for i in range(2 if separate else 1):
+                sp_dir = os.path.join(work, f"{name}{i}")
+                run_phase(phase_inject, sp_dir, csv_path, False)
+                spools.append(sp_dir)
+            arg_per_proc = [(spools[i if separate else 0], *per[i]) for i in range(procs)]
+            res = run_phase(phase, procs=procs, arg_per_proc=arg_per_proc)
+            total = sum(r["results"] for r in res)
+            secs = max(r["seconds"] for r in res)
+            agg = {"processes": procs, "results": total, "seconds": secs,
+                   "commits_per_s": round(total / secs), "per_process": res}
+            report[name] = agg
+            print(f"{name}: {agg['commits_per_s']}/s {res}", flush=True)
+            for sp_dir in spools:
+                shutil.rmtree(sp_dir, ignore_errors=True)
         # peers: bare LMDB read-modify-write, 256 per durable txn
         for procs in (1, 2):
             dirs = []

@@ -194,7 +194,10 @@ class Scheduler:
             due = not_before_ms if (not item.expires_ms or not_before_ms < item.expires_ms) \
                 else None
         if due is None:
-            self._emit(job, "expired", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+            # no retry fits in the validity: count this attempt (its reason is kept)
+            # and let the spool expire the recipient when the validity ends
+            self._emit(job, "soft", reply=reply, cls=cls, mx=mx,
+                       next_ms=item.expires_ms or now_ms, source_ip=source_ip)
         else:
             self._emit(job, "soft", reply=reply, cls=cls, mx=mx, next_ms=due,
                        source_ip=source_ip)
@@ -493,7 +496,7 @@ class Scheduler:
                 if wait <= 0:
                     break
                 await asyncio.sleep(min(wait, 1.0))
-                if self.stopping or site.shaper.suspended(self.now()):
+                if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
             envelopes = []
@@ -507,8 +510,9 @@ class Scheduler:
                 self.stats["attempts"] += n
                 stop = False
                 for group, res in zip(flight, results, strict=True):
+                    blocked = site.shaper.suspended(self.now())
                     if self._handle(site, group, res, mx, source_ip, after_close=stop,
-                                    conn=conn):
+                                    conn=conn, collateral=blocked):
                         stop = True
             except BaseException:
                 # cancelled (stop) or a bug: whatever has no outcome yet goes back to
@@ -522,12 +526,13 @@ class Scheduler:
                 return
 
     def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str,
-                after_close: bool = False, conn=None) -> bool:
+                after_close: bool = False, conn=None, collateral: bool = False) -> bool:
         """Turn one transaction's outcomes into results.  True = close the connection.
 
         ``after_close``: an earlier transaction of the same pipelined flight already
         ended the session (throttle, 421): a ``not_connected`` outcome here means the
-        transaction never ran, so its recipients are queued again, not failed."""
+        transaction never ran, so its recipients are queued again, not failed.
+        ``collateral``: the site was suspended by an earlier transaction of the flight."""
         now = self.now()
         shaper = site.shaper
         close = False
@@ -575,8 +580,16 @@ class Scheduler:
                 self.stats["throttled"] += 1
                 kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
                     _CONN_THROTTLE.search(text) else "rate"
+                if cls.reason == "not_connected":
+                    # reset / timeout / connection lost during this transaction: a
+                    # throttle signal for the site AND a real (soft) attempt for the
+                    # recipient (its message may even have arrived: at-least-once)
+                    shaper.on_throttle(now, "connections")
+                    self.soft(job, reply, cls, mx, source_ip=source_ip)
+                    close = True
+                    continue
                 shaper.on_throttle(now, kind)
-                if cls.reason == "not_connected" or code == 421:
+                if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
                     job.requeues += 1
@@ -587,6 +600,11 @@ class Scheduler:
                 continue
             if cls.reason != "not_connected":
                 answered = True
+            if cls.action == "suspend_site" and collateral:
+                # an earlier transaction of the same flight was blocked and suspended
+                # the site: this one is collateral, not a new attempt of the recipient
+                requeue.append(job)
+                continue
             if cls.action == "suspend_site":
                 resume = shaper.on_block(now, cls.reason or "blocked")
                 not_before = self.now_ms() + int((resume - now) * 1000)
@@ -600,7 +618,10 @@ class Scheduler:
             if cls.reason == "not_connected":
                 close = True
         if sent:
+            before = shaper.limit
             shaper.on_success(now, sent, site.active)
+            if shaper.limit > before:
+                self.pump(site)  # the limit grew: open the next connection now
         elif answered:
             shaper.on_answer(now)
         if requeue:

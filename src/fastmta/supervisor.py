@@ -193,9 +193,8 @@ class Supervisor:
         proc = slot.proc
         code = proc.exitcode if proc is not None else None
         self._detach(slot)
-        now_ms = int(time.time() * 1000)
         try:
-            n = self.spool.recover_leases(owner=slot.owner, now_ms=now_ms)
+            n = self.spool.recover_leases(owner=slot.owner)
         except Exception:  # pragma: no cover
             log.exception("recovering leases of %s", slot.owner)
             n = None
@@ -289,13 +288,15 @@ class Supervisor:
             self.ops.start()
             for slot in self.slots:
                 self._start(slot)
-            last_progress = 0.0
+            last_progress = last_kpis = 0.0
             while True:
                 self._check()
                 self.ops.tick()  # ops hook
                 now = time.monotonic()
                 done = False
-                if until_done and not forever:
+                if until_done and not forever and now - last_kpis >= min(self.progress_s, 0.5):
+                    # the KPI counters include one per domain: read them at most 2x/s
+                    last_kpis = now
                     kpis = {did: self.spool.kpis(did) for did in until_done}
                     done = all(_is_final(self.spool, d, k) for d, k in kpis.items())
                     if self.progress is not None and (now - last_progress >= self.progress_s
@@ -303,7 +304,8 @@ class Supervisor:
                         last_progress = now
                         self.progress(Progress(now - started, kpis, self.workers_status(),
                                                self.restarts, self.draining))
-                elif self.progress is not None and now - last_progress >= self.progress_s:
+                elif (forever or not until_done) and self.progress is not None and \
+                        now - last_progress >= self.progress_s:
                     last_progress = now
                     self.progress(Progress(now - started, {}, self.workers_status(),
                                            self.restarts, self.draining))

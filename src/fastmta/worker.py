@@ -138,6 +138,17 @@ class Worker:
 
     # ----------------------------------------------------------------- loops
     async def _fetch_loop(self) -> None:
+        while not self.draining:
+            try:
+                await self._fetch()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a spool error: log, back off, go on leasing
+                log.exception("fetching work")
+                await asyncio.sleep(1.0)
+
+    async def _fetch(self) -> None:
         spec = self.spec
         while not self.draining:
             room = spec.max_inflight - self.inflight
@@ -172,7 +183,13 @@ class Worker:
 
         async def resolve(d: str):
             async with sem:
-                return d, await self.resolver.resolve_mx(d)
+                try:
+                    return d, await self.resolver.resolve_mx(d)
+                except Exception as exc:  # never lose the batch: soft, retried later
+                    from .resolver import MxResult, dns_failure
+
+                    log.exception("resolving %s", d)
+                    return d, MxResult(domain=d, error=dns_failure("servfail", str(exc)))
 
         resolved = dict(await asyncio.gather(*(resolve(d) for d in domains)))
         sched = self.scheduler
@@ -203,7 +220,16 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         enc = msgspec.msgpack.Encoder()
+        renew_every = max(1.0, self.cfg.spool.lease_s / 3)
+        last_renew = time.monotonic()
         while not self._done.is_set():
+            if time.monotonic() - last_renew >= renew_every and not self.stop_now:
+                # recipients held in memory (a paused site) keep their leases
+                last_renew = time.monotonic()
+                try:
+                    await self.writer.run(self.spool.renew_leases, self.owner)
+                except Exception:  # pragma: no cover - the next beat tries again
+                    log.exception("renewing leases")
             if os.getppid() != self.spec.parent_pid:
                 log.warning("supervisor gone: stopping")
                 self.request("stop")
@@ -307,7 +333,17 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
     fcntl.flock(lock, fcntl.LOCK_SH)
     from .transport import run
 
+    prof_dir = os.environ.get("FASTMTA_PROFILE_DIR")  # developer aid: cProfile per worker
     try:
-        run(Worker(spec, pipe).run())
+        if prof_dir:
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(run, Worker(spec, pipe).run())
+            finally:
+                prof.dump_stats(str(Path(prof_dir) / f"worker-{spec.index}-{os.getpid()}.prof"))
+        else:
+            run(Worker(spec, pipe).run())
     finally:
         lock.close()

@@ -13,13 +13,13 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine_helpers import audit, config_toml, inject, make_config, mixed_world, write_inputs
+
 from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 
-VALIDITY_S = 20.0
+VALIDITY_S = 15.0
 N = 10_000
 
 
