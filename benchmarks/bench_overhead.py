@@ -201,6 +201,26 @@ async def main_async(args) -> dict:
             "webhook_events": hook_events, "runs": runs}
 
 
+def hook_micro(n: int = 200_000) -> float:
+    """CPU per message of the worker-side hooks (``on_result`` + ``intercept``), in us."""
+    from types import SimpleNamespace as NS
+
+    from fastmta.config import Config
+    from fastmta.ops_worker import WorkerOps
+    from fastmta.records import Result
+
+    ops = WorkerOps(NS(cfg=Config(), spool=None, scheduler=None, spec=NS(index=0)))
+    site = NS(name="mx1.sink.test", provider=None, label=lambda: "mx1.sink.test")
+    job = NS(site=site, item=NS(delivery_id=1, domain="d.sink.test"))
+    res = Result(key=b"12345678", outcome="sent", code=250, enhanced="2.0.0",
+                 reply="250 2.0.0 ok", mx="mx1.sink.test", time_ms=1)
+    t = time.process_time()
+    for _ in range(n):
+        ops.on_result(job, res)
+        ops.intercept(site, job)
+    return (time.process_time() - t) / n * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--recipients", type=int, default=40_000)
@@ -213,6 +233,7 @@ def main() -> None:
     if args.recipients > 1_000_000 or args.pairs > 20:
         sys.exit("refusing: keep benchmark loops bounded")
     res = asyncio.run(main_async(args))
+    res["hook_us_per_msg"] = hook_micro()
     if args.json:
         print(json.dumps(res))
         return
@@ -223,11 +244,13 @@ def main() -> None:
           f"adjacent on/off pairs); pool-process CPU {res['pool_cpu_s_on']:.2f}s on vs "
           f"{res['pool_cpu_s_off']:.2f}s off; fastmta CPU (pool + workers) "
           f"{res['cpu_s_on']:.2f}s on vs {res['cpu_s_off']:.2f}s off = "
+          f"{1e6 * (res['cpu_s_on'] - res['cpu_s_off']) / res['recipients']:.1f} us/msg, "
           f"{100 * (res['cpu_s_on'] / res['cpu_s_off'] - 1):+.1f}% CPU per message"
           + (f"; hooks only {res['median_hooks']:.0f} msgs/s = {res['hooks_cost_pct']:.1f}%"
              if res["median_hooks"] else "")
           + f"; stop (exports catching up) {res['catchup_s_on']:.2f}s on vs "
-          f"{res['catchup_s_off']:.2f}s off; webhook received {res['webhook_events']} events")
+          f"{res['catchup_s_off']:.2f}s off; webhook received {res['webhook_events']} events; "
+          f"worker hooks {res['hook_us_per_msg']:.2f} us/msg (micro)")
 
 
 if __name__ == "__main__":
