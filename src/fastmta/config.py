@@ -270,7 +270,7 @@ class OpsConfig(_Section):
     webhook_token: str = ""  # sent as "Authorization: Bearer ..." when set
     webhook_types: list[str] = msgspec.field(default_factory=list)  # empty = all types
     export_interval_s: float = 0.5  # how often exporters look for new events
-    export_nice: int = 10  # the export thread's niceness: delivery first, exports catch up
+    export_nice: int = 0  # >0: lower the export thread's CPU priority (exports lag under load)
 
     def __post_init__(self) -> None:
         if self.webhook_batch < 1:

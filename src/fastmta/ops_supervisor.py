@@ -53,7 +53,7 @@ class SupervisorOps:
         if self.exporters:
             self._thread = threading.Thread(
                 target=run_exporters, args=(self.exporters, self._stop,
-                                            self.cfg.export_interval_s, 10.0,
+                                            self.cfg.export_interval_s, 30.0,
                                             self.cfg.export_nice),
                 name="fastmta-exports", daemon=True)
             self._thread.start()

@@ -168,7 +168,8 @@ def test_jsonl_rotation_and_accounting_csv(sim, world, spool_dir, tmp_path):
     assert len(files) > 3  # rotated by size
     assert all(os.path.getsize(f) < 8192 + 2048 for f in files)
     seqs = _jsonl_seqs(jdir)
-    assert seqs == log  # every event once, in order, across the rotated files
+    assert seqs == log, (len(seqs), len(log), sorted(set(log) - set(seqs))[:20],
+                         [s for s in seqs if seqs.count(s) > 1][:20])  # once each, in order
     # the accounting CSV: one d per sent, one b per failed, r records for reception
     rows_out = []
     for path in sorted(glob.glob(os.path.join(tmp_path, "acct", "acct*.csv"))):
