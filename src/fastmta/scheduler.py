@@ -454,14 +454,21 @@ class Scheduler:
         if probe:
             max_rcpts = 1
         flight: list[list[Job]] = []
+        now_ms = self.now_ms()
         while site.queue and len(flight) < min(probe or FLIGHT, max(1, budget)):
             first = self._take(site)
+            if first.item.expires_ms and now_ms >= first.item.expires_ms:
+                # the validity ended while it waited in memory: never send it late
+                self._emit(first, "expired", reason=first.item.last_reason or "expired")
+                continue
             if first.body is None:
                 first.body = self.render(first.item)
             group = [first]
             static = self.is_static(first.item.delivery_id)
             while site.queue and len(group) < max_rcpts:
                 nxt = site.queue[0]
+                if nxt.item.expires_ms and now_ms >= nxt.item.expires_ms:
+                    break
                 if nxt.item.delivery_id != first.item.delivery_id or \
                         nxt.item.domain != first.item.domain:
                     break
@@ -488,8 +495,10 @@ class Scheduler:
         source_ip = conn.local_address[0] if getattr(conn, "local_address", None) else ""
         while not self.stopping:
             flight = await self._next_flight(site, conn, idle_s)
-            if not flight:
+            if flight is None:
                 return
+            if not flight:
+                continue  # everything taken had expired: look again
             n = sum(len(g) for g in flight)
             while True:
                 wait = site.shaper.reserve_send(self.now(), n)
@@ -581,10 +590,13 @@ class Scheduler:
                 kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
                     _CONN_THROTTLE.search(text) else "rate"
                 if cls.reason == "not_connected":
-                    # reset / timeout / connection lost during this transaction: a
-                    # throttle signal for the site AND a real (soft) attempt for the
-                    # recipient (its message may even have arrived: at-least-once)
-                    shaper.on_throttle(now, "connections")
+                    # reset / timeout / connection lost during this transaction: a real
+                    # (soft) attempt for the recipient (its message may even have
+                    # arrived: at-least-once).  A throttle signal for the site only when
+                    # the connection delivered nothing: a session that worked and then
+                    # lost one message is a fault of that message, not overload.
+                    if conn is None or conn.messages_sent == 0:
+                        shaper.on_throttle(now, "connections")
                     self.soft(job, reply, cls, mx, source_ip=source_ip)
                     close = True
                     continue

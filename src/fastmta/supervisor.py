@@ -97,6 +97,7 @@ class Supervisor:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.progress = progress
         self.progress_s = progress_s
+        self.maintenance_s = 5.0
         self.title = title
         self.slots = [_Slot(i, s) for i, s in enumerate(assign_shards(cfg.engine.shards,
                                                                        self.n))]
@@ -289,10 +290,18 @@ class Supervisor:
             for slot in self.slots:
                 self._start(slot)
             last_progress = last_kpis = 0.0
+            last_maint = time.monotonic()
             while True:
                 self._check()
                 self.ops.tick()  # ops hook
                 now = time.monotonic()
+                if now - last_maint >= self.maintenance_s and not self.draining:
+                    # dead/expired leases back, validity sweep, quarantine release
+                    last_maint = now
+                    try:
+                        self.spool.maintenance()
+                    except Exception:  # pragma: no cover - next round tries again
+                        log.exception("spool maintenance")
                 done = False
                 if until_done and not forever and now - last_kpis >= min(self.progress_s, 0.5):
                     # the KPI counters include one per domain: read them at most 2x/s
