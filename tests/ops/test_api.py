@@ -99,3 +99,30 @@ def test_second_pool_on_the_same_spool_is_refused(sim, spool_dir):
         other = WorkerPool(cfg, spool=spool_dir)
         with pytest.raises(PoolError, match="another fastmta supervisor"):
             other.start()
+
+
+def test_sync_event_iterator(sim, world, spool_dir):
+    import threading
+
+    cfg = make_config(sim)
+    rows = recipients(world, 40, ["fast", "unknownusers"], prefix="it")
+    with WorkerPool(cfg, spool=spool_dir) as pool:
+        since = pool.spool.last_event_seq()
+        got: list = []
+        done = threading.Event()
+
+        def consume():
+            for ev in pool.events(["delivery", "bounce"], since=since, timeout_s=60,
+                                  stop=done.is_set):
+                got.append(ev)
+                if len(got) == len(rows):
+                    done.set()
+
+        t = threading.Thread(target=consume)
+        t.start()
+        h = pool.submit(rows, MESSAGE)
+        h.wait(timeout_s=60)
+        t.join(60)
+    assert not t.is_alive()
+    assert sorted(e.email for e in got) == sorted(r["email"] for r in rows)
+    assert all(e.delivery_id == h.id for e in got)

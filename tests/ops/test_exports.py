@@ -220,3 +220,23 @@ def test_jsonl_rotates_by_age(tmp_path):
         ex.close()
     finally:
         Spool.close_all()
+
+
+def test_webhook_type_filter(tmp_path):
+    from fastmta.records import AdminEvent, DeliveryEvent
+
+    sp = Spool.open(tmp_path / "spool")
+    rcv = Receiver(0.0)
+    try:
+        sp.append_events([AdminEvent(ts_ms=1, action="a"),
+                          DeliveryEvent(ts_ms=2, delivery_id=1, kind="received", count=3),
+                          AdminEvent(ts_ms=3, action="b")])
+        ex = WebhookExporter(sp, rcv.url, types=["admin"])
+        assert ex.step() == 2
+        assert ex.step() == 0 and ex.cursor.acked == 3
+        assert sorted(s for v in rcv.acked.values() for s in v) == [1, 3]
+        with pytest.raises(ValueError, match="http"):
+            WebhookExporter(sp, "ftp://x")
+    finally:
+        rcv.close()
+        Spool.close_all()
