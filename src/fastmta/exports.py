@@ -19,12 +19,11 @@ restart, so a receiver can drop duplicates.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 import urllib.error
@@ -48,6 +47,7 @@ class Cursor:
         self.path = Path(path)
         self.acked = 0
         self.inflight: tuple[int, int] | None = None
+        self._tmp: str | None = None
         try:
             data = json.loads(self.path.read_text())
             self.acked = int(data.get("acked", 0))
@@ -58,15 +58,19 @@ class Cursor:
         except (OSError, ValueError) as exc:
             raise ValueError(f"export cursor {self.path} is unreadable: {exc}") from None
 
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            json.dump({"acked": self.acked,
-                       "inflight": list(self.inflight) if self.inflight else None}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+    def save(self, sync: bool = True) -> None:
+        """Replace the cursor file atomically; ``sync`` also fsyncs it (without, a power
+        loss may roll the cursor back: events are exported again, never skipped)."""
+        if self._tmp is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp = str(self.path.with_suffix(".tmp"))
+        with open(self._tmp, "w") as f:
+            inflight = json.dumps(list(self.inflight)) if self.inflight else "null"
+            f.write(f'{{"acked":{self.acked},"inflight":{inflight}}}')
+            if sync:
+                f.flush()
+                os.fsync(f.fileno())
+        os.replace(self._tmp, self.path)
 
 
 class EventFeed:
@@ -177,12 +181,12 @@ class Exporter:
             first = c.acked + 1
             if evs and self.needs_stable_batches:
                 c.inflight = (first, last)
-                c.save()
+                c.save(sync=True)  # durable before the batch leaves: same id on re-send
         if evs:
             self.export(evs, first, last)
         c.acked = last
         c.inflight = None
-        c.save()
+        c.save(sync=False)  # the output itself is durable; a rolled-back cursor re-exports
         self.exported += len(evs)
         return len(evs)
 
@@ -307,6 +311,7 @@ _BOUNCE_CAT = {10: "bad-mailbox", 20: "other", 21: "bad-domain", 22: "quota-issu
                60: "other", 70: "other", 80: "other", 90: "other", 100: "other"}
 
 
+_NEEDS_QUOTES = re.compile('[",\r\n]').search
 _ISO_CACHE: dict[int, str] = {}
 
 
@@ -382,28 +387,28 @@ class CsvExporter(Exporter):
                 cat, bclass or "", btype, reason, ev.source_ip, ev.delivery_id, ev.rcpt_id,
                 ev.attempt, ""]
 
+    def line(self, ev: E.OpsEvent) -> str | None:
+        """``row(ev)`` as one CSV record (RFC 4180 quoting where a field needs it)."""
+        r = self.row(ev)
+        if r is None:
+            return None
+        for i in (3, 4, 7, 8, 12):  # free text: orig, rcpt, diag, MTA, reason
+            v = r[i]
+            if v and _NEEDS_QUOTES(v):
+                r[i] = '"' + v.replace('"', '""') + '"'
+        return ",".join(map(str, r)) + "\r\n"
+
     def export(self, evs, first, last) -> None:
-        rows = []
-        for ev in evs:
-            r = self.row(ev)
-            if r is not None:
-                rows.append((r, ev.seq))
-        if not rows:
-            return
-        buf = io.StringIO()
-        w = csv.writer(buf, lineterminator="\r\n")
-        w.writerows(r for r, _seq in rows)
-        data = buf.getvalue().encode()
-        if self.out.fits(len(data)):  # the usual case: one write
-            self.out.write([(data, rows[-1][1])])
-            return
         lines = []
-        for r, seq in rows:  # crosses a size rotation: record by record
-            buf.seek(0)
-            buf.truncate()
-            w.writerow(r)
-            lines.append((buf.getvalue().encode(), seq))
-        if lines:
+        for ev in evs:
+            text = self.line(ev)
+            if text is not None:
+                lines.append((text.encode(), ev.seq))
+        if not lines:
+            return
+        if self.out.fits(sum(len(x) for x, _seq in lines)):  # the usual case: one write
+            self.out.write([(b"".join(x for x, _seq in lines), lines[-1][1])])
+        else:
             self.out.write(lines)
 
     def close(self) -> None:
