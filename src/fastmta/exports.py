@@ -1,9 +1,10 @@
 """Exports of the event log: accounting CSV, rotated JSONL files, webhooks.
 
-Each exporter reads the spool's event log from a durable cursor (a small JSON file under
+Each exporter reads the spool's event log from a cursor (a small JSON file under
 ``<spool>/exports/``, replaced atomically) and advances it only after its output is
 durable (file fsynced, or HTTP 2xx), so a crash or restart repeats at most the last
-batch: at-least-once.  Webhook batches carry a ``batch_id`` (exporter name + first and
+batch: at-least-once (the cursor file is not fsynced: after a power loss an export may
+repeat more, never skip).  Webhook batches carry a ``batch_id`` (exporter name + first and
 last sequence number) that stays the same when a batch is re-sent, even after a
 restart, so a receiver can drop duplicates.
 
