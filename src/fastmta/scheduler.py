@@ -98,12 +98,14 @@ class Scheduler:
         connect: Callable[..., Awaitable[Any]] | None = None,
         rng: random.Random | None = None,
         is_static: Callable[[int], bool] | None = None,
+        commit_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
         self.on_result = on_result
         self.render = render
         self.is_static = is_static or (lambda did: False)
+        self.commit_gate = commit_gate  # waits while too many results are not durable
         self.rng = rng or random.Random()
         if connect is None:
             from .transport import Connection
@@ -508,6 +510,10 @@ class Scheduler:
                 if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
+            if self.commit_gate is not None:
+                # bound the results accepted by servers but not yet durable (the
+                # duplicate window after a crash): wait for the spool to catch up
+                await self.commit_gate()
             envelopes = []
             for group in flight:
                 it = group[0].item
@@ -593,9 +599,10 @@ class Scheduler:
                     # reset / timeout / connection lost during this transaction: a real
                     # (soft) attempt for the recipient (its message may even have
                     # arrived: at-least-once).  A throttle signal for the site only when
-                    # the connection delivered nothing: a session that worked and then
-                    # lost one message is a fault of that message, not overload.
-                    if conn is None or conn.messages_sent == 0:
+                    # the session delivered nothing and died before the message body: a
+                    # drop in the middle of one message is a fault of that message.
+                    if (conn is None or conn.messages_sent == 0) and \
+                            cmd not in ("data", "dot"):
                         shaper.on_throttle(now, "connections")
                     self.soft(job, reply, cls, mx, source_ip=source_ip)
                     close = True
