@@ -410,7 +410,10 @@ class Scheduler:
             shaper = site.shaper
             shaper.on_reply(text, now)
             if exc.kind == "greeting" or _CONN_THROTTLE.search(text):
-                shaper.on_throttle(now, "connections")  # jobs stay queued
+                # level = connections established + this one (others still connecting
+                # when it was refused did not cause it)
+                shaper.on_throttle(now, "connections",
+                                   max(1, site.active - site.connecting))  # jobs stay queued
                 return
             shaper.on_connect_failure(now, throttle=True)
         elif cls.action == "suspend_site":
@@ -607,7 +610,7 @@ class Scheduler:
                     self.soft(job, reply, cls, mx, source_ip=source_ip)
                     close = True
                     continue
-                shaper.on_throttle(now, kind)
+                shaper.on_throttle(now, kind, site.active)
                 if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
