@@ -654,15 +654,18 @@ class Scheduler:
         return close
 
     # ------------------------------------------------------------------ shutdown
-    def status(self) -> dict:
-        """Per-site snapshot of the sites that are throttled, suspended or busy."""
+    def status(self, top: int = 20) -> dict:
+        """Snapshot of the ``top`` sites most affected by shaping (suspended, throttled)
+        or busiest (heartbeats stay small with many thousands of sites)."""
         now = self.now()
+        busy = [s for s in self.sites.values()
+                if s.active or s.queue or s.throttled or s.shaper.suspended(now)]
+        busy.sort(key=lambda s: (not s.shaper.suspended(now), -s.throttled, -len(s.queue)))
         out = {}
-        for s in self.sites.values():
-            if s.active or s.queue or s.throttled or s.shaper.suspended(now):
-                st = s.shaper.status(now)
-                st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
-                out[s.label() if s.provider else s.name] = st
+        for s in busy[:top]:
+            st = s.shaper.status(now)
+            st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
+            out[s.label() if s.provider else s.name] = st
         return out
 
     def drain_queues(self) -> None:
