@@ -98,12 +98,14 @@ class Scheduler:
         connect: Callable[..., Awaitable[Any]] | None = None,
         rng: random.Random | None = None,
         is_static: Callable[[int], bool] | None = None,
+        commit_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
         self.on_result = on_result
         self.render = render
         self.is_static = is_static or (lambda did: False)
+        self.commit_gate = commit_gate  # waits while too many results are not durable
         self.rng = rng or random.Random()
         if connect is None:
             from .transport import Connection
@@ -408,7 +410,10 @@ class Scheduler:
             shaper = site.shaper
             shaper.on_reply(text, now)
             if exc.kind == "greeting" or _CONN_THROTTLE.search(text):
-                shaper.on_throttle(now, "connections")  # jobs stay queued
+                # level = connections established + this one (others still connecting
+                # when it was refused did not cause it)
+                shaper.on_throttle(now, "connections",
+                                   max(1, site.active - site.connecting))  # jobs stay queued
                 return
             shaper.on_connect_failure(now, throttle=True)
         elif cls.action == "suspend_site":
@@ -508,6 +513,10 @@ class Scheduler:
                 if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
+            if self.commit_gate is not None:
+                # bound the results accepted by servers but not yet durable (the
+                # duplicate window after a crash): wait for the spool to catch up
+                await self.commit_gate()
             envelopes = []
             for group in flight:
                 it = group[0].item
@@ -593,14 +602,15 @@ class Scheduler:
                     # reset / timeout / connection lost during this transaction: a real
                     # (soft) attempt for the recipient (its message may even have
                     # arrived: at-least-once).  A throttle signal for the site only when
-                    # the connection delivered nothing: a session that worked and then
-                    # lost one message is a fault of that message, not overload.
-                    if conn is None or conn.messages_sent == 0:
+                    # the session delivered nothing and died before the message body: a
+                    # drop in the middle of one message is a fault of that message.
+                    if (conn is None or conn.messages_sent == 0) and \
+                            cmd not in ("data", "dot"):
                         shaper.on_throttle(now, "connections")
                     self.soft(job, reply, cls, mx, source_ip=source_ip)
                     close = True
                     continue
-                shaper.on_throttle(now, kind)
+                shaper.on_throttle(now, kind, site.active)
                 if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
@@ -644,15 +654,18 @@ class Scheduler:
         return close
 
     # ------------------------------------------------------------------ shutdown
-    def status(self) -> dict:
-        """Per-site snapshot of the sites that are throttled, suspended or busy."""
+    def status(self, top: int = 20) -> dict:
+        """Snapshot of the ``top`` sites most affected by shaping (suspended, throttled)
+        or busiest (heartbeats stay small with many thousands of sites)."""
         now = self.now()
+        busy = [s for s in self.sites.values()
+                if s.active or s.queue or s.throttled or s.shaper.suspended(now)]
+        busy.sort(key=lambda s: (not s.shaper.suspended(now), -s.throttled, -len(s.queue)))
         out = {}
-        for s in self.sites.values():
-            if s.active or s.queue or s.throttled or s.shaper.suspended(now):
-                st = s.shaper.status(now)
-                st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
-                out[s.label() if s.provider else s.name] = st
+        for s in busy[:top]:
+            st = s.shaper.status(now)
+            st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
+            out[s.label() if s.provider else s.name] = st
         return out
 
     def drain_queues(self) -> None:

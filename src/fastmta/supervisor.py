@@ -78,9 +78,12 @@ def default_workers() -> int:
 
 
 def _is_final(spool, did: int, kpis: dict) -> bool:
-    if kpis.get("pending", 0) > 0:
-        return False
-    return spool.delivery(did).state != "injecting"
+    """Nothing more will happen to the delivery without an operator: every recipient
+    final, or the delivery paused / cancelled."""
+    state = spool.delivery(did).state
+    if state in ("paused", "cancelled"):
+        return True
+    return kpis.get("pending", 0) == 0 and state != "injecting"
 
 
 class Supervisor:

@@ -75,6 +75,10 @@ class Worker:
         self._room = asyncio.Event()
         self._done = asyncio.Event()
         self._pending: set[asyncio.Future] = set()
+        # results accepted by a server but not yet durable are the only ones a crash
+        # can duplicate: keep them bounded (flights wait at the gate beyond this)
+        self.max_uncommitted = 2 * self.cfg.spool.commit_batch
+        self._below = asyncio.Event()
         self._templates: dict[int, bytes] = {}
         self.rng = random.Random()
         self.started = time.monotonic()
@@ -91,10 +95,16 @@ class Worker:
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
-                                   rng=self.rng, is_static=self._is_static)
+                                   rng=self.rng, is_static=self._is_static,
+                                   commit_gate=self._commit_gate)
         from .ops_worker import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
+
+    async def _commit_gate(self) -> None:
+        while len(self._pending) >= self.max_uncommitted:
+            self._below.clear()
+            await self._below.wait()
 
     def _template(self, did: int):
         from .delivery import Template
@@ -127,6 +137,8 @@ class Worker:
 
     def _committed(self, fut: asyncio.Future, shard: int) -> None:
         self._pending.discard(fut)
+        if len(self._pending) < self.max_uncommitted:
+            self._below.set()
         self.inflight -= 1
         self.per_shard[shard] -= 1
         if fut.cancelled() or fut.exception() is not None:

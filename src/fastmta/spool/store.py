@@ -50,6 +50,7 @@ from .reading import ReadingMixin
 
 __all__ = ["CommitStats", "InjectStats", "Spool", "clock_ms", "dedupe_hash", "now_ms"]
 
+
 class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 
@@ -277,7 +278,9 @@ class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
             return []
         self._rotate = (self._rotate + 1) % len(shard_list)
         order = shard_list[self._rotate:] + shard_list[: self._rotate]
-        return self._write(lambda txn: self._lease_txn(txn, order, owner, max_n, t, exp))
+        out = self._write(lambda txn: self._lease_txn(txn, order, owner, max_n, t, exp))
+        self._maybe_trim(len(out))  # outside the transaction
+        return out
 
     def _lease_txn(
         self, txn: Any, shards: list[int], owner: str, max_n: int, t: int, exp: int
@@ -300,7 +303,6 @@ class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
             acc.leases.sort()
             txn.cursor(db=self._db["lease"]).putmulti(acc.leases)
         self._flush(txn, acc)
-        self._maybe_trim(len(out))
         return out
 
     def _lease_shard(
@@ -486,7 +488,7 @@ class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
             return stats, items
 
         out = self._write(fn)
-        self._maybe_trim(len(results))
+        self._maybe_trim(len(results) + len(out[1]))
         return out
 
     def _apply(self, txn: Any, acc: _Acc, res: Result) -> None:
