@@ -116,10 +116,86 @@ class EngineConfig(_Section):
     shards: int = 64
 
 
+class ShapingRule(_Section, kw_only=True):
+    """Traffic-shaping automation: a reply-text pattern -> an action for a duration.
+
+    ``action``: ``suspend`` (no new connections to the site), ``set_connections`` (cap
+    the site's connection limit to ``value``), ``set_rate`` (cap its message rate to
+    ``value`` per second) or ``bounce`` (fail the site's queued recipients for the
+    duration, reason ``refused``).  Applied after ``threshold`` matches within
+    ``period_s``; reverts by itself after ``duration_s``.
+    """
+
+    name: str = ""
+    pattern: str
+    action: str
+    value: float = 0.0
+    duration_s: float = 600.0
+    threshold: int = 1
+    period_s: float = 300.0
+
+
+class ShapingConfig(_Section):
+    """Per-site shaping defaults and the adaptive algorithm's parameters (docs/shaping.md)."""
+
+    initial_connections: int = 2
+    min_connections: int = 1
+    max_connections: int = 32
+    increase_step: int = 1
+    decrease_factor: float = 0.5
+    throttle_holdoff_s: float = 2.0
+    throttle_pause_s: float = 1.0
+    probe_interval_s: float = 30.0
+    ceiling_ttl_s: float = 900.0
+    adaptive: bool = True
+    adaptive_rate: bool = True
+    rate_recover_fraction: float = 0.92
+    rate_increase_fraction: float = 0.1
+    rate_probe_fraction: float = 0.03
+    rate_window_s: float = 60.0
+    rate_pause_max_s: float = 60.0
+    suspend_initial_s: float = 60.0
+    suspend_max_s: float = 3600.0
+    suspend_factor: float = 2.0
+    connect_failures_to_suspend: int = 3
+    msg_rate_per_s: float = 0.0  # 0 = no fixed cap
+    msg_burst: int = 0  # 0 = about a tenth of a second of the rate
+    conn_rate_per_s: float = 0.0
+    conn_burst: int = 0
+    max_msgs_per_conn: int = 0  # 0 = [smtp] max_msgs_per_conn
+    idle_timeout_s: float = 0.0  # 0 = [smtp] idle_timeout_s
+    ready_queue_size: int = 10000
+    use_provider_defaults: bool = True
+    rules: list[ShapingRule] = msgspec.field(default_factory=list)
+
+
+class ProviderConfig(_Section, kw_only=True):
+    """A mailbox provider: matched by MX host suffix; overrides the site defaults.
+
+    Fields left unset inherit from ``[shaping]`` (or the shipped defaults of a provider
+    of the same name).  ``provider_max_connections`` and ``provider_msg_rate_per_s`` cap
+    the sum over all of the provider's sites.
+    """
+
+    name: str
+    mx_suffixes: list[str] = msgspec.field(default_factory=list)
+    initial_connections: int | None = None
+    max_connections: int | None = None
+    max_msgs_per_conn: int | None = None
+    msg_rate_per_s: float | None = None
+    conn_rate_per_s: float | None = None
+    provider_max_connections: int | None = None
+    provider_msg_rate_per_s: float | None = None
+    tls: str | None = None
+    rules: list[ShapingRule] = msgspec.field(default_factory=list)
+
+
 class ClassifyConfig(_Section):
     """Bounce classification: an operator rules file tried before the packaged rules."""
 
     rules_file: str = ""  # empty = $FASTMTA_BOUNCE_RULES or packaged rules only
+
+
 class DkimKeyConfig(_Section):
     """One DKIM key: mail whose From domain is ``domain`` is signed with it."""
 
@@ -166,6 +242,44 @@ class DkimConfig(_Section):
             raise ValueError("dkim expiration_s must be >= 0")
 
 
+class OpsConfig(_Section):
+    """Operations (docs/operations.md): events, exports, metrics, admin polling.
+
+    Everything here runs in the supervisor process (exports and the metrics endpoint in
+    their own threads) except ``site_events`` and ``admin_poll_s``, which the workers
+    use.  Empty paths / URL / port 0 disable an export / the endpoint.
+    """
+
+    enabled: bool = True  # False: no ops hooks at all (no admin requests, metrics, exports)
+    site_events: bool = True  # workers log site suspension / limit changes as events
+    admin_poll_s: float = 1.0  # how often workers look for admin requests
+    suspend_recheck_s: float = 30.0  # recipients of an admin-suspended site come back this soon
+    status_interval_s: float = 1.0  # status.json snapshot for `fastmta top` / inspect
+    metrics_port: int = 0  # Prometheus endpoint (0 = off)
+    metrics_host: str = "127.0.0.1"
+    metrics_token: str = ""  # required (Bearer) when metrics_host is not loopback
+    jsonl_dir: str = ""  # JSONL event files, rotated
+    jsonl_max_bytes: int = 64 * 1024 * 1024
+    jsonl_max_age_s: float = 3600.0
+    csv_path: str = ""  # PowerMTA-style accounting CSV (rotated like the JSONL files)
+    webhook_url: str = ""  # batched HTTP POST of events (JSON)
+    webhook_batch: int = 500
+    webhook_timeout_s: float = 10.0
+    webhook_backoff_s: float = 1.0  # first retry delay, doubled up to webhook_backoff_max_s
+    webhook_backoff_max_s: float = 60.0
+    webhook_token: str = ""  # sent as "Authorization: Bearer ..." when set
+    webhook_types: list[str] = msgspec.field(default_factory=list)  # empty = all types
+    export_interval_s: float = 0.5  # how often exporters look for new events
+    export_nice: int = 0  # >0: lower the export thread's CPU priority (exports lag under load)
+
+    def __post_init__(self) -> None:
+        if self.webhook_batch < 1:
+            raise ValueError("ops webhook_batch must be >= 1")
+        if self.metrics_port and self.metrics_host not in ("127.0.0.1", "::1", "localhost") \
+                and not self.metrics_token:
+            raise ValueError("ops metrics_token is required when metrics_host is not loopback")
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -174,8 +288,11 @@ class Config(_Section):
     spool: SpoolConfig = msgspec.field(default_factory=SpoolConfig)
     delivery: DeliveryConfig = msgspec.field(default_factory=DeliveryConfig)
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    shaping: ShapingConfig = msgspec.field(default_factory=ShapingConfig)
+    providers: list[ProviderConfig] = msgspec.field(default_factory=list)
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
+    ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:

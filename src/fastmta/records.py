@@ -139,14 +139,16 @@ class WorkItem(msgspec.Struct, array_like=True):
         return self.email.rpartition("@")[2]
 
 
-OUTCOMES = ("sent", "hard", "soft", "defer", "expired")
+OUTCOMES = ("sent", "hard", "soft", "defer", "expired", "canceled")
 
 
 class Result(msgspec.Struct, array_like=True, kw_only=True):
     """The outcome of one attempt for one recipient, committed by ``Spool.commit``.
 
-    ``outcome``: ``sent`` | ``hard`` | ``soft`` | ``defer`` | ``expired``.  ``defer`` =
-    rescheduled by our own shaping: attempts are not counted.  The classification fields
+    ``outcome``: ``sent`` | ``hard`` | ``soft`` | ``defer`` | ``expired`` | ``canceled``.
+    ``defer`` = rescheduled by our own shaping: attempts are not counted.  ``canceled`` =
+    failed by an operator action (``reason``, default ``delivery_canceled``), no
+    quarantine.  The classification fields
     are plain values copied from ``fastmta.classify`` (no dependency on it here).
     """
 
@@ -205,7 +207,34 @@ class QuarantineEvent(_Rec, tag=12, kw_only=True):
     delivery_id: int = 0
 
 
-Event = AttemptEvent | DeliveryEvent | QuarantineEvent
+class SiteEvent(_Rec, tag=13, kw_only=True):
+    """A site (or provider) changed state in a worker: ``suspended``, ``resumed``,
+    ``limit`` (adaptive connection limit / message rate changed), ``throttled``."""
+
+    ts_ms: int
+    site: str
+    kind: str
+    provider: str = ""
+    reason: str = ""
+    limit: int = 0
+    rate: float = 0.0
+    until_ms: int = 0
+    worker: int = -1
+
+
+class AdminEvent(_Rec, tag=14, kw_only=True):
+    """An operator action (``fastmta.admin``): suspend/resume/cancel/bounce ..."""
+
+    ts_ms: int
+    action: str
+    target: str = ""  # site:NAME | provider:NAME | delivery:ID
+    delivery_id: int = 0
+    count: int = 0
+    text: str = ""
+    user: str = ""
+
+
+Event = AttemptEvent | DeliveryEvent | QuarantineEvent | SiteEvent | AdminEvent
 
 
 class QuarantineEntry(_Rec, tag=20, kw_only=True):

@@ -48,6 +48,7 @@ _DBS = (
     "kpi",
     "events",
     "quarantine",
+    "control",  # operator controls (fastmta.admin), see spool/ops.py
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event

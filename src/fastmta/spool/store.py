@@ -44,13 +44,14 @@ from .base import (
     now_ms,
 )
 from .errors import DeliveryNotFound, SpoolError, SpoolFullError
+from .ops import OpsMixin
 from .quarantine import QuarantineMixin
 from .reading import ReadingMixin
 
 __all__ = ["CommitStats", "InjectStats", "Spool", "clock_ms", "dedupe_hash", "now_ms"]
 
 
-class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
+class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 
     # ------------------------------------------------------------------ deliveries
@@ -210,6 +211,10 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         if last_line > d.injected_line:
             d2 = msgspec.structs.replace(d, injected_line=last_line)
             txn.put(did4, encode(d2), db=db["deliveries"])
+        # reception: one event per durable injection batch (not per recipient)
+        acc.events.append(DeliveryEvent(ts_ms=t0, delivery_id=did, kind="received",
+                                        count=added, text=f"lines {chunk[0].line}-{last_line}; "
+                                        f"excluded {len(excluded)}"))
         self._flush(txn, acc)
         return added, excluded, chunk
 
@@ -356,7 +361,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         if rec.status != Status.PENDING:
             return None  # stale queue entry
         if d.expires_ms <= t:
-            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t)
+            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t, event=True)
             return None
         lv = acc.lease_values.get(shard)
         if lv is None:  # one encoded Lease per shard and call
@@ -560,6 +565,14 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             acc.events.append(self._attempt_event(t, did, rid, rec, res, Status.FAILED))
             acc.applied += 1
             return
+        elif outcome == "canceled":
+            # operator action (cancel a delivery, bounce a site's queue): final failure,
+            # no attempt counted, no quarantine (the address did nothing wrong)
+            reason = res.reason or "delivery_canceled"
+            new = msgspec.structs.replace(rec, status=Status.FAILED, done_ms=t,
+                                          next_attempt_ms=0, reason=reason, type="ignored")
+            self._count_failed(kd, dom, reason, 0)
+            kd["failed_canceled"] += 1
         elif outcome in ("soft", "defer"):
             if outcome == "soft":
                 kd["soft_bounces"] += 1
@@ -612,7 +625,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
 
     def _finish_expired(
         self, txn: Any, acc: _Acc, did: int, rid: int, rkey: bytes, rec: Rcpt,
-        d: DeliveryRecord, t: int, res: Result | None = None,
+        d: DeliveryRecord, t: int, res: Result | None = None, event: bool = False,
     ) -> None:
         """Validity period over while pending: failed / expired, last soft reason kept."""
         last_soft = rec.last_soft_reason or (rec.reason if rec.type == "soft" else "")
@@ -628,6 +641,13 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         kd = acc.k(did)
         self._count_failed(kd, rec.email.rpartition("@")[2], "expired", bclass)
         kd["failed_expired"] += 1
+        if event:  # expired in the spool (lease time, sweep): per-recipient event too
+            acc.events.append(AttemptEvent(
+                ts_ms=t, delivery_id=did, rcpt_id=rid, email=rec.email, outcome="expired",
+                status=Status.FAILED, attempt=rec.attempts, code=new.code,
+                enhanced=new.enhanced, bounce_class=bclass, type="soft",
+                reason=last_soft or "expired", reply=new.reply, mx=rec.mx,
+                source_ip=rec.source_ip))
         if last_soft:
             self._quarantine_on_expired(txn, acc, did, rec.email, last_soft, t)
 
@@ -663,7 +683,8 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                         if rec.status == Status.PENDING:
                             d = self._delivery_in(txn, did, acc)
                             assert d is not None
-                            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t)
+                            self._finish_expired(txn, acc, did, rid, rkey, rec, d, t,
+                                                 event=True)
                             n += 1
                     cur.delete()
                     ok = bool(cur.key())

@@ -1,0 +1,406 @@
+"""CLI of the engine: ``fastmta send``, ``fastmta run``, ``fastmta demo`` (issue #5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import msgspec
+
+from ..config import Config, load_config
+from ..errors import FastMTAError
+from ..retry import parse_duration
+from . import main
+
+
+# --------------------------------------------------------------------------- progress
+class ProgressPrinter:
+    """Live progress: one rewritten line on a TTY, a log line every few seconds else."""
+
+    def __init__(self, stream=None, tty: bool | None = None, every_s: float = 5.0) -> None:
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.every_s = every_s
+        self.last_log = 0.0
+        self.samples: list[tuple[float, int]] = []
+        self.width = shutil.get_terminal_size((100, 20)).columns
+        self.peak_rate = 0.0
+
+    def rate(self, elapsed: float, done: int) -> float:
+        self.samples.append((elapsed, done))
+        while len(self.samples) > 2 and elapsed - self.samples[0][0] > 3.0:
+            self.samples.pop(0)
+        t0, d0 = self.samples[0]
+        return (done - d0) / (elapsed - t0) if elapsed > t0 else 0.0
+
+    def __call__(self, p) -> None:
+        self.last_workers = [w.get("stats") for w in p.workers]
+        sent = failed = pending = 0
+        for k in p.kpis.values():
+            sent += k.get("sent", 0)
+            failed += k.get("failed", 0)
+            pending += k.get("pending", 0)
+        rate = self.rate(p.elapsed_s, sent + failed)
+        self.peak_rate = max(self.peak_rate, rate)
+        shaped = []
+        for w in p.workers:
+            for name, st in (w.get("sites") or {}).items():
+                if st.get("suspended") or st.get("throttled"):
+                    tag = "suspended" if st.get("suspended") else f"limit {st.get('limit')}"
+                    shaped.append(f"{name[:28]} ({tag})")
+        line = (f"[{p.elapsed_s:6.1f}s] sent {sent}  failed {failed}  pending {pending}  "
+                f"{rate:7.0f} msg/s")
+        if p.restarts:
+            line += f"  restarts {p.restarts}"
+        if shaped:
+            line += "  shaped: " + ", ".join(shaped[:3]) + (" ..." if len(shaped) > 3 else "")
+        if self.tty:
+            self.stream.write("\r" + line[: self.width - 1].ljust(self.width - 1))
+            self.stream.flush()
+        elif p.elapsed_s - self.last_log >= self.every_s:
+            self.last_log = p.elapsed_s
+            self.stream.write(line + "\n")
+            self.stream.flush()
+
+    def finish(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def print_report(rep: dict, elapsed_s: float | None = None) -> None:
+    """The delivery report (``fastmta.report``) plus the elapsed time, on stdout."""
+    from ..report import format_report
+
+    click.echo("")
+    click.echo(format_report(rep, top=10))
+    if elapsed_s:
+        click.echo(f"Elapsed {elapsed_s:.1f}s: {(rep['sent'] + rep['failed']) / elapsed_s:.0f} "
+                   f"recipients finalised/s, {rep['sent'] / elapsed_s:.0f} msgs/s sent")
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.WARNING - 10 * verbose
+    os.environ["FASTMTA_LOG_LEVEL"] = logging.getLevelName(max(level, logging.DEBUG))
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def _config(path: str | None, spool: str | None, workers: int | None) -> tuple[Config, str]:
+    cfg = load_config(path)
+    spool_path = spool or cfg.spool.path
+    if workers:
+        cfg = msgspec.structs.replace(cfg, engine=msgspec.structs.replace(cfg.engine,
+                                                                          workers=workers))
+    return cfg, spool_path
+
+
+def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: bool,
+                    extra=None) -> float:
+    """Run the supervisor with progress until ``dids`` are final; returns elapsed s."""
+    from .. import engine
+
+    printer = None if quiet else ProgressPrinter()
+    t0 = time.monotonic()
+
+    async def go():
+        if extra is not None:
+            async with extra:
+                await engine.run(cfg, spool_path, dids, progress=printer)
+        else:
+            await engine.run(cfg, spool_path, dids, progress=printer)
+
+    try:
+        asyncio.run(go())
+    finally:
+        if printer is not None:
+            printer.finish()
+    return time.monotonic() - t0
+
+
+# --------------------------------------------------------------------------- send
+@main.command()
+@click.option("--recipients", "recipients", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="CSV or JSONL file")
+@click.option("--message", "message", required=True,
+              type=click.Path(exists=True, dir_okay=False), help="RFC 5322 message template")
+@click.option("--from", "mail_from", default="", help="envelope sender (default: From:)")
+@click.option("--validity", default=None, help="validity period, e.g. 3d, 36h (max 3.5d)")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--spool", "spool_dir", default=None, help="spool directory")
+@click.option("--workers", type=int, default=None, help="worker processes (default: cores)")
+@click.option("--yes", is_flag=True, help="do not ask for confirmation")
+@click.option("--detach", is_flag=True, help="inject, start the engine in the background, exit")
+@click.option("--json", "as_json", is_flag=True, help="print the final report as JSON")
+@click.option("-v", "--verbose", count=True)
+def send(recipients, message, mail_from, validity, config_path, spool_dir, workers, yes,
+         detach, as_json, verbose) -> None:
+    """Analyse, confirm and send a delivery; exits when every recipient is final."""
+    from .. import engine
+    from ..delivery import Template, analyze, open_recipients
+    from ..spool import Spool
+
+    _setup_logging(verbose)
+    try:
+        cfg, spool_path = _config(config_path, spool_dir, workers)
+        validity_s = parse_duration(validity) if validity else None
+        body = Path(message).read_bytes()
+        template = Template(body)
+        spool = Spool.open(spool_path, cfg.spool)
+        reader = open_recipients(recipients)
+        try:
+            a = analyze(reader, template, mail_from=mail_from, cfg=cfg.delivery,
+                        quarantine=spool.precheck)
+        finally:
+            reader.close()
+        click.echo(f"Analysis: {a.recipients} recipients, {a.to_deliver} to deliver over "
+                   f"{a.domains} domains, {sum(a.excluded.values())} excluded")
+        for reason, n in a.excluded.items():
+            if n:
+                click.echo(f"  excluded {reason}: {n}")
+        for w in a.warnings:
+            click.echo(f"  warning: {w}")
+        if a.to_deliver == 0:
+            raise click.ClickException("nothing to deliver")
+        if not yes and not click.confirm(f"Send to {a.to_deliver} recipients?", default=False):
+            raise click.Abort()
+        t0 = time.monotonic()
+        inj = asyncio.run(engine.inject_file(spool, cfg, recipients, body,
+                                             mail_from=mail_from, validity_s=validity_s))
+        did = inj.delivery_id
+        click.echo(f"Delivery {did}: {inj.to_deliver} recipients pending "
+                   f"({time.monotonic() - t0:.1f}s to inject)")
+        if detach:
+            cmd = [sys.executable, "-m", "fastmta", "run", "--spool", spool_path]
+            if config_path:
+                cmd += ["--config", config_path]
+            if workers:
+                cmd += ["--workers", str(workers)]
+            proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            click.echo(f"engine running in the background (pid {proc.pid}); "
+                       f"`fastmta report {did} --spool {spool_path}` shows the progress")
+            return
+        elapsed = _run_until_done(cfg, spool_path, [did], quiet=False)
+        rep = engine.summary(spool, did)
+        if as_json:
+            click.echo(json.dumps(rep, indent=2))
+        else:
+            print_report(rep, elapsed)
+        if rep["pending"]:
+            click.echo(f"stopped with {rep['pending']} recipient(s) pending; `fastmta run "
+                       f"--spool {spool_path}` resumes")
+    except FastMTAError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- run
+@main.command("run")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False))
+@click.option("--spool", "spool_dir", default=None, help="spool directory")
+@click.option("--workers", type=int, default=None)
+@click.option("--forever", is_flag=True, help="keep running when every delivery is final")
+@click.option("-v", "--verbose", count=True)
+def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
+    """Run the engine on a spool (resumes deliveries after a crash or a stop)."""
+    from .. import engine
+    from ..spool import Spool
+
+    _setup_logging(verbose)
+    try:
+        cfg, spool_path = _config(config_path, spool_dir, workers)
+        spool = Spool.open(spool_path, cfg.spool)
+        dids = [d.id for d in spool.deliveries() if d.state in ("active", "injecting")]
+        if forever:
+            asyncio.run(engine.run(cfg, spool_path, [], forever=True,
+                                   progress=ProgressPrinter(every_s=30)))
+            return
+        if not dids:
+            click.echo("no active delivery in the spool")
+            return
+        elapsed = _run_until_done(cfg, spool_path, dids, quiet=not sys.stderr.isatty())
+        pending = 0
+        for did in dids:
+            rep = engine.summary(spool, did)
+            pending += rep["pending"]
+            print_report(rep, elapsed)
+        if pending:
+            click.echo(f"stopped with {pending} recipient(s) pending; `fastmta run --spool "
+                       f"{spool_path}` resumes")
+    except FastMTAError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- demo
+DEMO_MESSAGE = (
+    "From: Demo Sender <news@sender.example>\n"
+    "To: {{email}}\n"
+    "Subject: Hello {{first_name}}, your fastmta demo\n"
+    "MIME-Version: 1.0\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "\n"
+    "Hi {{first_name}},\n\nthis message was delivered by fastmta to the simulated internet.\n"
+)
+
+
+def demo_world(domains: int = 300):
+    """A simulated internet with a mix of provider profiles (~``domains`` domains)."""
+    from ..sim.world import Behaviour, Provider, World, WorldSpec
+
+    fast = max(1, int(domains * 0.6))
+    rest = max(1, domains - fast)
+    providers = [
+        Provider(name="fastmail", generate=fast, hosts=2),
+        Provider(name="bigmail", domains=["bigmail.test"], hosts=3,
+                 mx_names=["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com",
+                           "alt2.gmail-smtp-in.l.google.com"], preferences=[5, 10, 10],
+                 behaviour=Behaviour(max_conn_per_ip=8, max_msgs_per_min_per_ip=60000)),
+        Provider(name="unknownusers", generate=max(1, rest // 4),
+                 behaviour=Behaviour(unknown_user_rate=0.2)),
+        Provider(name="fullboxes", generate=max(1, rest // 6),
+                 behaviour=Behaviour(mailbox_full_rate=0.2)),
+        Provider(name="greylister", generate=max(1, rest // 6),
+                 behaviour=Behaviour(greylist_s=2.0)),
+        Provider(name="limited", generate=max(1, rest // 8),
+                 behaviour=Behaviour(max_conn_per_ip=2, max_rcpts_per_txn=10,
+                                     max_msgs_per_conn=20)),
+        Provider(name="blocker", generate=2, behaviour=Behaviour(block=True)),
+        Provider(name="nxdomain", generate=3, dns="nxdomain"),
+        Provider(name="nullmx", generate=2, dns="nullmx"),
+    ]
+    return World(WorldSpec(name="demo", providers=providers))
+
+
+def write_demo_recipients(path: Path, world, n: int, seed: int = 7) -> int:
+    """Recipients spread over the world's domains (bigmail gets a large share)."""
+    import random
+
+    rng = random.Random(seed)
+    domains = world.domains
+    weights = [40.0 if d == "bigmail.test" else 1.0 for d in domains]
+    names = ["ada", "alan", "grace", "linus", "margaret", "dennis", "barbara", "ken"]
+    with open(path, "w") as f:
+        f.write("email,first_name\n")
+        picks = rng.choices(domains, weights=weights, k=n)
+        for i, dom in enumerate(picks):
+            f.write(f"user{i}@{dom},{names[i % len(names)]}\n")
+    return n
+
+
+def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
+               retry_s: float = 5.0, workers: int | None = None) -> Config:
+    """A configuration pointing fastmta at a running ``SimInternet`` (loopback only)."""
+    base = base or Config()
+    r = msgspec.structs.replace
+    return r(
+        base,
+        dns=sim.dns_config(timeout_s=2.0),
+        smtp=r(base.smtp, port=sim.smtp_port, connect_timeout_s=5.0, greeting_timeout_s=5.0,
+               command_timeout_s=10.0, data_init_timeout_s=10.0, data_block_timeout_s=10.0,
+               data_done_timeout_s=20.0, idle_timeout_s=2.0, ehlo_name="fastmta.demo"),
+        delivery=r(base.delivery, validity_s=validity_s, retry_initial_s=retry_s,
+                   retry_max_s=retry_s * 4),
+        engine=r(base.engine, workers=workers or base.engine.workers),
+        shaping=r(base.shaping, suspend_initial_s=10.0, suspend_max_s=30.0),
+    )
+
+
+@main.command()
+@click.option("--recipients", "count", type=int, default=20_000, show_default=True)
+@click.option("--domains", type=int, default=300, show_default=True)
+@click.option("--workers", type=int, default=None)
+@click.option("--spool", "spool_dir", default=None, help="spool directory (default: temp)")
+@click.option("--validity", default="20s", show_default=True,
+              help="validity period (short, so soft-failing recipients expire in the demo)")
+@click.option("--json", "as_json", is_flag=True)
+@click.option("-v", "--verbose", count=True)
+def demo(count, domains, workers, spool_dir, validity, as_json, verbose) -> None:
+    """Send a sample delivery to a simulated internet started in-process (loopback only)."""
+    from .. import engine
+    from ..sim import SimInternet
+    from ..spool import Spool
+
+    _setup_logging(verbose)
+    tmp = None
+    if spool_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="fastmta-demo-")
+        spool_dir = tmp.name
+    try:
+        world = demo_world(domains)
+        rcpt_path = Path(spool_dir) / "demo-recipients.csv"
+        msg_path = Path(spool_dir) / "demo-message.eml"
+        Path(spool_dir).mkdir(parents=True, exist_ok=True)
+        write_demo_recipients(rcpt_path, world, count)
+        msg_path.write_text(DEMO_MESSAGE)
+        validity_s = parse_duration(validity)
+
+        async def go() -> tuple[int, float, dict]:
+            async with SimInternet(world, workers=0) as sim:
+                cfg = sim_config(sim, validity_s=validity_s, workers=workers)
+                spool_path = str(Path(spool_dir) / "spool")
+                spool = Spool.open(spool_path, cfg.spool)
+                click.echo(f"simulated internet: {len(world.domains)} domains, DNS "
+                           f"127.0.0.1:{sim.dns_port}, MX hosts on 127.0.x.y:{sim.smtp_port}")
+                inj = await engine.inject_file(spool, cfg, rcpt_path, msg_path.read_bytes(),
+                                               validity_s=validity_s, name="demo")
+                click.echo(f"delivery {inj.delivery_id}: {inj.to_deliver} recipients over "
+                           f"{inj.domains} domains; sending...")
+                printer = ProgressPrinter()
+                t0 = time.monotonic()
+                first_final = {}
+
+                def progress(p):
+                    printer(p)
+                    k = p.kpis.get(inj.delivery_id, {})
+                    if "t_sent" not in first_final and k.get("sent", 0) + k.get(
+                            "failed", 0) >= 0.95 * inj.to_deliver:
+                        first_final["t_sent"] = time.monotonic() - t0
+                        first_final["sent"] = k.get("sent", 0)
+
+                try:
+                    await engine.run(cfg, spool_path, [inj.delivery_id], progress=progress)
+                finally:
+                    printer.finish()
+                elapsed = time.monotonic() - t0
+                if verbose:
+                    click.echo(json.dumps(printer.last_workers, default=str)[:3000])
+                stats = await sim.stats()
+                rep = engine.summary(spool, inj.delivery_id)
+                rep["sim"] = stats
+                rep["throughput"] = {
+                    "elapsed_s": round(elapsed, 2),
+                    "sent_per_s_until_95pct": round(first_final.get("sent", 0)
+                                                    / first_final["t_sent"], 1)
+                    if first_final.get("t_sent") else None,
+                    "peak_msgs_per_s": round(printer.peak_rate, 1),
+                }
+                return inj.delivery_id, elapsed, rep
+
+        _did, elapsed, rep = asyncio.run(go())
+        if as_json:
+            click.echo(json.dumps(rep, indent=2, default=str))
+        else:
+            print_report(rep, elapsed)
+            t = rep["throughput"]
+            click.echo(f"  throughput: {t['sent_per_s_until_95pct']} msgs/s until 95% of "
+                       f"recipients were final (peak {t['peak_msgs_per_s']} msgs/s); the "
+                       f"rest waits for greylisting, retries and the {validity} validity")
+            click.echo(f"  sink: {rep['sim']['messages']} messages accepted, "
+                       f"{rep['sim']['connections']} connections, refusals "
+                       f"{rep['sim']['replies']}")
+    except FastMTAError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        if tmp is not None:
+            from ..spool import Spool as _S
+
+            _S.close_all()
+            tmp.cleanup()

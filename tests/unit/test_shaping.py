@@ -1,0 +1,245 @@
+from __future__ import annotations
+
+import pytest
+
+from fastmta.config import ProviderConfig, ShapingConfig, ShapingRule
+from fastmta.errors import ConfigError
+from fastmta.shaping import (
+    Gcra,
+    ProviderBudget,
+    SiteShaper,
+    load_providers,
+    shipped_providers,
+    site_params,
+    site_rules,
+)
+
+
+def feed(shaper, now, n, active=None):
+    for _ in range(n):
+        shaper.on_success(now, 1, active if active is not None else shaper.limit)
+
+
+def test_gcra_rate_and_burst():
+    g = Gcra(10.0, burst=3)
+    assert [g.take(0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = g.take(0.0)
+    assert wait == pytest.approx(0.1)
+    assert g.take(0.1) == 0.0
+    # sustained: 10 per second
+    taken = sum(1 for i in range(1000) if g.take(1.0 + i * 0.001) == 0.0)
+    assert 9 <= taken <= 13
+
+
+def test_additive_increase_only_while_limit_in_use():
+    s = SiteShaper(ShapingConfig(initial_connections=2, max_connections=6))
+    assert s.connection_limit(0) == 2
+    feed(s, 0, 50, active=1)  # limit not in use: no growth
+    assert s.limit == 2
+    feed(s, 0, 2)
+    assert s.limit == 3  # one window (= limit) of successes -> +1
+    feed(s, 0, 1000)
+    assert s.limit == 6  # operator bound
+
+
+def test_multiplicative_cut_then_fast_recovery_below_ceiling_then_slow_probe():
+    cfg = ShapingConfig(initial_connections=2, max_connections=32, probe_interval_s=30,
+                        throttle_holdoff_s=2)
+    s = SiteShaper(cfg)
+    feed(s, 0, 200)
+    assert s.limit >= 9
+    s.limit = 9
+    assert s.on_throttle(10.0) is True
+    assert s.limit == 4 and s.ceiling == 9
+    assert s.on_throttle(10.5) is False  # same cohort: counted, no second cut
+    assert s.limit == 4 and s.throttles == 2
+    feed(s, 11, 100)
+    assert s.limit == 8  # fast back to just below the remembered level
+    feed(s, 20, 100)
+    assert s.limit == 8  # no probe before probe_interval_s
+    feed(s, 41, 10)
+    assert s.limit == 9  # one probe
+    s.on_throttle(42.0)  # the probe failed: back below, no deep cut
+    assert s.limit == 8 and s.ceiling == 9
+
+
+def test_probe_that_holds_raises_the_ceiling():
+    s = SiteShaper(ShapingConfig(initial_connections=8, probe_interval_s=10))
+    s.on_throttle(0.0)
+    assert (s.limit, s.ceiling) == (4, 8)
+    feed(s, 1, 100)
+    assert s.limit == 7
+    feed(s, 11, 10)
+    assert s.limit == 8  # probe
+    feed(s, 22, 10)
+    assert s.ceiling == 9 and s.limit == 9  # held 8 for a probe interval
+
+
+def test_bounds_and_fixed_mode():
+    s = SiteShaper(ShapingConfig(initial_connections=20, min_connections=3,
+                                 max_connections=20, adaptive=False))
+    feed(s, 0, 100)
+    s.on_throttle(1.0)
+    assert s.limit == 20  # fixed limit never moves
+    s = SiteShaper(ShapingConfig(initial_connections=4, min_connections=3))
+    s.on_throttle(0.0)
+    assert s.limit == 3
+    s.on_throttle(5.0)
+    assert s.limit == 3
+
+
+def test_ceiling_forgotten_after_ttl():
+    s = SiteShaper(ShapingConfig(initial_connections=10, ceiling_ttl_s=100))
+    s.on_throttle(0.0)
+    assert s.ceiling == 10
+    s.connection_limit(101.0)
+    assert s.ceiling is None
+
+
+def test_rate_throttle_learns_rate_and_recovers_below_it():
+    cfg = ShapingConfig(rate_window_s=2.0, rate_recover_fraction=0.9,
+                        rate_increase_fraction=0.1, probe_interval_s=30)
+    s = SiteShaper(cfg)
+    # 100 accepted per second for 3 seconds, then a rate reply
+    for t in range(300):
+        s.on_success(t / 100.0, 1, active=1)
+    assert s.msg_rate(3.0) is None
+    s.on_throttle(3.0, "rate")
+    assert s.rate_ceiling == pytest.approx(100, rel=0.15)
+    assert s.msg_rate(3.0) == pytest.approx(s.rate_ceiling * 0.5)
+    assert s.msg_rate(8.5) == pytest.approx(s.rate_ceiling * 0.9)
+    # GCRA: no more than the rate over a second
+    sent, t = 0, 9.0
+    while t < 10.0:
+        if s.reserve_send(t) == 0.0:
+            sent += 1
+        t += 0.001
+    assert sent <= s.rate_ceiling * 0.9 + 12
+
+
+def test_block_suspends_for_growing_duration_and_resets_after_success():
+    s = SiteShaper(ShapingConfig(suspend_initial_s=60, suspend_max_s=200, suspend_factor=2))
+    assert s.on_block(0.0) == 60
+    assert s.suspended(30) and s.open_delay(30, 0) == pytest.approx(30)
+    assert s.on_block(30) == 60  # while suspended: no extension
+    assert s.on_block(61) == 61 + 120
+    assert s.on_block(200) == 200 + 200  # capped
+    s.on_success(500)
+    assert s.on_block(600) == 660
+
+
+def test_connect_failures_suspend_dead_site():
+    s = SiteShaper(ShapingConfig(connect_failures_to_suspend=3, initial_connections=4))
+    assert s.on_connect_failure(0.0) is False
+    s.on_connected(0.5)
+    assert s.on_connect_failure(1.0) is False
+    assert s.on_connect_failure(2.0) is False
+    assert s.on_connect_failure(3.0) is True
+    assert s.suspended(4.0) and s.suspend_reason == "unreachable"
+    s2 = SiteShaper(ShapingConfig(initial_connections=4))
+    s2.on_connect_failure(0.0, throttle=True)
+    assert s2.limit == 2
+
+
+def test_open_delay_respects_limit_pause_and_provider_budget():
+    budget = ProviderBudget("p", max_connections=3)
+    a = SiteShaper(ShapingConfig(initial_connections=2), provider=budget)
+    b = SiteShaper(ShapingConfig(initial_connections=2), provider=budget)
+    assert a.open_delay(0, 0) == 0.0
+    a.on_open(0)
+    a.on_open(0)
+    assert a.open_delay(0, 2) is None  # site limit
+    b.on_open(0)
+    assert b.open_delay(0, 1) is None  # provider cap summed over sites
+    a.on_close()
+    assert b.open_delay(0, 1) == 0.0
+    b.on_throttle(1.0)
+    assert b.open_delay(1.2, 0) == pytest.approx(0.8)  # throttle pause
+
+
+def test_provider_rules_threshold_graded_and_reversible():
+    rules = [
+        ShapingRule(name="soft", pattern=r"TSS04", action="set_connections", value=2,
+                    duration_s=100, threshold=1),
+        ShapingRule(name="hard", pattern=r"TSS04", action="suspend", duration_s=300,
+                    threshold=3, period_s=60),
+    ]
+    s = SiteShaper(ShapingConfig(initial_connections=8), rules)
+    fired = s.on_reply("421 4.7.0 [TSS04] Messages temporarily deferred", 0.0)
+    assert [e.rule for e in fired] == ["soft"]
+    assert s.connection_limit(1) == 2 and not s.suspended(1)
+    s.on_reply("[TSS04]", 10)
+    fired = s.on_reply("[TSS04]", 20)
+    assert "hard" in [e.rule for e in fired]
+    assert s.suspended(21) and s.resume_at(21) == 320
+    assert s.connection_limit(130) == 8  # the set_connections effect expired
+    assert not s.suspended(321)
+    assert s.on_reply("250 ok", 400) == []
+
+
+def test_threshold_counts_only_within_period():
+    rule = ShapingRule(name="r", pattern="busy", action="bounce", threshold=2, period_s=10)
+    s = SiteShaper(ShapingConfig(), [rule])
+    assert s.on_reply("server busy", 0) == []
+    assert s.on_reply("server busy", 20) == []  # first hit aged out
+    assert s.on_reply("server busy", 25)
+    assert s.bouncing(26) is not None and s.bouncing(26 + 600) is None
+
+
+def test_shipped_providers_load_and_merge():
+    shipped = shipped_providers()
+    names = {p.name for p in shipped}
+    assert {"google", "microsoft", "yahoo", "apple"} <= names
+    merged = load_providers([ProviderConfig(name="google", max_connections=5),
+                             ProviderConfig(name="sim", mx_suffixes=["sim.test"])])
+    google = next(p for p in merged if p.name == "google")
+    assert google.max_connections == 5 and google.mx_suffixes == ["google.com", "googlemail.com"]
+    assert google.rules  # kept from the shipped file
+    assert merged[1].name == "sim"
+    params = site_params(ShapingConfig(max_connections=4), google)
+    assert params.max_connections == 4  # operator bound wins
+    assert site_rules(ShapingConfig(), google) == list(google.rules)
+
+
+def test_bad_rules_are_rejected():
+    with pytest.raises(ConfigError, match="unknown action"):
+        load_providers([ProviderConfig(name="x", rules=[ShapingRule(pattern="a", action="nuke")])])
+    with pytest.raises(ConfigError, match="pattern"):
+        load_providers([ProviderConfig(name="x", rules=[ShapingRule(pattern="(", action="bounce")])])
+
+
+def test_rate_throttle_pauses_sending_then_probes_with_one_message():
+    s = SiteShaper(ShapingConfig(throttle_pause_s=1.0, rate_pause_max_s=4.0))
+    for i in range(50):
+        s.on_success(i / 100, 1, active=1)
+    s.on_throttle(0.5, "rate")
+    assert s.reserve_send(0.6) == pytest.approx(0.9)  # paused
+    s.on_throttle(0.7, "rate")  # same cohort, during the pause: no extension
+    assert s.rate_pause_until == pytest.approx(1.5)
+    assert s.flight_limit(1.6) == 1
+    assert s.reserve_send(1.6, 5) > 0  # only a single probe message may go
+    assert s.reserve_send(1.6, 1) == 0.0
+    assert s.reserve_send(1.61, 1) > 0  # the rest waits for the probe's answer
+    s.on_throttle(1.7, "rate")  # the probe was throttled: pause doubles
+    assert s.rate_pause_until == pytest.approx(3.7)
+    assert s.reserve_send(3.8, 1) == 0.0
+    s.on_throttle(3.9, "rate")
+    assert s.rate_pause_until == pytest.approx(7.9)  # 4 s: capped by rate_pause_max_s
+    assert s.reserve_send(8.0, 1) == 0.0
+    s.on_success(8.1, 1, active=1)  # the probe got through
+    assert s.flight_limit(8.1) is None and s.rate_pause_s == 1.0
+    assert s.msg_rate(8.1) is not None  # and a learned rate limit paces what follows
+
+
+def test_fixed_mode_never_pauses():
+    s = SiteShaper(ShapingConfig(adaptive=False))
+    s.on_throttle(0.0, "rate")
+    assert s.reserve_send(0.0, 5) == 0.0 and s.open_delay(0.0, 0) == 0.0
+
+
+def test_throttle_level_is_the_connections_actually_open():
+    s = SiteShaper(ShapingConfig(initial_connections=11))
+    # refused while 8 were established (+ the refused one): the limit was 11 but the
+    # level that caused it is 9
+    s.on_throttle(0.0, "connections", active=9)
+    assert s.ceiling == 9 and s.limit == 4
