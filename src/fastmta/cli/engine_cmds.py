@@ -155,6 +155,13 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
 
     try:
         cfg, spool_path = _config(config_path, spool_dir, workers)
+        from ..supervisor import engine_running
+
+        if engine_running(spool_path):
+            raise click.ClickException(
+                f"an engine is already running on {spool_path}; use `fastmta inject` "
+                "to add a delivery to it (with `fastmta run --forever` it is sent), or "
+                "another --spool")
         validity_s = parse_duration(validity) if validity else None
         body = Path(message).read_bytes()
         template = Template(body)
