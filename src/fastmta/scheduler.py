@@ -455,12 +455,14 @@ class Scheduler:
             return None
         max_rcpts = max(1, site.rcpts_cap or self.cfg.smtp.max_rcpts_per_txn)
         budget = max(1, self._max_msgs(site)) - conn.messages_sent
-        probe = site.shaper.flight_limit(self.now())
-        if probe:
-            max_rcpts = 1
+        cells = site.shaper.flight_limit(self.now())  # recipients the rates allow at once
+        if cells:
+            max_rcpts = min(max_rcpts, cells)
         flight: list[list[Job]] = []
         now_ms = self.now_ms()
-        while site.queue and len(flight) < min(probe or FLIGHT, max(1, budget)):
+        total = 0
+        while site.queue and len(flight) < min(FLIGHT, max(1, budget)) and \
+                (not cells or total < cells):
             first = self._take(site)
             if first.item.expires_ms and now_ms >= first.item.expires_ms:
                 # the validity ended while it waited in memory: never send it late
@@ -470,7 +472,8 @@ class Scheduler:
                 first.body = self.render(first.item)
             group = [first]
             static = self.is_static(first.item.delivery_id)
-            while site.queue and len(group) < max_rcpts:
+            room = min(max_rcpts, cells - total) if cells else max_rcpts
+            while site.queue and len(group) < room:
                 nxt = site.queue[0]
                 if nxt.item.expires_ms and now_ms >= nxt.item.expires_ms:
                     break
@@ -485,6 +488,7 @@ class Scheduler:
                     break
                 group.append(self._take(site))
             flight.append(group)
+            total += len(group)
         return flight
 
     def _max_msgs(self, site: Site) -> int:

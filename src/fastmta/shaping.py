@@ -255,9 +255,17 @@ class SiteShaper:
             self.provider.release()
 
     def flight_limit(self, now: float) -> int | None:
-        """1 while the site must be probed with a single message (after a rate throttle
-        pause), else None (no limit from shaping)."""
-        return 1 if self.probe_pending else None
+        """Most recipients to send in one go: 1 while the site must be probed with a
+        single message (after a rate throttle pause), the burst of the message-rate
+        limit when there is one, else None (no limit from shaping)."""
+        if self.probe_pending:
+            return 1
+        rate = self.msg_rate(now)
+        if rate is not None:
+            return self._max_cells(rate)
+        if self.provider is not None and self.provider.rate is not None:
+            return max(1, int(self.provider.rate.tolerance / self.provider.rate.interval) + 1)
+        return None
 
     def reserve_send(self, now: float, n: int = 1) -> float:
         """Take ``n`` message cells from the site and provider rate limits if both allow
@@ -281,14 +289,14 @@ class SiteShaper:
             elif rate != self._gcra_rate:
                 self._gcra.set_rate(rate, _burst(rate, self.p.msg_burst))
                 self._gcra_rate = rate
-            wait = self._gcra.delay(now, min(n, self._max_cells(rate)))
+            wait = self._gcra.delay(now, n)
         prov = self.provider.rate if self.provider is not None else None
         if prov is not None:
-            wait = max(wait, prov.delay(now, 1))
+            wait = max(wait, prov.delay(now, n))
         if wait > 0.0:
             return wait
         if rate is not None and self._gcra is not None:
-            self._gcra.take(now, min(n, self._max_cells(rate)))
+            self._gcra.take(now, n)
         if prov is not None:
             prov.take(now, n)
         if self.probe_pending:

@@ -70,6 +70,20 @@ class Progress:
     draining: bool
 
 
+def engine_running(spool_path: str | os.PathLike) -> bool:
+    """True when a supervisor holds the spool's lock (an engine runs on it)."""
+    path = Path(spool_path) / SUPERVISOR_LOCK
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
 def default_workers() -> int:
     try:
         return max(1, len(os.sched_getaffinity(0)))

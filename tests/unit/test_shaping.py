@@ -227,8 +227,10 @@ def test_rate_throttle_pauses_sending_then_probes_with_one_message():
     assert s.rate_pause_until == pytest.approx(7.9)  # 4 s: capped by rate_pause_max_s
     assert s.reserve_send(8.0, 1) == 0.0
     s.on_success(8.1, 1, active=1)  # the probe got through
-    assert s.flight_limit(8.1) is None and s.rate_pause_s == 1.0
-    assert s.msg_rate(8.1) is not None  # and a learned rate limit paces what follows
+    assert not s.probe_pending and s.rate_pause_s == 1.0
+    rate = s.msg_rate(8.1)
+    assert rate is not None  # a learned rate limit paces what follows, in bursts
+    assert s.flight_limit(8.1) == max(1, int(rate * 0.1))
 
 
 def test_fixed_mode_never_pauses():
@@ -243,3 +245,14 @@ def test_throttle_level_is_the_connections_actually_open():
     # level that caused it is 9
     s.on_throttle(0.0, "connections", active=9)
     assert s.ceiling == 9 and s.limit == 4
+
+
+def test_rate_limit_holds_for_flights_of_several_messages():
+    s = SiteShaper(ShapingConfig(msg_rate_per_s=100.0, msg_burst=10))
+    assert s.flight_limit(0.0) == 10
+    sent, t = 0, 0.0
+    while t < 2.0:  # flights of 10 messages, as the scheduler sends them
+        if s.reserve_send(t, 10) == 0.0:
+            sent += 10
+        t += 0.001
+    assert 190 <= sent <= 220  # 100/s over 2 s (+ one burst)

@@ -149,8 +149,19 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
     from ..spool import Spool
 
     _setup_logging(verbose)
+
+    def say(text: str) -> None:  # informational lines: stderr when stdout carries JSON
+        click.echo(text, err=as_json)
+
     try:
         cfg, spool_path = _config(config_path, spool_dir, workers)
+        from ..supervisor import engine_running
+
+        if engine_running(spool_path):
+            raise click.ClickException(
+                f"an engine is already running on {spool_path}; use `fastmta inject` "
+                "to add a delivery to it (with `fastmta run --forever` it is sent), or "
+                "another --spool")
         validity_s = parse_duration(validity) if validity else None
         body = Path(message).read_bytes()
         template = Template(body)
@@ -161,13 +172,13 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
                         quarantine=spool.precheck)
         finally:
             reader.close()
-        click.echo(f"Analysis: {a.recipients} recipients, {a.to_deliver} to deliver over "
+        say(f"Analysis: {a.recipients} recipients, {a.to_deliver} to deliver over "
                    f"{a.domains} domains, {sum(a.excluded.values())} excluded")
         for reason, n in a.excluded.items():
             if n:
-                click.echo(f"  excluded {reason}: {n}")
+                say(f"  excluded {reason}: {n}")
         for w in a.warnings:
-            click.echo(f"  warning: {w}")
+            say(f"  warning: {w}")
         if a.to_deliver == 0:
             raise click.ClickException("nothing to deliver")
         if not yes and not click.confirm(f"Send to {a.to_deliver} recipients?", default=False):
@@ -176,7 +187,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
         inj = asyncio.run(engine.inject_file(spool, cfg, recipients, body,
                                              mail_from=mail_from, validity_s=validity_s))
         did = inj.delivery_id
-        click.echo(f"Delivery {did}: {inj.to_deliver} recipients pending "
+        say(f"Delivery {did}: {inj.to_deliver} recipients pending "
                    f"({time.monotonic() - t0:.1f}s to inject)")
         if detach:
             cmd = [sys.executable, "-m", "fastmta", "run", "--spool", spool_path]
@@ -186,7 +197,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
                 cmd += ["--workers", str(workers)]
             proc = subprocess.Popen(cmd, start_new_session=True, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            click.echo(f"engine running in the background (pid {proc.pid}); "
+            say(f"engine running in the background (pid {proc.pid}); "
                        f"`fastmta report {did} --spool {spool_path}` shows the progress")
             return
         elapsed = _run_until_done(cfg, spool_path, [did], quiet=False)
@@ -196,7 +207,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
         else:
             print_report(rep, elapsed)
         if rep["pending"]:
-            click.echo(f"stopped with {rep['pending']} recipient(s) pending; `fastmta run "
+            say(f"stopped with {rep['pending']} recipient(s) pending; `fastmta run "
                        f"--spool {spool_path}` resumes")
     except FastMTAError as exc:
         raise click.ClickException(str(exc)) from exc
@@ -348,11 +359,12 @@ def demo(count, domains, workers, spool_dir, validity, as_json, verbose) -> None
                 spool_path = str(Path(spool_dir) / "spool")
                 spool = Spool.open(spool_path, cfg.spool)
                 click.echo(f"simulated internet: {len(world.domains)} domains, DNS "
-                           f"127.0.0.1:{sim.dns_port}, MX hosts on 127.0.x.y:{sim.smtp_port}")
+                           f"127.0.0.1:{sim.dns_port}, MX hosts on 127.0.x.y:{sim.smtp_port}",
+                           err=as_json)
                 inj = await engine.inject_file(spool, cfg, rcpt_path, msg_path.read_bytes(),
                                                validity_s=validity_s, name="demo")
                 click.echo(f"delivery {inj.delivery_id}: {inj.to_deliver} recipients over "
-                           f"{inj.domains} domains; sending...")
+                           f"{inj.domains} domains; sending...", err=as_json)
                 printer = ProgressPrinter()
                 t0 = time.monotonic()
                 first_final = {}
