@@ -292,11 +292,13 @@ class WorkerPool:
             items = ({"email": e} for e in items)
         rows = list(rows_from(items))
         domains = {r.email.rpartition("@")[2].lower() for r in rows if "@" in r.email}
+        from .dkim import key_check
+
         route = await engine.domain_router(domains, self.cfg)
         return await asyncio.to_thread(
             inject, self.spool, rows, body, mail_from=mail_from, validity_s=validity_s,
             cfg=self.cfg.delivery, shard_of=route, shards=self.cfg.engine.shards,
-            name=name or "api")
+            name=name or "api", dkim_has_key=key_check(self.cfg.dkim))
 
     def send(self, to: str | Iterable[str], message: bytes | str | os.PathLike, *,
              mail_from: str = "", fields: dict[str, str] | None = None,

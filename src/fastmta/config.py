@@ -295,6 +295,17 @@ class Config(_Section):
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
 
 
+def _absolute_key_files(data: dict, base: Path) -> None:
+    """DKIM key files are relative to the config file's directory (docs/dkim.md), so
+    every process that receives the decoded config finds them whatever its cwd."""
+    dkim = data.get("dkim")
+    if not isinstance(dkim, dict):
+        return
+    for entry in dkim.get("keys") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("key_file"), str):
+            entry["key_file"] = str(base / entry["key_file"])
+
+
 def load_config(path: str | Path | None = None, **overrides) -> Config:
     """Load a TOML config file (or the defaults when ``path`` is None).
 
@@ -314,6 +325,8 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
         merged = dict(data.get(section, {}))
         merged.update(values)
         data[section] = merged
+    if path is not None:
+        _absolute_key_files(data, Path(path).resolve().parent)
     try:
         return msgspec.convert(data, Config)
     except msgspec.ValidationError as exc:

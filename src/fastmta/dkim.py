@@ -816,3 +816,10 @@ class SignerSet:
 
 #: Alias: the configured keys, as the engine sees them.
 KeyStore = SignerSet
+
+
+def key_check(cfg: DkimConfig):
+    """``has_key_for(domain)`` of the configured keys, for the delivery analysis (which
+    warns when the From domain has no key).  Loading the keys here also reports a bad
+    or unsafe key file before anything is sent."""
+    return SignerSet.from_config(cfg).has_key_for

@@ -57,12 +57,12 @@ async def domain_router(domains: Iterable[str], cfg: Config, *,
     return route
 
 
-def recipient_domains(path: str | os.PathLike[str]) -> set[str]:
+def recipient_domains(path: str | os.PathLike[str], fmt: str | None = None) -> set[str]:
     """The distinct domains of the valid addresses of a recipients file (streamed)."""
     from .delivery import check_address, open_recipients
 
     domains: set[str] = set()
-    reader = open_recipients(path)
+    reader = open_recipients(path, fmt)
     try:
         for row in reader:
             norm, _utf8, err = check_address(row.email)
@@ -75,16 +75,28 @@ def recipient_domains(path: str | os.PathLike[str]) -> set[str]:
 
 async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
                       message: bytes, *, mail_from: str = "",
-                      validity_s: float | None = None, name: str = ""):
+                      validity_s: float | None = None, name: str = "",
+                      fmt: str | None = None, shards: int | None = None,
+                      on_excluded=None, route_by_mx: bool = True):
     """Route and inject a recipients file; returns the delivery ``Analysis``."""
     from .delivery import inject, open_recipients
+    from .dkim import key_check
 
-    route = await domain_router(recipient_domains(recipients), cfg)
-    reader = open_recipients(recipients)
+    has_key = key_check(cfg.dkim)
+    if route_by_mx:
+        route = await domain_router(recipient_domains(recipients, fmt), cfg)
+    else:
+        n = shards or cfg.engine.shards
+
+        def route(domain: str) -> int:
+            return shard_of(f"domain:{domain}", n)
+
+    reader = open_recipients(recipients, fmt)
     try:
         return inject(spool, reader, message, mail_from=mail_from, validity_s=validity_s,
-                      cfg=cfg.delivery, shard_of=route, shards=cfg.engine.shards,
-                      name=name or os.path.basename(os.fspath(recipients)))
+                      cfg=cfg.delivery, shard_of=route, shards=shards or cfg.engine.shards,
+                      name=name or os.path.basename(os.fspath(recipients)),
+                      dkim_has_key=has_key, on_excluded=on_excluded)
     finally:
         reader.close()
 

@@ -61,7 +61,7 @@ def test_analyze_bad_input_is_a_clear_error(files):
 
 def test_inject_status_report_log(files):
     sp_dir = files / "spool"
-    out = run("inject", "--recipients", files / "r.csv", "--message", files / "m.eml",
+    out = run("inject", "--route", "domain", "--recipients", files / "r.csv", "--message", files / "m.eml",
               "--validity", "2d", "--json", "--spool", sp_dir).output
     did = json.loads(out)["delivery_id"]
     sp = Spool.open(str(sp_dir))
@@ -114,7 +114,7 @@ def test_status_of_unknown_delivery(files):
 def test_inject_jsonl_expire_resize_and_info(files):
     (files / "r.jsonl").write_text('{"email": "a@x.example", "first": "A"}\n{"email": "bad"}\n')
     sp_dir = files / "spool"
-    out = run("inject", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
+    out = run("inject", "--route", "domain", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
               "--validity", "60s", "--json", "--spool", sp_dir).output
     a = json.loads(out)
     assert a["to_deliver"] == 1 and a["excluded"]["unqualified_address"] == 1
@@ -127,7 +127,7 @@ def test_inject_jsonl_expire_resize_and_info(files):
     assert "map size now" in run("spool", "resize", "--map-size", "128G", "--spool", sp_dir).output
     info = json.loads(run("spool", "info", "--spool", sp_dir).output)
     assert info["map_size"] == 128 * 1024**3 and info["entries"]["rcpt"] == 2
-    bad = run("inject", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
+    bad = run("inject", "--route", "domain", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
               "--validity", "4d", "--spool", sp_dir, ok=False)
     assert bad.exit_code == 1 and "3.5 days" in bad.output
 
@@ -151,3 +151,26 @@ def test_analyze_as_a_real_process(files):
     assert set(a) >= {"recipients", "to_deliver", "excluded", "warnings"}
     assert a["excluded"] == {"double": 1, "unqualified_address": 1, "address_in_quarantine": 0,
                              "denylisted_address": 0, "address_not_specified": 1}
+
+
+def test_analyze_warns_when_the_from_domain_has_no_dkim_key(files, tmp_path):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    out = run("analyze", "--json", "--recipients", files / "r.csv", "--message", files / "m.eml")
+    warnings = json.loads(out.output)["warnings"]
+    assert any("no DKIM key for the From domain" in w for w in warnings), warnings
+    # with a key for the From domain the warning goes away
+    from_domain = (files / "m.eml").read_text().split("From:", 1)[1].split("\n", 1)[0]
+    from_domain = from_domain.strip().rstrip(">").rsplit("@", 1)[1]
+    key = tmp_path / "k.pem"
+    key.write_bytes(ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    key.chmod(0o600)
+    conf = tmp_path / "c.toml"
+    conf.write_text(f'[[dkim.keys]]\ndomain = "{from_domain}"\nselector = "s1"\n'
+                    f'key_file = "k.pem"\nalgorithm = "ed25519-sha256"\n')
+    out = run("analyze", "--json", "--config", conf, "--recipients", files / "r.csv",
+              "--message", files / "m.eml")
+    assert not any("DKIM" in w for w in json.loads(out.output)["warnings"])

@@ -138,9 +138,12 @@ def analyze(recipients: str, message: str, mail_from: str, fmt: str | None, as_j
     out = _ExclusionWriter(exclusions) if exclusions else None
     try:
         tpl = Template(_read_message(message))
+        from ..dkim import key_check
+
+        has_key = key_check(cfg.dkim)
         with open_recipients(recipients, fmt) as reader:
             a = do_analyze(reader, tpl, mail_from=mail_from, cfg=cfg.delivery,
-                           quarantine=quarantine, on_excluded=out)
+                           quarantine=quarantine, on_excluded=out, dkim_has_key=has_key)
     except (FastMTAError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
@@ -157,27 +160,34 @@ def analyze(recipients: str, message: str, mail_from: str, fmt: str | None, as_j
 @click.option("--validity", "validity", default=None, help="Validity period (default 3d, max 3.5d).")
 @click.option("--name", "name", default="", help="Delivery name (for reports).")
 @click.option("--shards", "shards", type=int, default=None, help="Shard count (default [engine] shards).")
+@click.option("--route", "route", type=click.Choice(["mx", "domain"]), default="mx",
+              show_default=True,
+              help="Shard by MX site (resolves each domain with the configured DNS) or by "
+                   "a hash of the domain name (no DNS; domains sharing MX hosts may then "
+                   "be split across workers).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--exclusions", "exclusions", type=click.Path(dir_okay=False), default=None)
 @spool_options
 def inject(recipients: str, message: str, mail_from: str, fmt: str | None, validity: str | None,
-           name: str, shards: int | None, as_json: bool, exclusions: str | None,
+           name: str, shards: int | None, route: str, as_json: bool, exclusions: str | None,
            spool: str | None, config: str | None) -> None:
     """Create a delivery in the spool (analysed, recipients pending); prints its id.
 
-    ``fastmta send`` does this and then sends; ``inject`` only queues."""
-    from ..delivery import inject as do_inject
-    from ..delivery import open_recipients
+    ``fastmta send`` does this and then sends; ``inject`` only queues.  Recipients are
+    sharded by their domain's MX site (resolved with the configured DNS), as ``send``
+    does, so one site's limits are never split across workers."""
+    import asyncio
+
+    from ..engine import inject_file
 
     cfg = _cfg(config)
     sp = _open_spool(spool, cfg, must_exist=False)
     out = _ExclusionWriter(exclusions) if exclusions else None
     try:
-        with open_recipients(recipients, fmt) as reader:
-            a = do_inject(sp, reader, _read_message(message), mail_from=mail_from,
-                          validity_s=parse_duration(validity) if validity else None,
-                          cfg=cfg.delivery, shards=shards or cfg.engine.shards, name=name,
-                          on_excluded=out)
+        a = asyncio.run(inject_file(
+            sp, cfg, recipients, _read_message(message), mail_from=mail_from,
+            validity_s=parse_duration(validity) if validity else None, name=name,
+            fmt=fmt, shards=shards, on_excluded=out, route_by_mx=route == "mx"))
     except (FastMTAError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:

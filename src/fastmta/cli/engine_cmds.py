@@ -155,6 +155,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
 
     try:
         cfg, spool_path = _config(config_path, spool_dir, workers)
+        from ..dkim import key_check
         from ..supervisor import engine_running
 
         if engine_running(spool_path):
@@ -169,7 +170,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
         reader = open_recipients(recipients)
         try:
             a = analyze(reader, template, mail_from=mail_from, cfg=cfg.delivery,
-                        quarantine=spool.precheck)
+                        quarantine=spool.precheck, dkim_has_key=key_check(cfg.dkim))
         finally:
             reader.close()
         say(f"Analysis: {a.recipients} recipients, {a.to_deliver} to deliver over "
