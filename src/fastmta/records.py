@@ -126,7 +126,7 @@ class WorkItem(msgspec.Struct, array_like=True):
     rcpt_id: int
     email: str
     shard: int
-    fields: dict[str, str] = msgspec.field(default_factory=dict)
+    fields: dict[str, str] = msgspec.field(default_factory=dict)  # incl. "email"
     attempts: int = 0
     first_attempt_ms: int = 0
     smtputf8: bool = False

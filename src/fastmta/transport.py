@@ -62,8 +62,8 @@ class ConnectFailed(FastMTAError):
     """The connection could not be set up; ``classification`` says how to treat it.
 
     ``kind``: ``connect_failed``, ``connect_timeout``, ``greeting`` (4xx/5xx greeting),
-    ``ehlo`` (EHLO and HELO refused), ``tls_failed``, ``timeout``, ``connection_lost``,
-    ``protocol_error``.  ``reply``: the server's reply or a synthetic one.
+    ``ehlo`` (EHLO and HELO refused), ``tls_failed``, ``closing`` (421 to STARTTLS),
+    ``timeout``, ``connection_lost``, ``protocol_error``.  ``reply``: the server's reply or a synthetic one.
     """
 
     def __init__(self, kind: str, reply: Reply, classification: Classification) -> None:
@@ -183,7 +183,8 @@ class Connection:
     def __init__(self, cfg: SmtpConfig, ip: str, port: int) -> None:
         self.cfg = cfg
         self.peer = (ip, port)
-        self.proto = ClientProtocol(pipelining=cfg.pipelining, max_reply=cfg.max_reply_bytes)
+        self.proto = ClientProtocol(pipelining=cfg.pipelining, chunking=cfg.chunking,
+                                    max_reply=cfg.max_reply_bytes)
         self.loop = asyncio.get_running_loop()
         self.stream: _Stream | None = None
         self.local_address: tuple | None = None
@@ -292,6 +293,10 @@ class Connection:
     async def _setup(self, name, policy, server_hostname, cafile) -> None:
         self._arm()
         ev = await self._next_control()
+        if isinstance(ev, ConnectionFailed) and ev.kind == "timeout":
+            # the host takes connections but does not serve: unreachable, not a lost session
+            reply, c = local("greeting_timeout", "connect", ev.detail)
+            raise ConnectFailed("timeout", reply, c)
         if not isinstance(ev, Greeting):
             self._fail_from(ev, "greeting")
         if not ev.ok:
@@ -313,6 +318,8 @@ class Connection:
         if not isinstance(ev, StartTls):
             self._fail_from(ev, "starttls")
         if not ev.ok:
+            if self.proto.state in (State.CLOSED, State.BROKEN):  # e.g. 421 to STARTTLS
+                raise ConnectFailed("closing", ev.reply, classify_reply(ev.reply))
             if policy == "opportunistic":
                 return  # RFC 3207: carry on in plain text
             self._quit_nowait()
@@ -456,8 +463,12 @@ class Connection:
                     w = self._control_waiter
                     if w is not None and not w.done():
                         w.set_result(None)
-            if isinstance(events[-1], (ServiceClosing, ConnectionFailed)) and not lost:
-                self.close()
+            last = events[-1]
+            if not lost:
+                if type(last) is ServiceClosing:
+                    self.close()  # the server said goodbye: flush and close
+                elif type(last) is ConnectionFailed:
+                    self.abort()  # garbage from the peer: drop at once
         if lost:
             if self._timer is not None:
                 self._timer.cancel()

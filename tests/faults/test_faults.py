@@ -116,6 +116,7 @@ def test_silent_server_greeting_timeout():
     err, took = arun(go())
     assert err.kind == "timeout" and 0.25 < took < 2.0
     assert err.classification.type == "soft" and err.classification.bounce_class == 24
+    assert err.classification.reason == "unreachable" and err.classification.throttle
 
 
 def test_silent_after_body_is_unknown_fate():
@@ -422,3 +423,19 @@ def test_tls_context_is_cached():
 
     assert client_ssl_context(False) is client_ssl_context(False)
     assert client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_421_to_starttls_fails_the_connection():
+    async def handler(reader, writer):
+        await standard_hello(reader, writer, caps=(b"STARTTLS",))
+        await read_line(reader)
+        writer.write(b"421 4.3.2 shutting down\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def go():
+        async with ScriptServer(handler) as srv:
+            return await open_expect_fail(srv.port, tls="opportunistic")
+
+    err = arun(go())
+    assert err.kind == "closing" and err.reply.code == 421 and err.classification.throttle

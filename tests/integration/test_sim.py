@@ -216,3 +216,36 @@ def test_source_ip_is_used_and_limits_are_per_sender_ip():
             return addrs
 
     assert arun(go()) == ["127.0.0.2", "127.0.0.2", "127.0.0.3"]
+
+
+CHUNK_WORLD = WorldSpec(name="chunk", providers=[
+    Provider(name="chunky", domains=["chunky.test"], behaviour=Behaviour(chunking=True)),
+    Provider(name="plain", domains=["plain.test"]),
+])
+
+
+@pytest.mark.parametrize("provider,expect_bdat", [("chunky", True), ("plain", False)])
+def test_bdat_against_the_sim(provider, expect_bdat):
+    body = b".leading dot\r\nline\nbare lf\r\n"
+    world = World(CHUNK_WORLD)
+
+    async def go():
+        async with SimInternet(world, keep_messages=True) as sim:
+            ip = world.provider_hosts[provider][0].address
+            conn = await Connection.open(ip, sim.smtp_port,
+                                         timeouts=fast_timeouts(chunking=True))
+            assert conn.proto.chunking is expect_bdat
+            envs = [Envelope("s@x.test", [f"a{i}@{provider}.test", f"unknown{i}@x.test",
+                                          f"b{i}@{provider}.test"], body) for i in range(30)]
+            envs.append(Envelope("s@x.test", ["unknown-only@x.test"], body))
+            envs.append(Envelope("s@x.test", ["last@x.test"], body))
+            results = await conn.send_many(envs)
+            await conn.quit()
+            return results, await sim.accepted(), await sim.messages()
+
+    results, accepted, kept = arun(go())
+    assert all(len(r.accepted) == 2 for r in results[:30])
+    assert not results[30].ok and results[30].outcomes[0][1].code == 550
+    assert results[31].ok  # the RSET after the refused transaction kept the next one clean
+    assert sum(accepted.values()) == 61
+    assert {k[2] for k in kept} == {b".leading dot\r\nline\r\nbare lf\r\n"}

@@ -10,10 +10,11 @@ from fastmta.protocol import ClientProtocol, ConnectionFailed, Envelope, State, 
 
 CAPS_PIPE = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 CAPS_PLAIN = b"250-mx.test\r\n250 8BITMIME\r\n"
+CAPS_CHUNK = b"250-mx.test\r\n250-PIPELINING\r\n250 CHUNKING\r\n"
 
 
 def ready(caps: bytes) -> ClientProtocol:
-    p = ClientProtocol()
+    p = ClientProtocol(chunking=True)
     p.receive_data(b"220 mx.test\r\n")
     p.ehlo("me.test")
     p.data_to_send()
@@ -79,6 +80,19 @@ class ScriptedServer:
                 return out
             line, self.buf = self.buf[:eol], self.buf[eol + 2 :]
             verb = line[:4]
+            if verb == b"BDAT":
+                n = int(line.split()[1])
+                if len(self.buf) < n:  # the test feeds whole writes: never split
+                    raise AssertionError("BDAT chunk split")
+                self.buf = self.buf[n:]
+                if self.cur is None or self.cur[0] >= 300:
+                    out += b"503 need MAIL\r\n"
+                elif not self.accepted_any:
+                    out += b"554 no valid recipients\r\n"
+                else:
+                    out += b"%d dot\r\n" % self.cur[2]
+                self.cur = None
+                continue
             if verb == b"MAIL":
                 self.cur = self.decisions.pop(0)
                 self.rcpt_i = 0
@@ -112,8 +126,9 @@ txn_strategy = st.tuples(
 )
 
 
-def run_dialogue(pipelined: bool, decisions) -> list:
-    p = ready(CAPS_PIPE if pipelined else CAPS_PLAIN)
+def run_dialogue(mode: str, decisions) -> list:
+    p = ready({"pipelined": CAPS_PIPE, "lockstep": CAPS_PLAIN, "bdat": CAPS_CHUNK}[mode])
+    assert p.chunking is (mode == "bdat")
     server = ScriptedServer(decisions)
     results = [p.send(Envelope("s@a.test", [f"r{i}@b.test" for i in range(len(d[1]))], b"m"))
                for d in decisions]
@@ -129,10 +144,11 @@ def run_dialogue(pipelined: bool, decisions) -> list:
 
 @settings(max_examples=200, deadline=None)
 @given(decisions=st.lists(txn_strategy, min_size=1, max_size=5))
-def test_pipelined_and_lockstep_agree(decisions):
-    a = run_dialogue(True, decisions)
-    b = run_dialogue(False, decisions)
-    assert a == b
+def test_pipelined_lockstep_and_bdat_agree(decisions):
+    a = run_dialogue("pipelined", decisions)
+    b = run_dialogue("lockstep", decisions)
+    c = run_dialogue("bdat", decisions)
+    assert a == b == c
     for (mail, rcpts, dot), outcome in zip(decisions, a, strict=True):
         for code_rcpt, (code, cmd) in zip(rcpts, outcome, strict=True):
             if mail >= 300:

@@ -34,7 +34,8 @@ def test_injection_is_pending_and_queued_per_shard(spool):
     items = _drain(spool, [2])
     assert {i.shard for i in items} == {2} and len(items) == 25
     assert [i.rcpt_id for i in items] == sorted(i.rcpt_id for i in items)  # FIFO range scan
-    assert items[0].fields == {"first": "F2"} and items[0].mail_from == "news@example.com"
+    assert items[0].fields == {"first": "F2", "email": items[0].email}
+    assert items[0].mail_from == "news@example.com"
     assert len(spool.leases(did)) == 25
     assert spool.lease([2], "w", 10) == []  # leased work is not handed out twice
 
@@ -245,3 +246,28 @@ def test_prune_events(spool):
     assert len(list(spool.events())) == last
     assert spool.prune_events(last) == last - 1
     assert [s for s, _ in spool.events()] == [last]
+
+
+def test_resume_point_is_read_in_the_write_transaction(spool, monkeypatch):
+    """After a writer is killed mid-commit a reader can lag one commit behind; the
+    resume point must come from the write transaction, not from such a read."""
+    did = make_delivery(spool, 0)
+    items = [RecipientIn(email=f"r{i}@x.example", line=i + 2) for i in range(10)]
+    spool.add_recipients(did, items[:6], batch=3)
+    stale = spool.delivery(did)
+    import msgspec
+
+    monkeypatch.setattr(spool, "delivery", lambda d: msgspec.structs.replace(stale, injected_line=4))
+    st = spool.add_recipients(did, items, batch=4)
+    assert st.skipped == 6 and st.added == 4 and st.excluded == {}
+    assert spool.kpis(did)["recipients"] == 10
+
+
+def test_maintenance(spool):
+    did = make_delivery(spool, 4, shards=1, validity_s=10)
+    d = spool.delivery(did)
+    spool.lease([0], "gone", 2, now_ms=d.created_ms, lease_s=1)
+    out = spool.maintenance(now_ms=d.created_ms + 2_000)
+    assert out == {"recovered": 2, "expired": 0, "released": 0}
+    out = spool.maintenance(now_ms=d.expires_ms)
+    assert out["expired"] == 4 and spool.kpis(did)["failed_expired"] == 4

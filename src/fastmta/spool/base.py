@@ -73,6 +73,21 @@ def _load_madvise() -> Callable[[int, int, int], int] | None:
 
 _madvise = _load_madvise() if os.name == "posix" else None
 
+def unmap_file_pages(data_file: str) -> None:
+    """``MADV_DONTNEED`` on this process's read-only mappings of ``data_file`` (found in
+    /proc/self/maps); the pages stay in the page cache.  No-op where unsupported."""
+    if _madvise is None:
+        return
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                if line.rstrip().endswith(data_file):
+                    lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                    _madvise(lo, hi - lo, _MADV_DONTNEED)
+    except OSError:
+        return
+
+
 _REGISTRY: dict[str, SpoolBase] = {}
 _REGISTRY_LOCK = threading.Lock()
 
@@ -294,17 +309,7 @@ class SpoolBase:
         this only unmaps clean page-cache pages; they stay in the kernel's page cache and
         are faulted back on the next read.  It keeps a long injection's RSS flat instead
         of growing with every page it has read.  No-op where unsupported."""
-        if _madvise is None:
-            return
-        target = os.path.join(self.path, "data.mdb")
-        try:
-            with open("/proc/self/maps") as f:
-                for line in f:
-                    if line.rstrip().endswith(target):
-                        lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
-                        _madvise(lo, hi - lo, _MADV_DONTNEED)
-        except OSError:
-            return
+        unmap_file_pages(os.path.join(self.path, "data.mdb"))
 
     def info(self) -> dict[str, Any]:
         """Map size, bytes used, file bytes on disk, entries per database."""
@@ -337,9 +342,9 @@ class SpoolBase:
         return rec
 
     def _maybe_trim(self, n: int) -> None:
-        """Reading records maps file pages; unmap them every 100k records (flat RSS)."""
+        """Reading records maps file pages; unmap them every 20k records (flat RSS)."""
         self._touched_since_trim += n
-        if self._touched_since_trim >= 100_000:
+        if self._touched_since_trim >= 20_000:
             self._touched_since_trim = 0
             self.trim_rss()
 

@@ -118,19 +118,20 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             chunk = list(itertools.islice(it, batch))
             if not chunk:
                 break
-            if resume_line and chunk[0].line <= resume_line:
-                keep = [x for x in chunk if x.line > resume_line]
-                stats.skipped += len(chunk) - len(keep)
-                chunk = keep
-                if not chunk:
-                    continue
+            if resume_line and chunk[-1].line <= resume_line:
+                stats.skipped += len(chunk)  # certainly injected already
+                continue
             try:
                 res = self._write(lambda txn, c=chunk: self._inject_chunk(txn, did, c, t0))
             except SpoolFullError as exc:
                 exc.added = stats.added
                 raise
-            added, excluded = res
+            n_in = len(chunk)
+            added, excluded, chunk = res
             self.trim_rss()  # keep RSS flat over millions of recipients
+            stats.skipped += n_in - len(chunk)
+            if not chunk:
+                continue
             stats.recipients += len(chunk)
             stats.added += added
             stats.last_line = chunk[-1].line
@@ -142,12 +143,19 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
 
     def _inject_chunk(
         self, txn: Any, did: int, chunk: list[RecipientIn], t0: int
-    ) -> tuple[int, list[tuple[RecipientIn, str]]]:
+    ) -> tuple[int, list[tuple[RecipientIn, str]], list[RecipientIn]]:
         db = self._db
         acc = _Acc(t0)
         d = self._delivery_in(txn, did, acc)
         if d is None:
             raise DeliveryNotFound(f"no delivery {did} in spool {self.path}")
+        # The resume point is read here, in the write transaction: a reader may lag one
+        # commit behind after a writer was killed mid-commit (LMDB fixes the shared txn
+        # id only when the next writer takes the lock).
+        if d.injected_line and chunk[0].line <= d.injected_line:
+            chunk = [x for x in chunk if x.line > d.injected_line]
+            if not chunk:
+                return 0, [], chunk
         kd = acc.k(did)
         raw = txn.get(K.pack_u32(did) + b"recipients", db=db["kpi"])
         rid = K.unpack_i64(raw)[0] if raw else 0
@@ -202,7 +210,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             d2 = msgspec.structs.replace(d, injected_line=last_line)
             txn.put(did4, encode(d2), db=db["deliveries"])
         self._flush(txn, acc)
-        return added, excluded
+        return added, excluded, chunk
 
     def _find_doubles(self, txn: Any, did4: bytes, chunk: list[RecipientIn]) -> set[int]:
         """Indexes of the chunk's duplicates (of earlier items or of earlier chunks), and
@@ -353,9 +361,22 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             lv = acc.lease_values[shard] = ENCODER.encode(Lease(owner, pid, exp, shard, t))
         acc.leases.append((rkey, lv))
         fields = dict(zip(d.fields, rec.fields, strict=False)) if d.fields else {}
+        fields["email"] = rec.email  # ready for Template.render
         return WorkItem(rkey, did, rid, rec.email, shard, fields, rec.attempts,
                         rec.first_attempt_ms, rec.smtputf8 or d.smtputf8, d.mail_from,
                         d.expires_ms, rec.reason)
+
+    def maintenance(self, now_ms: int | None = None) -> dict[str, int]:
+        """Periodic housekeeping for the supervisor: recover dead/expired leases, expire
+        recipients past their validity, release old bounce quarantines."""
+        t = now_ms or clock_ms()
+        out = {"recovered": self.recover_leases(now_ms=t), "expired": 0,
+               "released": self.quarantine_release_expired(now_ms=t)}
+        while True:
+            n = self.expire_due(now_ms=t)
+            out["expired"] += n
+            if n < 50_000:
+                return out
 
     def renew_leases(self, owner: str, now_ms: int | None = None, lease_s: float | None = None) -> int:
         """Extend every lease of ``owner`` to ``now + lease_s`` (a live worker whose

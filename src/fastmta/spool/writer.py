@@ -80,6 +80,7 @@ class ResultWriter:
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._room: asyncio.Condition | None = None
         self._outstanding = 0
+        self._waiting = 0  # submitters waiting for room
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._abandon = threading.Event()
@@ -119,9 +120,13 @@ class ResultWriter:
         """Bound the results waiting for the writer (backpressure, never blocks the loop)."""
         if self._outstanding + n > self.queue_size and self._outstanding:
             assert self._room is not None
-            async with self._room:
-                await self._room.wait_for(
-                    lambda: self._outstanding == 0 or self._outstanding + n <= self.queue_size)
+            self._waiting += 1
+            try:
+                async with self._room:
+                    await self._room.wait_for(
+                        lambda: self._outstanding == 0 or self._outstanding + n <= self.queue_size)
+            finally:
+                self._waiting -= 1
         self._outstanding += n
 
     def _add(self, result: Result, waiter: Any) -> None:
@@ -147,7 +152,10 @@ class ResultWriter:
     async def submit(self, result: Result) -> None:
         """Queue one result; returns when its commit is durable."""
         assert self._loop is not None, "start() first"
-        await self._reserve(1)
+        if self._outstanding < self.queue_size:
+            self._outstanding += 1  # fast path: no extra coroutine
+        else:
+            await self._reserve(1)
         fut = self._loop.create_future()
         self._add(result, fut)
         await fut
@@ -255,7 +263,7 @@ class ResultWriter:
                         w.set_exception(exc)
             self._outstanding -= n
             assert self._room is not None
-            if self._room._waiters:  # type: ignore[attr-defined]
+            if self._waiting:
                 asyncio.ensure_future(self._notify())
 
         assert self._loop is not None
