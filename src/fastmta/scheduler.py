@@ -536,6 +536,12 @@ class Scheduler:
         requeue: list[Job] = []
         sent = 0
         answered = False
+        if res.unknown_fate:
+            # the body went out but the reply to the dot never came: the message may
+            # have been delivered; it is retried (at-least-once) and counted here as a
+            # possible duplicate
+            self.stats["possible_duplicates"] = self.stats.get("possible_duplicates", 0) \
+                + len(group)
         for job, (_rcpt, reply, cls) in zip(group, res.outcomes, strict=True):
             code = reply.code if reply is not None else 0
             if 200 <= code < 300:

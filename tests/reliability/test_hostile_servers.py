@@ -336,9 +336,10 @@ def test_250_before_the_dot_is_not_a_delivery():
         await reader.readexactly(50)
         writer.write(b"250 2.0.0 queued early\r\n")
         await writer.drain()
-        await reader.read()  # then silence
+        await asyncio.sleep(5)  # stops reading: the client's buffer stays full
 
-    big = Envelope("s@a.test", ["r1@b.test"], b"Subject: x\r\n\r\n" + b"y" * 300_000)
+    # larger than the socket buffers, so the reply comes while the body is still unsent
+    big = Envelope("s@a.test", ["r1@b.test"], b"Subject: x\r\n\r\n" + b"y" * 16_000_000)
 
     async def go():
         async with ScriptServer(handler) as srv:
