@@ -83,6 +83,20 @@ def _is_final(spool, did: int, kpis: dict) -> bool:
     return spool.delivery(did).state != "injecting"
 
 
+def supervisor_busy(spool_path: str | os.PathLike) -> bool:
+    """True when a supervisor holds the lock of this spool (checked, not taken)."""
+    path = Path(spool_path) / SUPERVISOR_LOCK
+    if not path.exists():
+        return False
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
 class Supervisor:
     """Runs the worker pool on one spool (see module docstring)."""
 

@@ -147,6 +147,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
     from .. import engine
     from ..delivery import Template, analyze, open_recipients
     from ..spool import Spool
+    from ..supervisor import supervisor_busy
 
     _setup_logging(verbose)
     try:
@@ -154,6 +155,13 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
         validity_s = parse_duration(validity) if validity else None
         body = Path(message).read_bytes()
         template = Template(body)
+        if not detach and supervisor_busy(spool_path):
+            # checked before anything is injected: a second `send` would leave its
+            # delivery in the spool without an engine that waits for it
+            raise FastMTAError(
+                f"another fastmta engine is running on the spool {spool_path}; wait for it "
+                "to finish, use another --spool, or add --detach to queue this delivery "
+                "for an engine started with `fastmta run --forever`")
         spool = Spool.open(spool_path, cfg.spool)
         reader = open_recipients(recipients)
         try:

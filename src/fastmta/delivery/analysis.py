@@ -31,7 +31,7 @@ from ..config import DeliveryConfig
 from ..errors import FastMTAError
 from ..records import DeliveryRecord, RecipientIn
 from .addresses import check_address, domain_shard, has_control
-from .recipients import RecipientReader, Row, open_recipients
+from .recipients import InputError, RecipientReader, Row, open_recipients
 from .template import Template, TemplateError
 
 if TYPE_CHECKING:  # the spool is passed in; analysis itself never opens LMDB
@@ -198,6 +198,14 @@ def _finish(a: Analysis, pre: _Prechecker, domains: Counter[str], warnings: list
     return a
 
 
+def check_size(size: int, cfg: DeliveryConfig) -> None:
+    """Refuse a message above ``max_message_bytes`` (analysis and injection alike)."""
+    if size > cfg.max_message_bytes:
+        raise TemplateError(
+            f"message is {size:,} bytes, above the limit of {cfg.max_message_bytes:,} bytes "
+            "([delivery] max_message_bytes); most receivers refuse mail over 10-25 MB")
+
+
 def analyze(
     reader: RecipientReader | Iterable[Row],
     template: Template,
@@ -216,6 +224,7 @@ def analyze(
     from ..spool import ScratchSet  # the one lmdb-backed helper, owned by the spool
 
     cfg = cfg or DeliveryConfig()
+    check_size(template.size, cfg)
     mail_from = mail_from or template.from_address
     pre = _Prechecker(template, _columns(reader))
     a = Analysis(message_bytes=template.size, fields=template.fields, mail_from=mail_from)
@@ -279,8 +288,7 @@ def inject(
     norm_from, _, err = check_address(mail_from) if mail_from else ("", False, "empty")
     if err:
         raise TemplateError(f"envelope sender {mail_from!r} is not a valid address ({err})")
-    if template_bytes and len(template_bytes) > cfg.max_message_bytes:
-        raise TemplateError(f"message is {len(template_bytes)} bytes, above max_message_bytes")
+    check_size(len(template_bytes), cfg)
     pre = _Prechecker(template, _columns(reader))
     if shard_of is None:
         shard_of = HashShard(shards)
@@ -314,7 +322,14 @@ def inject(
         else:
             details.pop(item.line, None)
 
-    stats = spool.add_recipients(delivery_id, items, on_excluded=excluded)
+    try:
+        stats = spool.add_recipients(delivery_id, items, on_excluded=excluded)
+    except InputError as exc:
+        # bad input found part-way: the recipients before it are in the spool; cancel
+        # the delivery so that nothing of a half-read file is ever sent
+        spool.set_state(delivery_id, "cancelled", f"injection failed: {exc}")
+        raise InputError(f"{exc} -- delivery {delivery_id} cancelled, nothing was sent; "
+                         "fix the file and inject it again") from None
     spool.set_state(delivery_id, "active")
     k = spool.kpis(delivery_id)
     a.recipients = k.get("recipients", 0)
