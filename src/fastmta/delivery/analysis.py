@@ -198,6 +198,14 @@ def _finish(a: Analysis, pre: _Prechecker, domains: Counter[str], warnings: list
     return a
 
 
+def checked_sender(mail_from: str) -> str:
+    """The normalised envelope sender, or a TemplateError saying why it is refused."""
+    norm, _, err = check_address(mail_from) if mail_from else ("", False, "empty")
+    if err:
+        raise TemplateError(f"envelope sender {mail_from!r} is not a valid address ({err})")
+    return norm
+
+
 def check_size(size: int, cfg: DeliveryConfig) -> None:
     """Refuse a message above ``max_message_bytes`` (analysis and injection alike)."""
     if size > cfg.max_message_bytes:
@@ -225,7 +233,7 @@ def analyze(
 
     cfg = cfg or DeliveryConfig()
     check_size(template.size, cfg)
-    mail_from = mail_from or template.from_address
+    mail_from = checked_sender(mail_from or template.from_address)
     pre = _Prechecker(template, _columns(reader))
     a = Analysis(message_bytes=template.size, fields=template.fields, mail_from=mail_from)
     warnings = template_warnings(template, mail_from=mail_from, cfg=cfg, dkim_has_key=dkim_has_key)
@@ -285,9 +293,7 @@ def inject(
         )
     template = Template(template_bytes)
     mail_from = mail_from or template.from_address
-    norm_from, _, err = check_address(mail_from) if mail_from else ("", False, "empty")
-    if err:
-        raise TemplateError(f"envelope sender {mail_from!r} is not a valid address ({err})")
+    norm_from = checked_sender(mail_from)
     check_size(len(template_bytes), cfg)
     pre = _Prechecker(template, _columns(reader))
     if shard_of is None:
