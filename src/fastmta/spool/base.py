@@ -283,6 +283,24 @@ class SpoolBase:
                             log.exception("on_full callback failed")
                 self.full = msg
                 raise SpoolFullError(msg) from exc
+            except lmdb.Error as exc:
+                # the filesystem ran out of space (LMDB reports ENOSPC on some file
+                # systems, EIO on others, e.g. tmpfs): the transaction is aborted whole;
+                # pause like a full map until space returns
+                if not _disk_full(self.path, exc):
+                    raise
+                msg = (f"the disk holding spool {self.path} is full ({exc}): delivery is "
+                       "paused and nothing is lost; free space on that filesystem and it "
+                       "resumes by itself")
+                if not self.full:
+                    log.error("%s", msg)
+                    for cb in list(self.on_full):
+                        try:
+                            cb(msg)
+                        except Exception:  # an alert hook must not break the spool
+                            log.exception("on_full callback failed")
+                self.full = msg
+                raise SpoolFullError(msg) from exc
         raise SpoolError("spool map kept being resized by another process; retry")
 
     def _read(self) -> Any:
@@ -400,3 +418,20 @@ def _lmdb_reason(exc: BaseException) -> str:
     if "no space" in low or "mdb_map_full" in low:
         return f"{text} (the disk holding the spool is full)"
     return text
+
+
+_DISK_LOW_BYTES = 16 * 1024 * 1024
+
+
+def _disk_full(path: str, exc: BaseException) -> bool:
+    """An LMDB error that is (most likely) the filesystem running out of space."""
+    text = str(exc)
+    if "No space left" in text or "Disk quota" in text:
+        return True
+    if "Input/output error" not in text:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _DISK_LOW_BYTES
