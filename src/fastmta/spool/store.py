@@ -527,7 +527,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
                 ts_ms=t, delivery_id=did, rcpt_id=rid, email=email, outcome=outcome,
                 status=Status.SENT, attempt=new.attempts, code=res.code, enhanced=res.enhanced,
                 bounce_class=res.bounce_class, type=res.type, reply=new.reply, mx=res.mx,
-                source_ip=res.source_ip,
+                source_ip=res.source_ip, tls=res.tls,
             ))
             acc.applied += 1
             return
@@ -590,7 +590,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             status=status, attempt=rec.attempts + (res.outcome in ("sent", "hard", "soft")),
             code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
             type=res.type, reason=res.reason, reply=res.reply[:_REPLY_MAX], mx=res.mx,
-            source_ip=res.source_ip,
+            source_ip=res.source_ip, tls=res.tls,
         )
 
     @staticmethod
