@@ -27,7 +27,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chaos  # noqa: E402
-
 from fastmta import engine  # noqa: E402
 from fastmta.cli.engine_cmds import sim_config  # noqa: E402
 from fastmta.sim import SimInternet  # noqa: E402
@@ -86,7 +85,7 @@ def print_curve(curve: list) -> None:
     print("t_s  " + "  ".join(f"{n[:26]:>26}" for n in names))
     print("     " + "  ".join(f"{'anon MB / file MB':>26}" for _ in names))
     for row in curve:
-        cells = [f"{'%d / %d' % row[n] if n in row else '-':>26}" for n in names]
+        cells = [f"{f'{row[n][0]} / {row[n][1]}' if n in row else '-':>26}" for n in names]
         print(f"{row['t_s']:>5} " + "  ".join(cells))
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import random
 
 import pytest
+from dnsutil import ScriptDns
 
 from fastmta.config import DnsConfig
 from fastmta.resolver import MAX_MX_HOSTS, Resolver
 from smtputil import arun
-from dnsutil import ScriptDns
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -25,7 +25,7 @@ from fastmta.resolver import MxHost, MxResult
 from fastmta.scheduler import Job, Scheduler
 from fastmta.sim.certs import make_self_signed, server_context
 from fastmta.spool import Spool
-from smtputil import ScriptServer, read_line
+from smtputil import ScriptServer
 
 pytestmark = pytest.mark.timeout(60)
 

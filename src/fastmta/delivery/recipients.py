@@ -14,9 +14,9 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import re
 import operator
 import os
+import re
 from collections.abc import Iterator
 from typing import IO
 
