@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .config import Config, ProviderConfig
+from .core import Reply
 from .records import Result, WorkItem
 from .retry import RetryPolicy, next_attempt_ms
 from .routing import match_provider
@@ -545,6 +546,11 @@ class Scheduler:
             self.stats["possible_duplicates"] = self.stats.get("possible_duplicates", 0) \
                 + len(group)
         for job, (_rcpt, reply, cls) in zip(group, res.outcomes, strict=True):
+            if res.unknown_fate and reply is not None and reply.code >= 400:
+                # say so in the recipient's history (attempt log): it may have arrived
+                reply = Reply(reply.code, reply.enhanced, reply.lines,
+                              f"{reply.raw} (fate unknown: possible duplicate)",
+                              reply.command)
             code = reply.code if reply is not None else 0
             if 200 <= code < 300:
                 sent += 1

@@ -73,4 +73,5 @@ def test_rst_after_dot_is_retried_and_counted_as_possible_duplicate():
     sched, results = asyncio.run(go())
     [res] = results
     assert res.outcome == "soft" and res.reason == "not_connected"
+    assert res.reply.endswith("(fate unknown: possible duplicate)")
     assert sched.stats.get("possible_duplicates") == 1
