@@ -165,7 +165,7 @@ class Result(msgspec.Struct, array_like=True, kw_only=True):
     tls: str = ""  # TLS of the session ("TLSv1.3 TLS_AES_256_GCM_SHA384"; "" = plain text)
 
 
-class AttemptEvent(_Rec, tag=10, kw_only=True):
+class AttemptEvent(_Rec, tag=10):
     """Appended to the event log for every committed result."""
 
     ts_ms: int

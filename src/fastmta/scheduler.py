@@ -99,12 +99,14 @@ class Scheduler:
         connect: Callable[..., Awaitable[Any]] | None = None,
         rng: random.Random | None = None,
         is_static: Callable[[int], bool] | None = None,
+        commit_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
         self.on_result = on_result
         self.render = render
         self.is_static = is_static or (lambda did: False)
+        self.commit_gate = commit_gate  # waits while too many results are not durable
         self.rng = rng or random.Random()
         if connect is None:
             from .transport import Connection
@@ -195,7 +197,10 @@ class Scheduler:
             due = not_before_ms if (not item.expires_ms or not_before_ms < item.expires_ms) \
                 else None
         if due is None:
-            self._emit(job, "expired", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+            # no retry fits in the validity: count this attempt (its reason is kept)
+            # and let the spool expire the recipient when the validity ends
+            self._emit(job, "soft", reply=reply, cls=cls, mx=mx,
+                       next_ms=item.expires_ms or now_ms, source_ip=source_ip)
         else:
             self._emit(job, "soft", reply=reply, cls=cls, mx=mx, next_ms=due,
                        source_ip=source_ip)
@@ -406,7 +411,10 @@ class Scheduler:
             shaper = site.shaper
             shaper.on_reply(text, now)
             if exc.kind == "greeting" or _CONN_THROTTLE.search(text):
-                shaper.on_throttle(now, "connections")  # jobs stay queued
+                # level = connections established + this one (others still connecting
+                # when it was refused did not cause it)
+                shaper.on_throttle(now, "connections",
+                                   max(1, site.active - site.connecting))  # jobs stay queued
                 return
             shaper.on_connect_failure(now, throttle=True)
         elif cls.action == "suspend_site":
@@ -452,14 +460,21 @@ class Scheduler:
         if probe:
             max_rcpts = 1
         flight: list[list[Job]] = []
+        now_ms = self.now_ms()
         while site.queue and len(flight) < min(probe or FLIGHT, max(1, budget)):
             first = self._take(site)
+            if first.item.expires_ms and now_ms >= first.item.expires_ms:
+                # the validity ended while it waited in memory: never send it late
+                self._emit(first, "expired", reason=first.item.last_reason or "expired")
+                continue
             if first.body is None:
                 first.body = self.render(first.item)
             group = [first]
             static = self.is_static(first.item.delivery_id)
             while site.queue and len(group) < max_rcpts:
                 nxt = site.queue[0]
+                if nxt.item.expires_ms and now_ms >= nxt.item.expires_ms:
+                    break
                 if nxt.item.delivery_id != first.item.delivery_id or \
                         nxt.item.domain != first.item.domain:
                     break
@@ -486,8 +501,10 @@ class Scheduler:
         source_ip = conn.local_address[0] if getattr(conn, "local_address", None) else ""
         while not self.stopping:
             flight = await self._next_flight(site, conn, idle_s)
-            if not flight:
+            if flight is None:
                 return
+            if not flight:
+                continue  # everything taken had expired: look again
             n = sum(len(g) for g in flight)
             while True:
                 wait = site.shaper.reserve_send(self.now(), n)
@@ -497,6 +514,10 @@ class Scheduler:
                 if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
+            if self.commit_gate is not None:
+                # bound the results accepted by servers but not yet durable (the
+                # duplicate window after a crash): wait for the spool to catch up
+                await self.commit_gate()
             envelopes = []
             for group in flight:
                 it = group[0].item
@@ -593,14 +614,18 @@ class Scheduler:
                 kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
                     _CONN_THROTTLE.search(text) else "rate"
                 if cls.reason == "not_connected":
-                    # reset / timeout / connection lost during this transaction: a
-                    # throttle signal for the site AND a real (soft) attempt for the
-                    # recipient (its message may even have arrived: at-least-once)
-                    shaper.on_throttle(now, "connections")
+                    # reset / timeout / connection lost during this transaction: a real
+                    # (soft) attempt for the recipient (its message may even have
+                    # arrived: at-least-once).  A throttle signal for the site only when
+                    # the session delivered nothing and died before the message body: a
+                    # drop in the middle of one message is a fault of that message.
+                    if (conn is None or conn.messages_sent == 0) and \
+                            cmd not in ("data", "dot"):
+                        shaper.on_throttle(now, "connections")
                     self.soft(job, reply, cls, mx, source_ip=source_ip)
                     close = True
                     continue
-                shaper.on_throttle(now, kind)
+                shaper.on_throttle(now, kind, site.active)
                 if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
@@ -644,15 +669,18 @@ class Scheduler:
         return close
 
     # ------------------------------------------------------------------ shutdown
-    def status(self) -> dict:
-        """Per-site snapshot of the sites that are throttled, suspended or busy."""
+    def status(self, top: int = 20) -> dict:
+        """Snapshot of the ``top`` sites most affected by shaping (suspended, throttled)
+        or busiest (heartbeats stay small with many thousands of sites)."""
         now = self.now()
+        busy = [s for s in self.sites.values()
+                if s.active or s.queue or s.throttled or s.shaper.suspended(now)]
+        busy.sort(key=lambda s: (not s.shaper.suspended(now), -s.throttled, -len(s.queue)))
         out = {}
-        for s in self.sites.values():
-            if s.active or s.queue or s.throttled or s.shaper.suspended(now):
-                st = s.shaper.status(now)
-                st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
-                out[s.label() if s.provider else s.name] = st
+        for s in busy[:top]:
+            st = s.shaper.status(now)
+            st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
+            out[s.label() if s.provider else s.name] = st
         return out
 
     def drain_queues(self) -> None:

@@ -76,6 +76,10 @@ class Worker:
         self._room = asyncio.Event()
         self._done = asyncio.Event()
         self._pending: set[asyncio.Future] = set()
+        # results accepted by a server but not yet durable are the only ones a crash
+        # can duplicate: keep them bounded (flights wait at the gate beyond this)
+        self.max_uncommitted = 2 * self.cfg.spool.commit_batch
+        self._below = asyncio.Event()
         self._templates: dict[int, bytes] = {}
         self.rng = random.Random()
         self.started = time.monotonic()
@@ -92,7 +96,13 @@ class Worker:
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
-                                   rng=self.rng, is_static=self._is_static)
+                                   rng=self.rng, is_static=self._is_static,
+                                   commit_gate=self._commit_gate)
+
+    async def _commit_gate(self) -> None:
+        while len(self._pending) >= self.max_uncommitted:
+            self._below.clear()
+            await self._below.wait()
 
     def _template(self, did: int):
         from .delivery import Template
@@ -124,6 +134,8 @@ class Worker:
 
     def _committed(self, fut: asyncio.Future, shard: int) -> None:
         self._pending.discard(fut)
+        if len(self._pending) < self.max_uncommitted:
+            self._below.set()
         self.inflight -= 1
         self.per_shard[shard] -= 1
         if fut.cancelled() or fut.exception() is not None:
@@ -135,6 +147,17 @@ class Worker:
 
     # ----------------------------------------------------------------- loops
     async def _fetch_loop(self) -> None:
+        while not self.draining:
+            try:
+                await self._fetch()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a spool error: log, back off, go on leasing
+                log.exception("fetching work")
+                await asyncio.sleep(1.0)
+
+    async def _fetch(self) -> None:
         spec = self.spec
         while not self.draining:
             room = spec.max_inflight - self.inflight
@@ -175,7 +198,13 @@ class Worker:
 
         async def resolve(d: str):
             async with sem:
-                return d, await self.resolver.resolve_mx(d)
+                try:
+                    return d, await self.resolver.resolve_mx(d)
+                except Exception as exc:  # never lose the batch: soft, retried later
+                    from .resolver import MxResult, dns_failure
+
+                    log.exception("resolving %s", d)
+                    return d, MxResult(domain=d, error=dns_failure("servfail", str(exc)))
 
         resolved = dict(await asyncio.gather(*(resolve(d) for d in domains)))
         sched = self.scheduler
@@ -316,7 +345,17 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
     fcntl.flock(lock, fcntl.LOCK_SH)
     from .transport import run
 
+    prof_dir = os.environ.get("FASTMTA_PROFILE_DIR")  # developer aid: cProfile per worker
     try:
-        run(Worker(spec, pipe).run())
+        if prof_dir:
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(run, Worker(spec, pipe).run())
+            finally:
+                prof.dump_stats(str(Path(prof_dir) / f"worker-{spec.index}-{os.getpid()}.prof"))
+        else:
+            run(Worker(spec, pipe).run())
     finally:
         lock.close()

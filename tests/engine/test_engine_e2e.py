@@ -17,7 +17,7 @@ from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 
-VALIDITY_S = 15.0
+VALIDITY_S = 12.0
 
 
 @pytest.mark.timeout(180)

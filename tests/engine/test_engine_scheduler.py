@@ -9,6 +9,7 @@ import time
 import pytest
 from engine_helpers import make_config
 
+from fastmta.config import ProviderConfig, ShapingRule
 from fastmta.delivery import Template
 from fastmta.records import WorkItem
 from fastmta.resolver import MxHost, MxResult
@@ -27,7 +28,7 @@ def items(domain: str, n: int) -> list[WorkItem]:
 
 
 async def run_jobs(sim, mx: MxResult, work: list[WorkItem], *, wait_for: int,
-                   timeout_s: float = 20.0, **shaping):
+                   timeout_s: float = 20.0, providers=(), **shaping):
     cfg = make_config(sim, **shaping)
     results = []
     done = asyncio.Event()
@@ -38,7 +39,7 @@ async def run_jobs(sim, mx: MxResult, work: list[WorkItem], *, wait_for: int,
             done.set()
 
     tpl = Template(BODY)
-    sched = Scheduler(cfg, [], on_result, lambda it: tpl.render({"email": it.email}),
+    sched = Scheduler(cfg, list(providers), on_result, lambda it: tpl.render({"email": it.email}),
                       is_static=lambda did: True)
     site = sched.site_for(mx)
     for it in work:
@@ -99,3 +100,28 @@ def test_block_suspends_the_site_instead_of_trying_everyone():
     assert len(soft) == 100
     assert outcomes.count("defer") == 100
     assert stats["replies"].get("550 5.7.1", 0) <= 10
+
+
+@pytest.mark.timeout(60)
+def test_provider_rule_bounces_the_sites_queue():
+    """A [[providers]] rule (regex on the reply -> bounce for a duration) turns the
+    provider's block reply into hard failures for everything queued to the site."""
+    world = World(WorldSpec(providers=[
+        Provider(name="blocker", domains=["blocked.test"], behaviour=Behaviour(block=True))]))
+    rule = ShapingRule(name="blocklisted", pattern=r"on our block list \(S3150\)",
+                       action="bounce", duration_s=60)
+    provider = ProviderConfig(name="blockco", mx_suffixes=["blocker.sim.test"], rules=[rule])
+
+    async def go():
+        async with SimInternet(world) as sim:
+            name, addr = mx_of(world, "blocker", "blocked.test")
+            mx = MxResult(domain="blocked.test", site=name, hosts=[MxHost(name, 10, [addr])])
+            sched, site, results = await run_jobs(sim, mx, items("blocked.test", 50),
+                                                  wait_for=50, providers=[provider])
+            return sched, site, results
+
+    sched, site, results = asyncio.run(go())
+    assert site.provider is provider
+    assert site.shaper.bouncing(sched.now()) is not None
+    hard = [r for r in results if r.outcome == "hard"]
+    assert len(hard) == 50 and all(r.reason == "refused" for r in hard)

@@ -313,9 +313,9 @@ def test_slow_drip_that_completes_in_time():
 
     async def go():
         async with ScriptServer(handler) as srv:
-            # 20 bytes x 5 ms = 0.1 s < 0.5 s greeting timeout
+            # 20 bytes x 5 ms = 0.1 s, well within the 2 s greeting timeout
             conn = await Connection.open("127.0.0.1", srv.port,
-                                         timeouts=fast_timeouts(greeting_timeout_s=0.5))
+                                         timeouts=fast_timeouts(greeting_timeout_s=2.0))
             res = await conn.send(ENV)
             await conn.quit()
             return conn.greeting, res

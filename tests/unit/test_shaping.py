@@ -235,3 +235,11 @@ def test_fixed_mode_never_pauses():
     s = SiteShaper(ShapingConfig(adaptive=False))
     s.on_throttle(0.0, "rate")
     assert s.reserve_send(0.0, 5) == 0.0 and s.open_delay(0.0, 0) == 0.0
+
+
+def test_throttle_level_is_the_connections_actually_open():
+    s = SiteShaper(ShapingConfig(initial_connections=11))
+    # refused while 8 were established (+ the refused one): the limit was 11 but the
+    # level that caused it is 9
+    s.on_throttle(0.0, "connections", active=9)
+    assert s.ceiling == 9 and s.limit == 4

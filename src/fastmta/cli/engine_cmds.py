@@ -326,7 +326,7 @@ def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
 @click.option("--domains", type=int, default=300, show_default=True)
 @click.option("--workers", type=int, default=None)
 @click.option("--spool", "spool_dir", default=None, help="spool directory (default: temp)")
-@click.option("--validity", default="40s", show_default=True,
+@click.option("--validity", default="20s", show_default=True,
               help="validity period (short, so soft-failing recipients expire in the demo)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-v", "--verbose", count=True)

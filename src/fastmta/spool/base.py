@@ -156,7 +156,6 @@ class InjectStats(msgspec.Struct):
     last_line: int = 0
 
 
-
 class SpoolBase:
     """Environment, transactions and the ledger; ``Spool`` adds the operations."""
 

@@ -49,6 +49,7 @@ from .reading import ReadingMixin
 
 __all__ = ["CommitStats", "InjectStats", "Spool", "clock_ms", "dedupe_hash", "now_ms"]
 
+
 class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 
@@ -272,7 +273,9 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             return []
         self._rotate = (self._rotate + 1) % len(shard_list)
         order = shard_list[self._rotate:] + shard_list[: self._rotate]
-        return self._write(lambda txn: self._lease_txn(txn, order, owner, max_n, t, exp))
+        out = self._write(lambda txn: self._lease_txn(txn, order, owner, max_n, t, exp))
+        self._maybe_trim(len(out))  # outside the transaction
+        return out
 
     def _lease_txn(
         self, txn: Any, shards: list[int], owner: str, max_n: int, t: int, exp: int
@@ -295,7 +298,6 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             acc.leases.sort()
             txn.cursor(db=self._db["lease"]).putmulti(acc.leases)
         self._flush(txn, acc)
-        self._maybe_trim(len(out))
         return out
 
     def _lease_shard(
@@ -481,7 +483,7 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
             return stats, items
 
         out = self._write(fn)
-        self._maybe_trim(len(results))
+        self._maybe_trim(len(results) + len(out[1]))
         return out
 
     def _apply(self, txn: Any, acc: _Acc, res: Result) -> None:
@@ -506,28 +508,28 @@ class Spool(QuarantineMixin, ReadingMixin, SpoolBase):
         t = res.time_ms or acc.now
         kd = acc.k(did)
         outcome = res.outcome
-        if outcome == "sent":  # the hot path, kept lean
-            new = msgspec.structs.replace(
-                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0,
-                reason=rec.reason if rec.type == "soft" else "",  # a soft reason stays as history
-                code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
-                type=res.type, reply=res.reply[:_REPLY_MAX], mx=res.mx or rec.mx,
-                source_ip=res.source_ip or rec.source_ip, attempts=rec.attempts + 1,
-                first_attempt_ms=rec.first_attempt_ms or t, last_attempt_ms=t,
+        if outcome == "sent":  # the hot path, kept lean: positional construction
+            email = rec.email
+            reply = res.reply[:_REPLY_MAX] if res.reply else ""
+            attempts = rec.attempts + 1
+            new = Rcpt(
+                email, rec.fields, rec.shard, rec.line, Status.SENT, rec.smtputf8, attempts,
+                rec.first_attempt_ms or t, t, t, 0,
+                rec.reason if rec.type == "soft" else "",  # a soft reason stays as history
+                res.type, res.bounce_class, res.code, res.enhanced, reply,
+                res.mx or rec.mx, res.source_ip or rec.source_ip, rec.last_soft_reason,
+                rec.deferrals,
             )
             kd["attempts"] += 1
             kd["pending"] -= 1
             kd["sent"] += 1
-            email = rec.email
             kd["domain/" + email[email.rindex("@") + 1:] + "/sent"] += 1
             if acc.q_check:
                 self._quarantine_on_success(txn, acc, email)
             txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
             acc.events.append(AttemptEvent(
-                ts_ms=t, delivery_id=did, rcpt_id=rid, email=email, outcome=outcome,
-                status=Status.SENT, attempt=new.attempts, code=res.code, enhanced=res.enhanced,
-                bounce_class=res.bounce_class, type=res.type, reply=new.reply, mx=res.mx,
-                source_ip=res.source_ip, tls=res.tls,
+                t, did, rid, email, outcome, Status.SENT, attempts, res.code, res.enhanced,
+                res.bounce_class, res.type, "", reply, res.mx, res.source_ip, res.tls,
             ))
             acc.applied += 1
             return
