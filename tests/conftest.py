@@ -26,3 +26,54 @@ def _impl_params():
 def impl(request):
     """One core implementation module (``fastmta._core`` or ``fastmta._core_py``)."""
     return request.param
+
+
+
+# --------------------------------------------------------------- network safety guard
+# Tests may talk to loopback only (127.0.0.0/8, ::1) and never to the machine's
+# resolver.  This guard makes a stray connect/sendto to any other address fail loudly in
+# the test process (Python-level sockets, i.e. asyncio's default loop and the stdlib);
+# subprocesses are covered by their configs pointing at the simulated internet.
+import ipaddress  # noqa: E402
+import socket  # noqa: E402
+
+
+def _check_address(address) -> None:
+    if isinstance(address, tuple) and address:
+        host = address[0]
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0] if isinstance(host, str) else host)
+        except ValueError:
+            if host == "localhost":
+                return
+            raise OSError(f"test network guard: connect to a name ({host!r}) refused") from None
+        if not (ip.is_loopback or ip.is_unspecified):
+            raise OSError(f"test network guard: traffic to {host} refused (loopback only)")
+
+
+_orig_connect = socket.socket.connect
+_orig_connect_ex = socket.socket.connect_ex
+_orig_sendto = socket.socket.sendto
+
+
+def _guarded_connect(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _check_address(address)
+    return _orig_connect(self, address)
+
+
+def _guarded_connect_ex(self, address):
+    if self.family in (socket.AF_INET, socket.AF_INET6):
+        _check_address(address)
+    return _orig_connect_ex(self, address)
+
+
+def _guarded_sendto(self, data, *args):
+    if args and self.family in (socket.AF_INET, socket.AF_INET6):
+        _check_address(args[-1])
+    return _orig_sendto(self, data, *args)
+
+
+socket.socket.connect = _guarded_connect
+socket.socket.connect_ex = _guarded_connect_ex
+socket.socket.sendto = _guarded_sendto

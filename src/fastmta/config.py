@@ -73,6 +73,18 @@ class SmtpConfig(_Section):
     tls_cafile: str = ""  # CA bundle for tls = "verify" (empty: system store)
     max_reply_bytes: int = 65536
 
+    def __post_init__(self) -> None:
+        # added by issue #9: a typo in a policy must not silently mean something else
+        if self.tls not in ("none", "opportunistic", "required", "verify"):
+            raise ValueError(f"smtp tls {self.tls!r} is not one of none, opportunistic, "
+                             "required, verify")
+        if not 0 < self.port < 65536:
+            raise ValueError(f"smtp port {self.port} out of range")
+        for name in ("connect_timeout_s", "greeting_timeout_s", "command_timeout_s",
+                     "data_init_timeout_s", "data_block_timeout_s", "data_done_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"smtp {name} must be > 0")
+
 
 class SpoolConfig(_Section):
     """The LMDB spool (docs/spool.md explains each trade-off)."""
@@ -107,6 +119,16 @@ class DeliveryConfig(_Section):
     max_message_bytes: int = 10 * 1024 * 1024  # analysis refuses above
     retry_initial_s: float = 300.0
     retry_max_s: float = 4 * 3600.0
+
+    def __post_init__(self) -> None:
+        # added by issue #9
+        if not 0 < self.max_validity_s <= 3.5 * 86400:
+            raise ValueError("delivery max_validity_s must be > 0 and at most 3.5 days")
+        if not 0 < self.validity_s <= self.max_validity_s:
+            raise ValueError(f"delivery validity_s {self.validity_s:g} must be > 0 and at "
+                             f"most max_validity_s ({self.max_validity_s:g})")
+        if self.retry_initial_s <= 0 or self.retry_max_s < self.retry_initial_s:
+            raise ValueError("delivery retry_initial_s must be > 0 and <= retry_max_s")
 
 
 class EngineConfig(_Section):

@@ -80,8 +80,12 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
                       on_excluded=None, route_by_mx: bool = True):
     """Route and inject a recipients file; returns the delivery ``Analysis``."""
     from .delivery import inject, open_recipients
+    from .delivery.analysis import check_delivery_inputs
     from .dkim import key_check
 
+    # everything that needs no recipient first: no DNS work for a delivery refused anyway
+    check_delivery_inputs(message, mail_from=mail_from, validity_s=validity_s,
+                          cfg=cfg.delivery)
     has_key = key_check(cfg.dkim)
     if route_by_mx:
         route = await domain_router(recipient_domains(recipients, fmt), cfg)

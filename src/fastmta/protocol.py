@@ -406,6 +406,11 @@ class ClientProtocol:
         self._parser = ReplyParser(max_line, max_reply)
         self._parser.expect("connect")
         self._pending: deque = deque([("connect", None, 0)])
+        # replies matched so far, and how many commands had been handed to the caller
+        # (data_to_send) -- a reply beyond that answers a command not yet on the wire
+        self._replied = 0
+        self._flushed = 1  # the greeting needs no command
+        self._violation = ""  # set by a handler: the reply broke the protocol
         self._out: list[bytes] = []
         self._queue: deque[_Txn] = deque()
         self._active: _Txn | None = None  # commands sent, body not yet sent
@@ -416,6 +421,7 @@ class ClientProtocol:
     # ----------------------------------------------------------------- output
     def data_to_send(self) -> bytes:
         """Bytes to write to the peer now (possibly empty)."""
+        self._flushed = self._replied + len(self._pending)
         if not self._out:
             return b""
         out = self._out
@@ -708,6 +714,9 @@ class ClientProtocol:
                     txn.body = b".\r\n"
                     txn.discard = True
                     self._send_body(txn)
+            elif reply.code < 300:
+                # a 2xx to DATA is no permission to send the body, and no delivery
+                self._violation = f"{reply.code} reply to DATA (expected 354)"
             else:
                 res.data_reply = reply
                 mail_ok = res.mail_reply is not None and res.mail_reply.code < 300
@@ -740,6 +749,8 @@ class ClientProtocol:
                 if st == _BROKEN:
                     break
                 on_reply(reply)
+                if self._violation:
+                    return self._broken("protocol_error", self._violation)
         if self.state == _TLS and self._parser.buffered:
             # bytes after "220 go ahead" before the handshake: response injection
             return self._broken("protocol_error", "data after STARTTLS reply")
@@ -754,7 +765,17 @@ class ClientProtocol:
             self.state = State.CLOSED
             self._events.append(ServiceClosing(reply))
             return
+        if self._replied >= self._flushed and reply.code != 421:
+            # an answer to a command we have not sent yet: the peer replies ahead (to
+            # commands it guesses) -- nothing it says can be attributed any more
+            self._violation = (f"reply {reply.code} to a command not yet sent "
+                               f"(expected none before {self._pending[0][0].upper()})")
+            return
+        self._replied += 1
         kind, txn, index = self._pending.popleft()
+        if 300 <= reply.code < 400 and kind != "data":
+            self._violation = f"{reply.code} reply to {kind.upper()}"
+            return
         if reply.code == 421 and kind not in ("quit",):
             self._service_closing(kind, txn, index, reply)
             return

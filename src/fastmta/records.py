@@ -164,6 +164,7 @@ class Result(msgspec.Struct, array_like=True, kw_only=True):
     source_ip: str = ""
     next_attempt_ms: int = 0  # for soft/defer: when to retry (0 = spool default)
     time_ms: int = 0  # when the outcome happened (0 = commit time)
+    tls: str = ""  # TLS of the session ("TLSv1.3 TLS_AES_256_GCM_SHA384"; "" = plain text)
 
 
 class AttemptEvent(_Rec, tag=10):
@@ -184,6 +185,7 @@ class AttemptEvent(_Rec, tag=10):
     reply: str = ""
     mx: str = ""
     source_ip: str = ""
+    tls: str = ""  # TLS protocol and cipher of the session ("" = plain text)
 
 
 class DeliveryEvent(_Rec, tag=11, kw_only=True):

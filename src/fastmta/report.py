@@ -257,7 +257,7 @@ def attempt_rows(spool: Spool, did: int) -> Iterator[dict[str, Any]]:
             "bounceCat": bounce_category(ev.bounce_class, ev.reason) if typ != "d" else "",
             "dlvSourceIp": ev.source_ip, "jobId": did, "reason": ev.reason,
             "bounceClass": ev.bounce_class or "", "attempts": ev.attempt, "rcptId": ev.rcpt_id,
-            "line": "", "outcome": ev.outcome,
+            "line": "", "outcome": ev.outcome, "dlvTls": ev.tls,
         }
 
 

@@ -8,7 +8,7 @@
 * NXDOMAIN -> hard ``invalid_domain``; no MX and no address -> hard ``invalid_domain``;
 * SERVFAIL, timeout, no answer from any nameserver -> soft ``unreachable``;
 * CNAME chains are followed (also when the server answers only the CNAME);
-* A (and AAAA when ``ipv6``) of every MX host, resolved concurrently; MX hosts whose
+* A (and AAAA when ``ipv6``) of the best ``MAX_MX_HOSTS`` MX hosts, resolved concurrently; MX hosts whose
   addresses are unspecified, private, link-local, multicast or reserved are refused
   unless ``allow_private_mx``; loopback is refused unless ``allow_loopback_mx`` (default:
   allowed exactly when every configured nameserver is a loopback address, i.e. a test
@@ -122,7 +122,8 @@ def _address_ok(ip: str, allow_private: bool, allow_loopback: bool) -> bool:
         return allow_loopback
     if a.is_unspecified or a.is_multicast or (a.version == 4 and a in _THIS_NETWORK):
         return False
-    if a.is_private or a.is_link_local or a.is_reserved:
+    if a.is_private or a.is_link_local or a.is_reserved or not a.is_global:
+        # not is_global also catches shared address space (100.64/10, RFC 6598)
         return allow_private
     return True
 
@@ -291,8 +292,9 @@ class Resolver:
                     return MxResult(domain=d, error=dns_failure("invalid_domain"),
                                     detail="null MX (RFC 7505): domain accepts no mail")
                 mx = [(p, h) for p, h in mx if host_ok(h)]
-        # preference order, shuffled among equals
-        order = sorted(mx, key=lambda ph: (ph[0], self.rng.random()))
+        # preference order, shuffled among equals; a hostile or broken zone with
+        # hundreds of MX records gets its best MAX_MX_HOSTS looked up, not all of them
+        order = sorted(mx, key=lambda ph: (ph[0], self.rng.random()))[:MAX_MX_HOSTS]
         resolved = await asyncio.gather(*(self.resolve_addresses(h) for _, h in order))
         hosts: list[MxHost] = []
         refused: list[str] = []
@@ -321,6 +323,9 @@ class Resolver:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+
+MAX_MX_HOSTS = 20  # MX hosts of one domain resolved and tried (Postfix: 5 addresses)
 
 
 def host_ok(host: str) -> bool:

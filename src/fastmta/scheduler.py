@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .config import Config, ProviderConfig
+from .core import Reply
 from .records import Result, WorkItem
 from .retry import RetryPolicy, next_attempt_ms
 from .routing import match_provider
@@ -157,7 +158,7 @@ class Scheduler:
 
     # ------------------------------------------------------------------ results
     def _emit(self, job: Job, outcome: str, *, reply=None, cls=None, mx: str = "",
-              next_ms: int = 0, reason: str = "", source_ip: str = "") -> None:
+              next_ms: int = 0, reason: str = "", source_ip: str = "", tls: str = "") -> None:
         item = job.item
         code = reply.code if reply is not None else 0
         enhanced = (reply.enhanced or "") if reply is not None else ""
@@ -168,7 +169,7 @@ class Scheduler:
                      bounce_class=cls.bounce_class if cls is not None else 0,
                      type=cls.type if cls is not None else "", reason=reason, reply=text,
                      mx=mx, source_ip=source_ip, next_attempt_ms=next_ms,
-                     time_ms=self.now_ms())
+                     time_ms=self.now_ms(), tls=tls)
         self.stats[outcome] = self.stats.get(outcome, 0) + 1
         job.done = True
         self.on_result(job, res)
@@ -561,11 +562,25 @@ class Scheduler:
         requeue: list[Job] = []
         sent = 0
         answered = False
+        info = conn.tls_info if conn is not None else None
+        tls_desc = " ".join(x for x in info if x) if info else ""  # reported per recipient
+        if res.unknown_fate:
+            # the body went out but the reply to the dot never came: the message may
+            # have been delivered; it is retried (at-least-once) and counted here as a
+            # possible duplicate
+            self.stats["possible_duplicates"] = self.stats.get("possible_duplicates", 0) \
+                + len(group)
         for job, (_rcpt, reply, cls) in zip(group, res.outcomes, strict=True):
+            if res.unknown_fate and reply is not None and reply.code >= 400:
+                # say so in the recipient's history (attempt log): it may have arrived
+                reply = Reply(reply.code, reply.enhanced, reply.lines,
+                              f"{reply.raw} (fate unknown: possible duplicate)",
+                              reply.command)
             code = reply.code if reply is not None else 0
             if 200 <= code < 300:
                 sent += 1
-                self._emit(job, "sent", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+                self._emit(job, "sent", reply=reply, cls=cls, mx=mx, source_ip=source_ip,
+                           tls=tls_desc)
                 continue
             if after_close and cls.reason == "not_connected" and not res.unknown_fate:
                 requeue.append(job)

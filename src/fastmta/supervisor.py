@@ -307,11 +307,16 @@ class Supervisor:
             for slot in self.slots:
                 self._start(slot)
             last_progress = last_kpis = 0.0
-            last_maint = time.monotonic()
+            last_maint = last_trim = time.monotonic()
             while True:
                 self._check()
                 self.ops.tick()  # ops hook
                 now = time.monotonic()
+                if now - last_trim >= 10.0:
+                    # the KPI pages move with every commit (copy-on-write): without this
+                    # the pages read accumulate in RSS (page cache, but alarming; #9)
+                    last_trim = now
+                    self.spool.trim_rss()
                 if now - last_maint >= self.maintenance_s and not self.draining:
                     # dead/expired leases back, validity sweep, quarantine release
                     last_maint = now

@@ -140,6 +140,14 @@ class _Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         conn = self.conn
+        t = self.transport
+        if conn.proto.awaiting == "dot" and t is not None and t.get_write_buffer_size():
+            # a reply while part of the body is still unsent: the server cannot have
+            # seen the dot, so this is no answer to it (the fate stays unknown)
+            conn._lost_kind = "protocol_error"
+            conn._lost_detail = "reply before the end of the message was sent"
+            conn.abort()
+            return
         events = conn.proto.receive_data(data)
         conn._after_input(events)
 

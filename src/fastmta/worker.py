@@ -31,6 +31,7 @@ from .config import Config
 from .records import WorkItem
 from .scheduler import Job, Scheduler
 from .shaping import load_providers
+from .spool.errors import SpoolFullError
 
 log = logging.getLogger("fastmta.worker")
 
@@ -207,8 +208,14 @@ class Worker:
                 except TimeoutError:
                     pass
                 continue
-            items = await self.writer.run(self.spool.lease, shards, self.owner,
-                                          min(room, spec.lease_batch))
+            try:
+                items = await self.writer.run(self.spool.lease, shards, self.owner,
+                                              min(room, spec.lease_batch))
+            except SpoolFullError:
+                # map or disk full (logged once by the spool): lease nothing new, let
+                # results drain, and try again
+                await asyncio.sleep(self.spool.cfg.full_retry_s)
+                continue
             if not items:
                 await asyncio.sleep(spec.poll_s)
                 continue
@@ -254,6 +261,8 @@ class Worker:
             "stats": dict(sched.stats),
             "sites": sched.status(),
             "commit_errors": self.commit_errors,
+            # the spool's map or disk is full: delivery paused (issue #9)
+            "spool_full": self.writer.paused or self.spool.full or "",
             "draining": self.draining,
             "ops": self.ops.snapshot(),  # ops hook
         }

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from engine_helpers import audit, config_toml, inject, make_config, write_inputs
@@ -18,8 +17,9 @@ from engine_helpers import audit, config_toml, inject, make_config, write_inputs
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool
+from pathutil import package_parent
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+SRC = package_parent()
 ENV = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 

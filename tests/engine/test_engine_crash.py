@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from engine_helpers import audit, config_toml, inject, make_config, mixed_world, write_inputs
@@ -18,6 +17,7 @@ from engine_helpers import audit, config_toml, inject, make_config, mixed_world,
 from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
+from pathutil import package_parent
 
 VALIDITY_S = 15.0
 N = 10_000
@@ -73,7 +73,7 @@ def test_kill_worker_mid_run(tmp_path):
 def test_kill_supervisor_mid_run(tmp_path):
     world = mixed_world()
     rcpt, msg, _ = write_inputs(tmp_path, world, N)
-    src = str(Path(__file__).resolve().parents[2] / "src")
+    src = package_parent()
     env = dict(os.environ, PYTHONPATH=src + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
     async def go():

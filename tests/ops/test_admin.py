@@ -16,9 +16,10 @@ from fastmta import WorkerPool
 from fastmta import events as E
 from fastmta.admin import AdminError
 from fastmta.resolver import Resolver
+from pathutil import package_parent
 
 pytestmark = pytest.mark.timeout(120)
-SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+SRC = package_parent()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

@@ -16,10 +16,11 @@ from fastmta import WorkerPool
 from fastmta import events as E
 from fastmta.admin import Admin
 from fastmta.spool import Spool
+from pathutil import package_parent
 
 pytestmark = pytest.mark.timeout(120)
 
-SRC = os.path.join(os.path.dirname(__file__), "..", "..", "src")
+SRC = package_parent()
 
 
 def _cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:

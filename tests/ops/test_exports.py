@@ -21,9 +21,10 @@ from fastmta import WorkerPool
 from fastmta import events as E
 from fastmta.exports import Cursor, WebhookExporter
 from fastmta.spool import Spool
+from pathutil import package_parent
 
 pytestmark = pytest.mark.timeout(120)
-SRC = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "src"))
+SRC = package_parent()
 
 
 class Receiver:

@@ -11,6 +11,8 @@ import sys
 import pytest
 from ops_helpers import MESSAGE, domains_of, make_config
 
+from pathutil import package_parent
+
 pytestmark = pytest.mark.timeout(120)
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 
@@ -42,7 +44,7 @@ def test_readme_python_api_examples_run(sim, world, tmp_path):
     lines += [f"u{i}@{fast[0] if i % 2 else fast[i % len(fast)]},N{i}" for i in range(60)]
     lines += [f"u{i}@{unknown[0]},N{i}" for i in range(60, 100)]
     (tmp_path / "recipients.csv").write_text("\n".join(lines) + "\n")
-    env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "src"))
+    env = dict(os.environ, PYTHONPATH=package_parent())
     outs = []
     for i, code in enumerate(blocks):
         script = tmp_path / f"example{i}.py"

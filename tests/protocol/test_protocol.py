@@ -261,6 +261,7 @@ def test_starttls_and_injection_refused():
 def test_starttls_refused_keeps_plain_connection():
     p = ready(b"250-mx.test\r\n250 STARTTLS\r\n")
     p.starttls()
+    assert p.data_to_send() == b"STARTTLS\r\n"  # a reply answers only a command sent
     [ev] = p.receive_data(b"454 4.7.0 TLS not available\r\n")
     assert not ev.ok and p.state == State.READY
 

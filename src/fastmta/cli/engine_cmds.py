@@ -159,10 +159,12 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
         from ..supervisor import engine_running
 
         if engine_running(spool_path):
-            raise click.ClickException(
-                f"an engine is already running on {spool_path}; use `fastmta inject` "
-                "to add a delivery to it (with `fastmta run --forever` it is sent), or "
-                "another --spool")
+            # checked before anything is injected: a second `send` would leave its
+            # delivery in the spool without an engine that waits for it
+            raise FastMTAError(
+                f"another fastmta engine is running on the spool {spool_path}; wait for it "
+                "to finish, use another --spool, or queue this delivery with `fastmta "
+                "inject` for an engine started with `fastmta run --forever`")
         validity_s = parse_duration(validity) if validity else None
         body = Path(message).read_bytes()
         template = Template(body)

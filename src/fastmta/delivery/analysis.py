@@ -38,7 +38,7 @@ from .addresses import (
     domain_shard,
     has_control,
 )
-from .recipients import RecipientReader, Row, open_recipients
+from .recipients import InputError, RecipientReader, Row, open_recipients
 from .template import Template, TemplateError
 
 if TYPE_CHECKING:  # the spool is passed in; analysis itself never opens LMDB
@@ -205,6 +205,22 @@ def _finish(a: Analysis, pre: _Prechecker, domains: Counter[str], warnings: list
     return a
 
 
+def checked_sender(mail_from: str) -> str:
+    """The normalised envelope sender, or a TemplateError saying why it is refused."""
+    norm, _, err = check_address(mail_from) if mail_from else ("", False, "empty")
+    if err:
+        raise TemplateError(f"envelope sender {mail_from!r} is not a valid address ({err})")
+    return norm
+
+
+def check_size(size: int, cfg: DeliveryConfig) -> None:
+    """Refuse a message above ``max_message_bytes`` (analysis and injection alike)."""
+    if size > cfg.max_message_bytes:
+        raise TemplateError(
+            f"message is {size:,} bytes, above the limit of {cfg.max_message_bytes:,} bytes "
+            "([delivery] max_message_bytes); most receivers refuse mail over 10-25 MB")
+
+
 def analyze(
     reader: RecipientReader | Iterable[Row],
     template: Template,
@@ -223,7 +239,8 @@ def analyze(
     from ..spool import ScratchSet  # the one lmdb-backed helper, owned by the spool
 
     cfg = cfg or DeliveryConfig()
-    mail_from = mail_from or template.from_address
+    check_size(template.size, cfg)
+    mail_from = checked_sender(mail_from or template.from_address)
     pre = _Prechecker(template, _columns(reader))
     a = Analysis(message_bytes=template.size, fields=template.fields, mail_from=mail_from)
     warnings = template_warnings(template, mail_from=mail_from, cfg=cfg, dkim_has_key=dkim_has_key)
@@ -247,6 +264,26 @@ def analyze(
             a.smtputf8 += utf8
             domains[norm.rpartition("@")[2]] += 1
     return _finish(a, pre, domains, warnings)
+
+
+def check_delivery_inputs(template_bytes: bytes, *, mail_from: str = "",
+                          validity_s: float | None = None,
+                          cfg: DeliveryConfig | None = None) -> tuple[float, Template, str]:
+    """The checks that need no recipient: validity range, template, envelope sender,
+    message size.  Returns (validity_s, template, normalised sender); raises the user's
+    error.  ``inject`` runs them first; callers that do work before injecting (MX
+    routing) call this before that work."""
+    cfg = cfg or DeliveryConfig()
+    validity_s = cfg.validity_s if validity_s is None else validity_s
+    if not 0 < validity_s <= cfg.max_validity_s:
+        raise FastMTAError(
+            f"validity {validity_s:.0f}s out of range (max {cfg.max_validity_s:.0f}s = 3.5 days)"
+        )
+    template = Template(template_bytes)
+    mail_from = mail_from or template.from_address
+    norm_from = checked_sender(mail_from)
+    check_size(len(template_bytes), cfg)
+    return validity_s, template, norm_from
 
 
 def inject(
@@ -276,18 +313,8 @@ def inject(
     ``delivery_id`` (with the same input) to resume an interrupted injection.  The
     returned ``Analysis`` has ``delivery_id`` set; the delivery is left ``active``."""
     cfg = cfg or DeliveryConfig()
-    validity_s = cfg.validity_s if validity_s is None else validity_s
-    if not 0 < validity_s <= cfg.max_validity_s:
-        raise FastMTAError(
-            f"validity {validity_s:.0f}s out of range (max {cfg.max_validity_s:.0f}s = 3.5 days)"
-        )
-    template = Template(template_bytes)
-    mail_from = mail_from or template.from_address
-    norm_from, _, err = check_address(mail_from) if mail_from else ("", False, "empty")
-    if err:
-        raise TemplateError(f"envelope sender {mail_from!r} is not a valid address ({err})")
-    if template_bytes and len(template_bytes) > cfg.max_message_bytes:
-        raise TemplateError(f"message is {len(template_bytes)} bytes, above max_message_bytes")
+    validity_s, template, norm_from = check_delivery_inputs(
+        template_bytes, mail_from=mail_from, validity_s=validity_s, cfg=cfg)
     pre = _Prechecker(template, _columns(reader))
     if shard_of is None:
         shard_of = HashShard(shards)
@@ -321,7 +348,14 @@ def inject(
         else:
             details.pop(item.line, None)
 
-    stats = spool.add_recipients(delivery_id, items, on_excluded=excluded)
+    try:
+        stats = spool.add_recipients(delivery_id, items, on_excluded=excluded)
+    except InputError as exc:
+        # bad input found part-way: the recipients before it are in the spool; cancel
+        # the delivery so that nothing of a half-read file is ever sent
+        spool.set_state(delivery_id, "cancelled", f"injection failed: {exc}")
+        raise InputError(f"{exc} -- delivery {delivery_id} cancelled, nothing was sent; "
+                         "fix the file and inject it again") from None
     spool.set_state(delivery_id, "active")
     k = spool.kpis(delivery_id)
     a.recipients = k.get("recipients", 0)

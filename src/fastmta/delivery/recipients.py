@@ -16,6 +16,7 @@ import io
 import itertools
 import operator
 import os
+import re
 from collections.abc import Iterator
 from typing import IO
 
@@ -49,7 +50,54 @@ def detect_format(path: str) -> str:
 def open_recipients(path: str | os.PathLike[str], fmt: str | None = None) -> RecipientReader:
     """Open a recipients file (format from the extension unless given)."""
     p = os.fspath(path)
-    return RecipientReader(open(p, encoding="utf-8-sig", newline=""), fmt or detect_format(p), p)
+    try:
+        # undecodable bytes become lone surrogates, found per line (exact line number)
+        f = open(p, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
+    except FileNotFoundError:
+        raise InputError(f"{p}: no such recipients file") from None
+    except IsADirectoryError:
+        raise InputError(f"{p}: is a directory, not a recipients file") from None
+    except PermissionError:
+        raise InputError(f"{p}: permission denied (cannot read the recipients file)") from None
+    return RecipientReader(_Utf8Text(f, p), fmt or detect_format(p), p)
+
+
+class _Utf8Text:
+    """A text file (opened with ``surrogateescape``) whose lines that are not UTF-8 raise
+    an ``InputError`` naming the line."""
+
+    def __init__(self, f: IO[str], name: str) -> None:
+        self._f = f
+        self._name = name
+        self._lines = 0
+
+    def _check(self, line: str) -> str:
+        self._lines += 1
+        if not line.isascii():
+            m = _SURROGATE.search(line)
+            if m is not None:
+                byte = ord(m.group()) - 0xDC00
+                raise InputError(f"{self._name}: line {self._lines} is not UTF-8 text "
+                                 f"(byte 0x{byte:02x}); save the file as UTF-8")
+        return line
+
+    def readline(self) -> str:
+        return self._check(self._f.readline())
+
+    def __iter__(self) -> _Utf8Text:
+        return self
+
+    def __next__(self) -> str:
+        return self._check(next(self._f))
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __getattr__(self, name: str):
+        return getattr(self._f, name)
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class RecipientReader:
@@ -90,6 +138,7 @@ class RecipientReader:
                 f"(expected one of {', '.join(EMAIL_COLUMNS)})"
             )
         self._header = names
+        self._delim = delim
         self.columns = [n for i, n in enumerate(names) if i != self._email_idx]
         self._csv = reader
 
@@ -104,11 +153,16 @@ class RecipientReader:
         names = self._header
         ncol = len(names)
         pairs = [(i, n) for i, n in enumerate(names) if i != ei]
+        last = reader.line_num
         for rec in reader:
             line = reader.line_num
+            first, last = last + 1, line
             if not rec or (len(rec) == 1 and not rec[0].strip() and ncol > 1):
                 continue  # blank line
             if len(rec) != ncol:
+                self._unterminated(first, line, rec)
+            elif line > first:
+                self._swallowed(first, line, rec)
                 yield Row(line, rec[ei] if ei < len(rec) else "", {},
                           f"{len(rec)} columns, header has {ncol}")
                 continue
@@ -151,15 +205,42 @@ class RecipientReader:
             def pick(rec: list[str]) -> tuple[str, ...]:
                 return ()
         empty: tuple[str, ...] = ()
+        last = reader.line_num
         for rec in reader:
             n = len(rec)
             if n != ncol:
                 if not rec or (n == 1 and not rec[0].strip()):
+                    last = reader.line_num
                     continue  # blank line
+                self._unterminated(last + 1, reader.line_num, rec)
                 yield (reader.line_num, rec[ei] if ei < n else "", empty,
                        f"{n} columns, header has {ncol}")
+                last = reader.line_num
                 continue
-            yield reader.line_num, rec[ei], pick(rec), ""
+            if reader.line_num > last + 1:
+                self._swallowed(last + 1, reader.line_num, rec)
+            last = reader.line_num
+            yield last, rec[ei], pick(rec), ""
+
+    def _swallowed(self, first: int, last: int, rec: list[str]) -> None:
+        """A well-formed record over several lines is legal CSV (a quoted value with line
+        breaks) unless the value holds lines that look like recipients: then a quote
+        was left open and swallowed them."""
+        delim = self._delim
+        for f in rec:
+            if "\n" in f and any("@" in ln and delim in ln for ln in f.splitlines()[1:]):
+                raise InputError(
+                    f"{self.name}: line {first}: a quoted field is never closed, so lines "
+                    f"{first}-{last} (recipients among them) were read as one record; fix "
+                    f"the quote (\") on line {first}")
+
+    def _unterminated(self, first: int, last: int, rec: list[str]) -> None:
+        """A malformed record that spans lines: an opening quote never closed swallowed
+        the lines after it.  Refuse the file instead of dropping those recipients."""
+        if last > first or any("\n" in f or "\r" in f for f in rec):
+            raise InputError(
+                f"{self.name}: line {first}: a quoted field is never closed, so lines "
+                f"{first}-{last} were read as one record; fix the quote (\") on line {first}")
 
     def _iter_jsonl(self) -> Iterator[Row]:
         dec = msgspec.json.Decoder()

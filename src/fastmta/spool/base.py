@@ -194,7 +194,15 @@ class SpoolBase:
         """Open (or create) the spool at ``path``; returns this process's single handle."""
         cfg = cfg or SpoolConfig()
         path = os.fspath(path if path is not None else cfg.path)
-        os.makedirs(path, exist_ok=True)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except FileExistsError:
+            raise SpoolError(f"spool {path} exists and is not a directory") from None
+        except NotADirectoryError:
+            raise SpoolError(f"cannot create the spool {path}: a part of the path is a file, "
+                             "not a directory") from None
+        except OSError as exc:
+            raise SpoolError(f"cannot create the spool directory {path}: {exc.strerror}") from None
         real = os.path.realpath(path)
         with _REGISTRY_LOCK:
             sp = _REGISTRY.get(real)
@@ -205,19 +213,10 @@ class SpoolBase:
                         "start processes with multiprocessing 'spawn' and open it there"
                     )
                 return sp
-            env = lmdb.open(
-                real,
-                map_size=cfg.map_size_bytes,
-                subdir=True,
-                max_dbs=MAX_DBS,
-                max_readers=cfg.max_readers,
-                max_spare_txns=cfg.max_spare_txns,
-                sync=cfg.sync,
-                metasync=cfg.metasync,
-                readahead=False,
-                writemap=False,
-                lock=True,
-            )
+            try:
+                env = _open_env(real, cfg)
+            except lmdb.Error as exc:
+                raise SpoolError(f"cannot open the spool {real}: {_lmdb_reason(exc)}") from None
             try:
                 sp = cls(real, cfg, env)
             except BaseException:
@@ -275,6 +274,24 @@ class SpoolBase:
                     "delivery is paused and nothing is lost; raise [spool] map_size_bytes "
                     "and run `fastmta spool resize` (or purge finished deliveries)"
                 )
+                if not self.full:
+                    log.error("%s", msg)
+                    for cb in list(self.on_full):
+                        try:
+                            cb(msg)
+                        except Exception:  # an alert hook must not break the spool
+                            log.exception("on_full callback failed")
+                self.full = msg
+                raise SpoolFullError(msg) from exc
+            except lmdb.Error as exc:
+                # the filesystem ran out of space (LMDB reports ENOSPC on some file
+                # systems, EIO on others, e.g. tmpfs): the transaction is aborted whole;
+                # pause like a full map until space returns
+                if not _disk_full(self.path, exc):
+                    raise
+                msg = (f"the disk holding spool {self.path} is full ({exc}): delivery is "
+                       "paused and nothing is lost; free space on that filesystem and it "
+                       "resumes by itself")
                 if not self.full:
                     log.error("%s", msg)
                     for cb in list(self.on_full):
@@ -374,3 +391,47 @@ class SpoolBase:
             seq += 1
         cur.putmulti(items, append=True)
 
+
+
+def _open_env(real: str, cfg: SpoolConfig):
+    return lmdb.open(
+        real,
+        map_size=cfg.map_size_bytes,
+        subdir=True,
+        max_dbs=MAX_DBS,
+        max_readers=cfg.max_readers,
+        max_spare_txns=cfg.max_spare_txns,
+        sync=cfg.sync,
+        metasync=cfg.metasync,
+        readahead=False,
+        writemap=False,
+        lock=True,
+    )
+
+
+def _lmdb_reason(exc: BaseException) -> str:
+    """LMDB's error text with the usual causes spelt out."""
+    text = str(exc)
+    low = text.lower()
+    if "read-only" in low or "permission" in low or "access" in low:
+        return f"{text} (the spool directory must be writable by this user)"
+    if "no space" in low or "mdb_map_full" in low:
+        return f"{text} (the disk holding the spool is full)"
+    return text
+
+
+_DISK_LOW_BYTES = 16 * 1024 * 1024
+
+
+def _disk_full(path: str, exc: BaseException) -> bool:
+    """An LMDB error that is (most likely) the filesystem running out of space."""
+    text = str(exc)
+    if "No space left" in text or "Disk quota" in text:
+        return True
+    if "Input/output error" not in text:
+        return False
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < _DISK_LOW_BYTES

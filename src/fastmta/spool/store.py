@@ -534,7 +534,7 @@ class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
             txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
             acc.events.append(AttemptEvent(
                 t, did, rid, email, outcome, Status.SENT, attempts, res.code, res.enhanced,
-                res.bounce_class, res.type, "", reply, res.mx, res.source_ip,
+                res.bounce_class, res.type, "", reply, res.mx, res.source_ip, res.tls,
             ))
             acc.applied += 1
             return
@@ -605,7 +605,7 @@ class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
             status=status, attempt=rec.attempts + (res.outcome in ("sent", "hard", "soft")),
             code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
             type=res.type, reason=res.reason, reply=res.reply[:_REPLY_MAX], mx=res.mx,
-            source_ip=res.source_ip,
+            source_ip=res.source_ip, tls=res.tls,
         )
 
     @staticmethod
