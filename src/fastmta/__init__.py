@@ -1,6 +1,6 @@
 """fastmta: an outbound MTA for bulk email campaigns."""
 
-from .core import IMPL, Reply, ReplyParser, parse_reply
+from .core import IMPL, Classification, Reply, ReplyParser, classify, parse_reply
 from .errors import (
     ConfigError,
     FastMTAError,
@@ -16,6 +16,8 @@ __all__ = [
     "Reply",
     "ReplyParser",
     "parse_reply",
+    "classify",
+    "Classification",
     "ConfigError",
     "FastMTAError",
     "LocalProtocolError",

@@ -151,6 +151,8 @@ class ReplyParser:
     """Incremental SMTP reply parser (see module docstring)."""
 
     def __init__(self, max_line: int = DEFAULT_MAX_LINE, max_reply: int = DEFAULT_MAX_REPLY):
+        if max_line < 1 or max_reply < 1:
+            raise ValueError("max_line and max_reply must be positive")
         self.max_line = max_line
         self.max_reply = max_reply
         self._buf = bytearray()
@@ -489,7 +491,11 @@ def _normalize(text: str) -> str:
 
 
 class Classifier:
-    """A compiled rule set and the matcher over it.  ``classify`` uses a default one."""
+    """A compiled rule set and the matcher over it.  ``classify`` uses a default one.
+
+    One instance is meant for one thread (the compiled one keeps its scan state in the
+    instance); the engine uses one per worker process.
+    """
 
     def __init__(self, rules: _rules.CompiledRules | None = None):
         if rules is None:
@@ -504,23 +510,31 @@ class Classifier:
 
     def classify(self, reply, command=None) -> Classification:
         """Classify ``reply`` (``Reply``, str or bytes) answered to ``command``."""
-        if isinstance(reply, Reply):
-            code = reply.code
-            enh = None if reply.enhanced is None else _enh_tuple(reply.enhanced)
-            enhanced = reply.enhanced
-            text = reply.raw
-            if command is None:
-                command = reply.command
+        if isinstance(reply, str):
+            text = reply
+        elif isinstance(reply, (bytes, bytearray, memoryview)):
+            text = bytes(reply).decode("utf-8", "replace")
         else:
-            if isinstance(reply, (bytes, bytearray, memoryview)):
-                text = bytes(reply).decode("utf-8", "replace")
-            elif isinstance(reply, str):
-                text = reply
-            else:
-                raise TypeError(f"classify() needs a Reply, str or bytes, not {type(reply).__name__}")
+            text = None
+        if text is not None:
             code, end = _find_code(text)
             enh = _find_enhanced(text, end)
             enhanced = None if enh is None else f"{enh[0]}.{enh[1]}.{enh[2]}"
+        else:
+            # A Reply (of either implementation): trust its parsed code and enhanced code.
+            try:
+                code = reply.code
+                enhanced = reply.enhanced
+                # Match on the lines' text (codes and continuation prefixes stripped), so
+                # that a phrase wrapped over two lines still matches.
+                text = " ".join(reply.lines)
+                if command is None:
+                    command = reply.command
+            except AttributeError:
+                raise TypeError(
+                    f"classify() needs a Reply, str or bytes, not {type(reply).__name__}"
+                ) from None
+            enh = None if enhanced is None else _enh_tuple(enhanced)
         if command is None:
             phase = _rules.PHASE_NONE
         else:
@@ -588,14 +602,15 @@ def default_classifier() -> Classifier:
 def load_rules(rule_files=None, *, packaged: bool = True) -> Classifier:
     """Rebuild the default classifier from operator rule files (they take precedence).
 
-    ``rule_files``: a path or a list of paths; None = ``FASTMTA_BOUNCE_RULES``.  Raises
+    ``rule_files``: a path or a list of paths; None or "" = ``FASTMTA_BOUNCE_RULES`` (the
+    ``[classify] rules_file`` config key, when set, is passed here and wins).  Raises
     ``ConfigError`` for a missing or invalid file, leaving the previous rules in place.
     """
     global _default
-    if rule_files is None:
+    if not rule_files:
         files = _rules.default_rule_files()
     elif isinstance(rule_files, str):
-        files = [rule_files] if rule_files else []
+        files = [rule_files]
     else:
         files = list(rule_files)
     _default = Classifier(_rules.compile_rules(files, packaged=packaged))

@@ -176,6 +176,7 @@ class CompiledRules:
         n_classes = len(chars) + 1
         goto: list[dict[int, int]] = [{}]
         outputs: list[list[int]] = [[]]
+        last: list[int] = [-1]  # class of the character that enters each state
         for pid, p in enumerate(self.patterns):
             s = 0
             for ch in p:
@@ -185,6 +186,7 @@ class CompiledRules:
                     nxt = len(goto)
                     goto.append({})
                     outputs.append([])
+                    last.append(k)
                     goto[s][k] = nxt
                 s = nxt
             outputs[s].append(pid)
@@ -208,6 +210,30 @@ class CompiledRules:
                     order.append(nxt)
                 else:
                     delta[s * n_classes + k] = delta[fail[s] * n_classes + k]
+        # Renumber states breadth-first: the shallow states, where a scan spends most of
+        # its time, then sit together at the start of the table.
+        bfs = [0] + order
+        new_of = [0] * n_states
+        for new, old in enumerate(bfs):
+            new_of[old] = new
+        renum = array("i", [0]) * (n_states * n_classes)
+        for new, old in enumerate(bfs):
+            base_o = old * n_classes
+            base_n = new * n_classes
+            for k in range(n_classes):
+                renum[base_n + k] = new_of[delta[base_o + k]]
+        delta = renum
+        outputs = [outputs[old] for old in bfs]
+        last = [last[old] for old in bfs]
+        # Whitespace collapsing inside the automaton: patterns never hold two spaces in a
+        # row, so a state entered by a space may stay put on further whitespace.  The
+        # scan then needs no branch for whitespace runs; the result is the same as
+        # matching on the collapsed text (the reference does exactly that).
+        sp = char_class[32]
+        if sp:
+            for st in range(1, n_states):
+                if last[st] == sp:
+                    delta[st * n_classes + sp] = st
         out_off = array("i", [0])
         out_ids = array("i")
         for s in range(n_states):
@@ -220,6 +246,7 @@ class CompiledRules:
         self.out_off = out_off
         self.out_ids = out_ids
         self.space_class = char_class[32]
+        self.has_output = bytes(1 if outputs[st] else 0 for st in range(n_states))
 
     def _build_triggers(self) -> None:
         per_pattern: list[list[int]] = [[] for _ in self.patterns]

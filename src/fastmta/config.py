@@ -187,6 +187,10 @@ class ProviderConfig(_Section, kw_only=True):
     provider_msg_rate_per_s: float | None = None
     tls: str | None = None
     rules: list[ShapingRule] = msgspec.field(default_factory=list)
+class ClassifyConfig(_Section):
+    """Bounce classification: an operator rules file tried before the packaged rules."""
+
+    rules_file: str = ""  # empty = $FASTMTA_BOUNCE_RULES or packaged rules only
 
 
 class Config(_Section):
@@ -199,6 +203,7 @@ class Config(_Section):
     engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
     shaping: ShapingConfig = msgspec.field(default_factory=ShapingConfig)
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
+    classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:

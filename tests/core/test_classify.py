@@ -1,0 +1,341 @@
+"""Bounce classifier: provider and MTA texts, phase rules, lenient input, rule files.
+
+The texts are written for these tests after the providers' public error-code pages and
+the MTAs' default messages (not taken from the scoring corpus).  Each test runs on both
+implementations through the ``impl`` fixture.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fastmta import _rules
+from fastmta.errors import ConfigError
+
+# (reply, command) -> (bounce_class, type, reason, throttle)
+CASES = [
+    # Gmail / Google Workspace
+    ("550-5.1.1 The email account that you tried to reach does not exist. Please try\r\n"
+     "550 5.1.1 double-checking the recipient's email address for typos - gsmtp", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("550 5.2.1 The email account that you tried to reach is disabled. - gsmtp", "rcpt",
+     (10, "hard", "account_disabled", False)),
+    ("452 4.2.2 The email account that you tried to reach is over quota. - gsmtp", "rcpt",
+     (22, "soft", "mailbox_full", False)),
+    ("450 4.2.1 The user you are trying to contact is receiving mail at a rate that prevents "
+     "additional messages from being delivered. - gsmtp", "rcpt", (70, "soft", "unreachable", True)),
+    ("550 5.2.1 The user you are trying to contact is receiving mail at a rate that prevents "
+     "additional messages from being delivered. - gsmtp", "rcpt", (70, "soft", "unreachable", True)),
+    ("421 4.7.28 Gmail has detected an unusual rate of unsolicited mail from your IP. - gsmtp",
+     "dot", (51, "soft", "refused", True)),
+    ("550 5.7.1 Our system has detected that this message is likely unsolicited mail. - gsmtp",
+     "dot", (52, "soft", "refused", False)),
+    ("550 5.7.26 Unauthenticated email from example.net is not accepted due to domain's DMARC "
+     "policy. - gsmtp", "dot", (50, "soft", "refused", False)),
+    ("550 5.7.25 The IP address sending this message does not have a PTR record setup - gsmtp",
+     "mail", (50, "soft", "refused", False)),
+    # Microsoft 365 / Outlook.com
+    ("550 5.5.0 Requested action not taken: mailbox unavailable (S2017062302)", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+     "rcpt", (10, "hard", "user_unknown", False)),
+    ("451 4.7.650 The mail server [198.51.100.9] has been temporarily rate limited due to IP "
+     "reputation.", "mail", (51, "soft", "refused", True)),
+    ("550 5.7.606 Access denied, banned sending IP [198.51.100.9].", "rcpt",
+     (51, "soft", "refused", False)),
+    ("550 5.7.515 Access denied, sending domain example.net doesn't meet the required "
+     "authentication level.", "dot", (50, "soft", "refused", False)),
+    ("550 5.2.2 STOREDRV.Deliver: mailbox full.", "dot", (22, "soft", "mailbox_full", False)),
+    # Yahoo / AOL
+    ("554 delivery error: dd This user doesn't have a aol.com account (x@aol.com) [0]", "dot",
+     (10, "hard", "user_unknown", False)),
+    ("421 4.7.0 [TSS04] Messages from 198.51.100.9 temporarily deferred due to unexpected "
+     "volume or user complaints", "mail", (51, "soft", "refused", True)),
+    ("553 5.7.1 [BL21] Connections will not be accepted from 198.51.100.9, because the ip is "
+     "in Spamhaus's list", "connect", (51, "soft", "refused", False)),
+    ("554 5.7.9 Message not accepted for policy reasons.", "dot", (50, "soft", "refused", False)),
+    # Apple iCloud
+    ("550 5.1.1 <x@icloud.com>: user does not exist", "rcpt", (10, "hard", "user_unknown", False)),
+    ("554 5.7.1 [HM08] Message rejected due to local policy", "dot",
+     (51, "soft", "refused", False)),
+    # Comcast, AT&T
+    ("550 5.1.1 <x@comcast.net> Not our Customer", "rcpt", (10, "hard", "user_unknown", False)),
+    ("421 4.1.0 198.51.100.9 throttled - try again later. Please see RL000001", "mail",
+     (70, "soft", "unreachable", True)),
+    ("550 5.7.1 Connections not accepted from servers without a valid sender domain.flph",
+     "mail", (50, "soft", "refused", False)),
+    # GMX / Web.de, Orange, Free, T-Online
+    ("550 Requested action not taken: mailbox unavailable", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("421 mwinf0000 ME Trop de connexions, veuillez verifier votre configuration. "
+     "Too many connections, slow down. OFR005_104", "connect", (70, "soft", "unreachable", True)),
+    ("550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416",
+     "rcpt", (10, "hard", "user_unknown", False)),
+    ("550 5.7.1 Service refuse. Veuillez essayer plus tard. OFR004_104", "connect",
+     (50, "soft", "refused", False)),
+    ("554 IP=198.51.100.9 - A problem occurred. (Ask your postmaster for help.) (BL)",
+     "connect", (51, "soft", "refused", False)),
+    # Mail.ru, Yandex, QQ, NetEase, Zoho
+    ("550 Message was not accepted -- invalid mailbox. Local mailbox x@mail.ru is unavailable: "
+     "account is disabled", "rcpt", (10, "hard", "account_disabled", False)),
+    ("550 5.7.1 No such user!", "rcpt", (10, "hard", "user_unknown", False)),
+    ("554 5.7.1 [2] Message rejected under suspicion of SPAM", "dot",
+     (52, "soft", "refused", False)),
+    ("550 Mailbox not found. http://service.mail.qq.com/cgi-bin/help?subtype=1", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("451 Ip frequency limited. http://service.mail.qq.com/cgi-bin/help", "mail",
+     (70, "soft", "unreachable", True)),
+    ("550 User not found: x@163.com", "rcpt", (10, "hard", "user_unknown", False)),
+    ("554 DT:SPM 163 mx12,site,abc, please see http://mail.163.com/help/help_spam_16.htm", "dot",
+     (52, "soft", "refused", False)),
+    ("550 5.1.1 User does not exist - <x@zoho.example>", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    # Gateways
+    ("554 5.7.1 Service unavailable; Client host [198.51.100.9] blocked using Barracuda "
+     "Reputation", "rcpt", (51, "soft", "refused", False)),
+    ("550 Invalid Recipient - https://community.mimecast.com/docs/DOC-1369#550", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("554 Blocked - see https://ipcheck.proofpoint.com/?ip=198.51.100.9", "connect",
+     (51, "soft", "refused", False)),
+    ("550 #5.1.0 Address rejected.", "rcpt", (10, "hard", "user_unknown", False)),
+    # MTA defaults
+    ("550 5.1.1 <x@example.org>: Recipient address rejected: User unknown in local recipient "
+     "table", "rcpt", (10, "hard", "user_unknown", False)),
+    ("450 4.7.1 <x@example.org>: Recipient address rejected: Greylisted for 300 seconds", "rcpt",
+     (70, "soft", "unreachable", False)),
+    ("554 5.7.1 <x@example.org>: Relay access denied", "rcpt", (54, "soft", "refused", False)),
+    ("550 Unrouteable address", "rcpt", (10, "hard", "user_unknown", False)),
+    ("550 5.1.1 <x@example.org>... User unknown", "rcpt", (10, "hard", "user_unknown", False)),
+    ("551 sorry, no mailbox here by that name. (#5.1.1)", "rcpt",
+     (10, "hard", "user_unknown", False)),
+    ("452 4.3.1 Insufficient system resources", "mail", (20, "soft", "unreachable", False)),
+    ("552 5.3.4 Message size exceeds fixed limit", "dot", (23, "soft", "refused", False)),
+    ("550 5.1.2 <x@nowhere.example>: Recipient address rejected: Domain not found", "rcpt",
+     (21, "hard", "invalid_domain", False)),
+    ("554 5.7.1 Rejected: virus found in message (Eicar-Test-Signature)", "dot",
+     (53, "soft", "refused", False)),
+]
+
+
+@pytest.mark.parametrize("reply,command,expected", CASES, ids=[c[0][:48] for c in CASES])
+def test_provider_and_mta_texts(impl, reply, command, expected):
+    c = impl.classify(reply, command)
+    assert (c.bounce_class, c.type, c.reason, c.throttle) == expected, c.rule
+
+
+def test_success_and_actions(impl):
+    c = impl.classify("250 2.0.0 Ok: queued as ABC123", "dot")
+    assert (c.bounce_class, c.type, c.action, c.code, c.enhanced) == (0, "none", "deliver_ok", 250, "2.0.0")
+    assert impl.classify("550 5.1.1 user unknown", "rcpt").action == "bounce"
+    assert impl.classify("421 4.7.0 Too many connections", "connect").action == "reduce_rate"
+    assert impl.classify("554 5.7.1 blocked using zen.spamhaus.org", "rcpt").action == "suspend_site"
+    assert impl.classify("450 4.2.2 mailbox full", "rcpt").action == "retry"
+
+
+def test_phase_too_many_recipients_is_retry_not_bounce(impl):
+    for text in ("452 4.5.3 Too many recipients", "552 5.5.3 Too many recipients",
+                 "552 Too many recipients", "452 Requested action not taken"):
+        c = impl.classify(text, "rcpt")
+        assert (c.type, c.action, c.bounce_class) == ("soft", "retry", 70), (text, c.rule)
+    # The same 552 after the message is a size/storage problem, not a recipient count.
+    assert impl.classify("552 5.3.4 Message too big", "dot").bounce_class == 23
+
+
+def test_phase_421_at_connect_is_throttle(impl):
+    c = impl.classify("421 mx.example.net Service not available, closing transmission channel",
+                      "connect")
+    assert (c.type, c.throttle, c.action) == ("soft", True, "reduce_rate")
+
+
+def test_phase_5xx_to_mail_from_blames_the_sender(impl):
+    c = impl.classify("550 5.1.0 Sender rejected", "mail")
+    assert (c.type, c.reason) == ("soft", "refused")
+    c = impl.classify("553 Requested action not taken: mailbox name not allowed", "mail")
+    assert (c.type, c.reason) == ("soft", "refused")
+    # The same text to RCPT is about the recipient.
+    c = impl.classify("553 Requested action not taken: mailbox name not allowed", "rcpt")
+    assert (c.type, c.reason) == ("hard", "user_unknown")
+
+
+def test_rate_limit_5xx_is_soft_throttle(impl):
+    c = impl.classify("550 5.7.1 Too many messages from your IP, rate limit exceeded", "dot")
+    assert (c.type, c.throttle, c.action) == ("soft", True, "reduce_rate")
+
+
+def test_lenient_free_text(impl):
+    c = impl.classify("host mx.example.org said: 550 sorry, no mailbox (#5.1.1 - chkusr)")
+    assert (c.code, c.enhanced, c.type) == (550, "5.1.1", "hard")
+    assert impl.extract_codes("Diagnostic: smtp; 5.2.2 over quota") == (0, "5.2.2")
+    assert impl.extract_codes("connect to 192.0.2.25[192.0.2.25]:25: timed out") == (0, None)
+    assert impl.extract_codes("4.16.55.1 see 198.51.100.250") == (0, None)
+    # A greeting followed by the refusal: the refusal's code counts.
+    assert impl.extract_codes("220-mx ready 421 4.7.0 go away")[0] == 421
+    c = impl.classify("")
+    assert (c.code, c.bounce_class, c.type) == (0, 1, "soft")
+    c = impl.classify(b"550 5.1.1 \xff user unknown")
+    assert c.type == "hard"
+
+
+def test_reply_objects_use_their_command(impl):
+    p = impl.ReplyParser()
+    p.expect("rcpt")
+    (r,) = p.feed(b"452-4.5.3 Too many\r\n452 4.5.3 recipients\r\n")
+    c = impl.classify(r)
+    assert (c.code, c.enhanced, c.action) == (452, "4.5.3", "retry")
+    assert impl.classify(r, "dot").rule != "rcpt-too-many-recipients-enhanced"
+
+
+def test_reply_phrase_wrapped_over_lines(impl):
+    p = impl.ReplyParser()
+    p.expect("rcpt")
+    (r,) = p.feed(b"550-5.1.1 The email account that you tried to reach does\r\n"
+                  b"550-5.1.1 not exist. Please try double-checking the address\r\n"
+                  b"550 5.1.1 for typos. - gsmtp\r\n")
+    c = impl.classify(r)
+    assert (c.type, c.reason, c.rule) == ("hard", "user_unknown", "user-unknown")
+
+
+def test_to_dict_fields(impl):
+    d = impl.classify("550 5.1.1 user unknown", "rcpt").to_dict()
+    assert set(d) == {"code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",
+                      "rule"}
+
+
+def test_bad_arguments(impl):
+    with pytest.raises(TypeError):
+        impl.classify(12345)
+    with pytest.raises(TypeError):
+        impl.classify("550 x", command=5)
+
+
+# ---------------------------------------------------------------------------------------
+# Rule order, operator rule files
+# ---------------------------------------------------------------------------------------
+
+def test_rule_order_first_match_wins(impl, tmp_path):
+    f = tmp_path / "rules.toml"
+    f.write_text(
+        '[[rule]]\nname = "first"\ntext = ["acme"]\nbounce_class = 50\ntype = "soft"\n'
+        'reason = "refused"\n\n'
+        '[[rule]]\nname = "second"\ntext = ["acme widget"]\nbounce_class = 10\ntype = "hard"\n'
+        'reason = "user_unknown"\n'
+    )
+    clf = impl.Classifier(_rules.compile_rules([str(f)], packaged=False))
+    assert clf.classify("550 acme widget").rule == "first"
+    assert clf.classify("550 nothing").rule == "default"
+
+
+def test_packaged_rule_order_specific_before_generic():
+    names = [r.name for r in _rules.compile_rules([]).rules]
+    assert names[0] == "success"
+    assert names.index("rcpt-too-many-recipients-enhanced") < names.index("enh-protocol")
+    assert names.index("rate-limited") < names.index("blocklist") < names.index("spam-content")
+    assert names.index("mailbox-full") < names.index("user-unknown") < names.index("enh-bad-mailbox-5xx")
+    assert names[-1] == "default-no-code"
+
+
+def test_operator_rules_take_precedence(impl, tmp_path):
+    f = tmp_path / "ops.toml"
+    f.write_text(
+        '[[rule]]\nname = "ops-unknown-is-soft"\ncode = ["550"]\ntext = ["user unknown"]\n'
+        'bounce_class = 20\ntype = "soft"\nreason = "not_defined"\n'
+    )
+    clf = impl.Classifier(_rules.compile_rules([str(f)]))
+    assert clf.classify("550 5.1.1 user unknown", "rcpt").rule == "ops-unknown-is-soft"
+    assert clf.classify("552 5.2.2 mailbox full", "rcpt").rule == "mailbox-full"
+    try:
+        impl.load_rules(str(f))
+        assert impl.classify("550 5.1.1 user unknown", "rcpt").type == "soft"
+    finally:
+        impl.load_rules([])
+    assert impl.classify("550 5.1.1 user unknown", "rcpt").type == "hard"
+
+
+def test_rules_env_variable(impl, tmp_path, monkeypatch):
+    f = tmp_path / "env.toml"
+    f.write_text('[[rule]]\nname = "env"\ntext = ["zzz"]\nbounce_class = 1\ntype = "soft"\n'
+                 'reason = "not_defined"\n')
+    monkeypatch.setenv(_rules.RULES_ENV, str(f))
+    try:
+        impl.load_rules()
+        assert impl.classify("550 zzz").rule == "env"
+    finally:
+        monkeypatch.delenv(_rules.RULES_ENV)
+        impl.load_rules()
+
+
+@pytest.mark.parametrize("body,needle", [
+    ('[[rule]]\nname = "x"\nbounce_class = 99\ntype = "soft"\nreason = "refused"\n', "bounce_class"),
+    ('[[rule]]\nname = "x"\nbounce_class = 10\ntype = "permanent"\nreason = "refused"\n', "type"),
+    ('[[rule]]\nname = "x"\ncode = ["5x0"]\nbounce_class = 10\ntype = "hard"\nreason = "refused"\n', "code"),
+    ('[[rule]]\nname = "x"\ntext = ["Upper"]\nbounce_class = 10\ntype = "hard"\nreason = "refused"\n', "lower case"),
+    ('[[rule]]\nname = "x"\ncolour = 1\nbounce_class = 10\ntype = "hard"\nreason = "refused"\n', "unknown keys"),
+    ('[[rule]]\nname = "x"\ncommand = ["fly"]\nbounce_class = 10\ntype = "hard"\nreason = "refused"\n', "command"),
+    ('[[rule]\n', "not valid TOML"),
+])
+def test_bad_rule_files_are_clear_errors(impl, tmp_path, body, needle):
+    f = tmp_path / "bad.toml"
+    f.write_text(body)
+    with pytest.raises(ConfigError, match=needle):
+        impl.load_rules(str(f))
+    with pytest.raises(ConfigError, match="cannot read"):
+        impl.load_rules(str(tmp_path / "missing.toml"))
+    # The previous rules stay in place.
+    assert impl.classify("550 5.1.1 user unknown", "rcpt").type == "hard"
+
+
+FALSE_FRIENDS = [
+    # text, command, what it must NOT be / must be
+    ("550 Mailbox is frozen", "rcpt", ("account_disabled", "hard")),
+    ("421 4.4.2 Connection terminated by remote host", None, ("unreachable", "soft")),
+    ("552 5.3.4 Message exceeded the maximum size for this server", "dot", ("refused", "soft")),
+    ("550 5.1.1 User not listed in public Name & Address Book", "rcpt", ("user_unknown", "hard")),
+    ("554 5.7.1 The message absorbs too much", "dot", ("refused", "soft")),
+    ("451 4.4.0 MX lookup failed for example.org, try again", None, ("invalid_domain", "soft")),
+    ("550 5.7.1 Your account has been suspended for sending spam", "mail", ("refused", "soft")),
+    ("551 User not local; please try <x@other.example>", "rcpt", ("user_unknown", "hard")),
+    ("554 Sending from your IP is disabled", "rcpt", ("refused", "soft")),
+    ("421 4.7.0 TLS handshake failed, try again later", "starttls", ("refused", "soft")),
+]
+
+
+@pytest.mark.parametrize("text,command,expected", FALSE_FRIENDS, ids=[f[0][:40] for f in FALSE_FRIENDS])
+def test_false_friends(impl, text, command, expected):
+    c = impl.classify(text, command)
+    assert (c.reason, c.type) == expected, c.rule
+
+
+def test_packaged_rules_lint():
+    compiled = _rules.compile_rules([])
+    names = [r.name for r in compiled.rules]
+    assert len(names) == len(set(names)), "rule names must be unique"
+    for p in compiled.patterns:
+        assert len(p.strip()) >= 3 or p.startswith(("[", "(", " ")), f"pattern {p!r} is too short"
+    # Every soft rule that blocks the sender is never hard, every hard rule bounces.
+    for r in compiled.rules:
+        if r.type == "hard":
+            assert r.action == "bounce" and r.reason in ("user_unknown", "invalid_domain",
+                                                         "account_disabled"), r.name
+        if r.reason == "refused":
+            assert r.type == "soft", r.name
+        if r.throttle:
+            assert r.type == "soft" and r.action == "reduce_rate", r.name
+
+
+def test_regex_rule_runs_only_after_other_conditions(impl, tmp_path):
+    f = tmp_path / "rx.toml"
+    f.write_text(
+        '[[rule]]\nname = "ticket"\ncode = ["55x"]\ntext = ["ticket"]\n'
+        "regex = 'ticket #[0-9]{4}\\b'\n"
+        'bounce_class = 25\ntype = "soft"\nreason = "refused"\n'
+    )
+    clf = impl.Classifier(_rules.compile_rules([str(f)]))
+    assert clf.classify("550 Rejected, ticket #1234 opened").rule == "ticket"
+    assert clf.classify("550 Rejected, TICKET #9876").rule == "ticket"  # lower-cased text
+    assert clf.classify("550 Rejected, ticket #12").rule != "ticket"
+    assert clf.classify("450 Rejected, ticket #1234").rule != "ticket"
+    p = impl.ReplyParser()
+    (r,) = p.feed(b"550-Rejected, ticket\r\n550 #4321 opened\r\n")
+    assert clf.classify(r).rule == "ticket"  # lines joined by a space
