@@ -163,7 +163,7 @@ class ShapingConfig(_Section):
     conn_burst: int = 0
     max_msgs_per_conn: int = 0  # 0 = [smtp] max_msgs_per_conn
     idle_timeout_s: float = 0.0  # 0 = [smtp] idle_timeout_s
-    ready_queue_size: int = 5000
+    ready_queue_size: int = 10000
     use_provider_defaults: bool = True
     rules: list[ShapingRule] = msgspec.field(default_factory=list)
 

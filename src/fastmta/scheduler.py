@@ -383,10 +383,15 @@ class Scheduler:
         except Exception:  # a bug must not kill the worker: log, give the jobs back
             log.exception("connection task for site %s failed", site.name)
         finally:
+            if conn is not None and not self.stopping:
+                # the server counts this connection until it is closed: keep it counted
+                # here too, or the next one would exceed a per-IP connection limit
+                try:
+                    await conn.quit(timeout_s=2.0)
+                except BaseException:
+                    conn.abort()
             site.active -= 1
             shaper.on_close()
-            if conn is not None and not self.stopping:
-                self.loop.create_task(conn.quit(timeout_s=2.0))
             self.pump(site)
 
     def _connect_failed(self, site: Site, exc) -> None:

@@ -370,11 +370,14 @@ class SiteShaper:
             self.rate_pause_s = min(self.p.rate_pause_max_s, self.rate_pause_s * 2)
             self.probe_pending = True
             self.probe_out_at = None
-        if not self.p.adaptive or now - self.last_cut < self.p.throttle_holdoff_s:
+        if not self.p.adaptive:
+            return False
+        # every throttle holds new connections back for a moment (no reconnect storm)
+        self.pause_until = max(self.pause_until, now + self.p.throttle_pause_s)
+        if now - self.last_cut < self.p.throttle_holdoff_s:
             return False
         self.last_cut = now
         self.ceiling_at = now
-        self.pause_until = now + self.p.throttle_pause_s
         self.successes = 0
         if kind == "rate" and self.p.adaptive_rate:
             self._cut_rate(now)

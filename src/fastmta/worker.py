@@ -66,6 +66,10 @@ class Worker:
         self.cfg: Config = msgspec.convert(spec.config, Config)
         self.owner = owner_name(spec.index, os.getpid())
         self.inflight = 0
+        self.per_shard: dict[int, int] = dict.fromkeys(spec.shards, 0)
+        # one shard (one big, slow site) may hold at most this many recipients in
+        # memory, so it cannot take the whole budget and starve the other shards
+        self.shard_cap = max(spec.lease_batch, spec.max_inflight // 4)
         self.draining = False
         self.stop_now = False
         self._room = asyncio.Event()
@@ -114,11 +118,13 @@ class Worker:
     def _on_result(self, job: Job, result) -> None:
         fut = asyncio.ensure_future(self.writer.submit(result))
         self._pending.add(fut)
-        fut.add_done_callback(self._committed)
+        shard = job.item.shard
+        fut.add_done_callback(lambda f: self._committed(f, shard))
 
-    def _committed(self, fut: asyncio.Future) -> None:
+    def _committed(self, fut: asyncio.Future, shard: int) -> None:
         self._pending.discard(fut)
         self.inflight -= 1
+        self.per_shard[shard] -= 1
         if fut.cancelled() or fut.exception() is not None:
             # not durable: the lease stays; recovery gives the recipient back later
             self.commit_errors += 1
@@ -138,12 +144,22 @@ class Worker:
                 except TimeoutError:
                     pass
                 continue
-            items = await self.writer.run(self.spool.lease, spec.shards, self.owner,
+            shards = [s for s in spec.shards if self.per_shard[s] < self.shard_cap]
+            if not shards:
+                self._room.clear()
+                try:
+                    await asyncio.wait_for(self._room.wait(), spec.poll_s)
+                except TimeoutError:
+                    pass
+                continue
+            items = await self.writer.run(self.spool.lease, shards, self.owner,
                                           min(room, spec.lease_batch))
             if not items:
                 await asyncio.sleep(spec.poll_s)
                 continue
             self.inflight += len(items)
+            for it in items:
+                self.per_shard[it.shard] = self.per_shard.get(it.shard, 0) + 1
             await self._dispatch(items)
 
     async def _dispatch(self, items: list[WorkItem]) -> None:
