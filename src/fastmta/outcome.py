@@ -57,6 +57,12 @@ def _fallback_classify(reply: Reply) -> Classification:
             throttle=throttle,
             action="reduce_rate" if throttle else "retry",
         )
+    if (enh or "").startswith("5.7") or reply.command in ("connect", "ehlo", "helo", "mail"):
+        # a block of the sender, not of the recipient: never a hard bounce
+        return Classification(
+            code=code, enhanced=enh, bounce_class=50, type="soft", reason="refused",
+            action="suspend_site",
+        )
     if (enh or "").startswith("5.1.") and reply.command == "rcpt":
         return Classification(
             code=code, enhanced=enh, bounce_class=10, type="hard", reason="user_unknown",

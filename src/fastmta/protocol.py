@@ -366,6 +366,7 @@ class ClientProtocol:
         self.greeting: Reply | None = None
         self.use_pipelining = pipelining  # may be turned off by the caller
         self.messages_sent = 0  # transactions that got a 2xx after the dot
+        self.replies_received = 0  # complete replies (progress, for timeouts)
         self.tls = False
         self._parser = ReplyParser(max_line, max_reply)
         self._parser.expect("connect")
@@ -476,12 +477,13 @@ class ClientProtocol:
         )
         if utf8 and not caps.smtputf8:
             return self._local_done(result, "smtputf8_unsupported")
-        if caps.size and len(body) > caps.size:
-            return self._local_done(result, "too_large", f"{len(body)} > {caps.size} bytes")
+        size = len(body) - 3  # RFC 1870: the message with CRLFs, without the final "."
+        if caps.size and size > caps.size:
+            return self._local_done(result, "too_large", f"{size} > {caps.size} bytes")
         enc = "utf-8" if utf8 else "ascii"
         params = b""
         if caps.size is not None:
-            params += b" SIZE=%d" % len(body)
+            params += b" SIZE=%d" % size
         if caps.eightbitmime and not envelope.body.isascii():
             params += b" BODY=8BITMIME"
         if utf8:
@@ -618,7 +620,11 @@ class ClientProtocol:
             replies = self._parser.feed(data)
         except RemoteProtocolError as exc:
             return self._broken("protocol_error", str(exc))
+        self.replies_received += len(replies)
         for reply in replies:
+            if self.state == State.TLS:
+                # a reply after "220 go ahead" before the handshake: response injection
+                return self._broken("protocol_error", "data after STARTTLS reply")
             self._on_reply(reply)
             if self.state == State.BROKEN:
                 break

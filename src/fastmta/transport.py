@@ -194,6 +194,7 @@ class Connection:
         self._txn_waiters: dict[TransactionResult, asyncio.Future] = {}
         self._deadline: float | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._progress = 0  # proto.replies_received when the deadline was last armed
         self._lost_kind: str | None = None
         self._lost_detail: str | None = None
         self._timeouts = {
@@ -265,11 +266,12 @@ class Connection:
                 ),
                 cfg.connect_timeout_s,
             )
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             reply, c = local("connect_timeout", "connect", f"{ip}:{port}")
             raise ConnectFailed("connect_timeout", reply, c) from None
         except OSError as exc:
-            reply, c = local("connect_failed", "connect", f"{ip}:{port}: {exc.strerror or exc}")
+            why = os.strerror(exc.errno) if exc.errno else (exc.strerror or str(exc))
+            reply, c = local("connect_failed", "connect", f"{ip}:{port}: {why}")
             raise ConnectFailed("connect_failed", reply, c) from None
         self.stream = stream
         try:
@@ -324,8 +326,7 @@ class Connection:
                 server_hostname=server_hostname or (self.peer[0] if policy == "verify" else None),
                 ssl_handshake_timeout=self.cfg.command_timeout_s,
             )
-        except (OSError, ssl.SSLError, TimeoutError, asyncio.TimeoutError, ConnectionError,
-                ValueError) as exc:
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, ValueError) as exc:
             reply, c = local("tls_failed", "starttls", f"handshake failed: {exc}")
             raise ConnectFailed("tls_failed", reply, c) from None
         if new_transport is None:  # closed during the handshake
@@ -386,23 +387,33 @@ class Connection:
         self._arm()
 
     def _arm(self) -> None:
+        self._progress = self.proto.replies_received
         cmd = self.proto.awaiting
         if cmd is None:
             self._deadline = None
             return
         loop = self.loop
-        deadline = loop.time() + self._timeouts.get(cmd, self.cfg.command_timeout_s)
+        now = loop.time()
+        deadline = now + self._timeouts.get(cmd, self.cfg.command_timeout_s)
+        if self.stream is not None and self.stream.paused:
+            deadline = min(deadline, now + self.cfg.data_block_timeout_s)
+        self._set_deadline(deadline)
+
+    def _set_deadline(self, deadline: float) -> None:
+        """Lazy timer: moving the deadline later costs nothing; earlier re-schedules."""
         self._deadline = deadline
-        if self._timer is None:
-            self._timer = loop.call_at(deadline, self._on_timer)
+        t = self._timer
+        if t is None:
+            self._timer = self.loop.call_at(deadline, self._on_timer)
+        elif t.when() > deadline:
+            t.cancel()
+            self._timer = self.loop.call_at(deadline, self._on_timer)
 
     def _on_pause(self) -> None:
         # the peer does not read: bound the wait by the DATA block timeout
         dl = self.loop.time() + self.cfg.data_block_timeout_s
         if self._deadline is None or dl < self._deadline:
-            self._deadline = dl
-            if self._timer is None:
-                self._timer = self.loop.call_at(dl, self._on_timer)
+            self._set_deadline(dl)
 
     def _on_timer(self) -> None:
         self._timer = None
@@ -444,7 +455,9 @@ class Connection:
             w = self._control_waiter
             if w is not None and not w.done():
                 w.set_result(None)
-        else:
+        elif out or self.proto.replies_received != self._progress:
+            # only a complete reply counts as progress: a slow drip of bytes does not
+            # extend the deadline
             self._arm()
 
     async def _next_control(self) -> Event:
@@ -534,7 +547,7 @@ class Connection:
         self._flush()
         try:
             ev = await asyncio.wait_for(self._next_control(), timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self.abort()
             return False
         return isinstance(ev, ResetDone) and ev.reply.code == 250 and self.usable
@@ -562,7 +575,7 @@ class Connection:
                 self._flush()
                 try:
                     await asyncio.wait_for(self._wait_quit(), timeout_s)
-                except (TimeoutError, asyncio.TimeoutError):
+                except TimeoutError:
                     pass
         finally:
             self.close()
@@ -580,7 +593,7 @@ class Connection:
             return
         try:
             await asyncio.wait_for(asyncio.shield(st.closed), timeout_s)
-        except (TimeoutError, asyncio.TimeoutError):
+        except TimeoutError:
             self.abort()
 
     async def wait_closed(self, timeout_s: float = 5.0) -> None:

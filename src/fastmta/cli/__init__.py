@@ -35,3 +35,4 @@ def info() -> None:
 # Command modules register themselves on ``main``; keep one module per concern.
 from . import core_cmds  # noqa: E402,F401
 from . import engine_cmds  # noqa: E402,F401
+from .sim_cmds import sim as _sim  # noqa: E402,F401

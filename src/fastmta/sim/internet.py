@@ -135,13 +135,15 @@ class SimInternet:
     # ------------------------------------------------------------------ configuration
     def dns_config(self, **kw) -> DnsConfig:
         """A DnsConfig pointing at this simulated internet (loopback MX allowed)."""
-        return DnsConfig(nameservers=["127.0.0.1"], port=self.dns_port,
-                         allow_loopback_mx=True, **kw)
+        kw.setdefault("allow_loopback_mx", True)
+        return DnsConfig(nameservers=["127.0.0.1"], port=self.dns_port, **kw)
 
     def routes(self) -> dict[str, list[str]]:
         """domain -> ["ip:port", ...] (MX order), for MTAs that take a transport map."""
         out: dict[str, list[str]] = {}
         for d, p in self.world.domain_provider.items():
+            if p.dns in ("nxdomain", "nullmx", "servfail"):
+                continue  # a route would hide the DNS failure
             hosts = sorted(self.world.provider_hosts[p.name], key=lambda h: h.preference)
             out[d] = [f"{h.address}:{self.smtp_port}" for h in hosts]
         return out

@@ -212,7 +212,10 @@ class _Session(asyncio.Protocol):
 
     # -------------------------------------------------------------- input
     def data_received(self, data: bytes) -> None:
-        if self.mode == _CLOSED or self.mode == _TLS:
+        if self.mode == _CLOSED:
+            return
+        if self.mode == _TLS:
+            self.buf += data  # decrypted data arriving before start_tls() returned
             return
         buf = self.buf
         buf += data
@@ -265,7 +268,10 @@ class _Session(asyncio.Protocol):
         if self.mode == _CLOSED:
             self._close_after_write()
         elif self.mode == _TLS:
-            asyncio.ensure_future(self._starttls())
+            self.tr.pause_reading()  # the next bytes are the TLS ClientHello
+            t = asyncio.ensure_future(self._starttls())
+            self.srv.tasks.add(t)
+            t.add_done_callback(self.srv.tasks.discard)
 
     # -------------------------------------------------------------- commands
     def _command(self, line: bytes) -> bytes | None:
@@ -414,8 +420,9 @@ class _Session(asyncio.Protocol):
         self.tls = True
         self.ehlo = False
         self._reset()
-        self.buf.clear()
         self.mode = _CMD
+        if self.buf:
+            self.data_received(b"")
 
 
 class MxServer:
@@ -430,6 +437,7 @@ class MxServer:
         self.default_behaviour = Behaviour()
         self.queue_id = 0
         self.open_sessions: set[_Session] = set()
+        self.tasks: set[asyncio.Future] = set()
         self._pstates: dict[str, _ProviderState] = {}
         self._servers: list[asyncio.AbstractServer] = []
         self._names = {h.address: h.name.encode() for h in world.hosts.values()}
@@ -497,7 +505,7 @@ class MxServer:
         for s in self._servers:
             try:
                 await asyncio.wait_for(s.wait_closed(), 2.0)
-            except (TimeoutError, asyncio.TimeoutError):
+            except TimeoutError:
                 pass
         self._servers = []
 
