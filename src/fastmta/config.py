@@ -83,7 +83,7 @@ class SpoolConfig(_Section):
     map_size_bytes: int = 64 * 1024**3
     sync: bool = True  # fsync the data at each commit (durability of `pending`/results)
     metasync: bool = True  # fsync the meta page too (False: last commit may roll back)
-    commit_batch: int = 256  # results per group commit (ResultWriter)
+    commit_batch: int = 1024  # results per group commit (ResultWriter); bench_spool.py
     commit_window_ms: float = 20.0  # max wait for more results before a commit
     lease_s: float = 300.0  # claim duration of leased work
     max_readers: int = 512  # fixed by the first process that opens the spool

@@ -59,7 +59,7 @@ class DeliveryRecord(_Rec, tag=1, kw_only=True):
     smtputf8: bool = False  # the template needs SMTPUTF8 (UTF-8 addresses in headers)
 
 
-class Rcpt(_Rec, tag=2, kw_only=True):
+class Rcpt(_Rec, tag=2):
     """State of one recipient of one delivery (key: delivery id, recipient id)."""
 
     email: str
@@ -103,7 +103,7 @@ class Lease(_Rec, tag=3):
     leased_ms: int = 0
 
 
-class RecipientIn(msgspec.Struct, array_like=True, kw_only=True):
+class RecipientIn(msgspec.Struct, array_like=True):
     """A recipient handed to ``Spool.add_recipients`` (already syntax-checked).
 
     ``email`` is normalised (domain lower-cased, IDNA A-label); ``exclude`` is an

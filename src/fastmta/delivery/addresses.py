@@ -48,12 +48,23 @@ def _domain_ascii(domain: str) -> str | None:
     return result
 
 
+_FAST_RE = re.compile(r"([A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*)@([A-Za-z0-9.\-]+)")
+
+
 def check_address(raw: str) -> tuple[str, bool, str]:
     """Validate one recipient address.
 
     Returns ``(normalised, smtputf8, error)``: ``error`` is "" when valid, else
     ``"empty"`` or a short description of the syntax problem.
     """
+    m = _FAST_RE.fullmatch(raw)  # the common case: plain ASCII, no spaces
+    if m is not None:
+        local, domain = m.groups()
+        dom = _domain_cache.get(domain)
+        if dom is None:
+            dom = _domain_ascii(domain)
+        if dom is not None and len(local) <= 64 and len(raw) <= 254:
+            return (raw if dom == domain else f"{local}@{dom}"), False, ""
     addr = raw.strip()
     if not addr:
         return "", False, "empty"

@@ -16,7 +16,11 @@ a disk-backed set for ``analyze`` and in the spool for ``inject``).
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
+import pickle
+import queue
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -26,8 +30,8 @@ import msgspec
 from ..config import DeliveryConfig
 from ..errors import FastMTAError
 from ..records import DeliveryRecord, RecipientIn
-from .addresses import check_address, domain_shard
-from .recipients import RecipientReader, Row
+from .addresses import check_address, domain_shard, has_control
+from .recipients import RecipientReader, Row, open_recipients
 from .template import Template, TemplateError
 
 if TYPE_CHECKING:  # the spool is passed in; analysis itself never opens LMDB
@@ -122,6 +126,7 @@ class _Prechecker:
         self.t = t
         self.fields = t.fields
         self.missing: Counter[str] = Counter()
+        self._reader: Any = None
         if columns is not None:
             unknown = [f for f in t.fields if f not in columns]
             if unknown:
@@ -129,32 +134,59 @@ class _Prechecker:
                     f"the message uses {', '.join('{{' + u + '}}' for u in unknown)} but the "
                     f"recipients file has no such column (columns: {', '.join(columns) or 'none'})"
                 )
+        self.hidx = [i for i, f in enumerate(self.fields) if f in t.header_fields]
+        self.bidx = [i for i, f in enumerate(self.fields) if f in t.body_fields] if t.boundary else []
+        self.marker = "--" + t.boundary if t.boundary else ""
 
-    def check(self, row: Row) -> tuple[str, str, str, bool, tuple[str, ...]]:
-        """``(reason, detail, normalised email, smtputf8, field values)``."""
-        if row.error:
-            return "malformed_line", row.error, "", False, ()
-        norm, utf8, err = check_address(row.email)
-        if err == "empty":
-            return "address_not_specified", "", "", False, ()
+    def rows(self, reader: Any) -> Iterator[tuple[int, str, tuple[str, ...], str]]:
+        """``(line, email, field values, error)`` from a reader or an iterable of Row."""
+        if hasattr(reader, "rows"):
+            self._reader = reader
+            return reader.rows(self.fields)
+        return self._from_rows(reader)
+
+    def _from_rows(self, rows: Iterable[Row]) -> Iterator[tuple[int, str, tuple[str, ...], str]]:
+        for r in rows:
+            vals = []
+            for name in self.fields:
+                v = r.fields.get(name)
+                if v is None:
+                    self.missing[name] += 1
+                    v = ""
+                vals.append(v)
+            yield r.line, r.email, tuple(vals), r.error
+
+    def missing_counts(self) -> dict[str, int]:
+        out = dict(self.missing)
+        if self._reader is not None:
+            for k, v in self._reader.missing.items():
+                out[k] = out.get(k, 0) + v
+        return out
+
+    def check(self, email: str, vals: tuple[str, ...], error: str) -> tuple[str, str, str, bool]:
+        """``(reason, detail, normalised email, smtputf8)``."""
+        if error:
+            return "malformed_line", error, "", False
+        norm, utf8, err = check_address(email)
         if err:
-            return "unqualified_address", err, "", False, ()
-        f = row.fields
-        vals = []
-        for name in self.fields:
-            v = f.get(name)
-            if v is None:
-                self.missing[name] += 1
-                v = ""
-            vals.append(v)
-        bad = self.t.check_fields(f)
-        if bad is not None:
-            return "invalid_field", f"field {bad!r} would inject a line", norm, utf8, ()
-        return "", "", norm, utf8, tuple(vals)
+            if err == "empty":
+                return "address_not_specified", "", "", False
+            return "unqualified_address", err, "", False
+        hidx = self.hidx
+        if hidx:
+            text = vals[hidx[0]] if len(hidx) == 1 else " ".join([vals[i] for i in hidx])
+            if has_control(text):
+                bad = next(self.fields[i] for i in hidx if has_control(vals[i]))
+                return "invalid_field", f"field {bad!r} would inject a line", norm, utf8
+        if self.bidx:
+            for i in self.bidx:
+                if self.marker in vals[i]:
+                    return "invalid_field", f"field {self.fields[i]!r} holds the MIME boundary", norm, utf8
+        return "", "", norm, utf8
 
 
 def _finish(a: Analysis, pre: _Prechecker, domains: Counter[str], warnings: list[str]) -> Analysis:
-    for name, n in sorted(pre.missing.items()):
+    for name, n in sorted(pre.missing_counts().items()):
         warnings.append(f"field {name!r} missing on {n} recipient(s): rendered empty")
     if a.smtputf8:
         warnings.append(f"{a.smtputf8} recipient(s) have a UTF-8 local part and need SMTPUTF8")
@@ -191,9 +223,9 @@ def analyze(
     domains: Counter[str] = Counter()
     exc = a.excluded
     with ScratchSet(dir=scratch_dir) as seen:
-        for row in reader:
+        for line, email, vals, error in pre.rows(reader):
             a.recipients += 1
-            reason, detail, norm, utf8, _ = pre.check(row)
+            reason, detail, norm, utf8 = pre.check(email, vals, error)
             if not reason:
                 if not seen.add(norm):
                     reason = "double"
@@ -202,7 +234,7 @@ def analyze(
             if reason:
                 exc[reason] = exc.get(reason, 0) + 1
                 if on_excluded is not None:
-                    on_excluded(Exclusion(row.line, norm or row.email, reason, detail))
+                    on_excluded(Exclusion(line, norm or email, reason, detail))
                 continue
             a.to_deliver += 1
             a.smtputf8 += utf8
@@ -224,8 +256,13 @@ def inject(
     on_excluded: Callable[[Exclusion], None] | None = None,
     dkim_has_key: Callable[[str], bool] | None = None,
     delivery_id: int | None = None,
+    parallel: bool | None = None,
 ) -> Analysis:
     """Create a delivery and stream its recipients into the spool (durable per batch).
+
+    ``parallel``: read and check the input in a second (spawned) process while this one
+    writes the spool.  Off by default (it only pays with a spare core: see
+    docs/spool.md); ``FASTMTA_INJECT_PARALLEL=1`` turns it on for files over 16 MB.
 
     ``shard_of(domain) -> shard`` routes each domain (the engine passes its MX-site
     router); the default is a stable hash of the domain over ``shards``.  Pass
@@ -246,15 +283,9 @@ def inject(
         raise TemplateError(f"message is {len(template_bytes)} bytes, above max_message_bytes")
     pre = _Prechecker(template, _columns(reader))
     if shard_of is None:
-        cache: dict[str, int] = {}
-
-        def shard_of(dom: str) -> int:
-            s = cache.get(dom)
-            if s is None:
-                if len(cache) > 100_000:
-                    cache.clear()
-                s = cache[dom] = domain_shard(dom, shards)
-            return s
+        shard_of = HashShard(shards)
+    if parallel is None:
+        parallel = os.environ.get("FASTMTA_INJECT_PARALLEL") == "1" and _worth_a_process(reader, shard_of)
 
     if delivery_id is None:
         from ..spool import now_ms
@@ -271,18 +302,11 @@ def inject(
     counts = {"smtputf8": 0}
     details: dict[int, str] = {}
 
-    def items() -> Iterator[RecipientIn]:
-        for row in reader:
-            reason, detail, norm, utf8, vals = pre.check(row)
-            if reason:
-                if detail:
-                    details[row.line] = detail
-                yield RecipientIn(email=norm or row.email.strip()[:320], line=row.line,
-                                  exclude=reason)
-                continue
-            counts["smtputf8"] += utf8
-            yield RecipientIn(email=norm, fields=vals, shard=shard_of(norm.rpartition("@")[2]),
-                              line=row.line, smtputf8=utf8)
+    if parallel:
+        assert isinstance(reader, RecipientReader)
+        items = _items_from_process(reader, template_bytes, shard_of, pre, counts, details)
+    else:
+        items = _items(pre, pre.rows(reader), shard_of, counts, details)
 
     def excluded(item: RecipientIn, reason: str) -> None:
         if on_excluded is not None:
@@ -290,7 +314,7 @@ def inject(
         else:
             details.pop(item.line, None)
 
-    stats = spool.add_recipients(delivery_id, items(), on_excluded=excluded)
+    stats = spool.add_recipients(delivery_id, items, on_excluded=excluded)
     spool.set_state(delivery_id, "active")
     k = spool.kpis(delivery_id)
     a.recipients = k.get("recipients", 0)
@@ -312,3 +336,145 @@ def rows_from(items: Iterable[dict[str, Any]]) -> Iterator[Row]:
         d = dict(d)
         email = d.pop("email", "")
         yield Row(i, email if isinstance(email, str) else "", {k: str(v) for k, v in d.items()})
+
+
+class HashShard:
+    """Default router: stable hash of the domain over ``shards`` (picklable, cached)."""
+
+    def __init__(self, shards: int) -> None:
+        self.shards = shards
+        self._cache: dict[str, int] = {}
+
+    def __call__(self, domain: str) -> int:
+        s = self._cache.get(domain)
+        if s is None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            s = self._cache[domain] = domain_shard(domain, self.shards)
+        return s
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"shards": self.shards}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        self.__init__(state["shards"])  # type: ignore[misc]
+
+
+def _items(
+    pre: _Prechecker,
+    rows: Iterable[tuple[int, str, tuple[str, ...], str]],
+    shard_of: Callable[[str], int],
+    counts: dict[str, int],
+    details: dict[int, str],
+) -> Iterator[RecipientIn]:
+    check = pre.check
+    for line, email, vals, error in rows:
+        reason, detail, norm, utf8 = check(email, vals, error)
+        if reason:
+            if detail:
+                details[line] = detail
+            yield RecipientIn(email=norm or email.strip()[:320], line=line, exclude=reason)
+            continue
+        if utf8:
+            counts["smtputf8"] += 1
+        yield RecipientIn(norm, vals, shard_of(norm[norm.rindex("@") + 1:]), line, "", utf8)
+
+
+_PARALLEL_MIN_BYTES = 16 * 1024 * 1024
+_CHUNK = 5000
+
+
+def _worth_a_process(reader: Any, shard_of: Callable[[str], int]) -> bool:
+    if not isinstance(reader, RecipientReader):
+        return False
+    try:
+        if os.path.getsize(reader.name) < _PARALLEL_MIN_BYTES:
+            return False
+        pickle.dumps(shard_of)
+    except (OSError, pickle.PicklingError, TypeError, AttributeError):
+        return False
+    return True
+
+
+class _Chunk(msgspec.Struct, array_like=True):
+    items: list[RecipientIn]
+    details: dict[int, str]
+    done: bool = False
+    smtputf8: int = 0
+    missing: dict[str, int] = msgspec.field(default_factory=dict)
+    error: str = ""
+
+
+def _reader_process(path: str, fmt: str, template_bytes: bytes, shard_of: Callable[[str], int],
+                    conn: Any) -> None:
+    """Child: read + check the input, send chunks of RecipientIn (the pipe's buffer is the
+    backpressure: at most about one chunk waits)."""
+    enc = msgspec.msgpack.Encoder()
+    try:
+        template = Template(template_bytes)
+        with open_recipients(path, fmt) as reader:
+            pre = _Prechecker(template, _columns(reader))
+            counts = {"smtputf8": 0}
+            details: dict[int, str] = {}
+            buf: list[RecipientIn] = []
+            for item in _items(pre, pre.rows(reader), shard_of, counts, details):
+                buf.append(item)
+                if len(buf) >= _CHUNK:
+                    conn.send_bytes(enc.encode(_Chunk(buf, details)))
+                    buf, details = [], {}
+            conn.send_bytes(b"\x00" + enc.encode(_Chunk(buf, details, True, counts["smtputf8"],
+                                                         pre.missing_counts())))
+    except Exception as exc:  # reported to the parent, which raises it
+        conn.send_bytes(b"\x00" + enc.encode(_Chunk([], {}, True,
+                                                     error=f"{type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+def _items_from_process(
+    reader: RecipientReader, template_bytes: bytes, shard_of: Callable[[str], int],
+    pre: _Prechecker, counts: dict[str, int], details: dict[int, str],
+) -> Iterator[RecipientIn]:
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe(duplex=False)
+    p = ctx.Process(target=_reader_process, name="fastmta-inject-reader",
+                    args=(os.fspath(reader.name), reader.fmt, template_bytes, shard_of, child),
+                    daemon=True)
+    p.start()
+    child.close()
+    dec = msgspec.msgpack.Decoder(_Chunk)
+    # A receiving thread keeps a few chunks buffered so that the child keeps reading
+    # while this process commits (bounded: at most 8 chunks in memory).
+    buf: queue.Queue[bytes | None] = queue.Queue(maxsize=8)
+
+    def pump() -> None:
+        try:
+            while True:
+                data = parent.recv_bytes()
+                buf.put(data)
+                if data[:1] == b"\x00":  # the final chunk (see _reader_process)
+                    return
+        except (EOFError, OSError):
+            buf.put(None)
+
+    th = threading.Thread(target=pump, name="fastmta-inject-pump", daemon=True)
+    th.start()
+    try:
+        while True:
+            data = buf.get()
+            if data is None:
+                raise FastMTAError("the recipient reader process died")
+            msg = dec.decode(data[1:] if data[:1] == b"\x00" else data)
+            if msg.error:
+                raise FastMTAError(f"reading {reader.name}: {msg.error}")
+            details.update(msg.details)
+            yield from msg.items
+            if msg.done:
+                counts["smtputf8"] += msg.smtputf8
+                pre.missing.update(msg.missing)
+                return
+    finally:
+        parent.close()
+        p.join(5)
+        if p.is_alive():
+            p.kill()

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
+import operator
 import os
 from collections.abc import Iterator
 from typing import IO
@@ -61,6 +63,7 @@ class RecipientReader:
         self.name = name
         self.columns: list[str] = []  # personalisation columns (CSV)
         self._email_idx = -1
+        self.missing: dict[str, int] = {}
         self._reader: Iterator[list[str]] | None = None
         if fmt == "csv":
             self._open_csv()
@@ -73,7 +76,7 @@ class RecipientReader:
         if header_line.count(delim) == 0:
             delim = ","
         rest = self._f
-        reader = csv.reader(_chain(header_line, rest), delimiter=delim, strict=False)
+        reader = csv.reader(itertools.chain((header_line,), rest), delimiter=delim, strict=False)
         header = next(reader)
         names = [h.strip() for h in header]
         lowered = [h.lower() for h in names]
@@ -111,6 +114,53 @@ class RecipientReader:
                 continue
             yield Row(line, rec[ei], {n: rec[i] for i, n in pairs})
 
+    def rows(self, fields: list[str]) -> Iterator[tuple[int, str, tuple[str, ...], str]]:
+        """Fast path: ``(line, email, values of fields in order, error)`` per record.
+
+        A field missing from a record gives "" and is counted in ``self.missing``."""
+        if self.fmt != "csv":
+            for r in self._iter_jsonl():
+                f = r.fields
+                vals = []
+                for name in fields:
+                    v = f.get(name)
+                    if v is None:
+                        if not r.error:
+                            self.missing[name] = self.missing.get(name, 0) + 1
+                        v = ""
+                    vals.append(v)
+                yield r.line, r.email, tuple(vals), r.error
+            return
+        reader = self._csv
+        ei = self._email_idx
+        ncol = len(self._header)
+        idx = [self._header.index(f) for f in fields if f in self._header]
+        if len(idx) != len(fields):
+            raise InputError(f"{self.name}: fields {fields} are not all columns of {self._header}")
+        if len(idx) == 1:
+            i0 = idx[0]
+
+            def pick(rec: list[str]) -> tuple[str, ...]:
+                return (rec[i0],)
+        elif idx:
+            getter = operator.itemgetter(*idx)
+
+            def pick(rec: list[str]) -> tuple[str, ...]:
+                return getter(rec)
+        else:
+            def pick(rec: list[str]) -> tuple[str, ...]:
+                return ()
+        empty: tuple[str, ...] = ()
+        for rec in reader:
+            n = len(rec)
+            if n != ncol:
+                if not rec or (n == 1 and not rec[0].strip()):
+                    continue  # blank line
+                yield (reader.line_num, rec[ei] if ei < n else "", empty,
+                       f"{n} columns, header has {ncol}")
+                continue
+            yield reader.line_num, rec[ei], pick(rec), ""
+
     def _iter_jsonl(self) -> Iterator[Row]:
         dec = msgspec.json.Decoder()
         for line_no, text in enumerate(self._f, 1):
@@ -142,11 +192,6 @@ class RecipientReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _chain(first: str, rest: IO[str]) -> Iterator[str]:
-    yield first
-    yield from rest
 
 
 def reader_from_text(text: str, fmt: str = "csv") -> RecipientReader:

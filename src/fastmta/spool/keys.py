@@ -4,7 +4,7 @@
 - ``ready``  shard:u16 did:u32 rid:u32            -> b""   (a shard's FIFO = range scan)
 - ``sched``  shard:u16 due_ms:u64 did:u32 rid:u32 -> b""   (per shard, ordered by due time)
 - ``lease``  did:u32 rid:u32                      -> Lease
-- ``seen``   did:u32 blake2b64(address)            -> b""   (duplicate detection)
+- ``seen``   did:u32 -> blake2b64(address), sorted duplicates (DUPFIXED), dedupe
 - ``kpi``    did:u32 name:utf8                    -> i64
 - ``events`` seq:u64                              -> Event
 - ``deliveries`` did:u32 -> DeliveryRecord; ``templates`` did:u32 -> bytes

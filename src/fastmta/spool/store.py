@@ -71,13 +71,35 @@ _REPLY_MAX = 500  # reply text kept per recipient / event
 _U32MAX = 0xFFFFFFFF
 _MAX_VALIDITY_MS = int(3.5 * 86400 * 1000)
 
+_MADV_DONTNEED = 4
+
+
+def _load_madvise() -> Callable[[int, int, int], int] | None:
+    try:
+        import ctypes
+        import ctypes.util
+
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        fn = libc.madvise
+        fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+        fn.restype = ctypes.c_int
+        return fn
+    except (OSError, AttributeError):
+        return None
+
+
+_madvise = _load_madvise() if os.name == "posix" else None
+
 _REGISTRY: dict[str, Spool] = {}
 _REGISTRY_LOCK = threading.Lock()
 
 
-def now_ms() -> int:
+def clock_ms() -> int:
     """Wall-clock milliseconds (persisted timestamps are ``*_ms`` epoch)."""
     return time.time_ns() // 1_000_000
+
+
+now_ms = clock_ms
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,10 +122,11 @@ def dedupe_hash(address: str) -> bytes:
 class _Acc:
     """Per-transaction accumulator: KPI deltas, events, deliveries read, quarantine."""
 
-    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied")
+    __slots__ = ("now", "kpi", "events", "deliveries", "stale", "unknown", "applied", "q_check")
 
-    def __init__(self, now: int) -> None:
+    def __init__(self, now: int, q_check: bool = True) -> None:
         self.now = now
+        self.q_check = q_check  # False when the quarantine table is empty
         self.kpi: dict[int, defaultdict[str, int]] = {}
         self.events: list[Any] = []
         self.deliveries: dict[int, DeliveryRecord | None] = {}
@@ -146,7 +169,11 @@ class Spool:
         self._rotate = 0
         with env.begin(write=True) as txn:
             for name in _DBS:
-                self._db[name] = env.open_db(name.encode(), txn=txn, create=True)
+                # seen: key = delivery id, sorted fixed-size duplicates = address digests
+                # (8 bytes each on DUPFIXED pages: 4x denser than one key per address)
+                dup = name == "seen"
+                self._db[name] = env.open_db(name.encode(), txn=txn, create=True,
+                                             dupsort=dup, dupfixed=dup)
             meta = self._db["meta"]
             ver = txn.get(b"schema", db=meta)
             if ver is None:
@@ -229,6 +256,16 @@ class Spool:
             except lmdb.MapResizedError:
                 self._env.set_mapsize(0)  # adopt the size another process set
             except lmdb.MapFullError as exc:
+                # Another process may have raised the map without writing past our end
+                # (LMDB then reports no MAP_RESIZED): adopt the size in the meta page.
+                before = self._env.info()["map_size"]
+                try:
+                    self._env.set_mapsize(0)
+                except lmdb.Error:
+                    pass
+                if self._env.info()["map_size"] > before:
+                    log.warning("spool %s: adopted a larger map size", self.path)
+                    continue
                 msg = (
                     f"spool {self.path} is full (map_size_bytes={self._env.info()['map_size']}): "
                     "delivery is paused and nothing is lost; raise [spool] map_size_bytes "
@@ -261,6 +298,25 @@ class Spool:
         # Persist it in the meta page so other processes see it.
         self._write(lambda txn: txn.put(b"map_size", K.pack_u64(size_bytes), db=self._db["meta"]))
 
+    def trim_rss(self) -> None:
+        """Drop this process's page-table mappings of the spool file (``MADV_DONTNEED``).
+
+        The map is read-only for us (``writemap`` off: LMDB writes with ``pwrite``), so
+        this only unmaps clean page-cache pages; they stay in the kernel's page cache and
+        are faulted back on the next read.  It keeps a long injection's RSS flat instead
+        of growing with every page it has read.  No-op where unsupported."""
+        if _madvise is None:
+            return
+        target = os.path.join(self.path, "data.mdb")
+        try:
+            with open("/proc/self/maps") as f:
+                for line in f:
+                    if line.rstrip().endswith(target):
+                        lo, hi = (int(x, 16) for x in line.split(None, 1)[0].split("-"))
+                        _madvise(lo, hi - lo, _MADV_DONTNEED)
+        except OSError:
+            return
+
     def info(self) -> dict[str, Any]:
         """Map size, bytes used, file bytes on disk, entries per database."""
         inf = self._env.info()
@@ -285,7 +341,7 @@ class Spool:
     # ------------------------------------------------------------------ deliveries
     def create_delivery(self, rec: DeliveryRecord, template: bytes) -> int:
         """Store a delivery and its template (once); returns the new delivery id."""
-        now = now_ms()
+        now = clock_ms()
         created = rec.created_ms or now
         expires = rec.expires_ms or created + 3 * 86400 * 1000
         if expires - created > _MAX_VALIDITY_MS:
@@ -334,7 +390,7 @@ class Spool:
                 raise DeliveryNotFound(f"no delivery {did} in spool {self.path}")
             rec = msgspec.structs.replace(rec, state=state, paused_reason=reason)
             txn.put(K.pack_u32(did), ENCODER.encode(rec), db=self._db["deliveries"])
-            ev = DeliveryEvent(ts_ms=now_ms(), delivery_id=did, kind=state, text=reason)
+            ev = DeliveryEvent(ts_ms=clock_ms(), delivery_id=did, kind=state, text=reason)
             self._append_events(txn, [ev])
             return rec
 
@@ -357,7 +413,7 @@ class Spool:
         *,
         on_excluded: Callable[[RecipientIn, str], None] | None = None,
         batch: int | None = None,
-        now: int | None = None,
+        now_ms: int | None = None,
     ) -> InjectStats:
         """Add recipients, streamed in transactions of ``batch`` items; each batch is
         durable (``pending``) before the next starts.  Excludes duplicates, quarantined and
@@ -370,7 +426,7 @@ class Spool:
         it = iter(items)
         d = self.delivery(did)
         resume_line = d.injected_line
-        t0 = now or now_ms()
+        t0 = now_ms or clock_ms()
         while True:
             chunk = list(itertools.islice(it, batch))
             if not chunk:
@@ -387,6 +443,7 @@ class Spool:
                 exc.added = stats.added
                 raise
             added, excluded = res
+            self.trim_rss()  # keep RSS flat over millions of recipients
             stats.recipients += len(chunk)
             stats.added += added
             stats.last_line = chunk[-1].line
@@ -408,9 +465,8 @@ class Spool:
         raw = txn.get(K.pack_u32(did) + b"recipients", db=db["kpi"])
         rid = K.unpack_i64(raw)[0] if raw else 0
         did4 = K.pack_u32(did)
-        seen_db = db["seen"]
-        put = txn.put
         check_q = txn.stat(db["quarantine"])["entries"] > 0
+        dups = self._find_doubles(txn, did4, chunk)
         rcpt_items: list[tuple[bytes, bytes]] = []
         ready_keys: list[tuple[bytes, bytes]] = []
         excluded: list[tuple[RecipientIn, str]] = []
@@ -418,14 +474,12 @@ class Spool:
         encode = ENCODER.encode
         pack_rcpt = K.pack_rcpt
         pack_ready = K.pack_ready
-        blake = hashlib.blake2b
         added = 0
-        for item in chunk:
+        for idx, item in enumerate(chunk):
             email = item.email
             reason = item.exclude
             if not reason:
-                if not put(did4 + blake(email.encode(), digest_size=8).digest(), b"",
-                           overwrite=False, db=seen_db):
+                if dups and idx in dups:
                     reason = "double"
                 elif check_q:
                     reason = self._quarantine_reason(txn, email, t0) or ""
@@ -436,10 +490,10 @@ class Spool:
                 excluded.append((item, reason))
                 kd["excluded/" + reason] += 1
             else:
-                rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
-                           smtputf8=item.smtputf8)
+                rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING,
+                           item.smtputf8)
                 ready_keys.append((pack_ready(item.shard, did, rid), b""))
-                domains[email.rpartition("@")[2]] += 1
+                domains[email[email.rindex("@") + 1:]] += 1
                 added += 1
             rcpt_items.append((pack_rcpt(did, rid), encode(rec)))
             rid += 1
@@ -462,10 +516,45 @@ class Spool:
         self._flush(txn, acc)
         return added, excluded
 
-    def precheck(self, address: str, *, now: int | None = None) -> str | None:
+    def _find_doubles(self, txn: Any, did4: bytes, chunk: list[RecipientIn]) -> set[int]:
+        """Indexes of the chunk's duplicates (of earlier items or of earlier chunks), and
+        record the others in ``seen``.  Fast path: one sorted ``putmulti`` in a nested
+        transaction; only if it finds an existing key are the items checked one by one."""
+        blake = hashlib.blake2b
+        dups: set[int] = set()
+        first: dict[bytes, int] = {}
+        for idx, item in enumerate(chunk):
+            if item.exclude:
+                continue
+            h = blake(item.email.encode(), digest_size=8).digest()
+            if h in first:
+                dups.add(idx)
+            else:
+                first[h] = idx
+        if not first:
+            return dups
+        seen_db = self._db["seen"]
+        sub = self._env.begin(write=True, parent=txn)
+        try:
+            consumed, added = sub.cursor(db=seen_db).putmulti(
+                [(did4, h) for h in sorted(first)], dupdata=False)
+        except BaseException:
+            sub.abort()
+            raise
+        if added == len(first):
+            sub.commit()
+            return dups
+        sub.abort()
+        put = txn.put
+        for h, idx in sorted(first.items(), key=lambda kv: kv[1]):
+            if not put(did4, h, dupdata=False, db=seen_db):
+                dups.add(idx)
+        return dups
+
+    def precheck(self, address: str, *, now_ms: int | None = None) -> str | None:
         """Exclusion reason from the quarantine/denylist for ``address`` (analysis)."""
         with self._read() as txn:
-            return self._quarantine_reason(txn, address, now or now_ms())
+            return self._quarantine_reason(txn, address, now_ms or clock_ms())
 
     # ------------------------------------------------------------------ leasing
     def lease(
@@ -473,14 +562,14 @@ class Spool:
         shards: Iterable[int],
         owner: str,
         max_n: int,
-        now: int | None = None,
+        now_ms: int | None = None,
         lease_s: float | None = None,
     ) -> list[WorkItem]:
         """Claim up to ``max_n`` due items of ``shards`` for ``owner``: due retries first
         (scheduled queue, by due time), then the ready queue (FIFO by delivery, recipient).
         Items of paused/cancelled deliveries stay queued; items past their delivery's
         validity become ``failed``/``expired`` here instead of being returned."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
         exp = t + int((lease_s if lease_s is not None else self.cfg.lease_s) * 1000)
         shard_list = list(shards)
         if not shard_list or max_n <= 0:
@@ -581,10 +670,10 @@ class Spool:
             expires_ms=d.expires_ms, last_reason=rec.reason,
         )
 
-    def recover_leases(self, owner: str | None = None, now: int | None = None) -> int:
+    def recover_leases(self, owner: str | None = None, now_ms: int | None = None) -> int:
         """Return leased items to their ready queue: all of ``owner``'s, or (owner None)
         those whose lease expired or whose holder process is gone.  Returns the count."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
         alive: dict[int, bool] = {}
 
         def dead(lease: Lease) -> bool:
@@ -653,14 +742,14 @@ class Spool:
         return best
 
     # ------------------------------------------------------------------ results
-    def commit(self, results: list[Result], now: int | None = None) -> CommitStats:
+    def commit(self, results: list[Result], now_ms: int | None = None) -> CommitStats:
         """Apply results in ONE durable transaction (statuses, queues, KPIs, quarantine,
         event log).  Idempotent per recipient: a result for a recipient that is already
         final is counted as ``stale`` and changes nothing."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> CommitStats:
-            acc = _Acc(t)
+            acc = _Acc(t, txn.stat(self._db["quarantine"])["entries"] > 0)
             for res in results:
                 self._apply(txn, acc, res)
             self._flush(txn, acc)
@@ -689,8 +778,33 @@ class Spool:
             self._unqueue(txn, did, rid, rec)
         t = res.time_ms or acc.now
         kd = acc.k(did)
-        dom = rec.email.rpartition("@")[2]
         outcome = res.outcome
+        if outcome == "sent":  # the hot path, kept lean
+            new = msgspec.structs.replace(
+                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0,
+                reason=rec.reason if rec.type == "soft" else "",  # a soft reason stays as history
+                code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
+                type=res.type, reply=res.reply[:_REPLY_MAX], mx=res.mx or rec.mx,
+                source_ip=res.source_ip or rec.source_ip, attempts=rec.attempts + 1,
+                first_attempt_ms=rec.first_attempt_ms or t, last_attempt_ms=t,
+            )
+            kd["attempts"] += 1
+            kd["pending"] -= 1
+            kd["sent"] += 1
+            email = rec.email
+            kd["domain/" + email[email.rindex("@") + 1:] + "/sent"] += 1
+            if acc.q_check:
+                self._quarantine_on_success(txn, acc, email)
+            txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
+            acc.events.append(AttemptEvent(
+                ts_ms=t, delivery_id=did, rcpt_id=rid, email=email, outcome=outcome,
+                status=Status.SENT, attempt=new.attempts, code=res.code, enhanced=res.enhanced,
+                bounce_class=res.bounce_class, type=res.type, reply=new.reply, mx=res.mx,
+                source_ip=res.source_ip,
+            ))
+            acc.applied += 1
+            return
+        dom = rec.email.rpartition("@")[2]
         reply = res.reply[:_REPLY_MAX]
         common = dict(
             code=res.code, enhanced=res.enhanced, bounce_class=res.bounce_class,
@@ -703,19 +817,7 @@ class Spool:
             common["first_attempt_ms"] = rec.first_attempt_ms or t
             common["last_attempt_ms"] = t
             kd["attempts"] += 1
-        if outcome == "sent":
-            new = msgspec.structs.replace(
-                rec, status=Status.SENT, done_ms=t, next_attempt_ms=0, **common
-            )
-            if rec.type == "soft" and rec.reason:
-                new = msgspec.structs.replace(new, reason=rec.reason)  # kept as history
-            else:
-                new = msgspec.structs.replace(new, reason="")
-            kd["pending"] -= 1
-            kd["sent"] += 1
-            kd[f"domain/{dom}/sent"] += 1
-            self._quarantine_on_success(txn, acc, rec.email)
-        elif outcome == "hard":
+        if outcome == "hard":
             reason = res.reason or "not_defined"
             new = msgspec.structs.replace(
                 rec, status=Status.FAILED, done_ms=t, next_attempt_ms=0, reason=reason,
@@ -799,11 +901,11 @@ class Spool:
         if last_soft:
             self._quarantine_on_expired(txn, acc, did, rec.email, last_soft, t)
 
-    def expire_due(self, now: int | None = None, limit: int = 50_000) -> int:
+    def expire_due(self, now_ms: int | None = None, limit: int = 50_000) -> int:
         """Sweep: every pending recipient of a delivery whose validity ended becomes
         failed/expired (queued items; leased ones expire when their result comes back
         or their lease is recovered).  Returns how many; call until it returns < limit."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
         expired = [d for d in self.deliveries() if d.expires_ms <= t]
         if not expired:
             return 0
@@ -918,7 +1020,7 @@ class Spool:
 
     def quarantine_add(
         self, address: str, *, state: str = "quarantined", reason: str = "manual",
-        permanent: bool = True, now: int | None = None,
+        permanent: bool = True, now_ms: int | None = None,
     ) -> QuarantineEntry:
         """Add an address (or ``@domain``) by hand: ``quarantined`` or ``denylisted``."""
         if state not in ("quarantined", "denylisted"):
@@ -926,7 +1028,7 @@ class Spool:
         low = address.strip().lower()
         if "@" not in low:
             raise SpoolError(f"not an address or @domain: {address!r}")
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> QuarantineEntry:
             old = self._q_get(txn, low)
@@ -941,9 +1043,9 @@ class Spool:
 
         return self._write(fn)
 
-    def quarantine_remove(self, address: str, now: int | None = None) -> bool:
+    def quarantine_remove(self, address: str, now_ms: int | None = None) -> bool:
         low = address.strip().lower()
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> bool:
             if not txn.delete(low.encode(), db=self._db["quarantine"]):
@@ -965,9 +1067,9 @@ class Spool:
                 if state is None or e.state == state:
                     yield e
 
-    def quarantine_release_expired(self, now: int | None = None) -> int:
+    def quarantine_release_expired(self, now_ms: int | None = None) -> int:
         """Delete bounce quarantines older than ``quarantine_release_days``."""
-        t = now or now_ms()
+        t = now_ms or clock_ms()
 
         def fn(txn: Any) -> int:
             n = 0
@@ -1108,7 +1210,8 @@ class Spool:
                 break
 
         def rest(txn: Any) -> None:
-            for name in ("seen", "kpi"):
+            txn.delete(prefix, db=self._db["seen"])  # all digests of the delivery
+            for name in ("kpi",):
                 cur = txn.cursor(db=self._db[name])
                 ok = cur.set_range(prefix)
                 while ok and cur.key()[:4] == prefix:
@@ -1116,7 +1219,7 @@ class Spool:
                     ok = bool(cur.key())
             txn.delete(prefix, db=self._db["templates"])
             txn.delete(prefix, db=self._db["deliveries"])
-            self._append_events(txn, [DeliveryEvent(ts_ms=now_ms(), delivery_id=did,
+            self._append_events(txn, [DeliveryEvent(ts_ms=clock_ms(), delivery_id=did,
                                                     kind="purged", count=n_total)])
 
         self._write(rest)

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -41,8 +40,19 @@ class _Call:
         self.fn, self.args, self.kwargs, self.fut = fn, args, kwargs, fut
 
 
+class _Group:
+    """Waiters of several results (``submit_many``): resolved when all are durable."""
+
+    __slots__ = ("fut", "left")
+
+    def __init__(self, fut: asyncio.Future, left: int) -> None:
+        self.fut, self.left = fut, left
+
+
 class ResultWriter:
-    """One writer thread per process, fed by a bounded queue (see module docstring)."""
+    """One writer thread per process; batches are formed on the event loop (full batch
+    or window expiry) and handed to the thread whole, so the loop never blocks and the
+    thread never wakes up per result."""
 
     def __init__(
         self,
@@ -65,26 +75,36 @@ class ResultWriter:
         self.commits = 0
         self.committed = 0
         self._q: queue.Queue[Any] = queue.Queue()
-        self._slots: asyncio.Semaphore | None = None
+        self._batch: list[tuple[Result, Any]] = []
+        self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
+        self._room: asyncio.Condition | None = None
+        self._outstanding = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._stopping = False
+        self._abandon = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> ResultWriter:
         """Start the thread; must be called from the event loop that will submit."""
         self._loop = asyncio.get_running_loop()
-        self._slots = asyncio.Semaphore(self.queue_size)
+        self._room = asyncio.Condition()
         self._thread = threading.Thread(target=self._run, name="fastmta-spool-writer", daemon=True)
         self._thread.start()
         return self
 
-    async def close(self) -> None:
-        """Commit everything queued, then stop the thread."""
+    async def close(self, timeout_s: float | None = None) -> None:
+        """Commit everything queued, then stop the thread.  With ``timeout_s``, a writer
+        still paused on a full map after that long gives up: its waiters get
+        ``SpoolFullError`` and their recipients stay leased (recovered at restart)."""
         if self._thread is None:
             return
+        self._handoff()
         self._q.put(_STOP)
-        await asyncio.to_thread(self._thread.join)
+        th = self._thread
+        await asyncio.to_thread(th.join, timeout_s)
+        if th.is_alive():
+            self._abandon.set()
+            await asyncio.to_thread(th.join)
         self._thread = None
 
     async def __aenter__(self) -> ResultWriter:
@@ -94,25 +114,59 @@ class ResultWriter:
         await self.close()
 
     # ------------------------------------------------------------------ API
+    async def _reserve(self, n: int) -> None:
+        """Bound the results waiting for the writer (backpressure, never blocks the loop)."""
+        if self._outstanding + n > self.queue_size and self._outstanding:
+            assert self._room is not None
+            async with self._room:
+                await self._room.wait_for(
+                    lambda: self._outstanding == 0 or self._outstanding + n <= self.queue_size)
+        self._outstanding += n
+
+    def _add(self, result: Result, waiter: Any) -> None:
+        batch = self._batch
+        batch.append((result, waiter))
+        if len(batch) >= self.commit_batch:
+            self._handoff()
+        elif self._timer is None:
+            assert self._loop is not None
+            if self.window_s > 0:
+                self._timer = self._loop.call_later(self.window_s, self._handoff)
+            else:
+                self._timer = self._loop.call_soon(self._handoff)
+
+    def _handoff(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._batch:
+            self._q.put(self._batch)
+            self._batch = []
+
     async def submit(self, result: Result) -> None:
         """Queue one result; returns when its commit is durable."""
-        assert self._loop is not None and self._slots is not None, "start() first"
-        await self._slots.acquire()
+        assert self._loop is not None, "start() first"
+        await self._reserve(1)
         fut = self._loop.create_future()
-        self._q.put((result, fut))
-        try:
-            await fut
-        finally:
-            self._slots.release()
+        self._add(result, fut)
+        await fut
 
     async def submit_many(self, results: list[Result]) -> None:
-        """Queue several results; returns when all are durable."""
-        await asyncio.gather(*(self.submit(r) for r in results))
+        """Queue several results (e.g. one SMTP transaction); returns when all are durable."""
+        assert self._loop is not None, "start() first"
+        if not results:
+            return
+        await self._reserve(len(results))
+        group = _Group(self._loop.create_future(), len(results))
+        for r in results:
+            self._add(r, group)
+        await group.fut
 
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run another spool write (``lease``, ``recover_leases``...) in the writer thread,
-        in order with the results; returns its value."""
+        after the results submitted before it; returns its value."""
         assert self._loop is not None, "start() first"
+        self._handoff()
         fut = self._loop.create_future()
         self._q.put(_Call(fn, args, kwargs, fut))
         return await fut
@@ -120,35 +174,16 @@ class ResultWriter:
     # ------------------------------------------------------------------ thread
     def _run(self) -> None:
         q = self._q
-        carry: Any = None
         while True:
-            item = carry if carry is not None else q.get()
-            carry = None
+            item = q.get()
             if item is _STOP:
                 return
             if isinstance(item, _Call):
                 self._do_call(item)
                 continue
-            batch = [item]
-            deadline = time.monotonic() + self.window_s
-            while len(batch) < self.commit_batch:
-                try:
-                    nxt = q.get_nowait()
-                except queue.Empty:
-                    timeout = deadline - time.monotonic()
-                    if timeout <= 0:
-                        break
-                    try:
-                        nxt = q.get(timeout=timeout)
-                    except queue.Empty:
-                        break
-                if nxt is _STOP or isinstance(nxt, _Call):
-                    carry = nxt
-                    break
-                batch.append(nxt)
-            self._commit(batch)
+            self._commit(item)
 
-    def _commit(self, batch: list[tuple[Result, asyncio.Future]]) -> None:
+    def _commit(self, batch: list[tuple[Result, Any]]) -> None:
         results = [r for r, _ in batch]
         while True:
             try:
@@ -156,7 +191,9 @@ class ResultWriter:
                 break
             except SpoolFullError as exc:
                 self._pause(str(exc))
-                time.sleep(self.full_retry_s)
+                if self._abandon.wait(self.full_retry_s):
+                    self._resolve(batch, exc)
+                    return
             except BaseException as exc:  # resolve the waiters with the error
                 self._resolve(batch, exc)
                 return
@@ -177,33 +214,42 @@ class ResultWriter:
                 except Exception:
                     log.exception("on_alert callback failed")
 
-    def _resolve(self, batch: list[tuple[Result, asyncio.Future]], exc: BaseException | None) -> None:
-        futs = [f for _, f in batch]
+    def _resolve(self, batch: list[tuple[Result, Any]], exc: BaseException | None) -> None:
+        n = len(batch)
 
         def done() -> None:  # one loop callback per batch, not per result
-            for f in futs:
-                if not f.done():
+            for _, w in batch:
+                if isinstance(w, _Group):
+                    w.left -= 1
+                    if w.left and exc is None:
+                        continue
+                    w = w.fut
+                if not w.done():
                     if exc is None:
-                        f.set_result(None)
+                        w.set_result(None)
                     else:
-                        f.set_exception(exc)
+                        w.set_exception(exc)
+            self._outstanding -= n
+            assert self._room is not None
+            if self._room._waiters:  # type: ignore[attr-defined]
+                asyncio.ensure_future(self._notify())
 
         assert self._loop is not None
         self._loop.call_soon_threadsafe(done)
 
+    async def _notify(self) -> None:
+        assert self._room is not None
+        async with self._room:
+            self._room.notify_all()
+
     def _do_call(self, call: _Call) -> None:
-        while True:
-            try:
-                val = call.fn(*call.args, **call.kwargs)
-                exc = None
-                break
-            except SpoolFullError as e:
-                self._pause(str(e))
-                val, exc = None, e
-                break
-            except BaseException as e:
-                val, exc = None, e
-                break
+        try:
+            val, exc = call.fn(*call.args, **call.kwargs), None
+        except SpoolFullError as e:
+            self._pause(str(e))
+            val, exc = None, e
+        except BaseException as e:
+            val, exc = None, e
         fut = call.fut
         assert self._loop is not None
 
