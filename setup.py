@@ -37,7 +37,13 @@ def extensions():
             ["src/fastmta/_core.pyx"],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
             define_macros=macros,
-        )
+        ),
+        Extension(
+            "fastmta._dkim",
+            ["src/fastmta/_dkim.pyx"],
+            extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
+            define_macros=macros,
+        ),
     ]
     return cythonize(exts, compiler_directives=directives, annotate=DEBUG)
 

@@ -193,6 +193,52 @@ class ClassifyConfig(_Section):
     rules_file: str = ""  # empty = $FASTMTA_BOUNCE_RULES or packaged rules only
 
 
+class DkimKeyConfig(_Section):
+    """One DKIM key: mail whose From domain is ``domain`` is signed with it."""
+
+    domain: str
+    selector: str
+    key_file: str
+    algorithm: str = "rsa-sha256"  # rsa-sha256 | ed25519-sha256
+    subdomains: bool = False  # also sign for From domains below ``domain``
+    canonicalization: str | None = None  # default: the section's
+    headers: list[str] | None = None  # default: the section's
+    identity: str | None = None  # i= (default: none, meaning @domain)
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ("rsa-sha256", "ed25519-sha256"):
+            raise ValueError(
+                f"dkim key {self.selector}/{self.domain}: algorithm must be "
+                f"rsa-sha256 or ed25519-sha256, not {self.algorithm!r}"
+            )
+        if not self.domain or not self.selector or not self.key_file:
+            raise ValueError("dkim key needs domain, selector and key_file")
+
+
+class DkimConfig(_Section):
+    """DKIM signing: keys per signing domain, what to sign, key file safety."""
+
+    enabled: bool = True
+    keys: list[DkimKeyConfig] = msgspec.field(default_factory=list)
+    canonicalization: str = "relaxed/relaxed"
+    headers: list[str] = msgspec.field(default_factory=list)  # empty = built-in list
+    extra_headers: list[str] = msgspec.field(default_factory=list)  # added to the list
+    oversign_from: bool = True
+    oversign_headers: list[str] = msgspec.field(default_factory=list)
+    expiration_s: int = 0  # 0 = no x= tag
+    allow_insecure_key_permissions: bool = False  # accept world-readable key files
+    where: str = "send"  # send (at delivery, from the template) | inject
+
+    def __post_init__(self) -> None:
+        parts = self.canonicalization.split("/")
+        if len(parts) > 2 or any(p not in ("relaxed", "simple") for p in parts):
+            raise ValueError(f"dkim canonicalization {self.canonicalization!r} is invalid")
+        if self.where not in ("send", "inject"):
+            raise ValueError("dkim where must be 'send' or 'inject'")
+        if self.expiration_s < 0:
+            raise ValueError("dkim expiration_s must be >= 0")
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -204,6 +250,7 @@ class Config(_Section):
     shaping: ShapingConfig = msgspec.field(default_factory=ShapingConfig)
     providers: list[ProviderConfig] = msgspec.field(default_factory=list)
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
+    dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
 
 
 def load_config(path: str | Path | None = None, **overrides) -> Config:
