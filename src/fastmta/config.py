@@ -187,6 +187,8 @@ class ProviderConfig(_Section, kw_only=True):
     provider_msg_rate_per_s: float | None = None
     tls: str | None = None
     rules: list[ShapingRule] = msgspec.field(default_factory=list)
+
+
 class ClassifyConfig(_Section):
     """Bounce classification: an operator rules file tried before the packaged rules."""
 
