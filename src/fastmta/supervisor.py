@@ -194,7 +194,7 @@ class Supervisor:
         self._detach(slot)
         now_ms = int(time.time() * 1000)
         try:
-            n = self.spool.recover_leases(owner=slot.owner, now=now_ms)
+            n = self.spool.recover_leases(owner=slot.owner, now_ms=now_ms)
         except Exception:  # pragma: no cover
             log.exception("recovering leases of %s", slot.owner)
             n = None
