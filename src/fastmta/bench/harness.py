@@ -84,6 +84,11 @@ def check_loopback(cfg: Config, mx_addresses: list[str] = ()) -> None:
     bad = [a for a in cfg.smtp.source_ips if not is_loopback(a)]
     if bad:
         raise BenchError(f"the bench refuses non-loopback source addresses: {', '.join(bad)}")
+    check_addresses(mx_addresses)
+
+
+def check_addresses(mx_addresses) -> None:
+    """Refuse (``BenchError``) any MX address (``ip`` or ``ip:port``) outside loopback."""
     bad = [a for a in mx_addresses if not is_loopback(a.rsplit(":", 1)[0] if a.count(":") == 1
                                                      else a)]
     if bad:
