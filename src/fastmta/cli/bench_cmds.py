@@ -40,7 +40,8 @@ def print_bench(r: dict) -> None:
     e(f"  p50 {r['latency_ms_p50']:,.0f} ms   p99 {r['latency_ms_p99']:,.0f} ms")
     e("SMTP")
     e(f"  connections {r['connections']:,}   messages/connection {r['msgs_per_connection']}   "
-      f"attempts {r['attempts']:,}   throttle replies {r['throttle_replies']:,}"
+      f"attempts {r['attempts']:,}   throttle replies {r['throttle_replies']:,} "
+      f"({r['throttle_pct_of_attempts']:.2f}% of attempts)"
       + (f" {r['throttle_replies_by_code']}" if r["throttle_replies"] else ""))
     if r.get("shaping"):
         e("shaping (rate-capped providers)")
