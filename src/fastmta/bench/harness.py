@@ -171,7 +171,9 @@ async def run_bench(opts: BenchOptions) -> dict:
     spool_path = os.path.join(spool_dir, "spool")
     out: dict = {}
     try:
-        sim = SimInternet(world, workers=max(1, opts.sink_procs), tls=False)
+        # with --dkim the sink keeps the messages so the bench can check the signatures
+        sim = SimInternet(world, workers=max(1, opts.sink_procs), tls=False,
+                          keep_messages=opts.dkim)
         await sim.start()
         try:
             out = await _run(opts, prof, world, sim, template, spool_path,
@@ -336,6 +338,16 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
                                        p.behaviour.max_conn_per_ip
                                        for p in world.spec.providers):
         result["shaping"] = _goodput(world, prof, audit["by_provider"])
+    if opts.dkim:
+        msgs = await sim.messages()
+        signed = sum(1 for _f, _r, body in msgs if b"\ndkim-signature:" in
+                     (b"\n" + body[:body.find(b"\r\n\r\n")]).lower())
+        result["dkim_signed"] = signed
+        result["dkim_ok"] = signed == len(msgs) and signed > 0
+        if not result["dkim_ok"]:
+            result["audit_problems"].append(
+                f"--dkim: {signed} of {len(msgs)} accepted messages carry a DKIM-Signature "
+                "(does this engine build sign at send time?)")
     result.update(opts.extra)
     return result
 

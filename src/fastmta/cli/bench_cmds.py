@@ -53,6 +53,9 @@ def print_bench(r: dict) -> None:
     e(f"  delivered {r['delivered']:,}  bounced {r['bounced']:,}  expired {r['expired']:,}  "
       f"pending {r['pending']}  lost {r['lost']}  duplicates {r['duplicates']}  "
       f"unexpected {r['unexpected']}  -> {'OK' if r['audit_ok'] else 'FAILED'}")
+    if r["dkim"]:
+        e(f"  DKIM: {r['dkim_signed']:,} accepted messages signed -> "
+          f"{'OK' if r['dkim_ok'] else 'NOT SIGNED'}")
     for p in r["audit_problems"]:
         e(f"    {p}")
 
@@ -118,5 +121,5 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, sink_procs
         click.echo(json.dumps(result, indent=1, sort_keys=True))
     else:
         print_bench(result)
-    if not result["audit_ok"]:
+    if not result["audit_ok"] or (result["dkim"] and not result.get("dkim_ok")):
         sys.exit(3)
