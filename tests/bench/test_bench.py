@@ -134,3 +134,20 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     assert r.returncode != 0 and "tail provider 'nope' not defined" in r.stderr
     r = _cli("bench", "--profile", "no-such-profile", timeout=60)
     assert r.returncode != 0 and "bundled: null, realistic, throttled" in r.stderr
+
+
+def test_goodput_scores_windows_of_the_sliding_minute_cap():
+    from fastmta.bench.harness import _goodput
+
+    prof = load_profile("throttled")
+    world = expand(prof, 100, 10)
+    # capped-slow allows 2,400 per minute: a sender pacing at exactly 40/s for 4 min...
+    paced = [int(i * 25) for i in range(9600)]
+    # ...one bursting at each window boundary, and one that stalls half of the time
+    burst = [w * 60_000 + i for w in range(4) for i in range(2400)]
+    slow = [int(i * 50) for i in range(4800)]
+    for times, pct in ((paced, 100.0), (burst, 100.0), (slow, 50.0)):
+        g = _goodput(world, prof, {"capped-slow": times})["capped-slow"]
+        assert g["windows"] == 3 and g["goodput_pct_of_cap"] == pytest.approx(pct, abs=0.1)
+    quick = _goodput(world, prof, {"capped-slow": list(range(0, 10_000, 10))})["capped-slow"]
+    assert quick["windows"] == 0 and quick["goodput_pct_of_cap"] is None

@@ -46,9 +46,10 @@ def print_bench(r: dict) -> None:
     if r.get("shaping"):
         e("shaping (rate-capped providers)")
         for name, s in r["shaping"].items():
+            pct = (f"{s['goodput_pct_of_cap']:.0f}% over {s['windows']} min"
+                   if s["goodput_pct_of_cap"] is not None else "finished within a minute")
             e(f"  {name:<14} goodput {s['goodput_per_s']:>8.1f}/s of cap {s['cap_per_s']:.1f}/s "
-              f"({s['goodput_pct_of_cap']:.0f}%), {s['delivered']} delivered over "
-              f"{s['span_s']:.0f} s")
+              f"({pct}), {s['delivered']} delivered over {s['span_s']:.0f} s")
     e("audit")
     e(f"  delivered {r['delivered']:,}  bounced {r['bounced']:,}  expired {r['expired']:,}  "
       f"pending {r['pending']}  lost {r['lost']}  duplicates {r['duplicates']}  "
