@@ -194,14 +194,14 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
     if opts.dkim:
         cfg = _with_dkim(cfg, os.path.dirname(spool_path))
     n = opts.messages
-    emails = list(recipients(prof, world, n, seed=opts.seed))
-    route = await engine.domain_router({e.rpartition("@")[2] for e in emails}, cfg)
+    # recipients are generated as they are injected (no list of N addresses here)
+    route = await engine.domain_router(world.domains, cfg)
     spool = Spool.open(spool_path, cfg.spool)
     sampler = ProcSampler().start()
     marks: list[tuple[int, float]] = []  # (line, wall ms when handed to the spool)
 
     def rows():
-        for i, e in enumerate(emails, 1):
+        for i, e in enumerate(recipients(prof, world, n, seed=opts.seed), 1):
             if i % 512 == 1:
                 marks.append((i, time.time() * 1000.0))
             yield Row(i, e, {})
@@ -265,6 +265,7 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
     cpu = sampler.cpu_by_role()
     engine_children_cpu = sampler.children_cpu_exact()  # workers, waited for by now
     rss = sampler.rss_peaks_mb()
+    anon = sampler.anon_peaks_mb()
     worker_stats = [w.get("stats") or {} for w in sup.workers_status()]
     sink_stats = await sim.stats()
     accepted = await sim.accepted()
@@ -332,6 +333,8 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
         "cpu_s_per_1k_sink": round(1000.0 * cpu_sink / max(1, n), 3),
         "rss_peak_mb": round(max(rss.get("main", 0.0), rss.get("worker", 0.0)), 1),
         "rss_peak_mb_by_role": {key: round(v, 1) for key, v in rss.items()},
+        "anon_peak_mb": round(max(anon.get("main", 0.0), anon.get("worker", 0.0)), 1),
+        "anon_peak_mb_by_role": {key: round(v, 1) for key, v in anon.items()},
         "by_provider": audit["by_provider"],
         "engine_stats": dict(wstat),
     }

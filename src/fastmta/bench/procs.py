@@ -41,7 +41,9 @@ class ProcSampler:
         self.procs: dict[int, dict] = {}  # pid -> {role, name, cpu0, cpu, rss_peak}
         self._task: asyncio.Task | None = None
         self.self_cpu0 = self._self_cpu()
-        self.self_rss_peak = self.me.memory_info().rss
+        mi = self.me.memory_info()
+        self.self_rss_peak = mi.rss
+        self.self_anon_peak = mi.rss - mi.shared
         self.children_cpu0 = self._children_cpu()
 
     @staticmethod
@@ -56,7 +58,9 @@ class ProcSampler:
 
     def sample(self) -> None:
         with contextlib.suppress(psutil.Error):
-            self.self_rss_peak = max(self.self_rss_peak, self.me.memory_info().rss)
+            mi = self.me.memory_info()
+            self.self_rss_peak = max(self.self_rss_peak, mi.rss)
+            self.self_anon_peak = max(self.self_anon_peak, mi.rss - mi.shared)
         try:
             kids = self.me.children(recursive=True)
         except psutil.Error:
@@ -66,13 +70,16 @@ class ProcSampler:
                 with p.oneshot():
                     t = p.cpu_times()
                     cpu = t.user + t.system
-                    rss = p.memory_info().rss
+                    mi = p.memory_info()
+                    rss = mi.rss
+                    anon = mi.rss - mi.shared
             except psutil.Error:
                 continue
             rec = self.procs.get(p.pid)
             if rec is None:
                 rec = self.procs[p.pid] = {"role": role_of(p), "pid": p.pid,
-                                           "cpu0": cpu, "cpu": cpu, "rss_peak": rss}
+                                           "cpu0": cpu, "cpu": cpu, "rss_peak": rss,
+                                           "anon_peak": anon}
                 # a process born during the run starts at zero CPU
                 with contextlib.suppress(psutil.Error):
                     if p.create_time() >= self.me.create_time():
@@ -81,6 +88,7 @@ class ProcSampler:
                 rec["role"] = role_of(p)
             rec["cpu"] = cpu
             rec["rss_peak"] = max(rec["rss_peak"], rss)
+            rec["anon_peak"] = max(rec["anon_peak"], anon)
 
     async def _loop(self) -> None:
         while True:
@@ -111,6 +119,16 @@ class ProcSampler:
         for rec in self.procs.values():
             r = rec["role"]
             out[r] = max(out.get(r, 0.0), rec["rss_peak"] / 1e6)
+        return out
+
+    def anon_peaks_mb(self) -> dict[str, float]:
+        """Peak private (anonymous) memory per role, MB: RSS minus file-backed and shared
+        pages -- the spool's LMDB map pages a process touched count in RSS but are page
+        cache, shared and reclaimable."""
+        out: dict[str, float] = {"main": self.self_anon_peak / 1e6}
+        for rec in self.procs.values():
+            r = rec["role"]
+            out[r] = max(out.get(r, 0.0), rec["anon_peak"] / 1e6)
         return out
 
     def children_cpu_exact(self) -> float:

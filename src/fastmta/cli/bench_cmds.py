@@ -36,6 +36,9 @@ def print_bench(r: dict) -> None:
       f"(total {r['cpu_s_sink']:.1f} s)")
     roles = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(r["rss_peak_mb_by_role"].items()))
     e(f"  peak RSS       {r['rss_peak_mb']:>10.1f} MB (largest fastmta process; {roles})")
+    anon = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(r["anon_peak_mb_by_role"].items()))
+    e(f"  peak private   {r['anon_peak_mb']:>10.1f} MB (RSS without the spool's mapped file "
+      f"pages; {anon})")
     e("latency injection -> acceptance")
     e(f"  p50 {r['latency_ms_p50']:,.0f} ms   p99 {r['latency_ms_p99']:,.0f} ms")
     e("SMTP")
