@@ -34,6 +34,13 @@ def _status_kb(field: str) -> int:
     return 0
 
 
+def _cpu() -> float:
+    """CPU seconds of this process (all threads): less sensitive to other load than wall
+    time, so the bench also prints rates per CPU-second."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _mem() -> dict:
     return {"peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
             "rss_anon_mb": round(_status_kb("RssAnon") / 1024, 1),
@@ -63,12 +70,15 @@ def phase_inject(spool_dir: str, csv_path: str, parallel: bool, q) -> None:
     cfg = SpoolConfig()
     sp = Spool.open(spool_dir, cfg)
     t0 = time.perf_counter()
+    c0 = _cpu()
     with open_recipients(csv_path) as r:
         a = inject(sp, r, TEMPLATE, shards=64, parallel=parallel)
     dt = time.perf_counter() - t0
+    cpu = _cpu() - c0
     info = sp.info()
     q.put({"recipients": a.to_deliver, "seconds": round(dt, 2),
-           "recipients_per_s": round(a.to_deliver / dt), "spool_bytes": info["file_bytes"],
+           "recipients_per_s": round(a.to_deliver / dt),
+           "per_cpu_s": round(a.to_deliver / cpu), "spool_bytes": info["file_bytes"],
            "bytes_per_recipient": round(info["file_bytes"] / max(1, a.to_deliver), 1),
            "inject_batch": cfg.inject_batch, **_mem()})
 
@@ -109,80 +119,98 @@ def phase_lease(spool_dir: str, shards: list[int], batch: int, q) -> None:
     sp = Spool.open(spool_dir)
     owner = f"bench-{os.getpid()}"
     lease_s = 0.0
+    lease_cpu = 0.0
     n = 0
     while True:
         t0 = time.perf_counter()
+        c0 = _cpu()
         items = sp.lease(shards, owner, batch)
         lease_s += time.perf_counter() - t0
+        lease_cpu += _cpu() - c0
         if not items:
             break
         n += len(items)
         sp.commit([Result(key=i.key, outcome="sent", code=250) for i in items])
     q.put({"leased": n, "lease_seconds": round(lease_s, 2), "leases_per_s": round(n / lease_s),
+           "per_cpu_s": round(n / max(lease_cpu, 1e-9)),
            "batch": batch, **_mem()})
 
 
-def phase_commit(spool_dir: str, shards: list[int], group: int, q, barrier) -> None:
-    """Engine-shaped result commits through ResultWriter (default batching): a feeder
-    leases batches of 2048 (through the writer thread) while at most ``writer_queue``
-    items are in flight; concurrent tasks submit one result each (or ``group`` at once,
-    as for a multi-recipient transaction) and await durability."""
+def phase_cycle(spool_dir: str, shards: list[int], q, barrier) -> None:
+    """The spool alone, no event loop: lease 2048, commit them in batches of
+    ``commit_batch``, repeat (what a worker's writer thread does)."""
+    from fastmta.records import Result
+    from fastmta.spool import Spool
+
+    sp = Spool.open(spool_dir)
+    owner = f"bench-{os.getpid()}"
+    b = sp.cfg.commit_batch
+    barrier.wait()
+    t0 = time.perf_counter()
+    c0 = _cpu()
+    n = 0
+    while items := sp.lease(shards, owner, 2048):
+        for i in range(0, len(items), b):
+            sp.commit([Result(key=x.key, outcome="sent", code=250, mx="mx.example",
+                              source_ip="127.0.0.2") for x in items[i:i + b]])
+        n += len(items)
+    dt = time.perf_counter() - t0
+    cpu = _cpu() - c0
+    q.put({"results": n, "seconds": round(dt, 2), "commits_per_s": round(n / dt),
+           "per_cpu_s": round(n / cpu), **_mem()})
+
+
+def phase_commit(spool_dir: str, shards: list[int], group: int, loop: str, q, barrier) -> None:
+    """Result commits through ResultWriter (default batching), shaped like a worker:
+    lease ``writer_queue`` items through the writer thread, then 1,024 concurrent tasks
+    each submit their share one result at a time (or ``group`` at once with
+    ``submit_many``, as for a multi-recipient transaction) and await durability."""
     from fastmta.records import Result
     from fastmta.spool import ResultWriter, Spool
 
     sp = Spool.open(spool_dir)
     owner = f"bench-{os.getpid()}"
 
-    async def main() -> tuple[float, int, float]:
+    async def main() -> tuple[float, int, float, float]:
         async with ResultWriter(sp) as w:
-            inflight = w.queue_size
-            work: asyncio.Queue = asyncio.Queue(maxsize=inflight)
-            conc = max(1, inflight // max(1, group))
             done = 0
             lease_s = 0.0
+            tasks = 1024
             barrier.wait()
             t0 = time.perf_counter()
+            c0 = _cpu()
 
-            async def feeder() -> None:
-                nonlocal lease_s
-                while True:
-                    t = time.perf_counter()
-                    items = await w.run(sp.lease, shards, owner, 2048)
-                    lease_s += time.perf_counter() - t
-                    if not items:
-                        break
-                    for it in items:
-                        await work.put(it)
-                for _ in range(conc):
-                    await work.put(None)
+            async def worker(items: list) -> None:
+                res = [Result(key=it.key, outcome="sent", code=250, mx="mx.example",
+                              source_ip="127.0.0.2") for it in items]
+                if group <= 1:
+                    for r in res:
+                        await w.submit(r)
+                else:
+                    for i in range(0, len(res), group):
+                        await w.submit_many(res[i:i + group])
 
-            async def worker() -> None:
-                nonlocal done
-                while True:
-                    batch = []
-                    while len(batch) < group:
-                        it = await work.get()
-                        if it is None:
-                            break
-                        batch.append(Result(key=it.key, outcome="sent", code=250,
-                                            mx="mx.example", source_ip="127.0.0.2"))
-                    if batch:
-                        if group == 1:
-                            await w.submit(batch[0])
-                        else:
-                            await w.submit_many(batch)
-                        done += len(batch)
-                    if len(batch) < group:
-                        return
+            while True:
+                t = time.perf_counter()
+                items = await w.run(sp.lease, shards, owner, w.queue_size)
+                lease_s += time.perf_counter() - t
+                if not items:
+                    break
+                await asyncio.gather(*(worker(items[i::tasks]) for i in range(tasks)))
+                done += len(items)
+            return time.perf_counter() - t0, done, lease_s, _cpu() - c0
 
-            await asyncio.gather(feeder(), *(worker() for _ in range(conc)))
-            return time.perf_counter() - t0, done, lease_s
+    if loop == "uvloop":
+        import uvloop
 
-    dt, n, lease_s = asyncio.run(main())
+        dt, n, lease_s, cpu = uvloop.run(main())
+    else:
+        dt, n, lease_s, cpu = asyncio.run(main())
     q.put({"results": n, "seconds": round(dt, 2), "commits_per_s": round(n / dt),
-           "lease_wait_s": round(lease_s, 2), "commit_batch": sp.cfg.commit_batch,
+           "per_cpu_s": round(n / cpu), "lease_s": round(lease_s, 2),
+           "commit_batch": sp.cfg.commit_batch,
            "submit": f"submit_many({group})" if group > 1 else "submit (one result per await)",
-           "commit_window_ms": sp.cfg.commit_window_ms, **_mem()})
+           "loop": loop, "commit_window_ms": sp.cfg.commit_window_ms, **_mem()})
 
 
 def phase_raw_commit(lmdb_dir: str, n: int, q, barrier) -> None:
@@ -250,7 +278,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--recipients", type=int, default=1_000_000)
     ap.add_argument("--small", type=int, default=100_000)
-    ap.add_argument("--commit-n", type=int, default=400_000, help="results per commit run")
+    ap.add_argument("--commit-n", type=int, default=200_000, help="results per commit run")
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -269,6 +297,16 @@ def main() -> None:
     }
     try:
         print(f"settings: {report['settings']}", flush=True)
+        from fastmta.delivery import Template
+
+        tpl = Template(TEMPLATE + b"Lorem ipsum dolor sit amet " * 100 + b"\r\n")
+        f = {"email": "user1@domain1.example", "first": "First1", "last": "Last1", "city": "City1"}
+        t0 = time.perf_counter()
+        for _ in range(50_000):
+            tpl.render(f)
+        rps = round(50_000 / (time.perf_counter() - t0))
+        report["render_per_s"] = rps
+        print(f"render (3 KB template, 4 fields, Date + Message-ID added): {rps}/s", flush=True)
         for n in (args.small, args.recipients):
             r = inject_run(n, work)
             report[f"inject_{n}"] = r
@@ -282,38 +320,36 @@ def main() -> None:
         report["lease_and_claim"] = lease
         print(f"lease-and-claim (batches of 1000 over 64 shards): {lease}", flush=True)
 
-        # commits: fresh spool with commit_n recipients, one process, then two processes
-        for procs in (1, 2):
-            csv_path = os.path.join(work, f"c{procs}.csv")
-            make_csv(csv_path, args.commit_n)
-            spool = os.path.join(work, f"commit{procs}")
-            for group in (1, 8):
-                spool = os.path.join(work, f"commit{procs}_{group}")
-                run_phase(phase_inject, spool, csv_path, False)
-                shard_sets = [list(range(64))] if procs == 1 else [list(range(0, 64, 2)), list(range(1, 64, 2))]
-                res = run_phase(phase_commit, procs=procs,
-                                arg_per_proc=[(spool, s, group) for s in shard_sets])
-                total = sum(r["results"] for r in res)
-                secs = max(r["seconds"] for r in res)
-                agg = {"processes": procs, "results": total, "seconds": secs,
-                       "commits_per_s": round(total / secs), "per_process": res}
-                report[f"commits_{procs}proc_one_env_group{group}"] = agg
-                print(f"result commits, {procs} process(es), one env, {res[0]['submit']}: "
-                      f"{agg['commits_per_s']}/s {res}", flush=True)
-                shutil.rmtree(spool, ignore_errors=True)
-        # the one-env-vs-env-per-shard question: two processes, two separate envs
-        csv_path = os.path.join(work, "c2.csv")
-        envs = []
-        for i in range(2):
-            spool = os.path.join(work, f"split{i}")
-            run_phase(phase_inject, spool, csv_path, False)
-            envs.append((spool, list(range(i, 64, 2)), 1))
-        res = run_phase(phase_commit, procs=2, arg_per_proc=envs)
-        total = sum(r["results"] for r in res)
-        secs = max(r["seconds"] for r in res)
-        report["commits_2proc_two_envs"] = {"commits_per_s": round(total / secs), "results": total,
-                                            "seconds": secs}
-        print(f"result commits, 2 processes, one env each: {round(total / secs)}/s", flush=True)
+        # commits: fresh spool with commit_n recipients per run
+        csv_path = os.path.join(work, "c.csv")
+        make_csv(csv_path, args.commit_n)
+        halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
+        runs = [  # (name, phase, processes, per-process args, separate envs)
+            ("cycle_1proc_no_loop", phase_cycle, 1, [(list(range(64)),)], False),
+            ("commits_1proc_asyncio_submit", phase_commit, 1, [(list(range(64)), 1, "asyncio")], False),
+            ("commits_1proc_uvloop_submit", phase_commit, 1, [(list(range(64)), 1, "uvloop")], False),
+            ("commits_1proc_asyncio_submit_many8", phase_commit, 1, [(list(range(64)), 8, "asyncio")], False),
+            ("commits_2proc_one_env", phase_commit, 2, [(h, 1, "asyncio") for h in halves], False),
+            ("commits_2proc_two_envs", phase_commit, 2, [(h, 1, "asyncio") for h in halves], True),
+            ("cycle_2proc_one_env_no_loop", phase_cycle, 2, [(h,) for h in halves], False),
+            ("cycle_2proc_two_envs_no_loop", phase_cycle, 2, [(h,) for h in halves], True),
+        ]
+        for name, phase, procs, per, separate in runs:
+            spools = []
+            for i in range(2 if separate else 1):
+                sp_dir = os.path.join(work, f"{name}{i}")
+                run_phase(phase_inject, sp_dir, csv_path, False)
+                spools.append(sp_dir)
+            arg_per_proc = [(spools[i if separate else 0], *per[i]) for i in range(procs)]
+            res = run_phase(phase, procs=procs, arg_per_proc=arg_per_proc)
+            total = sum(r["results"] for r in res)
+            secs = max(r["seconds"] for r in res)
+            agg = {"processes": procs, "results": total, "seconds": secs,
+                   "commits_per_s": round(total / secs), "per_process": res}
+            report[name] = agg
+            print(f"{name}: {agg['commits_per_s']}/s {res}", flush=True)
+            for sp_dir in spools:
+                shutil.rmtree(sp_dir, ignore_errors=True)
         # peers: bare LMDB read-modify-write, 256 per durable txn
         for procs in (1, 2):
             dirs = []

@@ -69,6 +69,7 @@ class SmtpConfig(_Section):
     allow_private_mx: bool = False  # refuse MX hosts on private/unspecified addresses
     # added by issue #4 (client)
     pipelining: bool = True  # use PIPELINING when offered
+    chunking: bool = False  # use BDAT (RFC 3030) when CHUNKING and PIPELINING are offered
     tls_cafile: str = ""  # CA bundle for tls = "verify" (empty: system store)
     max_reply_bytes: int = 65536
 

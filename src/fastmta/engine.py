@@ -100,33 +100,7 @@ async def run(cfg: Config, spool_path: str | os.PathLike[str],
 
 
 def summary(spool, did: int) -> dict:
-    """KPIs of a delivery (ARCHITECTURE.md section 3) from the spool's counters."""
-    k = spool.kpis(did)
-    to_deliver = k.get("to_deliver", 0)
-    sent = k.get("sent", 0)
-    out = {
-        "delivery_id": did,
-        "recipients": k.get("recipients", 0),
-        "to_deliver": to_deliver,
-        "sent": sent,
-        "failed": k.get("failed", 0),
-        "failed_hard": k.get("failed_hard", 0),
-        "failed_expired": k.get("failed_expired", 0),
-        "pending": k.get("pending", 0),
-        "excluded": sum(v for key, v in k.items() if key.startswith("excluded/")),
-        "success_pct": round(100.0 * sent / to_deliver, 2) if to_deliver else 0.0,
-        "soft_bounces": k.get("soft_bounces", 0),
-        "deferrals": k.get("deferrals", 0),
-        "attempts": k.get("attempts", 0),
-        "by_reason": {key[7:]: v for key, v in k.items() if key.startswith("reason/")},
-        "by_class": {key[6:]: v for key, v in k.items() if key.startswith("class/")},
-        "excluded_by_reason": {key[9:]: v for key, v in k.items()
-                               if key.startswith("excluded/") and v},
-    }
-    doms: dict[str, dict[str, int]] = {}
-    for key, v in k.items():
-        if key.startswith("domain/"):
-            _, dom, what = key.split("/", 2)
-            doms.setdefault(dom, {})[what] = v
-    out["domains"] = doms
-    return out
+    """The delivery report (``fastmta.report.build_report``: KPIs from the counters)."""
+    from .report import build_report
+
+    return build_report(spool, did)

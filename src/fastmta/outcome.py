@@ -91,6 +91,9 @@ LOCAL_KINDS: dict[str, tuple] = {
                        "connection failed"),
     "connect_timeout": (421, "4.4.1", 24, "soft", "unreachable", True, "retry",
                         "connection timed out"),
+    # connected, but no greeting in time (or the peer closed before greeting)
+    "greeting_timeout": (421, "4.4.2", 24, "soft", "unreachable", True, "retry",
+                         "no greeting from the server"),
     # a command got no reply in time
     "timeout": (421, "4.4.2", 24, "soft", "not_connected", True, "retry",
                 "timed out waiting for the reply"),

@@ -118,7 +118,7 @@ class RecipientIn(msgspec.Struct, array_like=True):
     smtputf8: bool = False
 
 
-class WorkItem(msgspec.Struct, array_like=True, kw_only=True):
+class WorkItem(msgspec.Struct, array_like=True):
     """A leased recipient, ready to be sent (crosses processes as msgpack)."""
 
     key: bytes  # spool key: delivery id + recipient id (8 bytes)
@@ -126,7 +126,7 @@ class WorkItem(msgspec.Struct, array_like=True, kw_only=True):
     rcpt_id: int
     email: str
     shard: int
-    fields: dict[str, str] = msgspec.field(default_factory=dict)
+    fields: dict[str, str] = msgspec.field(default_factory=dict)  # incl. "email"
     attempts: int = 0
     first_attempt_ms: int = 0
     smtputf8: bool = False
@@ -164,7 +164,7 @@ class Result(msgspec.Struct, array_like=True, kw_only=True):
     time_ms: int = 0  # when the outcome happened (0 = commit time)
 
 
-class AttemptEvent(_Rec, tag=10, kw_only=True):
+class AttemptEvent(_Rec, tag=10):
     """Appended to the event log for every committed result."""
 
     ts_ms: int

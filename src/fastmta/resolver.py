@@ -157,7 +157,7 @@ class Resolver:
             else cfg.allow_loopback_mx
         self.allow_private = cfg.allow_private_mx or bool(smtp and smtp.allow_private_mx)
         self._cache: OrderedDict[tuple[str, int], tuple[float, _Answer]] = OrderedDict()
-        self._inflight: dict[tuple[str, int], asyncio.Future] = {}
+        self._inflight: dict[tuple[str, int], asyncio.Task] = {}
         self.queries = 0  # DNS queries actually sent
         self.hits = 0
 
@@ -180,27 +180,29 @@ class Resolver:
             self._cache.popitem(last=False)
 
     async def _lookup(self, name: str, rdtype: int) -> _Answer:
+        """Cached answer, or one query shared by every concurrent caller (single flight).
+
+        The query runs in its own task, so a caller that is cancelled does not cancel
+        it for the others.
+        """
         key = (name, rdtype)
         ans = self._get(key)
         if ans is not None:
             self.hits += 1
             return ans
-        fut = self._inflight.get(key)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key] = fut
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._fetch(key))
+            self._inflight[key] = task
+        return await asyncio.shield(task)
+
+    async def _fetch(self, key: tuple[str, int]) -> _Answer:
         try:
-            ans, ttl = await self._query(name, rdtype)
+            ans, ttl = await self._query(*key)
             self._put(key, ans, ttl)
-            fut.set_result(ans)
             return ans
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # mark retrieved: waiters get it from their own await
-            raise
         finally:
-            del self._inflight[key]
+            self._inflight.pop(key, None)
 
     async def _query(self, name: str, rdtype: int, depth: int = 0) -> tuple[_Answer, float]:
         """One lookup (following CNAMEs the server did not chase), with its cache TTL."""

@@ -98,12 +98,14 @@ class Scheduler:
         connect: Callable[..., Awaitable[Any]] | None = None,
         rng: random.Random | None = None,
         is_static: Callable[[int], bool] | None = None,
+        commit_gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
         self.on_result = on_result
         self.render = render
         self.is_static = is_static or (lambda did: False)
+        self.commit_gate = commit_gate  # waits while too many results are not durable
         self.rng = rng or random.Random()
         if connect is None:
             from .transport import Connection
@@ -194,7 +196,10 @@ class Scheduler:
             due = not_before_ms if (not item.expires_ms or not_before_ms < item.expires_ms) \
                 else None
         if due is None:
-            self._emit(job, "expired", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+            # no retry fits in the validity: count this attempt (its reason is kept)
+            # and let the spool expire the recipient when the validity ends
+            self._emit(job, "soft", reply=reply, cls=cls, mx=mx,
+                       next_ms=item.expires_ms or now_ms, source_ip=source_ip)
         else:
             self._emit(job, "soft", reply=reply, cls=cls, mx=mx, next_ms=due,
                        source_ip=source_ip)
@@ -405,7 +410,10 @@ class Scheduler:
             shaper = site.shaper
             shaper.on_reply(text, now)
             if exc.kind == "greeting" or _CONN_THROTTLE.search(text):
-                shaper.on_throttle(now, "connections")  # jobs stay queued
+                # level = connections established + this one (others still connecting
+                # when it was refused did not cause it)
+                shaper.on_throttle(now, "connections",
+                                   max(1, site.active - site.connecting))  # jobs stay queued
                 return
             shaper.on_connect_failure(now, throttle=True)
         elif cls.action == "suspend_site":
@@ -451,14 +459,21 @@ class Scheduler:
         if probe:
             max_rcpts = 1
         flight: list[list[Job]] = []
+        now_ms = self.now_ms()
         while site.queue and len(flight) < min(probe or FLIGHT, max(1, budget)):
             first = self._take(site)
+            if first.item.expires_ms and now_ms >= first.item.expires_ms:
+                # the validity ended while it waited in memory: never send it late
+                self._emit(first, "expired", reason=first.item.last_reason or "expired")
+                continue
             if first.body is None:
                 first.body = self.render(first.item)
             group = [first]
             static = self.is_static(first.item.delivery_id)
             while site.queue and len(group) < max_rcpts:
                 nxt = site.queue[0]
+                if nxt.item.expires_ms and now_ms >= nxt.item.expires_ms:
+                    break
                 if nxt.item.delivery_id != first.item.delivery_id or \
                         nxt.item.domain != first.item.domain:
                     break
@@ -485,17 +500,23 @@ class Scheduler:
         source_ip = conn.local_address[0] if getattr(conn, "local_address", None) else ""
         while not self.stopping:
             flight = await self._next_flight(site, conn, idle_s)
-            if not flight:
+            if flight is None:
                 return
+            if not flight:
+                continue  # everything taken had expired: look again
             n = sum(len(g) for g in flight)
             while True:
                 wait = site.shaper.reserve_send(self.now(), n)
                 if wait <= 0:
                     break
                 await asyncio.sleep(min(wait, 1.0))
-                if self.stopping or site.shaper.suspended(self.now()):
+                if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
+            if self.commit_gate is not None:
+                # bound the results accepted by servers but not yet durable (the
+                # duplicate window after a crash): wait for the spool to catch up
+                await self.commit_gate()
             envelopes = []
             for group in flight:
                 it = group[0].item
@@ -507,8 +528,9 @@ class Scheduler:
                 self.stats["attempts"] += n
                 stop = False
                 for group, res in zip(flight, results, strict=True):
+                    blocked = site.shaper.suspended(self.now())
                     if self._handle(site, group, res, mx, source_ip, after_close=stop,
-                                    conn=conn):
+                                    conn=conn, collateral=blocked):
                         stop = True
             except BaseException:
                 # cancelled (stop) or a bug: whatever has no outcome yet goes back to
@@ -522,12 +544,13 @@ class Scheduler:
                 return
 
     def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str,
-                after_close: bool = False, conn=None) -> bool:
+                after_close: bool = False, conn=None, collateral: bool = False) -> bool:
         """Turn one transaction's outcomes into results.  True = close the connection.
 
         ``after_close``: an earlier transaction of the same pipelined flight already
         ended the session (throttle, 421): a ``not_connected`` outcome here means the
-        transaction never ran, so its recipients are queued again, not failed."""
+        transaction never ran, so its recipients are queued again, not failed.
+        ``collateral``: the site was suspended by an earlier transaction of the flight."""
         now = self.now()
         shaper = site.shaper
         close = False
@@ -575,8 +598,20 @@ class Scheduler:
                 self.stats["throttled"] += 1
                 kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
                     _CONN_THROTTLE.search(text) else "rate"
-                shaper.on_throttle(now, kind)
-                if cls.reason == "not_connected" or code == 421:
+                if cls.reason == "not_connected":
+                    # reset / timeout / connection lost during this transaction: a real
+                    # (soft) attempt for the recipient (its message may even have
+                    # arrived: at-least-once).  A throttle signal for the site only when
+                    # the session delivered nothing and died before the message body: a
+                    # drop in the middle of one message is a fault of that message.
+                    if (conn is None or conn.messages_sent == 0) and \
+                            cmd not in ("data", "dot"):
+                        shaper.on_throttle(now, "connections")
+                    self.soft(job, reply, cls, mx, source_ip=source_ip)
+                    close = True
+                    continue
+                shaper.on_throttle(now, kind, site.active)
+                if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
                     job.requeues += 1
@@ -587,6 +622,11 @@ class Scheduler:
                 continue
             if cls.reason != "not_connected":
                 answered = True
+            if cls.action == "suspend_site" and collateral:
+                # an earlier transaction of the same flight was blocked and suspended
+                # the site: this one is collateral, not a new attempt of the recipient
+                requeue.append(job)
+                continue
             if cls.action == "suspend_site":
                 resume = shaper.on_block(now, cls.reason or "blocked")
                 not_before = self.now_ms() + int((resume - now) * 1000)
@@ -600,7 +640,10 @@ class Scheduler:
             if cls.reason == "not_connected":
                 close = True
         if sent:
+            before = shaper.limit
             shaper.on_success(now, sent, site.active)
+            if shaper.limit > before:
+                self.pump(site)  # the limit grew: open the next connection now
         elif answered:
             shaper.on_answer(now)
         if requeue:
@@ -611,15 +654,18 @@ class Scheduler:
         return close
 
     # ------------------------------------------------------------------ shutdown
-    def status(self) -> dict:
-        """Per-site snapshot of the sites that are throttled, suspended or busy."""
+    def status(self, top: int = 20) -> dict:
+        """Snapshot of the ``top`` sites most affected by shaping (suspended, throttled)
+        or busiest (heartbeats stay small with many thousands of sites)."""
         now = self.now()
+        busy = [s for s in self.sites.values()
+                if s.active or s.queue or s.throttled or s.shaper.suspended(now)]
+        busy.sort(key=lambda s: (not s.shaper.suspended(now), -s.throttled, -len(s.queue)))
         out = {}
-        for s in self.sites.values():
-            if s.active or s.queue or s.throttled or s.shaper.suspended(now):
-                st = s.shaper.status(now)
-                st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
-                out[s.label() if s.provider else s.name] = st
+        for s in busy[:top]:
+            st = s.shaper.status(now)
+            st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
+            out[s.label() if s.provider else s.name] = st
         return out
 
     def drain_queues(self) -> None:

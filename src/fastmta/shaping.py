@@ -358,10 +358,12 @@ class SiteShaper:
             span = min(span, max(now - self._first_success, 0.25))
         return total / span if span > 0 else 0.0
 
-    def on_throttle(self, now: float, kind: str = "connections") -> bool:
+    def on_throttle(self, now: float, kind: str = "connections",
+                    active: int | None = None) -> bool:
         """The destination asked us to slow down.  ``kind``: ``connections`` (421 at
         connect, too many connections, resets/timeouts) or ``rate`` (4.7.x rate replies
-        to a transaction).  Returns True when the limits were cut (at most once per
+        to a transaction).  ``active``: connections open to the site, the throttled one
+        included (the level that triggered it).  Returns True when the limits were cut (at most once per
         ``throttle_holdoff_s``: replies of one cohort count once)."""
         self.throttles += 1
         if kind == "rate" and self.p.adaptive and now >= self.rate_pause_until:
@@ -382,7 +384,9 @@ class SiteShaper:
         if kind == "rate" and self.p.adaptive_rate:
             self._cut_rate(now)
             return True
-        level = self.limit
+        # the level that triggered it: the connections actually open (the refused one
+        # included) when that is below the limit
+        level = min(self.limit, active) if active else self.limit
         if self.ceiling is not None and level >= self.ceiling:
             # a probe above the known-safe level failed: back to just below it
             self.limit = max(self.min_limit, min(self.ceiling - 1, self.max_limit))

@@ -78,9 +78,12 @@ def default_workers() -> int:
 
 
 def _is_final(spool, did: int, kpis: dict) -> bool:
-    if kpis.get("pending", 0) > 0:
-        return False
-    return spool.delivery(did).state != "injecting"
+    """Nothing more will happen to the delivery without an operator: every recipient
+    final, or the delivery paused / cancelled."""
+    state = spool.delivery(did).state
+    if state in ("paused", "cancelled"):
+        return True
+    return kpis.get("pending", 0) == 0 and state != "injecting"
 
 
 class Supervisor:
@@ -97,6 +100,7 @@ class Supervisor:
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self.progress = progress
         self.progress_s = progress_s
+        self.maintenance_s = 5.0
         self.title = title
         self.slots = [_Slot(i, s) for i, s in enumerate(assign_shards(cfg.engine.shards,
                                                                        self.n))]
@@ -192,9 +196,8 @@ class Supervisor:
         proc = slot.proc
         code = proc.exitcode if proc is not None else None
         self._detach(slot)
-        now_ms = int(time.time() * 1000)
         try:
-            n = self.spool.recover_leases(owner=slot.owner, now_ms=now_ms)
+            n = self.spool.recover_leases(owner=slot.owner)
         except Exception:  # pragma: no cover
             log.exception("recovering leases of %s", slot.owner)
             n = None
@@ -284,12 +287,22 @@ class Supervisor:
             self.spool.recover_leases(owner=None)
             for slot in self.slots:
                 self._start(slot)
-            last_progress = 0.0
+            last_progress = last_kpis = 0.0
+            last_maint = time.monotonic()
             while True:
                 self._check()
                 now = time.monotonic()
+                if now - last_maint >= self.maintenance_s and not self.draining:
+                    # dead/expired leases back, validity sweep, quarantine release
+                    last_maint = now
+                    try:
+                        self.spool.maintenance()
+                    except Exception:  # pragma: no cover - next round tries again
+                        log.exception("spool maintenance")
                 done = False
-                if until_done and not forever:
+                if until_done and not forever and now - last_kpis >= min(self.progress_s, 0.5):
+                    # the KPI counters include one per domain: read them at most 2x/s
+                    last_kpis = now
                     kpis = {did: self.spool.kpis(did) for did in until_done}
                     done = all(_is_final(self.spool, d, k) for d, k in kpis.items())
                     if self.progress is not None and (now - last_progress >= self.progress_s
@@ -297,7 +310,8 @@ class Supervisor:
                         last_progress = now
                         self.progress(Progress(now - started, kpis, self.workers_status(),
                                                self.restarts, self.draining))
-                elif self.progress is not None and now - last_progress >= self.progress_s:
+                elif (forever or not until_done) and self.progress is not None and \
+                        now - last_progress >= self.progress_s:
                     last_progress = now
                     self.progress(Progress(now - started, {}, self.workers_status(),
                                            self.restarts, self.draining))

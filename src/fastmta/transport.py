@@ -62,8 +62,8 @@ class ConnectFailed(FastMTAError):
     """The connection could not be set up; ``classification`` says how to treat it.
 
     ``kind``: ``connect_failed``, ``connect_timeout``, ``greeting`` (4xx/5xx greeting),
-    ``ehlo`` (EHLO and HELO refused), ``tls_failed``, ``timeout``, ``connection_lost``,
-    ``protocol_error``.  ``reply``: the server's reply or a synthetic one.
+    ``ehlo`` (EHLO and HELO refused), ``tls_failed``, ``closing`` (421 to STARTTLS),
+    ``timeout``, ``connection_lost``, ``protocol_error``.  ``reply``: the server's reply or a synthetic one.
     """
 
     def __init__(self, kind: str, reply: Reply, classification: Classification) -> None:
@@ -183,7 +183,8 @@ class Connection:
     def __init__(self, cfg: SmtpConfig, ip: str, port: int) -> None:
         self.cfg = cfg
         self.peer = (ip, port)
-        self.proto = ClientProtocol(pipelining=cfg.pipelining, max_reply=cfg.max_reply_bytes)
+        self.proto = ClientProtocol(pipelining=cfg.pipelining, chunking=cfg.chunking,
+                                    max_reply=cfg.max_reply_bytes)
         self.loop = asyncio.get_running_loop()
         self.stream: _Stream | None = None
         self.local_address: tuple | None = None
@@ -292,6 +293,10 @@ class Connection:
     async def _setup(self, name, policy, server_hostname, cafile) -> None:
         self._arm()
         ev = await self._next_control()
+        if isinstance(ev, ConnectionFailed) and ev.kind == "timeout":
+            # the host takes connections but does not serve: unreachable, not a lost session
+            reply, c = local("greeting_timeout", "connect", ev.detail)
+            raise ConnectFailed("timeout", reply, c)
         if not isinstance(ev, Greeting):
             self._fail_from(ev, "greeting")
         if not ev.ok:
@@ -313,6 +318,8 @@ class Connection:
         if not isinstance(ev, StartTls):
             self._fail_from(ev, "starttls")
         if not ev.ok:
+            if self.proto.state in (State.CLOSED, State.BROKEN):  # e.g. 421 to STARTTLS
+                raise ConnectFailed("closing", ev.reply, classify_reply(ev.reply))
             if policy == "opportunistic":
                 return  # RFC 3207: carry on in plain text
             self._quit_nowait()
@@ -363,6 +370,17 @@ class Connection:
     @property
     def greeting(self) -> Reply | None:
         return self.proto.greeting
+
+    @property
+    def tls_info(self) -> tuple[str, str] | None:
+        """(protocol version, cipher name) of the TLS session, None in plain text."""
+        if not self.tls_active or self.stream is None or self.stream.transport is None:
+            return None
+        obj = self.stream.transport.get_extra_info("ssl_object")
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return (obj.version() or "", cipher[0] if cipher else "")
 
     @property
     def messages_sent(self) -> int:
@@ -445,8 +463,12 @@ class Connection:
                     w = self._control_waiter
                     if w is not None and not w.done():
                         w.set_result(None)
-            if isinstance(events[-1], (ServiceClosing, ConnectionFailed)) and not lost:
-                self.close()
+            last = events[-1]
+            if not lost:
+                if type(last) is ServiceClosing:
+                    self.close()  # the server said goodbye: flush and close
+                elif type(last) is ConnectionFailed:
+                    self.abort()  # garbage from the peer: drop at once
         if lost:
             if self._timer is not None:
                 self._timer.cancel()
@@ -503,31 +525,30 @@ class Connection:
         if self.stream is not None and self.stream.paused:
             await self._drain()
         results: list[TransactionResult] = []
-        futs: list[asyncio.Future] = []
         proto = self.proto
+        last: TransactionResult | None = None
         for env in envelopes:
             if not self.usable:
                 results.append(self._dead_result(env))
                 continue
             res = proto.send(env)
             results.append(res)
+            if res.local_reply is None:
+                last = res
+        # local refusals (SIZE, SMTPUTF8) complete at once; they are ignored below
+        proto.pending_events()
+        fut = None
+        if last is not None:
+            # transactions complete in order: waiting for the last one is enough
             fut = self.loop.create_future()
-            self._txn_waiters[res] = fut
-            futs.append(fut)
-        # local refusals (SIZE, SMTPUTF8) complete at once
-        for ev in proto.pending_events():
-            if type(ev) is TransactionDone:
-                fut = self._txn_waiters.pop(ev.result, None)
-                if fut is not None:
-                    fut.set_result(ev.result)
+            self._txn_waiters[last] = fut
         self._flush()
-        try:
-            for fut in futs:
-                if not fut.done():
-                    await fut
-        except asyncio.CancelledError:
-            self.abort()
-            raise
+        if fut is not None:
+            try:
+                await fut
+            except asyncio.CancelledError:
+                self.abort()
+                raise
         self.last_used = self.loop.time()
         return results
 
@@ -570,7 +591,10 @@ class Connection:
     async def quit(self, timeout_s: float = 5.0) -> None:
         """QUIT politely (bounded wait), then close.  Never raises."""
         try:
-            if self.usable and self.proto.state != State.QUIT:
+            if self.usable and not self.proto.idle:
+                # transactions still in flight: do not mix QUIT into them
+                self.abort()
+            elif self.usable and self.proto.state != State.QUIT:
                 self.proto.quit()
                 self._flush()
                 try:

@@ -76,12 +76,17 @@ class Worker:
         self._room = asyncio.Event()
         self._done = asyncio.Event()
         self._pending: set[asyncio.Future] = set()
+        # results accepted by a server but not yet durable are the only ones a crash
+        # can duplicate: keep them bounded (flights wait at the gate beyond this)
+        self.max_uncommitted = 2 * self.cfg.spool.commit_batch
+        self._below = asyncio.Event()
         self._templates: dict[int, bytes] = {}
         self.rng = random.Random()
         self.started = time.monotonic()
         self.commit_errors = 0
         self._mx_memo: dict[str, tuple[float, object]] = {}
         self._outbox: list[tuple[int, object]] = []
+        self._uncommitted = 0  # results submitted to the writer, not yet durable
 
     # ----------------------------------------------------------------- spool glue
     def _open(self) -> None:
@@ -94,7 +99,14 @@ class Worker:
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
-                                   rng=self.rng, is_static=self._is_static)
+                                   rng=self.rng, is_static=self._is_static,
+                                   commit_gate=self._commit_gate)
+
+    async def _commit_gate(self) -> None:
+        # results (not groups) sent but not yet durable, queued ones included
+        while self._uncommitted + len(self._outbox) >= self.max_uncommitted:
+            self._below.clear()
+            await self._below.wait()
 
     def _template(self, did: int):
         from .delivery import Template
@@ -131,11 +143,15 @@ class Worker:
             return
         fut = asyncio.ensure_future(self.writer.submit_many([r for _, r in batch]))
         self._pending.add(fut)
+        self._uncommitted += len(batch)
         shards = [s for s, _ in batch]
         fut.add_done_callback(lambda f: self._committed(f, shards))
 
     def _committed(self, fut: asyncio.Future, shards: list[int]) -> None:
         self._pending.discard(fut)
+        self._uncommitted -= len(shards)
+        if self._uncommitted < self.max_uncommitted:
+            self._below.set()
         self.inflight -= len(shards)
         for shard in shards:
             self.per_shard[shard] -= 1
@@ -148,6 +164,17 @@ class Worker:
 
     # ----------------------------------------------------------------- loops
     async def _fetch_loop(self) -> None:
+        while not self.draining:
+            try:
+                await self._fetch()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug or a spool error: log, back off, go on leasing
+                log.exception("fetching work")
+                await asyncio.sleep(1.0)
+
+    async def _fetch(self) -> None:
         spec = self.spec
         while not self.draining:
             room = spec.max_inflight - self.inflight
@@ -198,7 +225,13 @@ class Worker:
 
             async def resolve(d: str):
                 async with sem:
-                    return d, await self.resolver.resolve_mx(d)
+                    try:
+                        return d, await self.resolver.resolve_mx(d)
+                    except Exception as exc:  # never lose the batch: soft, retried later
+                        from .resolver import MxResult, dns_failure
+
+                        log.exception("resolving %s", d)
+                        return d, MxResult(domain=d, error=dns_failure("servfail", str(exc)))
 
             fresh = dict(await asyncio.gather(*(resolve(d) for d in todo)))
             if len(memo) > 50_000:
@@ -232,7 +265,16 @@ class Worker:
 
     async def _heartbeat_loop(self) -> None:
         enc = msgspec.msgpack.Encoder()
+        renew_every = max(1.0, self.cfg.spool.lease_s / 3)
+        last_renew = time.monotonic()
         while not self._done.is_set():
+            if time.monotonic() - last_renew >= renew_every and not self.stop_now:
+                # recipients held in memory (a paused site) keep their leases
+                last_renew = time.monotonic()
+                try:
+                    await self.writer.run(self.spool.renew_leases, self.owner)
+                except Exception:  # pragma: no cover - the next beat tries again
+                    log.exception("renewing leases")
             if os.getppid() != self.spec.parent_pid:
                 log.warning("supervisor gone: stopping")
                 self.request("stop")
@@ -335,7 +377,17 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
     fcntl.flock(lock, fcntl.LOCK_SH)
     from .transport import run
 
+    prof_dir = os.environ.get("FASTMTA_PROFILE_DIR")  # developer aid: cProfile per worker
     try:
-        run(Worker(spec, pipe).run())
+        if prof_dir:
+            import cProfile
+
+            prof = cProfile.Profile()
+            try:
+                prof.runcall(run, Worker(spec, pipe).run())
+            finally:
+                prof.dump_stats(str(Path(prof_dir) / f"worker-{spec.index}-{os.getpid()}.prof"))
+        else:
+            run(Worker(spec, pipe).run())
     finally:
         lock.close()

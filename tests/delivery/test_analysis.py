@@ -142,3 +142,24 @@ def test_parallel_reader_process_gives_the_same_result(tmp_path):
             sp.close()
     assert results[0] == results[1]
     assert [(x[0], x[1]) for x in results[1][2]] == EXPECTED
+
+
+def test_injected_items_render_as_the_engine_will(tmp_path):
+    import email
+    import email.policy
+
+    sp = Spool.open(str(tmp_path / "spool"))
+    try:
+        csv_text = "email,first\nann@a.example,Ann\nj\u00f6rg@b.example,J\u00f6rg\n"
+        a = inject(sp, reader_from_text(csv_text), TPL, shards=2)
+        tpl = Template(sp.template(a.delivery_id))
+        items = sp.lease([0, 1], "engine", 10)
+        assert len(items) == 2
+        for it in items:
+            raw = tpl.render(it.fields)  # UTF-8 headers when the address needs SMTPUTF8
+            msg = email.message_from_string(raw.decode(), policy=email.policy.default)
+            assert msg["To"].addresses[0].addr_spec == it.email
+            assert msg["Subject"] == f"Hi {it.fields['first']}"
+            assert it.smtputf8 == (not it.email.isascii())
+    finally:
+        sp.close()

@@ -109,3 +109,45 @@ def test_status_of_unknown_delivery(files):
     run("quarantine", "add", "x@y.example", "--spool", files / "spool")
     res = run("status", "42", "--spool", files / "spool", ok=False)
     assert res.exit_code == 1 and "no delivery 42" in res.output
+
+
+def test_inject_jsonl_expire_resize_and_info(files):
+    (files / "r.jsonl").write_text('{"email": "a@x.example", "first": "A"}\n{"email": "bad"}\n')
+    sp_dir = files / "spool"
+    out = run("inject", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
+              "--validity", "60s", "--json", "--spool", sp_dir).output
+    a = json.loads(out)
+    assert a["to_deliver"] == 1 and a["excluded"]["unqualified_address"] == 1
+    sp = Spool.open(str(sp_dir))
+    d = sp.delivery(a["delivery_id"])
+    assert d.expires_ms - d.created_ms == 60_000
+    assert "0 recipient(s) expired" in run("spool", "expire", "--spool", sp_dir).output
+    res = run("spool", "resize", "--map-size", "1G", "--spool", sp_dir, ok=False)
+    assert res.exit_code == 1 and "only be raised" in res.output  # default map is 64 GiB
+    assert "map size now" in run("spool", "resize", "--map-size", "128G", "--spool", sp_dir).output
+    info = json.loads(run("spool", "info", "--spool", sp_dir).output)
+    assert info["map_size"] == 128 * 1024**3 and info["entries"]["rcpt"] == 2
+    bad = run("inject", "--recipients", files / "r.jsonl", "--message", files / "m.eml",
+              "--validity", "4d", "--spool", sp_dir, ok=False)
+    assert bad.exit_code == 1 and "3.5 days" in bad.output
+
+
+def test_analyze_as_a_real_process(files):
+    import os
+    import subprocess
+    import sys
+
+    import fastmta
+
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(fastmta.__file__))
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run(
+        [sys.executable, "-m", "fastmta", "analyze", "--recipients", str(files / "r.csv"),
+         "--message", str(files / "m.eml"), "--json", "--spool", str(files / "none")],
+        capture_output=True, text=True, timeout=60, env=env, check=True,
+    ).stdout
+    a = json.loads(out)
+    assert set(a) >= {"recipients", "to_deliver", "excluded", "warnings"}
+    assert a["excluded"] == {"double": 1, "unqualified_address": 1, "address_in_quarantine": 0,
+                             "denylisted_address": 0, "address_not_specified": 1}

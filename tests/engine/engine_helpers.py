@@ -25,7 +25,9 @@ MESSAGE = (
 def mixed_world() -> World:
     """200 domains on a mix of profiles (issue #5's end-to-end test)."""
     return World(WorldSpec(name="e2e", providers=[
-        Provider(name="fastmail", generate=120, hosts=2),
+        Provider(name="fastmail", generate=115, hosts=2),
+        Provider(name="dropper", generate=5,
+                 behaviour=Behaviour(disconnect_in_data_rate=0.1)),
         Provider(name="unknownusers", generate=20, behaviour=Behaviour(unknown_user_rate=0.2)),
         Provider(name="fullboxes", generate=15, behaviour=Behaviour(mailbox_full_rate=0.2)),
         Provider(name="greylister", generate=15, behaviour=Behaviour(greylist_s=1.0)),

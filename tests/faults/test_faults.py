@@ -116,6 +116,7 @@ def test_silent_server_greeting_timeout():
     err, took = arun(go())
     assert err.kind == "timeout" and 0.25 < took < 2.0
     assert err.classification.type == "soft" and err.classification.bounce_class == 24
+    assert err.classification.reason == "unreachable" and err.classification.throttle
 
 
 def test_silent_after_body_is_unknown_fate():
@@ -160,10 +161,7 @@ def test_421_on_idle_connection_detected_by_probe():
     async def go():
         async with ScriptServer(idle_421) as srv:
             conn = await Connection.open("127.0.0.1", srv.port, timeouts=fast_timeouts())
-            for _ in range(100):  # wait for the 421 to be read (bounded)
-                if not conn.usable:
-                    break
-                await asyncio.sleep(0.01)
+            await conn.wait_closed(2.0)  # the 421 makes the client close its side
             ok = await conn.probe()
             res = await conn.send(ENV)
             await conn.quit()
@@ -315,9 +313,9 @@ def test_slow_drip_that_completes_in_time():
 
     async def go():
         async with ScriptServer(handler) as srv:
-            # 20 bytes x 5 ms = 0.1 s < 0.5 s greeting timeout
+            # 20 bytes x 5 ms = 0.1 s, well within the 2 s greeting timeout
             conn = await Connection.open("127.0.0.1", srv.port,
-                                         timeouts=fast_timeouts(greeting_timeout_s=0.5))
+                                         timeouts=fast_timeouts(greeting_timeout_s=2.0))
             res = await conn.send(ENV)
             await conn.quit()
             return conn.greeting, res
@@ -425,3 +423,19 @@ def test_tls_context_is_cached():
 
     assert client_ssl_context(False) is client_ssl_context(False)
     assert client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED
+
+
+def test_421_to_starttls_fails_the_connection():
+    async def handler(reader, writer):
+        await standard_hello(reader, writer, caps=(b"STARTTLS",))
+        await read_line(reader)
+        writer.write(b"421 4.3.2 shutting down\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async def go():
+        async with ScriptServer(handler) as srv:
+            return await open_expect_fail(srv.port, tls="opportunistic")
+
+    err = arun(go())
+    assert err.kind == "closing" and err.reply.code == 421 and err.classification.throttle

@@ -86,7 +86,7 @@ def test_starttls(server, certs, policy):
     async def go():
         conn = await Connection.open("127.0.0.1", server.port,
                                      timeouts=fast_timeouts(tls=policy), cafile=certs[0])
-        assert conn.tls_active
+        assert conn.tls_active and conn.tls_info[0].startswith("TLSv1.")
         r = await conn.send(Envelope("s@a.test", ["a@b.test"], b"secret"))
         await conn.quit()
         return r

@@ -91,3 +91,33 @@ def test_receiving_postfix(certs, pipelining, tls):
         assert pf.log().count("status=sent (") == 12, pf.log()[-2000:]
     finally:
         pf.stop()
+
+
+@need_postfix
+def test_receiving_postfix_bdat(certs):
+    pf = PostfixServer()
+    try:
+        async def go():
+            conn = await Connection.open(
+                "127.0.0.1", pf.port,
+                timeouts=fast_timeouts(chunking=True, command_timeout_s=10,
+                                       data_done_timeout_s=10, greeting_timeout_s=10))
+            assert conn.capabilities.chunking and conn.proto.chunking
+            res = await conn.send_many(
+                [Envelope("s@a.test", [f"c{i}@pf.test", "unknown@pf.test"], BODY)
+                 for i in range(10)]
+                + [Envelope("s@a.test", ["unknown2@pf.test"], BODY),
+                   Envelope("s@a.test", ["after@pf.test"], BODY)])
+            await conn.quit()
+            return res
+
+        res = arun(go(), timeout=60)
+        assert all(r.accepted == [f"c{i}@pf.test"] for i, r in enumerate(res[:10]))
+        assert res[10].outcomes[0][1].code == 550 and not res[10].ok
+        assert res[11].ok
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and pf.log().count("status=sent (") < 11:
+            time.sleep(0.2)
+        assert pf.log().count("status=sent (") == 11, pf.log()[-2000:]
+    finally:
+        pf.stop()

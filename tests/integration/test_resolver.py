@@ -116,3 +116,16 @@ def test_site_and_provider():
     assert provider_of(["mta5.am0.yahoodns.net"], provs) == "yahoo"
     assert provider_of(["mx.example.org"], provs) is None
     assert provider_of(["notgoogle.com"], provs) is None
+
+
+def test_cancelled_caller_does_not_cancel_the_shared_query():
+    async def fn(r, sim):
+        a = asyncio.ensure_future(r.resolve_mx("slowdns.test"))
+        b = asyncio.ensure_future(r.resolve_mx("slowdns.test"))
+        await asyncio.sleep(0.05)
+        a.cancel()
+        res = await b
+        return a.cancelled(), res, r.queries
+
+    cancelled, res, queries = arun(with_sim(fn, timeout_s=3.0))
+    assert cancelled and res.ok and queries == 2  # one MX + one A query

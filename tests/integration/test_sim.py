@@ -94,6 +94,22 @@ def test_outcomes_match_world_expected():
     users = [s for r, (s, _, _) in results.items() if r.endswith("@users.test")]
     assert 0 < users.count("failed") < 30 and 0 < users.count("soft") < 30
     assert sum(len(k[1]) for k in kept) == len(sent)
+    assert all(k[2] == b"Subject: t\r\n\r\nhi\r\n" for k in kept)
+
+
+def test_kept_messages_are_unstuffed():
+    body = b".first\r\nmiddle\r\n.\r\n..two\r\nlast"
+
+    async def go():
+        async with SimInternet(World(WORLD), keep_messages=True) as sim:
+            conn = await Connection.open("127.0.1.1", sim.smtp_port, timeouts=fast_timeouts())
+            assert (await conn.send(Envelope("s@x.test", ["a@fast.test"], body))).ok
+            await conn.quit()
+            return await sim.messages()
+
+    [(mail_from, rcpts, got)] = arun(go())
+    assert (mail_from, rcpts) == ("s@x.test", ["a@fast.test"])
+    assert got == body + b"\r\n"
 
 
 @pytest.mark.parametrize("pipelining", [True, False])
@@ -182,3 +198,54 @@ def test_worker_processes_count_exactly():
     assert all(r.ok for rs in results for r in rs)
     assert len(accepted) == 200 and set(accepted.values()) == {1}
     assert stats["messages"] == 200 and stats["connections"] == 4
+
+
+def test_source_ip_is_used_and_limits_are_per_sender_ip():
+    async def go():
+        async with SimInternet(World(WORLD)) as sim:
+            ip = World(WORLD).provider_hosts["limited"][0].address
+            cfg = fast_timeouts()
+            a = [await Connection.open(ip, sim.smtp_port, source_ip="127.0.0.2", timeouts=cfg)
+                 for _ in range(2)]
+            with pytest.raises(ConnectFailed):
+                await Connection.open(ip, sim.smtp_port, source_ip="127.0.0.2", timeouts=cfg)
+            b = await Connection.open(ip, sim.smtp_port, source_ip="127.0.0.3", timeouts=cfg)
+            addrs = [c.local_address[0] for c in a + [b]]
+            for c in a + [b]:
+                await c.quit()
+            return addrs
+
+    assert arun(go()) == ["127.0.0.2", "127.0.0.2", "127.0.0.3"]
+
+
+CHUNK_WORLD = WorldSpec(name="chunk", providers=[
+    Provider(name="chunky", domains=["chunky.test"], behaviour=Behaviour(chunking=True)),
+    Provider(name="plain", domains=["plain.test"]),
+])
+
+
+@pytest.mark.parametrize("provider,expect_bdat", [("chunky", True), ("plain", False)])
+def test_bdat_against_the_sim(provider, expect_bdat):
+    body = b".leading dot\r\nline\nbare lf\r\n"
+    world = World(CHUNK_WORLD)
+
+    async def go():
+        async with SimInternet(world, keep_messages=True) as sim:
+            ip = world.provider_hosts[provider][0].address
+            conn = await Connection.open(ip, sim.smtp_port,
+                                         timeouts=fast_timeouts(chunking=True))
+            assert conn.proto.chunking is expect_bdat
+            envs = [Envelope("s@x.test", [f"a{i}@{provider}.test", f"unknown{i}@x.test",
+                                          f"b{i}@{provider}.test"], body) for i in range(30)]
+            envs.append(Envelope("s@x.test", ["unknown-only@x.test"], body))
+            envs.append(Envelope("s@x.test", ["last@x.test"], body))
+            results = await conn.send_many(envs)
+            await conn.quit()
+            return results, await sim.accepted(), await sim.messages()
+
+    results, accepted, kept = arun(go())
+    assert all(len(r.accepted) == 2 for r in results[:30])
+    assert not results[30].ok and results[30].outcomes[0][1].code == 550
+    assert results[31].ok  # the RSET after the refused transaction kept the next one clean
+    assert sum(accepted.values()) == 61
+    assert {k[2] for k in kept} == {b".leading dot\r\nline\r\nbare lf\r\n"}

@@ -128,7 +128,7 @@ def test_kill9_during_injection_then_resume(tmp_path):
 
     path = str(tmp_path / "spool")
     csv_path = str(tmp_path / "r.csv")
-    n = 40_000
+    n = 100_000
     with open(csv_path, "w") as f:
         f.write("email,first\n")
         for i in range(n):
@@ -150,7 +150,7 @@ def test_kill9_during_injection_then_resume(tmp_path):
     os.kill(p.pid, signal.SIGKILL)
     _join(p)
     k = sp.kpis(1)
-    assert 0 < k["recipients"] < n + n // 1000, "kill did not land mid-injection"
+    assert 0 < k["recipients"] < n + n // 1000, f"kill did not land mid-injection: {k}"
     injected_line = sp.delivery(1).injected_line
     assert len(list(sp.recipients(1))) == k["recipients"]  # counters match the records
     with open_recipients(csv_path) as r:

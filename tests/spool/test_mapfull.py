@@ -27,9 +27,9 @@ def test_map_full_pauses_and_resumes_after_raise(tmp_path):
     sp = open_spool(path, map_size_bytes=TINY, full_retry_s=0.05)
     alerts = []
     sp.on_full.append(alerts.append)
-    first = make_delivery(sp, 100, shards=4)
-    held = sp.lease(range(4), "w", 100)
-    assert len(held) == 100
+    first = make_delivery(sp, 400, shards=4)
+    held = sp.lease(range(4), "w", 400)
+    assert len(held) == 400
 
     # 1. inject until the map is full: a clear error, earlier batches intact
     did = make_delivery(sp, 0)
@@ -66,7 +66,7 @@ def test_map_full_pauses_and_resumes_after_raise(tmp_path):
 
     asyncio.run(asyncio.wait_for(run(), 60))
     assert sp.full is None
-    assert all(sp.recipient(first, i).status == Status.SENT for i in range(100))
+    assert all(sp.recipient(first, i).status == Status.SENT for i in range(400))
 
     # 3. the interrupted injection resumes from its last durable line
     st = sp.add_recipients(did, items, batch=500)
@@ -94,8 +94,8 @@ def make_delivery_noraise(sp):
 def test_close_gives_up_on_a_full_map_and_leases_stay(tmp_path):
     path = str(tmp_path / "spool")
     sp = open_spool(path, map_size_bytes=TINY, full_retry_s=0.02)
-    make_delivery(sp, 50, shards=4)
-    held = sp.lease(range(4), "w", 50)
+    make_delivery(sp, 300, shards=4)
+    held = sp.lease(range(4), "w", 300)
     make_delivery_noraise(sp)
 
     async def run():
@@ -113,5 +113,6 @@ def test_close_gives_up_on_a_full_map_and_leases_stay(tmp_path):
 
     asyncio.run(asyncio.wait_for(run(), 30))
     # nothing was acknowledged: the recipients are still pending and leased
-    assert len(sp.leases()) == 50
-    assert sp.recover_leases(owner="w") == 50
+    assert len(sp.leases()) == 300
+    sp.set_map_size(64 * TINY)  # the operator raises the map; the restart recovers
+    assert sp.recover_leases(owner="w") == 300

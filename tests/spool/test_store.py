@@ -34,7 +34,8 @@ def test_injection_is_pending_and_queued_per_shard(spool):
     items = _drain(spool, [2])
     assert {i.shard for i in items} == {2} and len(items) == 25
     assert [i.rcpt_id for i in items] == sorted(i.rcpt_id for i in items)  # FIFO range scan
-    assert items[0].fields == {"first": "F2"} and items[0].mail_from == "news@example.com"
+    assert items[0].fields == {"first": "F2", "email": items[0].email}
+    assert items[0].mail_from == "news@example.com"
     assert len(spool.leases(did)) == 25
     assert spool.lease([2], "w", 10) == []  # leased work is not handed out twice
 
@@ -97,6 +98,8 @@ def test_recover_expired_and_owner_leases(spool):
     spool.lease([0], "b", 6, now_ms=t, lease_s=1000)
     assert spool.recover_leases(now_ms=t + 5_000) == 0  # holders alive, leases valid
     assert spool.recover_leases(now_ms=t + 20_000) == 4  # a's leases expired
+    assert spool.renew_leases("b", now_ms=t + 900_000, lease_s=1000) == 6
+    assert spool.recover_leases(now_ms=t + 1_500_000) == 0  # renewed: still valid
     assert spool.recover_leases(owner="b") == 6
     assert len(_drain(spool, [0])) == 10
 
@@ -233,3 +236,38 @@ def test_doubles_across_and_within_batches(spool):
     statuses = [r.status for _, r in spool.recipients(did)]
     assert statuses == [Status.PENDING, Status.PENDING, Status.IGNORED, Status.PENDING,
                         Status.IGNORED, Status.PENDING, Status.IGNORED]
+
+
+def test_prune_events(spool):
+    make_delivery(spool, 3, shards=1)
+    items = spool.lease([0], "w", 3)
+    spool.commit([Result(key=i.key, outcome="sent", code=250) for i in items])
+    last = spool.last_event_seq()
+    assert len(list(spool.events())) == last
+    assert spool.prune_events(last) == last - 1
+    assert [s for s, _ in spool.events()] == [last]
+
+
+def test_resume_point_is_read_in_the_write_transaction(spool, monkeypatch):
+    """After a writer is killed mid-commit a reader can lag one commit behind; the
+    resume point must come from the write transaction, not from such a read."""
+    did = make_delivery(spool, 0)
+    items = [RecipientIn(email=f"r{i}@x.example", line=i + 2) for i in range(10)]
+    spool.add_recipients(did, items[:6], batch=3)
+    stale = spool.delivery(did)
+    import msgspec
+
+    monkeypatch.setattr(spool, "delivery", lambda d: msgspec.structs.replace(stale, injected_line=4))
+    st = spool.add_recipients(did, items, batch=4)
+    assert st.skipped == 6 and st.added == 4 and st.excluded == {}
+    assert spool.kpis(did)["recipients"] == 10
+
+
+def test_maintenance(spool):
+    did = make_delivery(spool, 4, shards=1, validity_s=10)
+    d = spool.delivery(did)
+    spool.lease([0], "gone", 2, now_ms=d.created_ms, lease_s=1)
+    out = spool.maintenance(now_ms=d.created_ms + 2_000)
+    assert out == {"recovered": 2, "expired": 0, "released": 0}
+    out = spool.maintenance(now_ms=d.expires_ms)
+    assert out["expired"] == 4 and spool.kpis(did)["failed_expired"] == 4

@@ -43,3 +43,38 @@ def test_errors_reach_the_awaiting_caller(spool):
 
     exc = asyncio.run(asyncio.wait_for(run(), 30))
     assert exc is not None and "bogus" in str(exc)
+
+
+def test_lease_behind_a_batch_shares_its_transaction(spool):
+    did = make_delivery(spool, 300, shards=1)
+
+    async def run():
+        async with ResultWriter(spool, commit_batch=1000, commit_window_ms=1000) as w:
+            first = await w.run(spool.lease, [0], "w", 100)
+            pending = asyncio.ensure_future(w.submit_many(
+                [Result(key=i.key, outcome="sent", code=250) for i in first]))
+            await asyncio.sleep(0)  # the results are batched on the loop, not yet handed off
+            second = await w.run(spool.lease, [0], "w", 100)  # hands the batch off first
+            await pending
+            assert w.merged_leases == 1 and w.commits == 1
+            assert [i.rcpt_id for i in second] == list(range(100, 200))
+            return second
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    k = spool.kpis(did)
+    assert k["sent"] == 100 and len(spool.leases(did)) == 100
+
+
+def test_backpressure_with_a_small_queue(spool):
+    did = make_delivery(spool, 200, shards=1)
+
+    async def run():
+        async with ResultWriter(spool, commit_batch=16, commit_window_ms=1, queue_size=10) as w:
+            items = await w.run(spool.lease, [0], "w", 200)
+            await asyncio.gather(*(w.submit(Result(key=i.key, outcome="sent", code=250))
+                                   for i in items))
+            assert w._outstanding == 0 and w.committed == 200
+            assert w.commits >= 200 // 10  # never more than queue_size waiting at once
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert spool.kpis(did)["sent"] == 200

@@ -206,3 +206,40 @@ def test_bad_rules_are_rejected():
         load_providers([ProviderConfig(name="x", rules=[ShapingRule(pattern="a", action="nuke")])])
     with pytest.raises(ConfigError, match="pattern"):
         load_providers([ProviderConfig(name="x", rules=[ShapingRule(pattern="(", action="bounce")])])
+
+
+def test_rate_throttle_pauses_sending_then_probes_with_one_message():
+    s = SiteShaper(ShapingConfig(throttle_pause_s=1.0, rate_pause_max_s=4.0))
+    for i in range(50):
+        s.on_success(i / 100, 1, active=1)
+    s.on_throttle(0.5, "rate")
+    assert s.reserve_send(0.6) == pytest.approx(0.9)  # paused
+    s.on_throttle(0.7, "rate")  # same cohort, during the pause: no extension
+    assert s.rate_pause_until == pytest.approx(1.5)
+    assert s.flight_limit(1.6) == 1
+    assert s.reserve_send(1.6, 5) > 0  # only a single probe message may go
+    assert s.reserve_send(1.6, 1) == 0.0
+    assert s.reserve_send(1.61, 1) > 0  # the rest waits for the probe's answer
+    s.on_throttle(1.7, "rate")  # the probe was throttled: pause doubles
+    assert s.rate_pause_until == pytest.approx(3.7)
+    assert s.reserve_send(3.8, 1) == 0.0
+    s.on_throttle(3.9, "rate")
+    assert s.rate_pause_until == pytest.approx(7.9)  # 4 s: capped by rate_pause_max_s
+    assert s.reserve_send(8.0, 1) == 0.0
+    s.on_success(8.1, 1, active=1)  # the probe got through
+    assert s.flight_limit(8.1) is None and s.rate_pause_s == 1.0
+    assert s.msg_rate(8.1) is not None  # and a learned rate limit paces what follows
+
+
+def test_fixed_mode_never_pauses():
+    s = SiteShaper(ShapingConfig(adaptive=False))
+    s.on_throttle(0.0, "rate")
+    assert s.reserve_send(0.0, 5) == 0.0 and s.open_delay(0.0, 0) == 0.0
+
+
+def test_throttle_level_is_the_connections_actually_open():
+    s = SiteShaper(ShapingConfig(initial_connections=11))
+    # refused while 8 were established (+ the refused one): the limit was 11 but the
+    # level that caused it is 9
+    s.on_throttle(0.0, "connections", active=9)
+    assert s.ceiling == 9 and s.limit == 4

@@ -349,3 +349,26 @@ def spool_recover(owner: str | None, spool: str | None, config: str | None) -> N
     """Return leases of dead or expired owners to the ready queues."""
     sp = _open_spool(spool, _cfg(config))
     click.echo(f"{sp.recover_leases(owner=owner)} recipient(s) returned to the ready queues")
+
+
+@spool_group.command("expire")
+@spool_options
+def spool_expire(spool: str | None, config: str | None) -> None:
+    """Turn pending recipients of deliveries past their validity into failed/expired."""
+    sp = _open_spool(spool, _cfg(config))
+    n = 0
+    while True:
+        k = sp.expire_due()
+        n += k
+        if k < 50_000:
+            break
+    click.echo(f"{n} recipient(s) expired")
+
+
+@spool_group.command("prune-events")
+@click.option("--before", "before", type=int, required=True, help="Delete events with seq < this.")
+@spool_options
+def spool_prune_events(before: int, spool: str | None, config: str | None) -> None:
+    """Delete exported events from the event log."""
+    sp = _open_spool(spool, _cfg(config))
+    click.echo(f"{sp.prune_events(before)} event(s) deleted")

@@ -78,32 +78,14 @@ class ProgressPrinter:
 
 
 def print_report(rep: dict, elapsed_s: float | None = None) -> None:
-    """The delivery report (KPIs, reasons, top domains) on stdout."""
-    echo = click.echo
-    echo(f"\nDelivery {rep['delivery_id']}: {rep['recipients']} recipients, "
-         f"{rep['to_deliver']} to deliver, {rep['excluded']} excluded")
-    echo(f"  sent     {rep['sent']:>8}   success {rep['success_pct']:.2f}%")
-    echo(f"  failed   {rep['failed']:>8}   (hard {rep['failed_hard']}, "
-         f"expired {rep['failed_expired']})")
-    echo(f"  pending  {rep['pending']:>8}")
-    echo(f"  attempts {rep['attempts']:>8}   soft bounces {rep['soft_bounces']}, "
-         f"deferrals (own shaping) {rep['deferrals']}")
+    """The delivery report (``fastmta.report``) plus the elapsed time, on stdout."""
+    from ..report import format_report
+
+    click.echo("")
+    click.echo(format_report(rep, top=10))
     if elapsed_s:
-        echo(f"  elapsed  {elapsed_s:8.1f}s  "
-             f"{(rep['sent'] + rep['failed']) / elapsed_s:.0f} recipients finalised/s, "
-             f"{rep['sent'] / elapsed_s:.0f} msgs/s sent")
-    if rep["by_reason"]:
-        echo("  failures by reason: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(rep["by_reason"].items(), key=lambda x: -x[1])))
-    if rep["excluded_by_reason"]:
-        echo("  excluded by reason: " + ", ".join(
-            f"{k} {v}" for k, v in rep["excluded_by_reason"].items()))
-    doms = sorted(rep["domains"].items(), key=lambda x: -x[1].get("to_deliver", 0))[:8]
-    if doms:
-        echo("  top domains:")
-        for dom, c in doms:
-            echo(f"    {dom:<32} to deliver {c.get('to_deliver', 0):>6}  sent "
-                 f"{c.get('sent', 0):>6}  failed {c.get('failed', 0):>6}")
+        click.echo(f"Elapsed {elapsed_s:.1f}s: {(rep['sent'] + rep['failed']) / elapsed_s:.0f} "
+                   f"recipients finalised/s, {rep['sent'] / elapsed_s:.0f} msgs/s sent")
 
 
 def _setup_logging(verbose: int) -> None:
@@ -213,6 +195,9 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
             click.echo(json.dumps(rep, indent=2))
         else:
             print_report(rep, elapsed)
+        if rep["pending"]:
+            click.echo(f"stopped with {rep['pending']} recipient(s) pending; `fastmta run "
+                       f"--spool {spool_path}` resumes")
     except FastMTAError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -242,8 +227,14 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
             click.echo("no active delivery in the spool")
             return
         elapsed = _run_until_done(cfg, spool_path, dids, quiet=not sys.stderr.isatty())
+        pending = 0
         for did in dids:
-            print_report(engine.summary(spool, did), elapsed)
+            rep = engine.summary(spool, did)
+            pending += rep["pending"]
+            print_report(rep, elapsed)
+        if pending:
+            click.echo(f"stopped with {pending} recipient(s) pending; `fastmta run --spool "
+                       f"{spool_path}` resumes")
     except FastMTAError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -327,7 +318,7 @@ def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
 @click.option("--domains", type=int, default=300, show_default=True)
 @click.option("--workers", type=int, default=None)
 @click.option("--spool", "spool_dir", default=None, help="spool directory (default: temp)")
-@click.option("--validity", default="40s", show_default=True,
+@click.option("--validity", default="20s", show_default=True,
               help="validity period (short, so soft-failing recipients expire in the demo)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-v", "--verbose", count=True)

@@ -73,10 +73,14 @@ def _write_routes(path: Path, routes: dict[str, list[str]], fmt: str) -> None:
 def serve_cmd(profile, dns_port, smtp_port, workers, routes_path, routes_format, keep_messages,
               duration) -> None:
     """Run the simulated internet until interrupted; print its ports and write routes."""
+    from ..errors import ConfigError
     from ..sim import SimInternet, load_world
     from ..transport import run
 
-    world = load_world(profile)
+    try:
+        world = load_world(profile)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from None
     dns_port = world.spec.dns_port if dns_port is None else dns_port
     smtp_port = world.spec.smtp_port if smtp_port is None else smtp_port
 

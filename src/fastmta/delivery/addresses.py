@@ -100,3 +100,9 @@ def domain_shard(domain: str, shards: int) -> int:
 
     The engine passes its own callable (domains -> MX site -> shard) to injection."""
     return zlib.crc32(domain.encode()) % shards
+
+
+# For the injection fast path (same decisions as ``check_address``'s fast path).
+FAST_ADDRESS_RE = _FAST_RE
+DOMAIN_CACHE = _domain_cache
+CONTROL_RE = _CONTROL_RE

@@ -33,19 +33,6 @@ _TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|<[^>]*>|[^\s"<]+|\s+|.', re.S)
 _EW_MAX_BYTES = 45  # 60 base64 chars: an encoded-word stays within 75 characters
 
 
-_DATE_CACHE: list = [-1, ""]
-
-
-def _date_value(ts: float) -> str:
-    """RFC 5322 date of ``ts`` (UTC, whole seconds), formatted once per second: the
-    formatting was ~4% of a worker's CPU when done per message (py-spy, bench)."""
-    sec = int(ts)
-    if sec != _DATE_CACHE[0]:
-        _DATE_CACHE[1] = email.utils.format_datetime(datetime.fromtimestamp(sec, UTC))
-        _DATE_CACHE[0] = sec
-    return _DATE_CACHE[1]
-
-
 class TemplateError(FastMTAError):
     """The message file is not a usable RFC 5322 template."""
 
@@ -189,7 +176,14 @@ class Template:
         if "from" not in self._names:
             raise TemplateError("message has no From header (RFC 5322 requires one)")
         self._hparts = [(n, _split_parts(v), n.lower() in ADDRESS_HEADERS) for n, v in self.headers]
-        self._bparts = _split_parts(self.body)
+        # literal body text is stored with CRLF line ends once; values are normalised
+        # when they hold a line break
+        crlf = self.body.replace("\n", "\r\n")
+        self._bparts = _split_parts(crlf)
+        self._body_ascii = all(p.isascii() for p in self._bparts[0::2])
+        self._has_date = self.has_header("date")
+        self._has_mid = self.has_header("message-id")
+        self._date_cache: tuple[int, str] = (-1, "")
         self.header_fields = {p for _, parts, _ in self._hparts for p in parts[1::2]}
         self.body_fields = set(self._bparts[1::2])
         self.fields = sorted((self.header_fields | self.body_fields) - {"email"})
@@ -238,9 +232,13 @@ class Template:
     ) -> bytes:
         """The message for one recipient (``fields`` includes ``email``), CRLF lines."""
         out: list[str] = []
-        if not self.has_header("date"):
-            out.append("Date: " + _date_value(date_s or time.time()))
-        if not self.has_header("message-id"):
+        if not self._has_date:
+            sec = int(date_s if date_s else time.time())
+            if self._date_cache[0] != sec:  # one formatting per second, not per message
+                dt = datetime.fromtimestamp(sec, UTC)
+                self._date_cache = (sec, "Date: " + email.utils.format_datetime(dt))
+            out.append(self._date_cache[1])
+        if not self._has_mid:
             mid = message_id or f"<{uuid.uuid4().hex}@{self.from_domain or 'fastmta.invalid'}>"
             out.append("Message-ID: " + mid)
         for name, parts, is_addr in self._hparts:
@@ -262,8 +260,8 @@ class Template:
             else:
                 enc, _ = encode_header_value(value, address=is_addr)
                 out.append(f"{name}: {enc}")
-        body = self._render_body(fields)
-        if not body.isascii():
+        body, body_ascii = self._render_body(fields)
+        if not body_ascii:
             if not self.has_header("content-type"):
                 out.append("MIME-Version: 1.0")
                 out.append("Content-Type: text/plain; charset=utf-8")
@@ -272,8 +270,9 @@ class Template:
         head = "\r\n".join(out) + "\r\n\r\n"
         return head.encode() + body.encode("utf-8", "surrogateescape")
 
-    def _render_body(self, fields: Mapping[str, str]) -> str:
+    def _render_body(self, fields: Mapping[str, str]) -> tuple[str, bool]:
         parts = self._bparts
+        ascii_ = self._body_ascii
         if len(parts) == 1:
             body = parts[0]
         else:
@@ -287,14 +286,17 @@ class Template:
                         raise HeaderInjectionError(p, "the body (a MIME boundary)")
                     if qp:
                         v = binascii.b2a_qp(v.encode(), istext=True).decode()
+                    if "\r" in v or "\n" in v:
+                        v = v.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
+                    if ascii_ and not v.isascii():
+                        ascii_ = False
                     buf.append(v)
                 else:
                     buf.append(p)
             body = "".join(buf)
-        body = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
         if body and not body.endswith("\r\n"):
             body += "\r\n"
-        return body
+        return body, ascii_
 
 
 def render(template: Template | bytes, fields: Mapping[str, str], **kw: object) -> bytes:

@@ -56,6 +56,7 @@ class SimInternet:
         await self.stop()
 
     async def start(self) -> None:
+        raise_fd_limit()
         if self.tls:
             self._tmp = tempfile.TemporaryDirectory(prefix="fastmta-sim-")
             names = list(self.world.hosts) or ["mx.sim.test"]
@@ -169,8 +170,10 @@ class SimInternet:
     async def stats(self) -> dict:
         """Merged counters: connections, messages, replies (refusals by code)."""
         merged = {"connections": 0, "messages": 0, "replies": Counter(),
-                  "dns_queries": self.dns.queries if self.dns else 0}
+                  "dns_queries": self.dns.queries if self.dns else 0, "mx_cpu_s": 0.0}
         for s in await self._all_stats():
+            if self._procs:  # worker processes: their own CPU (in-process: not separable)
+                merged["mx_cpu_s"] += s["cpu_s"]
             merged["connections"] += s["connections"]
             merged["messages"] += s["messages"]
             merged["replies"].update(s["replies"])
@@ -199,6 +202,20 @@ class SimInternet:
             await self._ask(i, ("reset",))
 
 
+def raise_fd_limit() -> int:
+    """Raise this process's open-file soft limit to the hard limit (many listeners)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            return hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
 def _recv_timeout(conn, timeout: float):
     if conn.poll(timeout):
         try:
@@ -213,6 +230,7 @@ def _recv_timeout(conn, timeout: float):
 
 def _worker_main(spec: bytes, addresses: list[str], port: int, keep: bool, cert, conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise_fd_limit()
     try:
         import setproctitle
 

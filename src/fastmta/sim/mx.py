@@ -33,10 +33,11 @@ class Stats:
         self.messages = 0  # transactions accepted after the dot
         self.accepted: Counter[str] = Counter()  # recipient -> times accepted
         self.replies: Counter[str] = Counter()  # "550 5.1.1" -> count (refusals only)
-        self.kept: list[tuple[str, list[str], bytes]] = []
+        self.kept: list[tuple[str, list[str], bytes]] = []  # (from, rcpts, body un-stuffed)
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
+            "cpu_s": time.process_time(),  # CPU of the process serving these hosts
             "connections": self.connections,
             "messages": self.messages,
             "accepted": dict(self.accepted),
@@ -92,7 +93,7 @@ R_TLS_READY = b"220 2.0.0 Ready to start TLS\r\n"
 R_NO_TLS = b"454 4.7.0 TLS not available\r\n"
 R_GARBAGE = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>\r\n"
 
-_CMD, _DATA, _CLOSED, _TLS = 0, 1, 2, 3
+_CMD, _DATA, _CLOSED, _TLS, _BDAT = 0, 1, 2, 3, 4
 _MAX_LINE = 4096
 
 
@@ -113,7 +114,8 @@ def _addr(arg: bytes) -> str | None:
 class _Session(asyncio.Protocol):
     __slots__ = ("srv", "tr", "beh", "prov", "pstate", "peer_ip", "host_ip", "mode", "buf",
                  "scan", "mail_from", "rcpts", "fates", "nmsg", "ehlo", "pending_out",
-                 "delay_until", "tls")
+                 "delay_until", "tls", "bdat_left", "bdat_last", "bdat_bad", "chunks",
+                 "bdat_size")
 
     def __init__(self, srv: MxServer) -> None:
         self.srv = srv
@@ -128,6 +130,11 @@ class _Session(asyncio.Protocol):
         self.ehlo = False
         self.delay_until = 0.0
         self.tls = False
+        self.bdat_left = 0
+        self.bdat_size = 0
+        self.bdat_last = False
+        self.bdat_bad: bytes | None = None  # reply for a refused BDAT (data still read)
+        self.chunks: list[bytes] = []
 
     # -------------------------------------------------------------- connection
     def connection_made(self, tr) -> None:  # type: ignore[override]
@@ -222,19 +229,41 @@ class _Session(asyncio.Protocol):
         out: list[bytes] = []
         pos = 0
         while self.mode != _CLOSED:
-            if self.mode == _DATA:
-                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
-                if end < 0:
-                    self.scan = max(pos, len(buf) - 4)
+            if self.mode == _BDAT:
+                take = min(self.bdat_left, len(buf) - pos)
+                if take and (self.beh.keep_messages or self.srv.keep_messages):
+                    self.chunks.append(bytes(buf[pos : pos + take]))
+                pos += take
+                self.bdat_left -= take
+                if self.bdat_left:
                     if self.fates and "disconnect" in self.fates:
-                        # drop the connection in the middle of the message
                         self.mode = _CLOSED
                         if out:
                             self.tr.write(b"".join(out))
                         self.tr.abort()
                         return
                     break
-                body = bytes(buf[pos + 2 : end + 2])
+                self.mode = _CMD
+                out.append(self._bdat_done())
+                continue
+            if self.mode == _DATA:
+                if self.fates and "disconnect" in self.fates:
+                    if len(buf) - pos > 2:
+                        # part of the body is here: drop the connection mid-message
+                        self.mode = _CLOSED
+                        if out:
+                            self.tr.write(b"".join(out))
+                        self.tr.abort()
+                        return
+                    break
+                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
+                if end < 0:
+                    self.scan = max(pos, len(buf) - 4)
+                    break
+                keep = self.beh.keep_messages or self.srv.keep_messages
+                # kept bodies are un-stuffed ("\r\n.." -> "\r\n.")
+                body = bytes(buf[pos : end + 2]).replace(b"\r\n..", b"\r\n.")[2:] \
+                    if keep else b""
                 pos = end + 5
                 self.scan = 0
                 self.mode = _CMD
@@ -245,6 +274,10 @@ class _Session(asyncio.Protocol):
                 if len(buf) - pos > _MAX_LINE:
                     out.append(R_LINE_TOO_LONG)
                     self.mode = _CLOSED
+                break
+            if eol - pos > _MAX_LINE:
+                out.append(R_LINE_TOO_LONG)
+                self.mode = _CLOSED
                 break
             line = bytes(buf[pos:eol]).rstrip(b"\r")
             pos = eol + 1
@@ -282,6 +315,8 @@ class _Session(asyncio.Protocol):
             return self._rcpt(line)
         if verb == b"DATA":
             return self._data()
+        if verb == b"BDAT":
+            return self._bdat(line)
         if verb == b"EHLO":
             self.ehlo = True
             self._reset()
@@ -389,13 +424,55 @@ class _Session(asyncio.Protocol):
         self.mode = _DATA
         return R_DATA
 
+    def _bdat(self, line: bytes) -> bytes | None:
+        """BDAT n [LAST] (RFC 3030): the reply comes after the n octets are read."""
+        parts = line.split()
+        try:
+            n = int(parts[1])
+            if n < 0:
+                raise ValueError
+        except (IndexError, ValueError):
+            return R_SYNTAX
+        last = len(parts) > 2 and parts[2].upper() == b"LAST"
+        self.bdat_left = n
+        self.bdat_size = n
+        self.bdat_last = last
+        if not self.beh.chunking:
+            self.bdat_bad = R_UNRECOGNISED
+        elif self.mail_from is None:
+            self.bdat_bad = R_BAD_SEQ
+        elif not self.rcpts:
+            self.bdat_bad = R_NO_VALID_RCPT
+        else:
+            self.bdat_bad = None
+        self.mode = _BDAT
+        if n == 0:  # no octets to wait for
+            self.mode = _CMD
+            return self._bdat_done()
+        return None
+
+    def _bdat_done(self) -> bytes:
+        bad = self.bdat_bad
+        if bad is not None:
+            self.bdat_bad = None
+            self.chunks = []
+            if self.mail_from is not None:  # a refused chunk ends the transaction
+                self._reset()
+            return self._refusal(bad)
+        if not self.bdat_last:
+            return b"250 2.0.0 %d octets received\r\n" % self.bdat_size
+        body = b"".join(self.chunks)
+        self.chunks = []
+        return self._message(body)
+
     def _message(self, body: bytes) -> bytes:
         srv = self.srv
         st = srv.stats
         st.messages += 1
         acc = st.accepted
+        get = acc.get
         for r in self.rcpts:
-            acc[r] += 1
+            acc[r] = get(r, 0) + 1  # (Counter's += calls __missing__ in Python)
         if self.beh.keep_messages or srv.keep_messages:
             st.kept.append((self.mail_from or "", list(self.rcpts), body))
         self.nmsg += 1

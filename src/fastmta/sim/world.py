@@ -16,7 +16,7 @@ local part starts with    reply                                        expected
 ``unknown``/``nouser``   550 5.1.1 at RCPT                             failed user_unknown
 ``disabled``             550 5.2.1 at RCPT                             failed account_disabled
 ``full``                 452 4.2.2 at RCPT                             soft mailbox_full
-``tempfail``             451 4.3.0 at RCPT                             soft not_defined
+``tempfail``             451 4.3.0 at RCPT                             soft unreachable
 ``greylist``             450 4.2.0 until the greylist delay has passed  sent
 ``disconnect-in-data``   connection dropped in the middle of DATA      soft not_connected
 =======================  ===========================================  ===================
@@ -44,7 +44,7 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
 
     pipelining: bool = True
     starttls: bool = False
-    chunking: bool = False  # advertised only (BDAT is not implemented by the sink)
+    chunking: bool = False  # CHUNKING advertised and BDAT accepted (RFC 3030)
     max_size: int = 0  # SIZE advertised; 0 = no limit announced as "SIZE 0"
     greeting: str = ""  # replace the greeting, e.g. "554 5.7.1 go away"
     greeting_delay_s: float = 0.0
@@ -108,7 +108,12 @@ def _bucket(address: str) -> float:
     return zlib.crc32(address.lower().encode("utf-8")) / 4294967296.0
 
 
+_MAGIC_FIRST = frozenset(p[0] for p, _ in MAGIC) | frozenset(p[0].upper() for p, _ in MAGIC)
+
+
 def magic_of(local_part: str) -> str | None:
+    if local_part[:1] not in _MAGIC_FIRST:
+        return None
     lp = local_part.lower()
     for prefix, kind in MAGIC:
         if lp.startswith(prefix):
@@ -140,7 +145,7 @@ _FATE_EXPECTED = {
     "unknown": ("failed", "user_unknown"),
     "disabled": ("failed", "account_disabled"),
     "full": ("soft", "mailbox_full"),
-    "tempfail": ("soft", "not_defined"),
+    "tempfail": ("soft", "unreachable"),
     "greylist": ("sent", ""),
     "disconnect": ("soft", "not_connected"),
 }
@@ -221,6 +226,8 @@ class World:
         if p.dns == "servfail":
             return ("soft", "unreachable")
         b = p.behaviour
+        if b.greeting.startswith("5"):
+            return ("soft", "refused")  # the host refuses us, not the address
         if b.silent or (b.greeting and not b.greeting.startswith("2")):
             return ("soft", "unreachable")
         if b.garbage:
@@ -246,7 +253,13 @@ def load_world(name_or_path: str = "default", **overrides) -> World:
     """Load a profile TOML into a World (``overrides``: top-level WorldSpec fields)."""
     import tomllib
 
-    with open(profile_path(name_or_path), "rb") as f:
-        data = tomllib.load(f)
-    data.update(overrides)
-    return World(msgspec.convert(data, WorldSpec))
+    from ..errors import ConfigError
+
+    path = profile_path(name_or_path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        data.update(overrides)
+        return World(msgspec.convert(data, WorldSpec))
+    except (tomllib.TOMLDecodeError, msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"sim profile {path}: {exc}") from None

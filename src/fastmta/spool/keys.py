@@ -1,8 +1,10 @@
 """Key layouts of the spool databases (big-endian, so byte order = numeric order).
 
 - ``rcpt``   did:u32 rid:u32                      -> Rcpt
-- ``ready``  shard:u16 did:u32 rid:u32            -> b""   (a shard's FIFO = range scan)
-- ``sched``  shard:u16 due_ms:u64 did:u32 rid:u32 -> b""   (per shard, ordered by due time)
+- ``ready``  shard:u16 -> did:u32 rid:u32, sorted duplicates (DUPFIXED, 8 bytes):
+             a shard's FIFO is one key's duplicate list
+- ``sched``  shard:u16 -> due_ms:u64 did:u32 rid:u32 (DUPFIXED, 16 bytes): per shard,
+             ordered by due time
 - ``lease``  did:u32 rid:u32                      -> Lease
 - ``seen``   did:u32 -> blake2b64(address), sorted duplicates (DUPFIXED), dedupe
 - ``kpi``    did:u32 name:utf8                    -> i64
@@ -20,8 +22,7 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _I64 = struct.Struct(">q")
 _RCPT = struct.Struct(">II")
-_READY = struct.Struct(">HII")
-_SCHED = struct.Struct(">HQII")
+_SCHED = struct.Struct(">QII")
 
 pack_u16 = _U16.pack
 pack_u32 = _U32.pack
@@ -32,9 +33,9 @@ pack_i64 = _I64.pack
 unpack_i64 = _I64.unpack
 pack_rcpt = _RCPT.pack
 unpack_rcpt = _RCPT.unpack
-pack_ready = _READY.pack
-unpack_ready = _READY.unpack
-pack_sched = _SCHED.pack
+shard_key = _U16.pack
+pack_ready = _RCPT.pack  # value in ``ready``: (did, rid)
+unpack_ready = _RCPT.unpack
+pack_sched = _SCHED.pack  # value in ``sched``: (due_ms, did, rid)
 unpack_sched = _SCHED.unpack
-SCHED_LEN = _SCHED.size
 MAX_SHARD = 0xFFFF

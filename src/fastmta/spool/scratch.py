@@ -6,13 +6,14 @@ throw-away LMDB environment in a temporary directory, no fsync, removed on close
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from typing import Any
 
 import lmdb
 
-from .store import dedupe_hash
+from .base import dedupe_hash, unmap_file_pages
 
 
 class ScratchSet:
@@ -21,7 +22,10 @@ class ScratchSet:
     def __init__(self, *, map_size: int = 16 * 1024**3, batch: int = 50_000, dir: str | None = None) -> None:
         self._dir = tempfile.mkdtemp(prefix="fastmta-scratch-", dir=dir)
         self._env = lmdb.open(self._dir, map_size=map_size, sync=False, metasync=False,
-                              writemap=False, readahead=False, max_dbs=1, lock=False)
+                              writemap=False, readahead=False, max_dbs=2, lock=False)
+        # one key, 8-byte digests as sorted DUPFIXED values: dense pages
+        self._db = self._env.open_db(b"seen", dupsort=True, dupfixed=True)
+        self._data = os.path.join(self._dir, "data.mdb")
         self._batch = batch
         self._n = 0
         self._txn: Any = None
@@ -29,12 +33,13 @@ class ScratchSet:
     def add(self, address: str) -> bool:
         if self._txn is None:
             self._txn = self._env.begin(write=True)
-        added = self._txn.put(dedupe_hash(address), b"", overwrite=False)
+        added = self._txn.put(b"s", dedupe_hash(address), dupdata=False, db=self._db)
         self._n += 1
         if self._n >= self._batch:
             self._txn.commit()
             self._txn = None
             self._n = 0
+            unmap_file_pages(self._data)
         return added
 
     def close(self) -> None:

@@ -74,11 +74,13 @@ class ResultWriter:
         self.paused: str | None = None
         self.commits = 0
         self.committed = 0
+        self.merged_leases = 0  # leases done in the transaction of the batch before them
         self._q: queue.Queue[Any] = queue.Queue()
         self._batch: list[tuple[Result, Any]] = []
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._room: asyncio.Condition | None = None
         self._outstanding = 0
+        self._waiting = 0  # submitters waiting for room
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._abandon = threading.Event()
@@ -118,9 +120,13 @@ class ResultWriter:
         """Bound the results waiting for the writer (backpressure, never blocks the loop)."""
         if self._outstanding + n > self.queue_size and self._outstanding:
             assert self._room is not None
-            async with self._room:
-                await self._room.wait_for(
-                    lambda: self._outstanding == 0 or self._outstanding + n <= self.queue_size)
+            self._waiting += 1
+            try:
+                async with self._room:
+                    await self._room.wait_for(
+                        lambda: self._outstanding == 0 or self._outstanding + n <= self.queue_size)
+            finally:
+                self._waiting -= 1
         self._outstanding += n
 
     def _add(self, result: Result, waiter: Any) -> None:
@@ -146,7 +152,10 @@ class ResultWriter:
     async def submit(self, result: Result) -> None:
         """Queue one result; returns when its commit is durable."""
         assert self._loop is not None, "start() first"
-        await self._reserve(1)
+        if self._outstanding < self.queue_size:
+            self._outstanding += 1  # fast path: no extra coroutine
+        else:
+            await self._reserve(1)
         fut = self._loop.create_future()
         self._add(result, fut)
         await fut
@@ -166,9 +175,17 @@ class ResultWriter:
         """Run another spool write (``lease``, ``recover_leases``...) in the writer thread,
         after the results submitted before it; returns its value."""
         assert self._loop is not None, "start() first"
-        self._handoff()
         fut = self._loop.create_future()
-        self._q.put(_Call(fn, args, kwargs, fut))
+        call = _Call(fn, args, kwargs, fut)
+        if self._batch and self._is_lease(fn):  # one transaction for both (one fsync)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            batch, self._batch = self._batch, []
+            self._q.put((batch, call))
+        else:
+            self._handoff()
+            self._q.put(call)
         return await fut
 
     # ------------------------------------------------------------------ thread
@@ -181,21 +198,36 @@ class ResultWriter:
             if isinstance(item, _Call):
                 self._do_call(item)
                 continue
-            self._commit(item)
+            if isinstance(item, tuple):  # a batch and the lease queued right behind it
+                self._commit(item[0], lease=item[1])
+            else:
+                self._commit(item)
 
-    def _commit(self, batch: list[tuple[Result, Any]]) -> None:
+    def _is_lease(self, fn: Callable[..., Any]) -> bool:
+        return getattr(fn, "__func__", None) is Spool.lease and getattr(fn, "__self__", None) is self.spool
+
+    def _commit(self, batch: list[tuple[Result, Any]], lease: _Call | None = None) -> None:
         results = [r for r, _ in batch]
         while True:
             try:
-                self.spool.commit(results)
+                if lease is None:
+                    self.spool.commit(results)
+                else:
+                    _, items = self.spool.commit_and_lease(results, *lease.args, **lease.kwargs)
+                    self.merged_leases += 1
+                    self._settle(lease.fut, items, None)
                 break
             except SpoolFullError as exc:
                 self._pause(str(exc))
                 if self._abandon.wait(self.full_retry_s):
                     self._resolve(batch, exc)
+                    if lease is not None:
+                        self._settle(lease.fut, None, exc)
                     return
             except BaseException as exc:  # resolve the waiters with the error
                 self._resolve(batch, exc)
+                if lease is not None:
+                    self._do_call(lease)
                 return
         if self.paused:
             log.warning("spool writer resumed after: %s", self.paused)
@@ -231,7 +263,7 @@ class ResultWriter:
                         w.set_exception(exc)
             self._outstanding -= n
             assert self._room is not None
-            if self._room._waiters:  # type: ignore[attr-defined]
+            if self._waiting:
                 asyncio.ensure_future(self._notify())
 
         assert self._loop is not None
@@ -250,7 +282,9 @@ class ResultWriter:
             val, exc = None, e
         except BaseException as e:
             val, exc = None, e
-        fut = call.fut
+        self._settle(call.fut, val, exc)
+
+    def _settle(self, fut: asyncio.Future, val: Any, exc: BaseException | None) -> None:
         assert self._loop is not None
 
         def done() -> None:

@@ -11,13 +11,13 @@ import asyncio
 import time
 
 import pytest
-
 from engine_helpers import audit, inject, make_config, mixed_world, write_inputs
+
 from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 
-VALIDITY_S = 15.0
+VALIDITY_S = 12.0
 
 
 @pytest.mark.timeout(180)

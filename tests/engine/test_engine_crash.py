@@ -13,20 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine_helpers import audit, config_toml, inject, make_config, mixed_world, write_inputs
+
 from fastmta import engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 
-VALIDITY_S = 20.0
+VALIDITY_S = 15.0
 N = 10_000
 
 
 def dupe_bound(cfg, workers_killed: int) -> int:
-    # results not yet durable when a process dies: the batch being committed plus the
-    # one filling up, per killed worker
-    return 2 * cfg.spool.commit_batch * workers_killed
+    # results not yet durable when a process dies: a worker lets at most
+    # 2 x commit_batch be outstanding before its next flight, plus the flights whose
+    # replies are being processed (8 transactions per connection)
+    return (2 * cfg.spool.commit_batch + 8 * cfg.shaping.max_connections) * workers_killed
 
 
 async def _wait_sent(spool, did, n, timeout_s=60.0):
