@@ -38,13 +38,13 @@ cdef extern from *:
     #endif
     }
     """
-    int fm_first_flagged_byte(unsigned long long mask) nogil
+    int fm_first_flagged_byte(unsigned long long mask) noexcept nogil
 
 
-cdef inline bint _is_wsp(unsigned char c) nogil:
+cdef inline bint _is_wsp(unsigned char c) noexcept nogil:
     return c == 32 or c == 9
 
-cdef inline bint _is_ftext(unsigned char c) nogil:
+cdef inline bint _is_ftext(unsigned char c) noexcept nogil:
     return 33 <= c <= 126 and c != 58
 
 
@@ -144,7 +144,7 @@ def parse_headers(message):
     return fields, n
 
 
-cdef Py_ssize_t _relaxed_into(const unsigned char* p, Py_ssize_t n, unsigned char* w) nogil:
+cdef Py_ssize_t _relaxed_into(const unsigned char* p, Py_ssize_t n, unsigned char* w) noexcept nogil:
     """Write the relaxed form of the field p[0:n] to w (room for n + 3); return its size."""
     cdef Py_ssize_t colon = 0, i, o = 0, name_end
     cdef unsigned char c
@@ -250,7 +250,7 @@ def signed_headers(list fields, names, bint relaxed):
         free(w)
 
 
-cdef inline Py_ssize_t _strip_trailing_lines(unsigned char* w, Py_ssize_t o) nogil:
+cdef inline Py_ssize_t _strip_trailing_lines(unsigned char* w, Py_ssize_t o) noexcept nogil:
     """Drop empty lines at the end; a non-empty body ends with CRLF (room for 2 bytes)."""
     while o >= 2 and w[o - 2] == 13 and w[o - 1] == 10:
         o -= 2

@@ -2,10 +2,8 @@
 
 Two things live here:
 
-* ``classify_reply(reply)``: THE seam to the core classifier.  It calls
-  ``fastmta.core.classify`` when the core provides it, otherwise a minimal fallback that
-  decides from the reply code class alone (``_fallback_classify``).  The fallback exists
-  only until issue #2's classifier is merged; remove it then.
+* ``classify_reply(reply)``: the seam to the core classifier (``fastmta.core.classify``,
+  compiled or pure), using the command the reply answers.
 * ``local(kind, command, detail)``: outcomes that have no server reply (connection
   refused, timeout, connection lost, TLS failure, local refusal).  Each gets a synthetic
   ``Reply`` (so the delivery log always has a code and text) and a ``Classification``.
@@ -38,50 +36,12 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
         return msgspec.structs.asdict(self)
 
 
-def _fallback_classify(reply: Reply) -> Classification:
-    """Code-class-only stand-in for ``fastmta.core.classify`` (removed at merge)."""
-    code = reply.code
-    enh = reply.enhanced
-    if code < 400:
-        return Classification(
-            code=code, enhanced=enh, bounce_class=0, type="none", reason="", action="deliver_ok"
-        )
-    if code < 500:
-        throttle = code == 421 or (enh or "").startswith("4.7")
-        return Classification(
-            code=code,
-            enhanced=enh,
-            bounce_class=20,
-            type="soft",
-            reason="not_defined",
-            throttle=throttle,
-            action="reduce_rate" if throttle else "retry",
-        )
-    if (enh or "").startswith("5.7") or reply.command in ("connect", "ehlo", "helo", "mail"):
-        # a block of the sender, not of the recipient: never a hard bounce
-        return Classification(
-            code=code, enhanced=enh, bounce_class=50, type="soft", reason="refused",
-            action="suspend_site",
-        )
-    if (enh or "").startswith("5.1.") and reply.command == "rcpt":
-        return Classification(
-            code=code, enhanced=enh, bounce_class=10, type="hard", reason="user_unknown",
-            action="bounce",
-        )
-    return Classification(
-        code=code, enhanced=enh, bounce_class=40, type="hard", reason="not_defined",
-        action="bounce",
-    )
+_core_classify = _core.classify
 
 
-_core_classify = getattr(_core, "classify", None)
-
-
-def classify_reply(reply: Reply) -> Classification:
-    """Classify a server reply (tagged with the command it answers)."""
-    if _core_classify is not None:
-        return _core_classify(reply, reply.command)
-    return _fallback_classify(reply)
+def classify_reply(reply: Reply):
+    """Classify a server reply (tagged with the command it answers) with the core."""
+    return _core_classify(reply, reply.command)
 
 
 # kind -> (code, enhanced, bounce_class, type, reason, throttle, action, text)

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dkim_helpers import verify
 from test_verify_dkimpy import CANONS, MESSAGES
 
 from fastmta import dkim
@@ -81,3 +82,21 @@ def test_mail_dkim_chained_signatures(keys):
     b = dkim.Signer("shop.example.com", "b", keys.rsa(1024), canonicalization="simple/simple")
     (verdict,) = mail_dkim([a.sign(msg) + b.sign(msg) + msg], a, b)
     assert sorted((v[0], v[2]) for v in verdict) == [("pass", "a"), ("pass", "b")]
+
+
+def test_mail_dkim_folded_h_list(keys):
+    """A long h= list is folded after colons; both verifiers accept it."""
+    msg = MESSAGES["folded_headers"].replace(
+        b"\r\n\r\n",
+        b"\r\nDate: Fri, 27 Nov 2026 09:00:00 +0000\r\nMessage-ID: <1@x>\r\n"
+        b"Reply-To: r@shop.example.com\r\nFeedback-ID: 1:2:3\r\nMIME-Version: 1.0\r\n\r\n",
+        1,
+    )
+    signer = dkim.Signer(
+        "shop.example.com", "s1", keys.rsa(), oversign=["Subject", "To", "Reply-To"]
+    )
+    sig = signer.sign(msg)
+    assert len(sig.split(b"h=")[1].split(b";")[0].split(b"\r\n")) > 1, sig  # folded
+    assert verify(sig + msg, signer)
+    ((result, *_),) = mail_dkim([sig + msg], signer)[0]
+    assert result == "pass"
