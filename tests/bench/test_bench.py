@@ -118,9 +118,14 @@ def test_profiles_scale_and_spread():
 
 def test_write_world_serves_same_world(tmp_path):
     path = tmp_path / "w.toml"
+    rc = tmp_path / "r.csv"
     r = _cli("bench", "--profile", "realistic", "--domains", "120", "--sites", "20",
-             "--write-world", str(path), timeout=60)
+             "--messages", "300", "--write-world", str(path), "--write-recipients", str(rc),
+             timeout=60)
     assert r.returncode == 0, r.stderr
+    lines = rc.read_text().splitlines()
+    assert lines[0] == "email" and len(lines) == 301
+    assert b"{{email}}" in (tmp_path / "r.eml").read_bytes()
     again = load_world(str(path))
     ref = expand(load_profile("realistic"), 120, 20)
     assert again.domains == ref.domains and again.hosts == ref.hosts

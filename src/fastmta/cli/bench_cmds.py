@@ -86,20 +86,35 @@ def print_bench(r: dict) -> None:
 @click.option("--write-world", type=click.Path(dir_okay=False), default=None,
               help="also write the scaled world as a sim profile (for `fastmta sim serve`)"
                    " and exit")
+@click.option("--write-recipients", type=click.Path(dir_okay=False), default=None,
+              help="with --write-world: also write the --messages recipients (CSV) and "
+                   "the message template (FILE.eml beside it)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
-              as_json) -> None:
+              write_recipients, as_json) -> None:
     """Benchmark the full engine against the simulated internet (loopback only)."""
-    from ..bench import BenchOptions, expand, load_profile, run_bench
+    from .. import bench as b
     from ..bench.profile import world_toml
     from ..config import load_config
     from ..transport import run
 
     try:
+        if write_recipients and not write_world:
+            raise click.UsageError("--write-recipients goes with --write-world")
         if write_world:
-            world = expand(load_profile(profile), domains, sites)
+            prof = b.load_profile(profile)
+            world = b.expand(prof, domains, sites)
             Path(write_world).write_text(world_toml(world))
+            if write_recipients:
+                with open(write_recipients, "w") as f:
+                    f.write("email\n")
+                    for e in b.recipients(prof, world, messages):
+                        f.write(e + "\n")
+                tpl = Path(write_recipients).with_suffix(".eml")
+                tpl.write_bytes(b.message_template(size))
+                click.echo(f"wrote {write_recipients} ({messages} recipients) and {tpl} "
+                           "(template: {{email}} is replaced per recipient)")
             click.echo(f"wrote {write_world}: {len(world.domains)} domains, "
                        f"{len(world.hosts)} MX hosts; serve it with "
                        f"`fastmta sim serve --profile {write_world} --routes routes.txt`")
@@ -112,11 +127,11 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, sink_procs
                                  f"{p['failed']}  pending {p['pending']}   ")
                 sys.stderr.flush()
 
-        opts = BenchOptions(messages=messages, domains=domains, sites=sites, workers=workers,
+        opts = b.BenchOptions(messages=messages, domains=domains, sites=sites, workers=workers,
                             size=size, profile=profile, dkim=dkim, sink_procs=sink_procs,
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
                             fixed_connections=fixed_connections, progress=progress)
-        result = run(run_bench(opts))
+        result = run(b.run_bench(opts))
         if not as_json and sys.stderr.isatty():
             sys.stderr.write("\n")
     except FastMTAError as exc:
