@@ -36,6 +36,7 @@ from .spool.errors import SpoolFullError
 log = logging.getLogger("fastmta.worker")
 
 WORKERS_LOCK = "workers.lock"
+MX_MEMO_S = 2.0  # reuse a domain's MxResult for this long across lease batches
 
 
 class WorkerSpec(msgspec.Struct, kw_only=True):
@@ -84,6 +85,9 @@ class Worker:
         self.rng = random.Random()
         self.started = time.monotonic()
         self.commit_errors = 0
+        self._mx_memo: dict[str, tuple[float, object]] = {}
+        self._outbox: list[tuple[int, object]] = []
+        self._uncommitted = 0  # results submitted to the writer, not yet durable
 
     # ----------------------------------------------------------------- spool glue
     def _open(self) -> None:
@@ -111,7 +115,8 @@ class Worker:
         self._body_hashes = BodyHashCache(maxsize=64)
 
     async def _commit_gate(self) -> None:
-        while len(self._pending) >= self.max_uncommitted:
+        # results (not groups) sent but not yet durable, queued ones included
+        while self._uncommitted + len(self._outbox) >= self.max_uncommitted:
             self._below.clear()
             await self._below.wait()
 
@@ -159,20 +164,33 @@ class Worker:
 
     def _on_result(self, job: Job, result) -> None:
         self.ops.on_result(job, result)  # ops hook
-        fut = asyncio.ensure_future(self.writer.submit(result))
-        self._pending.add(fut)
-        shard = job.item.shard
-        fut.add_done_callback(lambda f: self._committed(f, shard))
+        # results of one loop iteration go to the writer as one group: one task per
+        # group instead of one per result (~4% of a worker's CPU at 5,000 msgs/s)
+        self._outbox.append((job.item.shard, result))
+        if len(self._outbox) == 1:
+            asyncio.get_running_loop().call_soon(self._flush_outbox)
 
-    def _committed(self, fut: asyncio.Future, shard: int) -> None:
+    def _flush_outbox(self) -> None:
+        batch, self._outbox = self._outbox, []
+        if not batch:
+            return
+        fut = asyncio.ensure_future(self.writer.submit_many([r for _, r in batch]))
+        self._pending.add(fut)
+        self._uncommitted += len(batch)
+        shards = [s for s, _ in batch]
+        fut.add_done_callback(lambda f: self._committed(f, shards))
+
+    def _committed(self, fut: asyncio.Future, shards: list[int]) -> None:
         self._pending.discard(fut)
-        if len(self._pending) < self.max_uncommitted:
+        self._uncommitted -= len(shards)
+        if self._uncommitted < self.max_uncommitted:
             self._below.set()
-        self.inflight -= 1
-        self.per_shard[shard] -= 1
+        self.inflight -= len(shards)
+        for shard in shards:
+            self.per_shard[shard] -= 1
         if fut.cancelled() or fut.exception() is not None:
             # not durable: the lease stays; recovery gives the recipient back later
-            self.commit_errors += 1
+            self.commit_errors += len(shards)
             if not fut.cancelled():
                 log.error("commit failed: %s", fut.exception())
         self._room.set()
@@ -225,20 +243,42 @@ class Worker:
             await self._dispatch(items)
 
     async def _dispatch(self, items: list[WorkItem]) -> None:
-        domains = {it.domain for it in items}
-        sem = asyncio.Semaphore(64)
+        # MX results are memoised for MX_MEMO_S: a lease batch touches hundreds of
+        # domains, and going through the resolver (cached, but one task, name parsing
+        # and a shuffle per domain) cost ~8% of a worker's CPU at 5,000 msgs/s (py-spy)
+        now = time.monotonic()
+        memo = self._mx_memo
+        resolved = {}
+        todo = set()
+        for it in items:
+            d = it.domain
+            if d in resolved or d in todo:
+                continue
+            hit = memo.get(d)
+            if hit is not None and hit[0] > now:
+                resolved[d] = hit[1]
+            else:
+                todo.add(d)
+        if todo:
+            sem = asyncio.Semaphore(64)
 
-        async def resolve(d: str):
-            async with sem:
-                try:
-                    return d, await self.resolver.resolve_mx(d)
-                except Exception as exc:  # never lose the batch: soft, retried later
-                    from .resolver import MxResult, dns_failure
+            async def resolve(d: str):
+                async with sem:
+                    try:
+                        return d, await self.resolver.resolve_mx(d)
+                    except Exception as exc:  # never lose the batch: soft, retried later
+                        from .resolver import MxResult, dns_failure
 
-                    log.exception("resolving %s", d)
-                    return d, MxResult(domain=d, error=dns_failure("servfail", str(exc)))
+                        log.exception("resolving %s", d)
+                        return d, MxResult(domain=d, error=dns_failure("servfail", str(exc)))
 
-        resolved = dict(await asyncio.gather(*(resolve(d) for d in domains)))
+            fresh = dict(await asyncio.gather(*(resolve(d) for d in todo)))
+            if len(memo) > 50_000:
+                memo.clear()
+            until = time.monotonic() + MX_MEMO_S
+            for d, mx in fresh.items():
+                memo[d] = (until, mx)
+            resolved.update(fresh)
         sched = self.scheduler
         for it in items:
             job = Job(it)
@@ -339,6 +379,7 @@ class Worker:
                     waiter.cancel()
             await asyncio.wait_for(fetch, 30.0)
             await sched.stop()
+            self._flush_outbox()
             if self._pending:
                 await asyncio.wait(set(self._pending), timeout=30.0)
         finally:

@@ -33,8 +33,6 @@ def info() -> None:
 
 
 # Command modules register themselves on ``main``; keep one module per concern.
-from . import core_cmds, engine_cmds  # noqa: E402,F401
-from . import delivery_cmds as delivery_cmds  # noqa: E402,F401
-from . import ops_cmds as ops_cmds  # noqa: E402,F401
+from . import bench_cmds, core_cmds, delivery_cmds, engine_cmds, ops_cmds  # noqa: E402,F401
 from .dkim_cmds import dkim_group  # noqa: E402,F401
 from .sim_cmds import sim as _sim  # noqa: E402,F401

@@ -256,6 +256,16 @@ async def _worker_serve(world: World, addresses, port, keep, cert, conn) -> None
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
 
+    def reply(obj) -> None:
+        # the loop made the pipe non-blocking: a large answer (accepted counts of a
+        # big run) would fail with EAGAIN half-written, so send it in blocking mode
+        fd = conn.fileno()
+        os.set_blocking(fd, True)
+        try:
+            conn.send(obj)
+        finally:
+            os.set_blocking(fd, False)
+
     def on_cmd() -> None:
         try:
             msg = conn.recv()
@@ -263,10 +273,10 @@ async def _worker_serve(world: World, addresses, port, keep, cert, conn) -> None
             stop.set()  # the parent is gone
             return
         if msg[0] == "stats":
-            conn.send(("stats", srv.stats.to_dict(with_messages=msg[1])))
+            reply(("stats", srv.stats.to_dict(with_messages=msg[1])))
         elif msg[0] == "reset":
             srv.stats = Stats()
-            conn.send(("ok",))
+            reply(("ok",))
         elif msg[0] == "stop":
             stop.set()
 

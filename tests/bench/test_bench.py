@@ -1,0 +1,158 @@
+"""The bench harness end to end (small runs) and its safety checks.
+
+Real parts: the simulated internet (DNS + MX processes on loopback), the full engine
+(spawned workers, durable LMDB spool), the real CLI in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastmta.bench import BenchError, BenchOptions, expand, load_profile, recipients, run_bench
+from fastmta.bench.harness import check_addresses, check_loopback
+from fastmta.bench.profile import world_toml
+from fastmta.config import Config, DnsConfig, SmtpConfig
+from fastmta.sim.world import load_world
+from fastmta.transport import run
+from pathutil import package_parent
+
+SRC = package_parent()
+REQUIRED = ("messages", "msgs_per_s", "inject_msgs_per_s", "delivered", "bounced", "expired",
+            "lost", "duplicates", "attempts", "throttle_replies", "connections",
+            "cpu_s_fastmta", "cpu_s_sink", "rss_peak_mb", "profile", "workers", "impl")
+
+
+def _cli(*args: str, timeout: float = 150.0) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=SRC)
+    return subprocess.run([sys.executable, "-m", "fastmta", *args], capture_output=True,
+                          text=True, env=env, timeout=timeout)
+
+
+@pytest.mark.timeout(180)
+def test_cli_json_null_profile_2000_messages():
+    """2,000 messages through the real engine: every JSON field, an exact audit."""
+    r = _cli("bench", "--messages", "2000", "--domains", "50", "--sites", "10",
+             "--workers", "2", "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = json.loads(r.stdout)
+    for k in REQUIRED:
+        assert k in out, k
+    assert out["messages"] == 2000 and out["profile"] == "null" and out["workers"] == 2
+    assert out["delivered"] == 2000 and out["sink_messages"] == 2000
+    assert out["lost"] == 0 and out["bounced"] == 0 and out["expired"] == 0
+    assert out["duplicates"] == 0 and out["audit_ok"] is True
+    assert out["attempts"] >= 2000
+    assert out["impl"] in ("compiled", "pure")
+    assert out["msgs_per_s"] > 0 and out["inject_msgs_per_s"] > out["msgs_per_s"]
+    assert out["cpu_s_fastmta"] > 0 and out["cpu_s_sink"] > 0
+    assert 0 < out["connections"] <= 2000
+    assert out["latency_ms_p50"] <= out["latency_ms_p99"]
+    assert out["domains"] == 50 and out["sites"] == 10
+    assert 5 < out["rss_peak_mb"] < 2000
+
+
+@pytest.mark.timeout(180)
+def test_realistic_profile_audit_holds():
+    """Bounces, expiries and throttling all accounted for: the world's verdict per
+    recipient matches the spool, nothing accepted is lost or reported failed."""
+    res = run(asyncio_run_bench(BenchOptions(messages=1500, domains=60, sites=15,
+                                             profile="realistic", workers=2)))
+    assert res["audit_ok"], res["audit_problems"]
+    assert res["lost"] == 0 and res["unexpected"] == 0 and res["pending"] == 0
+    assert res["bounced"] > 0  # unknown users, NXDOMAIN, null MX
+    assert res["expired"] > 0  # full mailboxes, dead and blocking hosts
+    assert res["delivered"] + res["bounced"] + res["expired"] == 1500
+
+
+async def asyncio_run_bench(opts: BenchOptions) -> dict:
+    return await run_bench(opts)
+
+
+def test_refuses_non_loopback_resolver_in_config(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[dns]\nnameservers = ["192.0.2.53"]\n')
+    r = _cli("bench", "--messages", "10", "--config", str(cfg), timeout=60)
+    assert r.returncode != 0
+    assert "non-loopback resolver" in r.stderr and "192.0.2.53" in r.stderr
+
+
+def test_refusals():
+    with pytest.raises(BenchError, match="explicit loopback resolver"):
+        check_loopback(Config())
+    with pytest.raises(BenchError, match="non-loopback resolvers"):
+        check_loopback(Config(dns=DnsConfig(nameservers=["127.0.0.1", "8.8.8.8"])))
+    with pytest.raises(BenchError, match="source addresses"):
+        check_loopback(Config(dns=DnsConfig(nameservers=["127.0.0.1"]),
+                              smtp=SmtpConfig(source_ips=["198.51.100.7"])))
+    with pytest.raises(BenchError, match="MX hosts outside loopback"):
+        check_addresses(["127.0.1.1:2525", "203.0.113.9:25"])
+    check_loopback(Config(dns=DnsConfig(nameservers=["127.0.0.1", "::1"])),
+                   ["127.0.1.1:2525", "127.0.2.3"])
+
+
+def test_profiles_scale_and_spread():
+    prof = load_profile("null")
+    w = expand(prof, 1000, 100)
+    assert len(w.domains) == 1000
+    sites = {tuple(h.address for h in w.provider_hosts[p.name]) for p in w.spec.providers}
+    assert len(sites) == 100
+    emails = list(recipients(prof, w, 5000))
+    assert len(set(emails)) == 5000
+    per_domain = {}
+    for e in emails:
+        d = e.rpartition("@")[2]
+        per_domain[d] = per_domain.get(d, 0) + 1
+    assert len(per_domain) == 1000 and max(per_domain.values()) == 5
+    real = load_profile("realistic")
+    rw = expand(real, 500, 50)
+    em = list(recipients(real, rw, 20000))
+    gmail = sum(1 for e in em if rw.domain_provider[e.rpartition("@")[2]].name == "gmail")
+    assert 0.27 < gmail / len(em) < 0.33  # the profile's share
+    for name in ("null", "realistic", "throttled"):
+        load_profile(name)
+
+
+def test_write_world_serves_same_world(tmp_path):
+    path = tmp_path / "w.toml"
+    rc = tmp_path / "r.csv"
+    r = _cli("bench", "--profile", "realistic", "--domains", "120", "--sites", "20",
+             "--messages", "300", "--write-world", str(path), "--write-recipients", str(rc),
+             timeout=60)
+    assert r.returncode == 0, r.stderr
+    lines = rc.read_text().splitlines()
+    assert lines[0] == "email" and len(lines) == 301
+    assert b"{{email}}" in (tmp_path / "r.eml").read_bytes()
+    again = load_world(str(path))
+    ref = expand(load_profile("realistic"), 120, 20)
+    assert again.domains == ref.domains and again.hosts == ref.hosts
+    assert world_toml(again) == world_toml(ref)
+
+
+def test_bad_profile_is_a_clear_error(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\n[bench]\ntail = "nope"\n')
+    r = _cli("bench", "--profile", str(bad), "--messages", "10", timeout=60)
+    assert r.returncode != 0 and "tail provider 'nope' not defined" in r.stderr
+    r = _cli("bench", "--profile", "no-such-profile", timeout=60)
+    assert r.returncode != 0 and "bundled: null, realistic, throttled" in r.stderr
+
+
+def test_goodput_scores_windows_of_the_sliding_minute_cap():
+    from fastmta.bench.harness import _goodput
+
+    prof = load_profile("throttled")
+    world = expand(prof, 100, 10)
+    # capped-slow allows 2,400 per minute: a sender pacing at exactly 40/s for 4 min...
+    paced = [int(i * 25) for i in range(9600)]
+    # ...one bursting at each window boundary, and one that stalls half of the time
+    burst = [w * 60_000 + i for w in range(4) for i in range(2400)]
+    slow = [int(i * 50) for i in range(4800)]
+    for times, pct in ((paced, 100.0), (burst, 100.0), (slow, 50.0)):
+        g = _goodput(world, prof, {"capped-slow": times})["capped-slow"]
+        assert g["windows"] == 3 and g["goodput_pct_of_cap"] == pytest.approx(pct, abs=0.1)
+    quick = _goodput(world, prof, {"capped-slow": list(range(0, 10_000, 10))})["capped-slow"]
+    assert quick["windows"] == 0 and quick["goodput_pct_of_cap"] is None
