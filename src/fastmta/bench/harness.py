@@ -56,6 +56,7 @@ class BenchOptions:
     size: int = 3_000
     profile: str = "null"
     dkim: bool = False
+    dkim_algorithm: str = "rsa-sha256"  # or ed25519-sha256
     sink_procs: int = 2
     config: Config | None = None  # operator settings (shaping...); DNS/SMTP set by the bench
     spool_dir: str | None = None  # default: a fresh temp dir, removed after the run
@@ -192,7 +193,7 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
                Supervisor) -> dict:
     cfg = bench_config(sim, opts, prof)
     if opts.dkim:
-        cfg = _with_dkim(cfg, os.path.dirname(spool_path))
+        cfg = _with_dkim(cfg, os.path.dirname(spool_path), opts.dkim_algorithm)
     n = opts.messages
     # recipients are generated as they are injected (no list of N addresses here)
     route = await engine.domain_router(world.domains, cfg)
@@ -294,6 +295,7 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
         "sink_procs": max(1, opts.sink_procs),
         "size_bytes": len(template),
         "dkim": bool(opts.dkim),
+        "dkim_algorithm": opts.dkim_algorithm if opts.dkim else None,
         "fixed_connections": opts.fixed_connections,
         "startup_s": round(startup_s, 3),
         "elapsed_s": round(elapsed, 3),
@@ -356,21 +358,27 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
     return result
 
 
-def _with_dkim(cfg: Config, where: str) -> Config:
-    """Sign every message with a fresh RSA-2048 key for the sender domain."""
+def _with_dkim(cfg: Config, where: str, algorithm: str = "rsa-sha256") -> Config:
+    """Sign every message with a fresh key for the sender domain (RSA-2048 or Ed25519)."""
     from ..config import DkimConfig, DkimKeyConfig
 
     key_path = os.path.join(where, "bench-dkim.pem")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
 
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    if algorithm == "ed25519-sha256":
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        key = ed25519.Ed25519PrivateKey.generate()
+    else:
+        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with open(key_path, "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM,
                                   serialization.PrivateFormat.PKCS8,
                                   serialization.NoEncryption()))
     os.chmod(key_path, 0o600)
-    keys = [DkimKeyConfig(domain="sender.bench.test", selector="bench", key_file=key_path)]
+    keys = [DkimKeyConfig(domain="sender.bench.test", selector="bench", key_file=key_path,
+                          algorithm=algorithm)]
     return msgspec.structs.replace(cfg, dkim=DkimConfig(enabled=True, keys=keys))
 
 

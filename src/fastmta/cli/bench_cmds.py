@@ -19,7 +19,7 @@ def print_bench(r: dict) -> None:
     e(f"fastmta bench: profile {r['profile']}, {n} messages of {r['size_bytes']} bytes, "
       f"{r['domains']} domains over {r['sites']} MX sites")
     e(f"  engine: {r['workers']} workers, core {r['impl']}, DKIM "
-      f"{'on' if r['dkim'] else 'off'}"
+      f"{('on, ' + r['dkim_algorithm']) if r['dkim'] else 'off'}"
       + (f", fixed {r['fixed_connections']} connections/site" if r["fixed_connections"]
          else ", adaptive shaping")
       + f"; sink: {r['sink_procs']} MX processes; durable LMDB spool")
@@ -74,7 +74,9 @@ def print_bench(r: dict) -> None:
               help="message size in bytes")
 @click.option("--profile", default="null", show_default=True,
               help="bench profile: null, realistic, throttled or a path to a .toml file")
-@click.option("--dkim", is_flag=True, help="sign every message (RSA-2048)")
+@click.option("--dkim", is_flag=True, help="sign every message (RSA-2048 unless --dkim-key)")
+@click.option("--dkim-key", "dkim_key", type=click.Choice(["rsa2048", "ed25519"]),
+              default="rsa2048", show_default=True, help="key type with --dkim")
 @click.option("--sink-procs", type=int, default=2, show_default=True,
               help="processes of the simulated MX hosts")
 @click.option("--fixed-connections", type=int, default=0,
@@ -90,7 +92,7 @@ def print_bench(r: dict) -> None:
               help="with --write-world: also write the --messages recipients (CSV) and "
                    "the message template (FILE.eml beside it)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
-def bench_cmd(messages, domains, sites, workers, size, profile, dkim, sink_procs,
+def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
               write_recipients, as_json) -> None:
     """Benchmark the full engine against the simulated internet (loopback only)."""
@@ -129,6 +131,8 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, sink_procs
 
         opts = b.BenchOptions(messages=messages, domains=domains, sites=sites, workers=workers,
                             size=size, profile=profile, dkim=dkim, sink_procs=sink_procs,
+                            dkim_algorithm="ed25519-sha256" if dkim_key == "ed25519"
+                            else "rsa-sha256",
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
                             fixed_connections=fixed_connections, progress=progress)
         result = run(b.run_bench(opts))
