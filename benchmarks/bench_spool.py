@@ -19,7 +19,6 @@ import os
 import platform
 import resource
 import shutil
-import sys
 import tempfile
 import time
 
@@ -282,7 +281,6 @@ def main() -> None:
     ap.add_argument("--dir", default=None, help="work directory (default: a temp dir)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
     from fastmta.config import SpoolConfig
 
     cfg = SpoolConfig()

@@ -40,7 +40,16 @@ from fastmta.sim import SimInternet
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+def _package_parent() -> str:
+    """Where the fastmta this script imported lives (the source tree's src/ when run with
+    PYTHONPATH=src, else site-packages): child processes get the same build."""
+    import fastmta
+
+    return os.path.dirname(os.path.dirname(os.path.abspath(fastmta.__file__)))
+
+
+SRC = _package_parent()
 
 MESSAGE = (
     "From: Sender <news@sender.example>\n"
