@@ -37,6 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 
 from . import _dkim_py
+from ._select import implementations as _implementations
+from ._select import select
 from .errors import ConfigError, FastMTAError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -63,21 +65,7 @@ __all__ = [
 
 # ---------------------------------------------------------------------------
 # Implementation choice (compiled or pure), like fastmta.core.
-_impl = _dkim_py
-IMPL = "pure"
-IMPORT_ERROR: str | None = None
-if os.environ.get("FASTMTA_NO_EXTENSIONS") != "1":
-    try:
-        from . import _dkim as _compiled  # type: ignore[attr-defined]
-    except ImportError as exc:  # pragma: no cover - depends on the build
-        if os.environ.get("FASTMTA_REQUIRE_EXTENSIONS") == "1":
-            raise ImportError(
-                f"FASTMTA_REQUIRE_EXTENSIONS=1 but fastmta._dkim cannot be imported: {exc}"
-            ) from exc
-        IMPORT_ERROR = str(exc)
-    else:
-        _impl = _compiled
-        IMPL = "compiled"
+_impl, IMPL, IMPORT_ERROR = select("_dkim", _dkim_py)
 _parse_headers = _impl.parse_headers
 _relaxed_header = _impl.relaxed_header
 _signed_headers = _impl.signed_headers
@@ -85,14 +73,7 @@ _signed_headers = _impl.signed_headers
 
 def implementations() -> dict:
     """Every importable canonicalisation implementation by name (tests, benchmarks)."""
-    impls = {"pure": _dkim_py}
-    try:
-        from . import _dkim as compiled  # type: ignore[attr-defined]
-    except ImportError:
-        pass
-    else:
-        impls["compiled"] = compiled
-    return impls
+    return _implementations("_dkim", _dkim_py)
 
 
 # ---------------------------------------------------------------------------
