@@ -511,6 +511,12 @@ class Scheduler:
                 continue  # everything taken had expired: look again
             n = sum(len(g) for g in flight)
             while True:
+                if n > 1 and site.shaper.probe_pending:
+                    # a rate throttle arrived since this flight was built: only a single
+                    # probe message may go; the rest waits in the queue for its answer
+                    # (held here, every connection would wait for a probe none sends)
+                    self._requeue_front(site, [j for g in flight for j in g][1:])
+                    flight, n = [flight[0][:1]], 1
                 wait = site.shaper.reserve_send(self.now(), n)
                 if wait <= 0:
                     break

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import msgspec
 import pytest
 from engine_helpers import make_config
 
@@ -28,8 +29,11 @@ def items(domain: str, n: int) -> list[WorkItem]:
 
 
 async def run_jobs(sim, mx: MxResult, work: list[WorkItem], *, wait_for: int,
-                   timeout_s: float = 20.0, providers=(), **shaping):
+                   timeout_s: float = 20.0, providers=(), max_rcpts: int = 0, **shaping):
     cfg = make_config(sim, **shaping)
+    if max_rcpts:
+        cfg = msgspec.structs.replace(
+            cfg, smtp=msgspec.structs.replace(cfg.smtp, max_rcpts_per_txn=max_rcpts))
     results = []
     done = asyncio.Event()
 
@@ -125,3 +129,31 @@ def test_provider_rule_bounces_the_sites_queue():
     assert site.shaper.bouncing(sched.now()) is not None
     hard = [r for r in results if r.outcome == "hard"]
     assert len(hard) == 50 and all(r.reason == "refused" for r in hard)
+
+
+@pytest.mark.timeout(90)
+def test_rate_throttle_while_flights_wait_does_not_stall_the_site():
+    """A rate throttle on one connection while others hold pipelined flights of several
+    messages: only a single probe may go, so the others give their flights back to the
+    queue (they used to wait for a probe nobody sent).  Everything is delivered, and the
+    learned rate keeps refusals rare."""
+    world = World(WorldSpec(providers=[Provider(name="rated", domains=["rated.test"],
+        behaviour=Behaviour(max_msgs_per_min_per_ip=150, rate_window_s=3.0,
+                            reply_delay_s=0.005))]))
+    n = 600
+
+    async def go():
+        async with SimInternet(world) as sim:
+            name, addr = mx_of(world, "rated", "rated.test")
+            mx = MxResult(domain="rated.test", site=name, hosts=[MxHost(name, 10, [addr])])
+            sched, site, results = await run_jobs(
+                sim, mx, items("rated.test", n), wait_for=n, timeout_s=60.0, max_rcpts=1,
+                initial_connections=4, rate_window_s=3.0, probe_interval_s=3.0)
+            return sched, site, results, await sim.stats()
+
+    sched, site, results, stats = asyncio.run(go())
+    sent = [r for r in results if r.outcome == "sent"]
+    assert len(sent) == n
+    assert site.shaper.rate_ceiling is not None  # it learned a rate (~50/s)
+    refused = stats["replies"].get("421 4.7.28", 0)
+    assert refused <= 0.1 * n

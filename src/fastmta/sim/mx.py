@@ -364,7 +364,7 @@ class _Session(asyncio.Protocol):
         if beh.max_msgs_per_min_per_ip:
             q = self.pstate.rate.setdefault(self.peer_ip, deque())
             now = time.monotonic()
-            while q and q[0] < now - 60.0:
+            while q and q[0] < now - beh.rate_window_s:
                 q.popleft()
             if len(q) >= beh.max_msgs_per_min_per_ip:
                 self.srv.stats.replies["421 4.7.28"] += 1

@@ -57,6 +57,7 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     greylist_s: float = 0.0  # > 0: first try of a (ip, from, rcpt) triple gets 450
     max_conn_per_ip: int = 0  # per sender IP across the provider's hosts; 0 = no limit
     max_msgs_per_min_per_ip: int = 0  # message rate per sender IP; 0 = no limit
+    rate_window_s: float = 60.0  # the sliding window of that cap (tests shorten it)
     max_rcpts_per_txn: int = 0
     max_msgs_per_conn: int = 0
     garbage: bool = False  # answers MAIL with bytes that are not SMTP
