@@ -171,8 +171,7 @@ class ShapingConfig(_Section):
     ceiling_ttl_s: float = 900.0
     adaptive: bool = True
     adaptive_rate: bool = True
-    rate_recover_fraction: float = 0.92
-    rate_increase_fraction: float = 0.1
+    rate_recover_fraction: float = 0.95
     rate_probe_fraction: float = 0.03
     rate_window_s: float = 60.0
     rate_pause_max_s: float = 60.0

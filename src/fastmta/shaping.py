@@ -32,6 +32,8 @@ from .errors import ConfigError
 
 ACTIONS = ("suspend", "set_connections", "set_rate", "bounce")
 INF = math.inf
+_BUCKET_S = 0.1  # resolution of the accepted-recipients history
+_MAX_RATE_PROBE_STEP = 0.5
 
 
 # --------------------------------------------------------------------------- limiters
@@ -156,6 +158,7 @@ class SiteShaper:
         self.rate: float | None = None
         self.rate_ceiling: float | None = None
         self.last_rate_step = now
+        self.rate_probe_step = params.rate_probe_fraction
         # after a rate throttle: pause sending for a doubling time, then one probe
         self.rate_pause_until = -INF
         self.rate_pause_s = params.throttle_pause_s
@@ -324,7 +327,7 @@ class SiteShaper:
         limit grows only while it is in use (``active >= limit``)."""
         self.sent += n
         self.on_answer(now)
-        sec = math.floor(now)
+        sec = math.floor(now / _BUCKET_S) * _BUCKET_S
         if self._window and self._window[-1][0] == sec:
             self._window[-1][1] += n
         else:
@@ -359,8 +362,7 @@ class SiteShaper:
 
     def observed_rate(self, now: float) -> float:
         """Accepted recipients per second over the last ``rate_window_s``."""
-        start = now - self.p.rate_window_s
-        total = sum(c for s, c in self._window if s + 1 > start)
+        total = self.window_count(now)
         span = self.p.rate_window_s
         if self._first_success is not None:
             span = min(span, max(now - self._first_success, 0.25))
@@ -376,7 +378,12 @@ class SiteShaper:
         self.throttles += 1
         if kind == "rate" and self.p.adaptive and now >= self.rate_pause_until:
             # pause all sending, doubling while the throttling goes on, then probe
-            self.rate_pause_until = now + self.rate_pause_s
+            pause = self.rate_pause_s
+            frees = self._window_frees_at(now)
+            if frees is not None:
+                # no longer than until a sliding window of ours would have room again
+                pause = min(pause, max(self.p.throttle_pause_s, frees - now))
+            self.rate_pause_until = now + pause
             self.rate_pause_s = min(self.p.rate_pause_max_s, self.rate_pause_s * 2)
             self.probe_pending = True
             self.probe_out_at = None
@@ -404,38 +411,51 @@ class SiteShaper:
         self.last_probe = now
         return True
 
+    def window_count(self, now: float, span: float | None = None) -> int:
+        """Recipients accepted over the last ``span`` seconds (default ``rate_window_s``;
+        at most ``rate_window_s`` of history is kept)."""
+        start = now - (self.p.rate_window_s if span is None else span)
+        return sum(c for s, c in self._window if s + _BUCKET_S > start)
+
+    def _window_frees_at(self, now: float) -> float | None:
+        """When the oldest acceptance still inside our ``rate_window_s`` leaves it: the
+        moment a sliding-window limit of that length has room again."""
+        start = now - self.p.rate_window_s
+        for s, c in self._window:
+            if c and s + _BUCKET_S > start:
+                return s + _BUCKET_S + self.p.rate_window_s
+        return None
+
     def _cut_rate(self, now: float) -> None:
-        observed = self.observed_rate(now)
-        current = self.msg_rate(now)
-        level = observed if current is None else (min(current, observed) if observed else current)
-        level = max(level, 0.5)
-        rf = self.p.rate_recover_fraction
-        if self.rate_ceiling is not None and level >= self.rate_ceiling * rf:
-            # throttled near the remembered level (a probe): back to just below it
-            if level < self.rate_ceiling:
-                self.rate_ceiling = (self.rate_ceiling + level) / 2
-            self.rate = self.rate_ceiling * rf
-        else:
-            self.rate_ceiling = level
-            self.rate = max(0.5, level * self.p.decrease_factor)
+        # What the destination counted against us when it said stop: the recipients it
+        # accepted over its accounting window (assumed ``rate_window_s``; a minute is what
+        # providers state).  Pauses count as silence, as they do in a sliding window.
+        # A throttle early on (a window shorter than ours, or not yet full) makes that
+        # figure an underestimate: never below ``decrease_factor`` of the rate we were
+        # accepted at (the classic multiplicative decrease).
+        estimate = max(self.window_count(now) / self.p.rate_window_s,
+                       self.observed_rate(now) * self.p.decrease_factor, 0.5)
+        self.rate_ceiling = estimate
+        self.rate = max(0.5, estimate * self.p.rate_recover_fraction)
+        self.rate_probe_step = self.p.rate_probe_fraction
         self.last_rate_step = now
 
     def _recover_rate(self, now: float) -> None:
+        """Probe above the learned rate: every ``probe_interval_s`` spent using it without
+        a throttle, raise it by ``rate_probe_fraction``, doubling the step on each
+        successful probe (an underestimate is outgrown in a few minutes)."""
         if self.rate is None or self.rate_ceiling is None:
             return
-        if now - self.last_rate_step < 1.0:
+        interval = self.p.probe_interval_s
+        if now - self.last_rate_step < interval or now - self.last_cut < interval:
             return
-        steps = int(now - self.last_rate_step)
-        self.last_rate_step += steps
-        target = self.rate_ceiling * self.p.rate_recover_fraction
-        if self.rate < target:
-            self.rate = min(target, self.rate + steps * self.rate_ceiling
-                            * self.p.rate_increase_fraction)
-        elif now - self.last_cut >= self.p.probe_interval_s and \
-                now - self.last_probe >= self.p.probe_interval_s:
-            self.last_probe = now
-            self.rate *= 1.0 + self.p.rate_probe_fraction
-            self.rate_ceiling = max(self.rate_ceiling, self.rate / self.p.rate_recover_fraction)
+        self.last_rate_step = now
+        span = min(interval, self.p.rate_window_s)
+        if self.window_count(now, span) < 0.8 * self.rate * span:
+            return  # not using the rate: nothing learned by raising it
+        self.rate *= 1.0 + self.rate_probe_step
+        self.rate_probe_step = min(_MAX_RATE_PROBE_STEP, self.rate_probe_step * 2)
+        self.rate_ceiling = max(self.rate_ceiling, self.rate / self.p.rate_recover_fraction)
 
     def on_block(self, now: float, reason: str = "blocked") -> float:
         """The destination blocks us (spam/reputation/policy): suspend the site for a

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections import deque
+
 import pytest
 
 from fastmta.config import ProviderConfig, ShapingConfig, ShapingRule
@@ -96,26 +98,103 @@ def test_ceiling_forgotten_after_ttl():
     assert s.ceiling is None
 
 
-def test_rate_throttle_learns_rate_and_recovers_below_it():
-    cfg = ShapingConfig(rate_window_s=2.0, rate_recover_fraction=0.9,
-                        rate_increase_fraction=0.1, probe_interval_s=30)
+def test_rate_throttle_learns_the_count_the_destination_allowed():
+    cfg = ShapingConfig(rate_window_s=60.0, rate_recover_fraction=0.95, probe_interval_s=30)
     s = SiteShaper(cfg)
-    # 100 accepted per second for 3 seconds, then a rate reply
-    for t in range(300):
-        s.on_success(t / 100.0, 1, active=1)
-    assert s.msg_rate(3.0) is None
-    s.on_throttle(3.0, "rate")
-    assert s.rate_ceiling == pytest.approx(100, rel=0.15)
-    assert s.msg_rate(3.0) == pytest.approx(s.rate_ceiling * 0.5)
-    assert s.msg_rate(8.5) == pytest.approx(s.rate_ceiling * 0.9)
+    # a burst at ~166/s for 36 s meets a cap of 6,000 per sliding minute
+    for i in range(6000):
+        s.on_success(i / 166.6, 1, active=6)
+    assert s.msg_rate(36.0) is None
+    s.on_throttle(36.0, "rate")
+    # 6,000 accepted in the last minute: 100/s is what the destination allows, not the
+    # 166/s we were sending nor the rate averaged over the pause that follows
+    assert s.rate_ceiling == pytest.approx(100.0, rel=0.01)
+    assert s.msg_rate(36.0) == pytest.approx(95.0, rel=0.01)
     # GCRA: no more than the rate over a second
-    sent, t = 0, 9.0
-    while t < 10.0:
+    sent, t = 0, 70.0
+    while t < 71.0:
         if s.reserve_send(t) == 0.0:
             sent += 1
         t += 0.001
-    assert sent <= s.rate_ceiling * 0.9 + 12
+    assert sent <= 95 + 10
 
+
+def test_rate_pause_ends_when_the_sliding_window_has_room_again():
+    s = SiteShaper(ShapingConfig(rate_window_s=60.0, throttle_pause_s=1.0,
+                                 rate_pause_max_s=60.0))
+    for i in range(6000):
+        s.on_success(i / 166.6, 1, active=6)
+    s.on_throttle(36.0, "rate")
+    assert s.rate_pause_until == pytest.approx(37.0)
+    ends = [s.rate_pause_until]
+    for _ in range(4):  # every probe refused while the window is full: the pause doubles
+        t = s.rate_pause_until + 0.01
+        assert s.reserve_send(t, 1) == 0.0
+        s.on_throttle(t + 0.01, "rate")
+        ends.append(s.rate_pause_until)
+    # 1, 2, 4, 8 s ... and then not 16 s but until the first acceptances leave the
+    # minute (t = 60.1) when the window has room again
+    assert ends[:4] == pytest.approx([37.0, 39.02, 43.04, 51.06], abs=0.03)
+    assert ends[4] == pytest.approx(60.1, abs=0.11)
+    assert s.rate_ceiling == pytest.approx(100.0, rel=0.01)  # pauses did not lower it
+
+
+def test_rate_probes_upwards_only_while_the_rate_is_used():
+    cfg = ShapingConfig(rate_window_s=60.0, rate_recover_fraction=0.95,
+                        rate_probe_fraction=0.03, probe_interval_s=30)
+    busy, idle = SiteShaper(cfg), SiteShaper(cfg)
+    for sh in (busy, idle):
+        for i in range(6000):
+            sh.on_success(i / 100.0, 1, active=6)
+        sh.on_throttle(60.0, "rate")
+    base = busy.msg_rate(60.0)
+    # the busy site sends at its rate for a minute, the idle one at a third of it
+    t = 60.0
+    while t < 90.5:
+        busy.on_success(t, 1, active=6)
+        if int(t * 100) % 3 == 0:
+            idle.on_success(t, 1, active=6)
+        t += 1.0 / base
+    assert busy.msg_rate(90.5) == pytest.approx(base * 1.03, rel=0.001)
+    assert idle.msg_rate(90.5) == pytest.approx(base)
+    while t < 121.0:
+        busy.on_success(t, 1, active=6)
+        t += 1.0 / busy.msg_rate(t)
+    assert busy.msg_rate(121.0) == pytest.approx(base * 1.03 * 1.06, rel=0.001)  # step doubles
+
+
+@pytest.mark.parametrize("cap_per_min", [600, 6000, 12000])
+def test_rate_shaping_against_a_sliding_minute_cap(cap_per_min):
+    """The shaper drives a sender that could do 166/s against a destination with a
+    sliding one-minute cap (the simulated providers' model), replies 20 ms later:
+    over minutes 1-4 it delivers >= 93% of the cap, with few refusals."""
+    s = SiteShaper(ShapingConfig())
+    capacity, latency, dt = 166.0, 0.02, 0.001
+    accepted: deque = deque()
+    replies: deque = deque()  # (due, accepted?)
+    delivered, refused, attempts, next_free, t = [], 0, 0, 0.0, 0.0
+    while t < 300.0:
+        while replies and replies[0][0] <= t:
+            _, ok = replies.popleft()
+            if ok:
+                s.on_success(t, 1, active=6)
+                delivered.append(t)
+            else:
+                refused += 1
+                s.on_throttle(t, "rate", active=6)
+        if t >= next_free and s.reserve_send(t, 1) == 0.0:
+            attempts += 1
+            next_free = max(next_free + 1.0 / capacity, t)
+            while accepted and accepted[0] < t - 60.0:
+                accepted.popleft()
+            ok = len(accepted) < cap_per_min
+            if ok:
+                accepted.append(t)
+            replies.append((t + latency, ok))
+        t += dt
+    in_minutes = sum(1 for d in delivered if 60.0 <= d < 240.0)
+    assert in_minutes >= 0.93 * 3 * min(cap_per_min, capacity * 60)
+    assert refused <= 0.01 * attempts + 5
 
 def test_block_suspends_for_growing_duration_and_resets_after_success():
     s = SiteShaper(ShapingConfig(suspend_initial_s=60, suspend_max_s=200, suspend_factor=2))

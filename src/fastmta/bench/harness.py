@@ -468,6 +468,25 @@ def _audit(spool, did: int, world, accepted: dict[str, int], marks, wall0_ms) ->
     }
 
 
+def _converged_s(times: list[int], cap: int, fraction: float = 0.9,
+                 step_ms: int = 5_000) -> float | None:
+    """Seconds from the first acceptance to the start of the first sliding minute from
+    which every later minute (in 5-s steps, while the provider still had work) holds
+    >= ``fraction`` of the cap; None if none does."""
+    import bisect
+
+    t0, end = times[0], times[-1]
+    starts = list(range(t0, end - 60_000 + 1, step_ms))
+    ok = [bisect.bisect_left(times, a + 60_000) - bisect.bisect_left(times, a)
+          >= fraction * cap for a in starts]
+    first = None
+    for a, good in zip(reversed(starts), reversed(ok), strict=True):
+        if not good:
+            break
+        first = a
+    return None if first is None else round((first - t0) / 1000.0, 1)
+
+
 def _goodput(world, prof: BenchProfile, capped: dict[str, list[int]]) -> dict:
     """Per rate-capped provider: goodput over its first full rate windows vs its cap.
 
@@ -477,7 +496,8 @@ def _goodput(world, prof: BenchProfile, capped: dict[str, list[int]]) -> dict:
     to 3 full minutes while it still had work) the cap allows k * C acceptances,
     whether the sender paces or bursts at window boundaries.  goodput_pct_of_cap =
     acceptances in those windows / (k * C).  A provider that finished within its first
-    minute never met the cap (``windows`` = 0, no percentage).
+    minute never met the cap (``windows`` = 0, no percentage).  ``minutes_pct_of_cap``:
+    each full minute from t0; ``converged_s``: see ``_converged_s``.
     """
     out = {}
     for p in world.spec.providers:
@@ -496,6 +516,11 @@ def _goodput(world, prof: BenchProfile, capped: dict[str, list[int]]) -> dict:
             n = sum(1 for t in times if t < t0 + k * 60_000)
             entry["goodput_per_s"] = round(n / (k * 60.0), 2)
             entry["goodput_pct_of_cap"] = round(100.0 * n / (k * c), 1)
+            entry["minutes_pct_of_cap"] = [
+                round(100.0 * sum(1 for t in times if t0 + m * 60_000 <= t <
+                                  t0 + (m + 1) * 60_000) / c, 1)
+                for m in range(int(span // 60))]
+            entry["converged_s"] = _converged_s(times, c)
         else:
             entry["goodput_per_s"] = round(len(times) / max(1e-3, span), 2)
             entry["goodput_pct_of_cap"] = None

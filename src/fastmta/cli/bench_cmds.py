@@ -53,6 +53,11 @@ def print_bench(r: dict) -> None:
                    if s["goodput_pct_of_cap"] is not None else "finished within a minute")
             e(f"  {name:<14} goodput {s['goodput_per_s']:>8.1f}/s of cap {s['cap_per_s']:.1f}/s "
               f"({pct}), {s['delivered']} delivered over {s['span_s']:.0f} s")
+            if s.get("minutes_pct_of_cap"):
+                conv = (f"{s['converged_s']:.0f} s" if s.get("converged_s") is not None
+                        else "never")
+                e(f"  {'':<14} per minute {', '.join(f'{m:.0f}%' for m in s['minutes_pct_of_cap'])}"
+                  f" of cap; >= 90% in every later minute from {conv}")
     e("audit")
     e(f"  delivered {r['delivered']:,}  bounced {r['bounced']:,}  expired {r['expired']:,}  "
       f"pending {r['pending']}  lost {r['lost']}  duplicates {r['duplicates']}  "
