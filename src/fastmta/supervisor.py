@@ -312,7 +312,7 @@ class Supervisor:
                 self._check()
                 self.ops.tick()  # ops hook
                 now = time.monotonic()
-                if now - last_trim >= 10.0:
+                if now - last_trim >= 2.0:
                     # the KPI pages move with every commit (copy-on-write): without this
                     # the pages read accumulate in RSS (page cache, but alarming; #9)
                     last_trim = now

@@ -475,7 +475,9 @@ def _converged_s(times: list[int], cap: int, fraction: float = 0.9,
     >= ``fraction`` of the cap; None if none does."""
     import bisect
 
-    t0, end = times[0], times[-1]
+    # the backlog lasts until the 99th-percentile acceptance (a few deferred stragglers
+    # after it are not a sending rate)
+    t0, end = times[0], times[max(0, int(len(times) * 0.99) - 1)]
     starts = list(range(t0, end - 60_000 + 1, step_ms))
     ok = [bisect.bisect_left(times, a + 60_000) - bisect.bisect_left(times, a)
           >= fraction * cap for a in starts]
