@@ -251,14 +251,19 @@ class DkimConfig(_Section):
     oversign_headers: list[str] = msgspec.field(default_factory=list)
     expiration_s: int = 0  # 0 = no x= tag
     allow_insecure_key_permissions: bool = False  # accept world-readable key files
-    where: str = "send"  # send (at delivery, from the template) | inject
+    where: str = "send"  # send: at delivery, from the template (the only one implemented)
 
     def __post_init__(self) -> None:
         parts = self.canonicalization.split("/")
         if len(parts) > 2 or any(p not in ("relaxed", "simple") for p in parts):
             raise ValueError(f"dkim canonicalization {self.canonicalization!r} is invalid")
-        if self.where not in ("send", "inject"):
-            raise ValueError("dkim where must be 'send' or 'inject'")
+        if self.where == "inject":
+            # refused rather than silently ignored: an operator asking for it expects
+            # signed copies in the spool (docs/dkim.md: why fastmta signs at send time)
+            raise ValueError("dkim where = 'inject' is not implemented: fastmta signs at "
+                             "send time (where = 'send'); see docs/dkim.md")
+        if self.where != "send":
+            raise ValueError("dkim where must be 'send'")
         if self.expiration_s < 0:
             raise ValueError("dkim expiration_s must be >= 0")
 

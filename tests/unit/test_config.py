@@ -19,3 +19,12 @@ def test_unknown_key_is_named(tmp_path):
     path.write_text("[smtp]\nprot = 25\n")
     with pytest.raises(ConfigError, match="prot"):
         load_config(path)
+
+
+def test_dkim_where_inject_is_refused_not_ignored(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[dkim]\nwhere = "inject"\n')
+    with pytest.raises(ConfigError, match="not implemented"):
+        load_config(path)
+    path.write_text('[dkim]\nwhere = "send"\n')
+    assert load_config(path).dkim.where == "send"
