@@ -334,10 +334,13 @@ def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
 @click.option("--spool", "spool_dir", default=None, help="spool directory (default: temp)")
 @click.option("--validity", default="20s", show_default=True,
               help="validity period (short, so soft-failing recipients expire in the demo)")
+@click.option("--sim-procs", type=int, default=2, show_default=True,
+              help="processes for the simulated MX hosts (0 = inside this process)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-v", "--verbose", count=True)
-def demo(count, domains, workers, spool_dir, validity, as_json, verbose) -> None:
-    """Send a sample delivery to a simulated internet started in-process (loopback only)."""
+def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbose) -> None:
+    """Send a sample delivery to a simulated internet started on loopback (its DNS server
+    in this process, its MX hosts in --sim-procs processes)."""
     from .. import engine
     from ..sim import SimInternet
     from ..spool import Spool
@@ -357,7 +360,7 @@ def demo(count, domains, workers, spool_dir, validity, as_json, verbose) -> None
         validity_s = parse_duration(validity)
 
         async def go() -> tuple[int, float, dict]:
-            async with SimInternet(world, workers=0) as sim:
+            async with SimInternet(world, workers=max(0, sim_procs)) as sim:
                 cfg = sim_config(sim, validity_s=validity_s, workers=workers)
                 spool_path = str(Path(spool_dir) / "spool")
                 spool = Spool.open(spool_path, cfg.spool)
