@@ -55,7 +55,7 @@ class SmtpConfig(_Section):
 
     port: int = 25
     ehlo_name: str = "localhost"
-    source_ips: list[str] = msgspec.field(default_factory=list)
+    source_ips: list[str] = msgspec.field(default_factory=list)  # at most one (no pools)
     tls: str = "opportunistic"  # none | opportunistic | required | verify
     connect_timeout_s: float = 60.0
     greeting_timeout_s: float = 300.0
@@ -80,6 +80,12 @@ class SmtpConfig(_Section):
                              "required, verify")
         if not 0 < self.port < 65536:
             raise ValueError(f"smtp port {self.port} out of range")
+        if len(self.source_ips) > 1:
+            # refused rather than using the first and ignoring the rest: providers limit
+            # per sender IP, and spreading one site's traffic over IPs needs per-IP
+            # shaping (IP pools), which is not implemented
+            raise ValueError("smtp source_ips: one address at most (IP pools are not "
+                             "implemented; run one fastmta per source IP)")
         for name in ("connect_timeout_s", "greeting_timeout_s", "command_timeout_s",
                      "data_init_timeout_s", "data_block_timeout_s", "data_done_timeout_s"):
             if getattr(self, name) <= 0:

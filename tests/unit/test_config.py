@@ -28,3 +28,12 @@ def test_dkim_where_inject_is_refused_not_ignored(tmp_path):
         load_config(path)
     path.write_text('[dkim]\nwhere = "send"\n')
     assert load_config(path).dkim.where == "send"
+
+
+def test_more_than_one_source_ip_is_refused_not_ignored(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[smtp]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\n')
+    with pytest.raises(ConfigError, match="IP pools are not implemented"):
+        load_config(path)
+    path.write_text('[smtp]\nsource_ips = ["127.0.0.2"]\n')
+    assert load_config(path).smtp.source_ips == ["127.0.0.2"]
