@@ -364,7 +364,10 @@ def body_of(message: bytes) -> bytes:
 
 def from_domain_of(message: bytes) -> str | None:
     """The domain of the (last) From: address of ``message``, lowercased, or None."""
-    fields, _ = _parse_or_raise(message)
+    return _from_domain(_parse_or_raise(message)[0])
+
+
+def _from_domain(fields: list[tuple[bytes, bytes]]) -> str | None:
     for name, raw in reversed(fields):
         if name == b"from":
             value = raw.split(b":", 1)[1].decode("utf-8", "replace")
@@ -784,14 +787,17 @@ class SignerSet:
         ``from_domain`` defaults to the domain of the message's From address.  The
         message is parsed once for all signers of the domain.
         """
+        msg = None
         if from_domain is None:
-            from_domain = from_domain_of(message)
+            msg = _Message(message)  # parsed once for the From domain and the signers
+            from_domain = _from_domain(msg.fields)
             if from_domain is None:
                 raise DkimMessageError("cannot sign: no From address in the message")
         signers = self.signers_for(from_domain)
         if not signers:
             return b""
-        msg = _Message(message)
+        if msg is None:
+            msg = _Message(message)
         return b"".join(s._sign(msg, body_hash, timestamp) for s in signers)
 
 
