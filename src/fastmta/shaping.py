@@ -169,7 +169,8 @@ class SiteShaper:
         self._conn_gcra = (Gcra(params.conn_rate_per_s, _burst(params.conn_rate_per_s,
                                                                params.conn_burst))
                            if params.conn_rate_per_s > 0 else None)
-        self._window: deque[list[float]] = deque()  # [second, successes]
+        self._window: deque[list[float]] = deque()  # [bucket start, successes]
+        self._window_total = 0  # sum of the successes in _window
         self._first_success = None
         self._rules = [(r, _compile(r.pattern), deque()) for r in rules]
         self.effects: list[Effect] = []
@@ -332,8 +333,8 @@ class SiteShaper:
             self._window[-1][1] += n
         else:
             self._window.append([sec, n])
-        while self._window and self._window[0][0] < now - self.p.rate_window_s - 1:
-            self._window.popleft()
+        self._window_total += n
+        self._prune_window(now)
         if self._first_success is None:
             self._first_success = now
         if now >= self.suspended_until:
@@ -414,8 +415,22 @@ class SiteShaper:
     def window_count(self, now: float, span: float | None = None) -> int:
         """Recipients accepted over the last ``span`` seconds (default ``rate_window_s``;
         at most ``rate_window_s`` of history is kept)."""
-        start = now - (self.p.rate_window_s if span is None else span)
-        return sum(c for s, c in self._window if s + _BUCKET_S > start)
+        self._prune_window(now)
+        if span is None or span >= self.p.rate_window_s:
+            return self._window_total
+        start, total = now - span, 0
+        for s, c in reversed(self._window):
+            if s + _BUCKET_S <= start:
+                break
+            total += c
+        return total
+
+    def _prune_window(self, now: float) -> None:
+        """Drop the buckets that ended before ``now - rate_window_s``."""
+        start = now - self.p.rate_window_s
+        w = self._window
+        while w and w[0][0] + _BUCKET_S <= start:
+            self._window_total -= w.popleft()[1]
 
     def _window_frees_at(self, now: float) -> float | None:
         """When the oldest acceptance still inside our ``rate_window_s`` leaves it: the

@@ -335,3 +335,23 @@ def test_rate_limit_holds_for_flights_of_several_messages():
             sent += 10
         t += 0.001
     assert 190 <= sent <= 220  # 100/s over 2 s (+ one burst)
+
+
+def test_window_count_equals_a_recount():
+    import random
+
+    rng = random.Random(5)
+    s = SiteShaper(ShapingConfig(rate_window_s=10.0))
+    log, t = [], 0.0
+    for _ in range(3000):
+        t += rng.expovariate(50.0)
+        n = rng.randint(1, 3)
+        s.on_success(t, n, active=1)
+        log.append((t, n))
+        if rng.random() < 0.05:
+            for span in (None, 1.0, 4.0, 10.0):
+                w = 10.0 if span is None else span
+                # buckets of 0.1 s: an acceptance counts while its bucket overlaps the span
+                expect = sum(k for at, k in log
+                             if (int(at * 10 + 1e-9) / 10) + 0.1 > t - w)
+                assert s.window_count(t, span) == expect
