@@ -56,7 +56,7 @@ _U32MAX = 0xFFFFFFFF
 _MAX_VALIDITY_MS = int(3.5 * 86400 * 1000)
 
 _MADV_DONTNEED = 4
-_TRIM_RECORDS = 2_000
+_TRIM_RECORDS = 1_000
 
 
 def _load_madvise() -> Callable[[int, int, int], int] | None:
@@ -363,8 +363,8 @@ class SpoolBase:
         """Reading records maps file pages; unmap them every ``_TRIM_RECORDS`` records
         (flat RSS).  Recipients of one shard are spread over the spool, so each record
         handled maps a page or two (~8 KB measured on a 1M-recipient spool, copy-on-write
-        copies included): between trims a process maps ~16 MB whatever the spool size.
-        Trimming every 2,000 records costs ~1-2 us per record (the /proc/self/maps read,
+        copies included): between trims a process maps ~8 MB whatever the spool size.
+        Trimming every 1,000 records costs ~1-2 us per record (the /proc/self/maps read,
         the madvise and the re-faulted hot pages): ``benchmarks/bench_trim.py``."""
         self._touched_since_trim += n
         if self._touched_since_trim >= _TRIM_RECORDS:
