@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -36,7 +35,9 @@ import msgspec
 from fastmta import engine
 from fastmta.cli.engine_cmds import sim_config
 from fastmta.config import Config
+from fastmta.config import to_toml as config_toml  # memory_curve.py and tests use it
 from fastmta.sim import SimInternet
+from fastmta.sim.audit import audit_delivery as audit
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool
 
@@ -73,26 +74,6 @@ def chaos_world() -> World:
     ]))
 
 
-def config_toml(cfg: Config) -> str:
-    """The scalar settings of a Config as TOML, for the ``fastmta run`` subprocess."""
-    out = []
-    for section, values in msgspec.to_builtins(cfg).items():
-        if not isinstance(values, dict):
-            continue
-        out.append(f"[{section}]")
-        for k, v in values.items():
-            if isinstance(v, bool):
-                out.append(f"{k} = {'true' if v else 'false'}")
-            elif isinstance(v, int | float):
-                out.append(f"{k} = {v}")
-            elif isinstance(v, str):
-                out.append(f"{k} = {json.dumps(v)}")
-            elif isinstance(v, list) and all(isinstance(x, str) for x in v):
-                out.append(f"{k} = {json.dumps(v)}")
-        out.append("")
-    return "\n".join(out)
-
-
 def children(pid: int) -> list[int]:
     """Direct children of ``pid`` (from /proc)."""
     out = []
@@ -123,41 +104,6 @@ def worker_pids(sup_pid: int) -> list[int]:
         if b"fastmta: worker" in cmd or (b"multiprocessing.spawn" in cmd):
             pids.append(c)
     return pids
-
-
-def audit(spool: Spool, did: int, world: World, accepted: dict[str, int]) -> dict:
-    """Each recipient's final state against the world's verdict and the sink's count."""
-    problems: list[str] = []
-    status: Counter = Counter()
-    reasons: Counter = Counter()
-    dupes = n = 0
-    for _rid, r in spool.recipients(did):
-        n += 1
-        st = r.status_name
-        status[st] += 1
-        if st == "failed":
-            reasons[r.reason] += 1
-        exp, why = world.expected(r.email)
-        got = accepted.get(r.email, 0)
-        dupes += max(0, got - 1)
-        if st == "pending":
-            problems.append(f"{r.email}: still pending")
-        elif exp == "sent" and (st != "sent" or got < 1):
-            problems.append(f"{r.email}: expected sent, is {st}/{r.reason}, accepted {got}")
-        elif exp == "failed" and (st != "failed" or r.reason != why or got):
-            problems.append(f"{r.email}: expected failed {why}, is {st}/{r.reason}")
-        elif exp == "soft" and (st != "failed" or r.reason != "expired" or got):
-            problems.append(f"{r.email}: expected expired, is {st}/{r.reason}")
-    k = spool.kpis(did)
-    recount = {"sent": status["sent"], "failed": status["failed"], "pending": status["pending"]}
-    kp = {key: k.get(key, 0) for key in recount}
-    if kp != recount:
-        problems.append(f"KPIs {kp} != recount {recount}")
-    kreasons = {key[7:]: v for key, v in k.items() if key.startswith("reason/") and v}
-    if kreasons != dict(reasons):
-        problems.append(f"KPI reasons {kreasons} != recount {dict(reasons)}")
-    return {"n": n, "status": dict(status), "reasons": dict(reasons), "dupes": dupes,
-            "kpis": kp, "problems": problems[:20], "n_problems": len(problems)}
 
 
 def reopen_check(spool_path: Path, cfg: Config) -> dict:

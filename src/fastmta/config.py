@@ -364,3 +364,26 @@ def load_config(path: str | Path | None = None, **overrides) -> Config:
     except msgspec.ValidationError as exc:
         where = f" in {path}" if path else ""
         raise ConfigError(f"invalid configuration{where}: {exc}") from exc
+
+
+def to_toml(cfg: Config) -> str:
+    """The scalar and string-list settings of ``cfg`` as TOML (enough to hand a
+    configuration to a ``fastmta run`` subprocess; tables of tables are left out)."""
+    import json
+
+    out = []
+    for section, values in msgspec.to_builtins(cfg).items():
+        if not isinstance(values, dict):
+            continue
+        out.append(f"[{section}]")
+        for k, v in values.items():
+            if isinstance(v, bool):
+                out.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, int | float):
+                out.append(f"{k} = {v}")
+            elif isinstance(v, str):
+                out.append(f"{k} = {json.dumps(v)}")
+            elif isinstance(v, list) and all(isinstance(x, str) for x in v):
+                out.append(f"{k} = {json.dumps(v)}")
+        out.append("")
+    return "\n".join(out)

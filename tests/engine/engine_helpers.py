@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections import Counter
 from pathlib import Path
 
 import msgspec
@@ -11,6 +10,8 @@ import msgspec
 from fastmta import engine
 from fastmta.cli.engine_cmds import sim_config
 from fastmta.config import Config
+from fastmta.config import to_toml as config_toml  # noqa: F401 (used by tests)
+from fastmta.sim.audit import audit_delivery as audit  # noqa: F401 (used by tests)
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 
 MESSAGE = (
@@ -67,76 +68,3 @@ async def inject(spool, cfg: Config, rcpt: Path, msg: Path, validity_s: float):
     return a.delivery_id
 
 
-def audit(spool, did: int, world: World, accepted: dict[str, int]) -> dict:
-    """Compare every recipient's final state with the world's verdict and the sink.
-
-    Returns counts; ``problems`` lists the first mismatches (empty = audit holds).
-    """
-    problems: list[str] = []
-    status = Counter()
-    reasons = Counter()
-    dupes = 0
-    n = 0
-    for _rid, r in spool.recipients(did):
-        n += 1
-        st = r.status_name
-        status[st] += 1
-        if st == "failed":
-            reasons[r.reason] += 1
-        exp, why = world.expected(r.email)
-        got = accepted.get(r.email, 0)
-        if got > 1:
-            dupes += got - 1
-        if st == "pending":
-            problems.append(f"{r.email}: still pending")
-        elif exp == "sent":
-            if st != "sent" or got < 1:
-                problems.append(f"{r.email}: expected sent, is {st}/{r.reason}, accepted {got}")
-        elif exp == "failed":
-            if st != "failed" or r.reason != why or got:
-                problems.append(f"{r.email}: expected failed {why}, is {st}/{r.reason}, "
-                                f"accepted {got}")
-        elif exp == "soft":
-            # expired after the validity; the last soft reason is kept -- except for a
-            # recipient whose site was suspended (block) before it was ever tried: our own
-            # deferrals carry no reason in the spool
-            ok_reason = r.last_soft_reason == why or (r.attempts == 0 and r.deferrals > 0
-                                                     and not r.last_soft_reason)
-            if st != "failed" or r.reason != "expired" or not ok_reason or got:
-                problems.append(f"{r.email}: expected expired ({why}), is {st}/{r.reason}/"
-                                f"{r.last_soft_reason} attempts {r.attempts}, accepted {got}")
-        if st != "sent" and got:
-            problems.append(f"{r.email}: accepted by the sink but {st}")
-    k = spool.kpis(did)
-    recount = {"sent": status["sent"], "failed": status["failed"],
-               "pending": status["pending"]}
-    kp = {key: k.get(key, 0) for key in recount}
-    if kp != recount:
-        problems.append(f"KPIs {kp} != recount {recount}")
-    kreasons = {key[7:]: v for key, v in k.items() if key.startswith("reason/") and v}
-    if kreasons != dict(reasons):
-        problems.append(f"KPI reasons {kreasons} != recount {dict(reasons)}")
-    return {"n": n, "status": dict(status), "reasons": dict(reasons), "dupes": dupes,
-            "problems": problems[:20], "n_problems": len(problems)}
-
-
-def config_toml(cfg: Config) -> str:
-    """The scalar settings of a Config as TOML (enough for a subprocess `fastmta run`)."""
-    import json
-
-    out = []
-    for section, values in msgspec.to_builtins(cfg).items():
-        if not isinstance(values, dict):
-            continue
-        out.append(f"[{section}]")
-        for k, v in values.items():
-            if isinstance(v, bool):
-                out.append(f"{k} = {'true' if v else 'false'}")
-            elif isinstance(v, int | float):
-                out.append(f"{k} = {v}")
-            elif isinstance(v, str):
-                out.append(f"{k} = {json.dumps(v)}")
-            elif isinstance(v, list) and all(isinstance(x, str) for x in v):
-                out.append(f"{k} = {json.dumps(v)}")
-        out.append("")
-    return "\n".join(out)
