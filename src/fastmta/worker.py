@@ -211,15 +211,9 @@ class Worker:
         spec = self.spec
         while not self.draining:
             room = spec.max_inflight - self.inflight
-            if room < max(1, spec.lease_batch // 4):
-                self._room.clear()
-                try:
-                    await asyncio.wait_for(self._room.wait(), spec.poll_s)
-                except TimeoutError:
-                    pass
-                continue
             shards = [s for s in spec.shards if self.per_shard[s] < self.shard_cap]
-            if not shards:
+            if room < max(1, spec.lease_batch // 4) or not shards:
+                # no room in memory (or every shard at its cap): wait for results
                 self._room.clear()
                 try:
                     await asyncio.wait_for(self._room.wait(), spec.poll_s)
