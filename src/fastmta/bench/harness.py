@@ -26,6 +26,7 @@ outside loopback (``check_loopback``).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ipaddress
 import os
 import shutil
@@ -473,8 +474,6 @@ def _converged_s(times: list[int], cap: int, fraction: float = 0.9,
     """Seconds from the first acceptance to the start of the first sliding minute from
     which every later minute (in 5-s steps, while the provider still had work) holds
     >= ``fraction`` of the cap; None if none does."""
-    import bisect
-
     # the backlog lasts until the 99th-percentile acceptance (a few deferred stragglers
     # after it are not a sending rate)
     t0, end = times[0], times[max(0, int(len(times) * 0.99) - 1)]
