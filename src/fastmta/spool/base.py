@@ -275,15 +275,7 @@ class SpoolBase:
                     "delivery is paused and nothing is lost; raise [spool] map_size_bytes "
                     "and run `fastmta spool resize` (or purge finished deliveries)"
                 )
-                if not self.full:
-                    log.error("%s", msg)
-                    for cb in list(self.on_full):
-                        try:
-                            cb(msg)
-                        except Exception:  # an alert hook must not break the spool
-                            log.exception("on_full callback failed")
-                self.full = msg
-                raise SpoolFullError(msg) from exc
+                raise self._paused_full(msg) from exc
             except lmdb.Error as exc:
                 # the filesystem ran out of space (LMDB reports ENOSPC on some file
                 # systems, EIO on others, e.g. tmpfs): the transaction is aborted whole;
@@ -293,16 +285,21 @@ class SpoolBase:
                 msg = (f"the disk holding spool {self.path} is full ({exc}): delivery is "
                        "paused and nothing is lost; free space on that filesystem and it "
                        "resumes by itself")
-                if not self.full:
-                    log.error("%s", msg)
-                    for cb in list(self.on_full):
-                        try:
-                            cb(msg)
-                        except Exception:  # an alert hook must not break the spool
-                            log.exception("on_full callback failed")
-                self.full = msg
-                raise SpoolFullError(msg) from exc
+                raise self._paused_full(msg) from exc
         raise SpoolError("spool map kept being resized by another process; retry")
+
+    def _paused_full(self, msg: str) -> SpoolFullError:
+        """Mark the spool full (map or disk), tell the ``on_full`` hooks the first time,
+        and return the error to raise."""
+        if not self.full:
+            log.error("%s", msg)
+            for cb in list(self.on_full):
+                try:
+                    cb(msg)
+                except Exception:  # an alert hook must not break the spool
+                    log.exception("on_full callback failed")
+        self.full = msg
+        return SpoolFullError(msg)
 
     def _read(self) -> Any:
         try:
