@@ -97,17 +97,11 @@ def encode_header_value(value: str, *, address: bool = False) -> tuple[str, bool
         if tok.isspace():
             ws += tok
             continue
-        if tok.isascii():
-            if run:
-                flush()
-                out.append(ws or " ")
-            else:
-                out.append(ws)
-            out.append(tok)
-            ws = ""
-            continue
-        if address and (tok.startswith("<") or "@" in tok):
-            utf8 = True
+        plain = tok.isascii()
+        if plain or (address and (tok.startswith("<") or "@" in tok)):
+            # kept as is: ASCII, or a non-ASCII address (SMTPUTF8, never encoded-words)
+            if not plain:
+                utf8 = True
             if run:
                 flush()
                 out.append(ws or " ")
