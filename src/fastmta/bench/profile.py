@@ -33,7 +33,7 @@ from pathlib import Path
 import msgspec
 
 from ..errors import FastMTAError
-from ..sim.world import Provider, World, WorldSpec
+from ..sim.world import Provider, World, WorldSpec, find_profile
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -62,14 +62,11 @@ def profile_names() -> list[str]:
 
 def profile_path(name: str) -> Path:
     """A bundled profile by name, or a path to a TOML file."""
-    p = Path(name)
-    if p.suffix == ".toml" and p.exists():
-        return p
-    bundled = PROFILE_DIR / f"{name}.toml"
-    if not bundled.exists():
+    found = find_profile(name, PROFILE_DIR)
+    if found is None:
         raise BenchError(f"no bench profile {name!r} (bundled: {', '.join(profile_names())}; "
                          "or give a path to a .toml file)")
-    return bundled
+    return found
 
 
 def load_profile(name: str) -> BenchProfile:

@@ -238,16 +238,23 @@ class World:
         return _FATE_EXPECTED[rcpt_fate(b, address)]
 
 
-def profile_path(name: str) -> Path:
-    """A bundled profile by name, or a path to a TOML file."""
+def find_profile(name: str, directory: Path) -> Path | None:
+    """``name`` as a path to a TOML file, else the bundled ``directory/name.toml``;
+    None when neither exists (shared by the sim's and the bench's profiles)."""
     p = Path(name)
     if p.suffix == ".toml" and p.exists():
         return p
-    bundled = PROFILE_DIR / f"{name}.toml"
-    if not bundled.exists():
+    bundled = directory / f"{name}.toml"
+    return bundled if bundled.exists() else None
+
+
+def profile_path(name: str) -> Path:
+    """A bundled profile by name, or a path to a TOML file."""
+    found = find_profile(name, PROFILE_DIR)
+    if found is None:
         names = sorted(x.stem for x in PROFILE_DIR.glob("*.toml"))
         raise FileNotFoundError(f"no sim profile {name!r} (bundled: {', '.join(names)})")
-    return bundled
+    return found
 
 
 def load_world(name_or_path: str = "default", **overrides) -> World:
