@@ -156,7 +156,6 @@ class SiteShaper:
         # message rate: fixed operator cap, adaptive rate and its remembered ceiling
         self.rate_cap = params.msg_rate_per_s if params.msg_rate_per_s > 0 else None
         self.rate: float | None = None
-        self.rate_ceiling: float | None = None
         self.last_rate_step = now
         self.rate_probe_step = params.rate_probe_fraction
         # after a rate throttle: pause sending for a doubling time, then one probe
@@ -185,8 +184,7 @@ class SiteShaper:
             self.effects = [e for e in self.effects if e.until > now]
         if self.ceiling is not None and now - self.ceiling_at > self.p.ceiling_ttl_s:
             self.ceiling = None
-        if self.rate_ceiling is not None and now - self.ceiling_at > self.p.ceiling_ttl_s:
-            self.rate_ceiling = None
+        if self.rate is not None and now - self.ceiling_at > self.p.ceiling_ttl_s:
             self.rate = None
         self._recover_rate(now)
 
@@ -361,6 +359,11 @@ class SiteShaper:
             target = min(self.limit + 1, self.max_limit)
         self.limit = target
 
+    @property
+    def rate_ceiling(self) -> float | None:
+        """The learned rate the destination allows (the rate is a fraction of it)."""
+        return None if self.rate is None else self.rate / self.p.rate_recover_fraction
+
     def observed_rate(self, now: float) -> float:
         """Accepted recipients per second over the last ``rate_window_s``."""
         total = self.window_count(now)
@@ -435,11 +438,8 @@ class SiteShaper:
     def _window_frees_at(self, now: float) -> float | None:
         """When the oldest acceptance still inside our ``rate_window_s`` leaves it: the
         moment a sliding-window limit of that length has room again."""
-        start = now - self.p.rate_window_s
-        for s, c in self._window:
-            if c and s + _BUCKET_S > start:
-                return s + _BUCKET_S + self.p.rate_window_s
-        return None
+        self._prune_window(now)
+        return self._window[0][0] + _BUCKET_S + self.p.rate_window_s if self._window else None
 
     def _cut_rate(self, now: float) -> None:
         # What the destination counted against us when it said stop: the recipients it
@@ -450,7 +450,6 @@ class SiteShaper:
         # accepted at (the classic multiplicative decrease).
         estimate = max(self.window_count(now) / self.p.rate_window_s,
                        self.observed_rate(now) * self.p.decrease_factor, 0.5)
-        self.rate_ceiling = estimate
         self.rate = max(0.5, estimate * self.p.rate_recover_fraction)
         self.rate_probe_step = self.p.rate_probe_fraction
         self.last_rate_step = now
@@ -459,7 +458,7 @@ class SiteShaper:
         """Probe above the learned rate: every ``probe_interval_s`` spent using it without
         a throttle, raise it by ``rate_probe_fraction``, doubling the step on each
         successful probe (an underestimate is outgrown in a few minutes)."""
-        if self.rate is None or self.rate_ceiling is None:
+        if self.rate is None:
             return
         interval = self.p.probe_interval_s
         if now - self.last_rate_step < interval or now - self.last_cut < interval:
@@ -470,7 +469,6 @@ class SiteShaper:
             return  # not using the rate: nothing learned by raising it
         self.rate *= 1.0 + self.rate_probe_step
         self.rate_probe_step = min(_MAX_RATE_PROBE_STEP, self.rate_probe_step * 2)
-        self.rate_ceiling = max(self.rate_ceiling, self.rate / self.p.rate_recover_fraction)
 
     def on_block(self, now: float, reason: str = "blocked") -> float:
         """The destination blocks us (spam/reputation/policy): suspend the site for a
