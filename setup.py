@@ -34,13 +34,13 @@ def extensions():
     exts = [
         Extension(
             "fastmta._core",
-            ["src/fastmta/_core.pyx"],
+            ["fastmta/_core.pyx"],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
             define_macros=macros,
         ),
         Extension(
-            "fastmta._dkim",
-            ["src/fastmta/_dkim.pyx"],
+            "fastmta.dkim._dkim",
+            ["fastmta/dkim/_dkim.pyx"],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
             define_macros=macros,
         ),

@@ -32,8 +32,8 @@ import time
 
 from fastmta import core
 from fastmta.config import SmtpConfig
-from fastmta.protocol import Envelope
-from fastmta.transport import Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import Connection
 
 BODY = (b"From: sender@bench.test\r\nTo: rcpt@sink.test\r\nSubject: benchmark\r\n"
         b"Message-ID: <x@bench.test>\r\n\r\n"

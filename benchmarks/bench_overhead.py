@@ -34,8 +34,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import msgspec
 
 from fastmta import IMPL, WorkerPool
-from fastmta.cli.engine_cmds import sim_config
 from fastmta.sim import SimInternet
+from fastmta.sim.config import sim_config
 from fastmta.spool import Spool
 
 MESSAGE = (b"From: Bench <bench@sender.example>\nTo: {{email}}\nSubject: Bench\n\n"
@@ -206,7 +206,7 @@ def hook_micro(n: int = 200_000) -> float:
     from types import SimpleNamespace as NS
 
     from fastmta.config import Config
-    from fastmta.ops_worker import WorkerOps
+    from fastmta.engine.worker_ops import WorkerOps
     from fastmta.records import Result
 
     ops = WorkerOps(NS(cfg=Config(), spool=None, scheduler=None, spec=NS(index=0)))

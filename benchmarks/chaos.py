@@ -32,12 +32,12 @@ from pathlib import Path
 
 import msgspec
 
-from fastmta import engine
-from fastmta.cli.engine_cmds import sim_config
 from fastmta.config import Config
 from fastmta.config import to_toml as config_toml  # memory_curve.py and tests use it
+from fastmta.engine import entry as engine
 from fastmta.sim import SimInternet
 from fastmta.sim.audit import audit_delivery as audit
+from fastmta.sim.config import sim_config
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool
 

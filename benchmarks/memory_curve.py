@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chaos  # noqa: E402
 from fastmta import engine  # noqa: E402
-from fastmta.cli.engine_cmds import sim_config  # noqa: E402
 from fastmta.sim import SimInternet  # noqa: E402
+from fastmta.sim.config import sim_config  # noqa: E402
 from fastmta.spool import Spool  # noqa: E402
 
 

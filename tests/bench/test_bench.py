@@ -17,7 +17,7 @@ from fastmta.bench.harness import check_addresses, check_loopback
 from fastmta.bench.profile import world_toml
 from fastmta.config import Config, DnsConfig, SmtpConfig
 from fastmta.sim.world import load_world
-from fastmta.transport import run
+from fastmta.smtp.transport import run
 from pathutil import package_parent
 
 SRC = package_parent()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastmta import _rules
+from fastmta.classify import rules as _rules
 from fastmta.errors import ConfigError
 
 # (reply, command) -> (bounce_class, type, reason, throttle)

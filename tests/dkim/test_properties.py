@@ -9,7 +9,8 @@ from dkim_helpers import KEYS, verify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastmta import _dkim_py, dkim
+from fastmta import dkim
+from fastmta.dkim import _dkim_py
 
 IMPLS = dkim.implementations()
 
@@ -104,7 +105,7 @@ FUZZ = st.lists(
 ).map(b"".join)  # fmt: skip
 
 
-@pytest.mark.skipif("compiled" not in IMPLS, reason="compiled fastmta._dkim not built")
+@pytest.mark.skipif("compiled" not in IMPLS, reason="compiled fastmta.dkim._dkim not built")
 @settings(max_examples=2000, deadline=None)
 @given(data=FUZZ, start=st.integers(0, 40))
 def test_compiled_equals_pure(data, start):
@@ -129,7 +130,7 @@ NAME_SETS = st.lists(
 )
 
 
-@pytest.mark.skipif("compiled" not in IMPLS, reason="compiled fastmta._dkim not built")
+@pytest.mark.skipif("compiled" not in IMPLS, reason="compiled fastmta.dkim._dkim not built")
 @settings(max_examples=500, deadline=None)
 @given(msg=message(), names=NAME_SETS, relaxed=st.booleans())
 def test_signed_headers_compiled_equals_pure(msg, names, relaxed):

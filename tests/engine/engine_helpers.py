@@ -7,11 +7,11 @@ from pathlib import Path
 
 import msgspec
 
-from fastmta import engine
-from fastmta.cli.engine_cmds import sim_config
 from fastmta.config import Config
 from fastmta.config import to_toml as config_toml  # noqa: F401 (used by tests)
+from fastmta.engine import entry as engine
 from fastmta.sim.audit import audit_delivery as audit  # noqa: F401 (used by tests)
+from fastmta.sim.config import sim_config
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 
 MESSAGE = (

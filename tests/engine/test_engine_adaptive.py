@@ -21,10 +21,10 @@ import time
 import pytest
 from engine_helpers import inject, make_config, write_inputs
 
+from fastmta.engine.supervisor import Supervisor
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool
-from fastmta.supervisor import Supervisor
 
 HIDDEN_CONNS = 8
 

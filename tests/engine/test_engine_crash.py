@@ -14,7 +14,7 @@ import time
 import pytest
 from engine_helpers import audit, config_toml, inject, make_config, mixed_world, write_inputs
 
-from fastmta import engine
+from fastmta.engine import entry as engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 from pathutil import package_parent

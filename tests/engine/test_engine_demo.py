@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from fastmta.cli.engine_cmds import demo_world
+from fastmta.sim.config import demo_world
 from fastmta.spool import Spool
 from pathutil import package_parent
 

@@ -13,8 +13,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from engine_helpers import inject, make_config, write_inputs
 
 import dkim as dkimpy
-from fastmta import engine
 from fastmta.config import DkimConfig, DkimKeyConfig
+from fastmta.engine import entry as engine
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Provider, World, WorldSpec
 from fastmta.spool import Spool

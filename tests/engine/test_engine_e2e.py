@@ -13,7 +13,7 @@ import time
 import pytest
 from engine_helpers import audit, inject, make_config, mixed_world, write_inputs
 
-from fastmta import engine
+from fastmta.engine import entry as engine
 from fastmta.sim import SimInternet
 from fastmta.spool import Spool
 

@@ -8,8 +8,8 @@ import asyncio
 import pytest
 from engine_helpers import make_config
 
-from fastmta import engine
-from fastmta.routing import assign_shards
+from fastmta.engine import entry as engine
+from fastmta.engine.routing import assign_shards
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Provider, World, WorldSpec
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from fastmta.protocol import Envelope
-from fastmta.transport import ConnectFailed, Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import ScriptServer, arun, fast_timeouts, free_port, read_line, standard_hello
 
 ENV = Envelope("s@a.test", ["r1@b.test", "r2@b.test"], b"Subject: x\r\n\r\n" + b"y" * 3000)
@@ -419,7 +419,7 @@ def test_cancelled_send_aborts_cleanly():
 
 
 def test_tls_context_is_cached():
-    from fastmta.transport import client_ssl_context
+    from fastmta.smtp.transport import client_ssl_context
 
     assert client_ssl_context(False) is client_ssl_context(False)
     assert client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED

@@ -8,10 +8,10 @@ import dns.asyncquery
 import dns.message
 import dns.rdatatype
 
-from fastmta.protocol import Envelope
-from fastmta.resolver import Resolver
+from fastmta.dns.resolver import Resolver
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
-from fastmta.transport import Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import Connection
 from smtputil import arun, fast_timeouts
 
 WORLD = World(WorldSpec(providers=[

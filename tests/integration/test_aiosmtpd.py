@@ -7,9 +7,9 @@ import ssl
 import pytest
 from aiosmtpd.controller import Controller
 
-from fastmta.protocol import Envelope
 from fastmta.sim.certs import make_self_signed
-from fastmta.transport import ConnectFailed, Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import arun, fast_timeouts, free_port
 
 

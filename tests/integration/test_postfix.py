@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from fastmta.protocol import Envelope
 from fastmta.sim.certs import make_self_signed
-from fastmta.transport import Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import Connection
 from smtputil import POSTFIX, SMTP_SINK, PostfixServer, SmtpSink, arun, fast_timeouts
 
 pytestmark = pytest.mark.interop

@@ -8,7 +8,7 @@ import random
 import pytest
 
 from fastmta.config import DnsConfig
-from fastmta.resolver import Resolver, _address_ok, provider_of, site_of
+from fastmta.dns.resolver import Resolver, _address_ok, provider_of, site_of
 from fastmta.sim import SimInternet, load_world
 from smtputil import arun
 

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 
-from fastmta.protocol import Envelope
-from fastmta.resolver import Resolver
+from fastmta.dns.resolver import Resolver
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
-from fastmta.transport import ConnectFailed, Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import arun, fast_timeouts
 
 WORLD = WorldSpec(name="test", greylist_default_s=0.3, providers=[

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from fastmta.protocol import Envelope
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
-from fastmta.transport import ConnectFailed, Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import arun, fast_timeouts
 
 SPEC = WorldSpec(name="behaviours", providers=[

@@ -8,8 +8,8 @@ import signal
 import subprocess
 import sys
 
-from fastmta.protocol import Envelope
-from fastmta.transport import Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import Connection
 from smtputil import arun, fast_timeouts
 
 

@@ -9,9 +9,9 @@ import threading
 
 import msgspec
 
-from fastmta.cli.engine_cmds import sim_config
 from fastmta.config import Config, ProviderConfig
 from fastmta.sim import SimInternet
+from fastmta.sim.config import sim_config
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 
 MESSAGE = (

@@ -13,9 +13,9 @@ import pytest
 from ops_helpers import MESSAGE, domains_of, make_config, recipients
 
 from fastmta import WorkerPool
-from fastmta import events as E
-from fastmta.admin import AdminError
-from fastmta.resolver import Resolver
+from fastmta.dns.resolver import Resolver
+from fastmta.ops import events as E
+from fastmta.ops.admin import AdminError
 from pathutil import package_parent
 
 pytestmark = pytest.mark.timeout(120)

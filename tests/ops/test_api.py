@@ -9,7 +9,7 @@ import pytest
 from ops_helpers import MESSAGE, make_config, recipients
 
 from fastmta import AsyncWorkerPool, PoolError, WorkerPool
-from fastmta import events as E
+from fastmta.ops import events as E
 
 pytestmark = pytest.mark.timeout(120)
 

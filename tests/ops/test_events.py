@@ -13,8 +13,8 @@ import pytest
 from ops_helpers import MESSAGE, make_config, recipients
 
 from fastmta import WorkerPool
-from fastmta import events as E
-from fastmta.admin import Admin
+from fastmta.ops import events as E
+from fastmta.ops.admin import Admin
 from fastmta.spool import Spool
 from pathutil import package_parent
 

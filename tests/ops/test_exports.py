@@ -18,8 +18,8 @@ import pytest
 from ops_helpers import MESSAGE, make_config, recipients
 
 from fastmta import WorkerPool
-from fastmta import events as E
-from fastmta.exports import Cursor, WebhookExporter
+from fastmta.ops import events as E
+from fastmta.ops.exports import Cursor, WebhookExporter
 from fastmta.spool import Spool
 from pathutil import package_parent
 
@@ -203,7 +203,7 @@ def test_jsonl_rotation_and_accounting_csv(sim, world, spool_dir, tmp_path):
 
 
 def test_jsonl_rotates_by_age(tmp_path):
-    from fastmta.exports import JsonlExporter
+    from fastmta.ops.exports import JsonlExporter
     from fastmta.records import AdminEvent
 
     sp = Spool.open(tmp_path / "spool")

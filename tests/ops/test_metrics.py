@@ -12,7 +12,7 @@ from ops_helpers import MESSAGE, make_config, recipients
 from prometheus_client.parser import text_string_to_metric_families
 
 from fastmta import WorkerPool
-from fastmta.metrics import MetricsServer, MetricsState
+from fastmta.ops.metrics import MetricsServer, MetricsState
 
 pytestmark = pytest.mark.timeout(120)
 

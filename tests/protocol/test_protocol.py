@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastmta.errors import LocalProtocolError
-from fastmta.protocol import (
+from fastmta.smtp.protocol import (
     ClientProtocol,
     ConnectionFailed,
     Envelope,

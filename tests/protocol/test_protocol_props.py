@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastmta.protocol import ClientProtocol, ConnectionFailed, Envelope, State, TransactionDone
+from fastmta.smtp.protocol import ClientProtocol, ConnectionFailed, Envelope, State, TransactionDone
 
 CAPS_PIPE = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 CAPS_PLAIN = b"250-mx.test\r\n250 8BITMIME\r\n"

@@ -16,9 +16,9 @@ import pytest
 
 from fastmta.config import Config
 from fastmta.delivery import Template
+from fastmta.dns.resolver import MxHost, MxResult
+from fastmta.engine.scheduler import Job, Scheduler
 from fastmta.records import WorkItem
-from fastmta.resolver import MxHost, MxResult
-from fastmta.scheduler import Job, Scheduler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from smtputil import ScriptServer, read_line, standard_hello  # noqa: E402

@@ -14,9 +14,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fastmta import engine
-from fastmta.cli.engine_cmds import sim_config
+from fastmta.engine import entry as engine
 from fastmta.sim import SimInternet
+from fastmta.sim.config import sim_config
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from fastmta.spool import Spool
 from pathutil import package_parent
@@ -74,7 +74,7 @@ def test_two_sends_on_one_spool(tmp_path):
                 # the first engine holds the spool once the delivery is injected
                 deadline = time.monotonic() + 60
                 while True:
-                    from fastmta.supervisor import engine_running
+                    from fastmta.engine.supervisor import engine_running
                     if engine_running(spool):
                         break
                     assert first.poll() is None, first.stdout.read().decode()
@@ -138,7 +138,7 @@ def test_slow_destination_keeps_the_queue_bounded(tmp_path):
 
     samples, k, queues = asyncio.run(go())
     print(samples)
-    from fastmta.worker import WorkerSpec
+    from fastmta.engine.worker import WorkerSpec
     cap = WorkerSpec.__struct_fields__ and msgspec.structs.fields(WorkerSpec)
     max_inflight = next(f.default for f in cap if f.name == "max_inflight")
     leased = [s[0] for s in samples]

@@ -14,9 +14,9 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from fastmta import engine
-from fastmta.cli.engine_cmds import sim_config
+from fastmta.engine import entry as engine
 from fastmta.sim import SimInternet
+from fastmta.sim.config import sim_config
 from fastmta.sim.world import Provider, World, WorldSpec
 from fastmta.spool import Spool
 

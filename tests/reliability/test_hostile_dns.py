@@ -10,7 +10,7 @@ import pytest
 from dnsutil import ScriptDns
 
 from fastmta.config import DnsConfig
-from fastmta.resolver import MAX_MX_HOSTS, Resolver
+from fastmta.dns.resolver import MAX_MX_HOSTS, Resolver
 from smtputil import arun
 
 pytestmark = pytest.mark.timeout(30)

@@ -17,9 +17,9 @@ import time
 
 import pytest
 
-from fastmta.protocol import Envelope
 from fastmta.sim.certs import make_self_signed, server_context
-from fastmta.transport import ConnectFailed, Connection
+from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import ScriptServer, arun, fast_timeouts, read_line, standard_hello
 
 pytestmark = pytest.mark.timeout(30)

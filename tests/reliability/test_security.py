@@ -18,12 +18,12 @@ from fastmta.cli import main
 from fastmta.config import Config
 from fastmta.delivery import Template
 from fastmta.delivery.template import HeaderInjectionError
+from fastmta.dns.resolver import MxHost, MxResult
+from fastmta.engine.scheduler import Job, Scheduler
 from fastmta.errors import LocalProtocolError
-from fastmta.protocol import Envelope
 from fastmta.records import Result, WorkItem
-from fastmta.resolver import MxHost, MxResult
-from fastmta.scheduler import Job, Scheduler
 from fastmta.sim.certs import make_self_signed, server_context
+from fastmta.smtp.protocol import Envelope
 from fastmta.spool import Spool
 from smtputil import ScriptServer
 

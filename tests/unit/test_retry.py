@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from fastmta.retry import RetryPolicy, next_attempt_ms, parse_duration
+from fastmta.engine.retry import RetryPolicy, next_attempt_ms, parse_duration
 
 
 def test_intervals_grow_and_are_capped():

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from fastmta.config import ProviderConfig
-from fastmta.routing import assign_shards, match_provider, routing_key, shard_of, site_of
+from fastmta.engine.routing import assign_shards, match_provider, routing_key, shard_of, site_of
 
 
 def test_site_is_sorted_lowercase_set():

@@ -5,8 +5,7 @@ from collections import deque
 import pytest
 
 from fastmta.config import ProviderConfig, ShapingConfig, ShapingRule
-from fastmta.errors import ConfigError
-from fastmta.shaping import (
+from fastmta.engine.shaping import (
     Gcra,
     ProviderBudget,
     SiteShaper,
@@ -15,6 +14,7 @@ from fastmta.shaping import (
     site_params,
     site_rules,
 )
+from fastmta.errors import ConfigError
 
 
 def feed(shaper, now, n, active=None):

@@ -1,0 +1,3 @@
+from fastmta.cli import main
+
+main()

@@ -1,0 +1,153 @@
+"""CLI of the bundled benchmark harness: ``fastmta bench`` (issue #6)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from fastmta.cli import main
+from fastmta.errors import FastMTAError
+
+
+def print_bench(r: dict) -> None:
+    """The human-readable bench report."""
+    e = click.echo
+    n = r["messages"]
+    e(f"fastmta bench: profile {r['profile']}, {n} messages of {r['size_bytes']} bytes, "
+      f"{r['domains']} domains over {r['sites']} MX sites")
+    e(f"  engine: {r['workers']} workers, core {r['impl']}, DKIM "
+      f"{('on, ' + r['dkim_algorithm']) if r['dkim'] else 'off'}"
+      + (f", fixed {r['fixed_connections']} connections/site" if r["fixed_connections"]
+         else ", adaptive shaping")
+      + f"; sink: {r['sink_procs']} MX processes; durable LMDB spool")
+    e("throughput")
+    e(f"  injection      {r['inject_msgs_per_s']:>10,.0f} msgs/s   ({r['inject_s']:.2f} s)")
+    e(f"  delivery       {r['deliver_msgs_per_s']:>10,.0f} msgs/s   (first to last acceptance)")
+    e(f"  end to end     {r['msgs_per_s']:>10,.0f} msgs/s   ({r['elapsed_s']:.2f} s from the "
+      f"first injected recipient to the last final one)")
+    e("cost")
+    e(f"  CPU fastmta    {r['cpu_s_per_1k_fastmta']:>10.3f} s per 1,000 msgs   "
+      f"(total {r['cpu_s_fastmta']:.1f} s: workers {r['cpu_s_fastmta_workers']:.1f}, "
+      f"supervisor+injection {r['cpu_s_fastmta_main']:.1f})")
+    e(f"  CPU sink       {r['cpu_s_per_1k_sink']:>10.3f} s per 1,000 msgs   "
+      f"(total {r['cpu_s_sink']:.1f} s)")
+    roles = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(r["rss_peak_mb_by_role"].items()))
+    e(f"  peak RSS       {r['rss_peak_mb']:>10.1f} MB (largest fastmta process; {roles})")
+    anon = ", ".join(f"{k} {v:.0f} MB" for k, v in sorted(r["anon_peak_mb_by_role"].items()))
+    e(f"  peak private   {r['anon_peak_mb']:>10.1f} MB (RSS without the spool's mapped file "
+      f"pages; {anon})")
+    e("latency injection -> acceptance")
+    e(f"  p50 {r['latency_ms_p50']:,.0f} ms   p99 {r['latency_ms_p99']:,.0f} ms")
+    e("SMTP")
+    e(f"  connections {r['connections']:,}   messages/connection {r['msgs_per_connection']}   "
+      f"attempts {r['attempts']:,}   throttle replies {r['throttle_replies']:,} "
+      f"({r['throttle_pct_of_attempts']:.2f}% of attempts)"
+      + (f" {r['throttle_replies_by_code']}" if r["throttle_replies"] else ""))
+    if r.get("shaping"):
+        e("shaping (rate-capped providers)")
+        for name, s in r["shaping"].items():
+            pct = (f"{s['goodput_pct_of_cap']:.0f}% over {s['windows']} min"
+                   if s["goodput_pct_of_cap"] is not None else "finished within a minute")
+            e(f"  {name:<14} goodput {s['goodput_per_s']:>8.1f}/s of cap {s['cap_per_s']:.1f}/s "
+              f"({pct}), {s['delivered']} delivered over {s['span_s']:.0f} s")
+            if s.get("minutes_pct_of_cap"):
+                conv = (f"{s['converged_s']:.0f} s" if s.get("converged_s") is not None
+                        else "never")
+                e(f"  {'':<14} per minute {', '.join(f'{m:.0f}%' for m in s['minutes_pct_of_cap'])}"
+                  f" of cap; >= 90% in every later minute from {conv}")
+    e("audit")
+    e(f"  delivered {r['delivered']:,}  bounced {r['bounced']:,}  expired {r['expired']:,}  "
+      f"pending {r['pending']}  lost {r['lost']}  duplicates {r['duplicates']}  "
+      f"unexpected {r['unexpected']}  -> {'OK' if r['audit_ok'] else 'FAILED'}")
+    if r["dkim"]:
+        e(f"  DKIM: {r['dkim_signed']:,} accepted messages signed -> "
+          f"{'OK' if r['dkim_ok'] else 'NOT SIGNED'}")
+    for p in r["audit_problems"]:
+        e(f"    {p}")
+
+
+@main.command("bench")
+@click.option("--messages", type=int, default=10_000, show_default=True)
+@click.option("--domains", type=int, default=1_000, show_default=True)
+@click.option("--sites", type=int, default=100, show_default=True,
+              help="MX sites (distinct MX host sets) the domains are spread over")
+@click.option("--workers", type=int, default=0, help="engine workers (default: one per core)")
+@click.option("--size", "size", type=int, default=3_000, show_default=True,
+              help="message size in bytes")
+@click.option("--profile", default="null", show_default=True,
+              help="bench profile: null, realistic, throttled or a path to a .toml file")
+@click.option("--dkim", is_flag=True, help="sign every message (RSA-2048 unless --dkim-key)")
+@click.option("--dkim-key", "dkim_key", type=click.Choice(["rsa2048", "ed25519"]),
+              default="rsa2048", show_default=True, help="key type with --dkim")
+@click.option("--sink-procs", type=int, default=2, show_default=True,
+              help="processes of the simulated MX hosts")
+@click.option("--fixed-connections", type=int, default=0,
+              help="turn adaptive shaping off: this many connections per site")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="fastmta config (shaping, spool...); DNS and SMTP ports are the bench's")
+@click.option("--spool", "spool_dir", default=None, help="spool directory (default: temp)")
+@click.option("--timeout", "timeout_s", type=float, default=1800.0, show_default=True)
+@click.option("--write-world", type=click.Path(dir_okay=False), default=None,
+              help="also write the scaled world as a sim profile (for `fastmta sim serve`)"
+                   " and exit")
+@click.option("--write-recipients", type=click.Path(dir_okay=False), default=None,
+              help="with --write-world: also write the --messages recipients (CSV) and "
+                   "the message template (FILE.eml beside it)")
+@click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
+def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
+              fixed_connections, config_path, spool_dir, timeout_s, write_world,
+              write_recipients, as_json) -> None:
+    """Benchmark the full engine against the simulated internet (loopback only)."""
+    from fastmta import bench as b
+    from fastmta.bench.profile import world_toml
+    from fastmta.config import load_config
+    from fastmta.smtp.transport import run
+
+    try:
+        if write_recipients and not write_world:
+            raise click.UsageError("--write-recipients goes with --write-world")
+        if write_world:
+            prof = b.load_profile(profile)
+            world = b.expand(prof, domains, sites)
+            Path(write_world).write_text(world_toml(world))
+            if write_recipients:
+                with open(write_recipients, "w") as f:
+                    f.write("email\n")
+                    for e in b.recipients(prof, world, messages):
+                        f.write(e + "\n")
+                tpl = Path(write_recipients).with_suffix(".eml")
+                tpl.write_bytes(b.message_template(size))
+                click.echo(f"wrote {write_recipients} ({messages} recipients) and {tpl} "
+                           "(template: {{email}} is replaced per recipient)")
+            click.echo(f"wrote {write_world}: {len(world.domains)} domains, "
+                       f"{len(world.hosts)} MX hosts; serve it with "
+                       f"`fastmta sim serve --profile {write_world} --routes routes.txt`")
+            return
+        cfg = load_config(config_path) if config_path else None
+
+        def progress(p: dict) -> None:
+            if not as_json and sys.stderr.isatty():
+                sys.stderr.write(f"\r[{p['elapsed_s']:6.1f}s] sent {p['sent']}  failed "
+                                 f"{p['failed']}  pending {p['pending']}   ")
+                sys.stderr.flush()
+
+        opts = b.BenchOptions(messages=messages, domains=domains, sites=sites, workers=workers,
+                            size=size, profile=profile, dkim=dkim, sink_procs=sink_procs,
+                            dkim_algorithm="ed25519-sha256" if dkim_key == "ed25519"
+                            else "rsa-sha256",
+                            config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
+                            fixed_connections=fixed_connections, progress=progress)
+        result = run(b.run_bench(opts))
+        if not as_json and sys.stderr.isatty():
+            sys.stderr.write("\n")
+    except FastMTAError as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        print_bench(result)
+    if not result["audit_ok"] or (result["dkim"] and not result.get("dkim_ok")):
+        sys.exit(3)

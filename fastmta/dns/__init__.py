@@ -1,0 +1,1 @@
+"""Name resolution: MX, A and AAAA lookups with caching (dnspython)."""

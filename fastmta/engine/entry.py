@@ -1,0 +1,122 @@
+"""The engine's Python API: prepare, inject and run a delivery (the CLI is a thin shell).
+
+- ``domain_router(domains, cfg)``: resolves the MX of every distinct domain once and
+  returns ``shard_of(domain)``: domain -> MX site -> routing key (provider or site) ->
+  shard, so one site (and one provider) is always handled by one worker.
+- ``inject_file(...)``: analysis-free injection of a recipients file with that router.
+- ``run(cfg, spool_path, delivery_ids, ...)``: run the supervisor until those deliveries
+  are final (or a signal), with an optional progress callback.
+- ``summary(spool, did)``: the KPIs as a report dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+from fastmta.config import Config
+from fastmta.engine.routing import routing_key, shard_of
+from fastmta.engine.shaping import load_providers
+from fastmta.engine.supervisor import Progress, Supervisor
+
+
+async def domain_router(domains: Iterable[str], cfg: Config, *,
+                        concurrency: int = 128) -> Callable[[str], int]:
+    """``shard_of(domain)`` routed by each domain's MX site (see module docstring).
+
+    Domains that do not resolve (NXDOMAIN, SERVFAIL...) are routed by their own name;
+    the worker resolves again and fails or retries them.
+    """
+    from fastmta.dns.resolver import Resolver
+
+    providers = load_providers(cfg.providers, shipped=cfg.shaping.use_provider_defaults)
+    resolver = Resolver(cfg.dns, cfg.smtp)
+    sem = asyncio.Semaphore(concurrency)
+    keys: dict[str, str] = {}
+
+    async def one(domain: str) -> None:
+        async with sem:
+            try:
+                mx = await resolver.resolve_mx(domain)
+            except Exception:  # any resolver trouble: route by name, the worker decides
+                keys[domain] = f"domain:{domain}"
+                return
+        if mx.error is None and mx.site:
+            keys[domain] = routing_key(mx.site, providers)
+        else:
+            keys[domain] = f"domain:{domain}"
+
+    await asyncio.gather(*(one(d) for d in set(domains)))
+    shards = cfg.engine.shards
+
+    def route(domain: str) -> int:
+        return shard_of(keys.get(domain) or f"domain:{domain}", shards)
+
+    route.keys = keys  # type: ignore[attr-defined]
+    return route
+
+
+def recipient_domains(path: str | os.PathLike[str], fmt: str | None = None) -> set[str]:
+    """The distinct domains of the valid addresses of a recipients file (streamed)."""
+    from fastmta.delivery import check_address, open_recipients
+
+    domains: set[str] = set()
+    reader = open_recipients(path, fmt)
+    try:
+        for row in reader:
+            norm, _utf8, err = check_address(row.email)
+            if not err and "@" in norm:
+                domains.add(norm.rpartition("@")[2])
+    finally:
+        reader.close()
+    return domains
+
+
+async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
+                      message: bytes, *, mail_from: str = "",
+                      validity_s: float | None = None, name: str = "",
+                      fmt: str | None = None, shards: int | None = None,
+                      on_excluded=None, route_by_mx: bool = True):
+    """Route and inject a recipients file; returns the delivery ``Analysis``."""
+    from fastmta.delivery import inject, open_recipients
+    from fastmta.delivery.analysis import check_delivery_inputs
+    from fastmta.dkim import key_check
+
+    # everything that needs no recipient first: no DNS work for a delivery refused anyway
+    check_delivery_inputs(message, mail_from=mail_from, validity_s=validity_s,
+                          cfg=cfg.delivery)
+    has_key = key_check(cfg.dkim)
+    if route_by_mx:
+        route = await domain_router(recipient_domains(recipients, fmt), cfg)
+    else:
+        n = shards or cfg.engine.shards
+
+        def route(domain: str) -> int:
+            return shard_of(f"domain:{domain}", n)
+
+    reader = open_recipients(recipients, fmt)
+    try:
+        return inject(spool, reader, message, mail_from=mail_from, validity_s=validity_s,
+                      cfg=cfg.delivery, shard_of=route, shards=shards or cfg.engine.shards,
+                      name=name or os.path.basename(os.fspath(recipients)),
+                      dkim_has_key=has_key, on_excluded=on_excluded)
+    finally:
+        reader.close()
+
+
+async def run(cfg: Config, spool_path: str | os.PathLike[str],
+              delivery_ids: Sequence[int] = (), *, workers: int | None = None,
+              progress: Callable[[Progress], None] | None = None,
+              forever: bool = False) -> Supervisor:
+    """Run the worker pool until the deliveries are final; returns the supervisor."""
+    sup = Supervisor(cfg, spool_path, workers=workers, progress=progress)
+    await sup.run(list(delivery_ids), forever=forever)
+    return sup
+
+
+def summary(spool, did: int) -> dict:
+    """The delivery report (``fastmta.ops.report.build_report``: KPIs from the counters)."""
+    from fastmta.ops.report import build_report
+
+    return build_report(spool, did)

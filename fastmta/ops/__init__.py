@@ -1,0 +1,2 @@
+"""What happened, read back out: reports, operator events, exports, metrics and
+admin controls."""

@@ -1,0 +1,80 @@
+"""Configurations and data for runs against the simulated internet: the demo world, its
+recipients and the fastmta configuration pointing at a running ``SimInternet``."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import msgspec
+
+from fastmta.config import Config
+from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
+
+DEMO_MESSAGE = (
+    "From: Demo Sender <news@sender.example>\n"
+    "To: {{email}}\n"
+    "Subject: Hello {{first_name}}, your fastmta demo\n"
+    "MIME-Version: 1.0\n"
+    "Content-Type: text/plain; charset=utf-8\n"
+    "\n"
+    "Hi {{first_name}},\n\nthis message was delivered by fastmta to the simulated internet.\n"
+)
+
+
+def demo_world(domains: int = 300):
+    """A simulated internet with a mix of provider profiles (~``domains`` domains)."""
+    fast = max(1, int(domains * 0.6))
+    rest = max(1, domains - fast)
+    providers = [
+        Provider(name="fastmail", generate=fast, hosts=2),
+        Provider(name="bigmail", domains=["bigmail.test"], hosts=3,
+                 mx_names=["gmail-smtp-in.l.google.com", "alt1.gmail-smtp-in.l.google.com",
+                           "alt2.gmail-smtp-in.l.google.com"], preferences=[5, 10, 10],
+                 behaviour=Behaviour(max_conn_per_ip=8, max_msgs_per_min_per_ip=60000)),
+        Provider(name="unknownusers", generate=max(1, rest // 4),
+                 behaviour=Behaviour(unknown_user_rate=0.2)),
+        Provider(name="fullboxes", generate=max(1, rest // 6),
+                 behaviour=Behaviour(mailbox_full_rate=0.2)),
+        Provider(name="greylister", generate=max(1, rest // 6),
+                 behaviour=Behaviour(greylist_s=2.0)),
+        Provider(name="limited", generate=max(1, rest // 8),
+                 behaviour=Behaviour(max_conn_per_ip=2, max_rcpts_per_txn=10,
+                                     max_msgs_per_conn=20)),
+        Provider(name="blocker", generate=2, behaviour=Behaviour(block=True)),
+        Provider(name="nxdomain", generate=3, dns="nxdomain"),
+        Provider(name="nullmx", generate=2, dns="nullmx"),
+    ]
+    return World(WorldSpec(name="demo", providers=providers))
+
+
+def write_demo_recipients(path: Path, world, n: int, seed: int = 7) -> int:
+    """Recipients spread over the world's domains (bigmail gets a large share)."""
+    rng = random.Random(seed)
+    domains = world.domains
+    weights = [40.0 if d == "bigmail.test" else 1.0 for d in domains]
+    names = ["ada", "alan", "grace", "linus", "margaret", "dennis", "barbara", "ken"]
+    with open(path, "w") as f:
+        f.write("email,first_name\n")
+        picks = rng.choices(domains, weights=weights, k=n)
+        for i, dom in enumerate(picks):
+            f.write(f"user{i}@{dom},{names[i % len(names)]}\n")
+    return n
+
+
+def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
+               retry_s: float = 5.0, workers: int | None = None) -> Config:
+    """A configuration pointing fastmta at a running ``SimInternet`` (loopback only)."""
+    base = base or Config()
+    r = msgspec.structs.replace
+    return r(
+        base,
+        dns=sim.dns_config(timeout_s=2.0),
+        smtp=r(base.smtp, port=sim.smtp_port, connect_timeout_s=5.0, greeting_timeout_s=5.0,
+               command_timeout_s=10.0, data_init_timeout_s=10.0, data_block_timeout_s=10.0,
+               data_done_timeout_s=20.0, idle_timeout_s=2.0, ehlo_name="fastmta.demo"),
+        delivery=r(base.delivery, validity_s=validity_s, retry_initial_s=retry_s,
+                   retry_max_s=retry_s * 4),
+        engine=r(base.engine, workers=workers or base.engine.workers),
+        shaping=r(base.shaping, suspend_initial_s=10.0, suspend_max_s=30.0),
+    )

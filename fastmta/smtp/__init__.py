@@ -1,0 +1,1 @@
+"""Reaching the destination: the sans-IO SMTP client and its asyncio transport."""

@@ -1,7 +1,0 @@
-"""The bundled benchmark harness (``fastmta bench``); see ``harness.py``."""
-
-from .harness import BenchOptions, check_loopback, message_template, run_bench
-from .profile import BenchError, BenchProfile, expand, load_profile, profile_names, recipients
-
-__all__ = ["BenchError", "BenchOptions", "BenchProfile", "check_loopback", "expand",
-           "load_profile", "message_template", "profile_names", "recipients", "run_bench"]
