@@ -289,29 +289,10 @@ def admin_inspect(spool, config, count, by, as_json) -> None:
     click.echo(render_top(status, count, by))
 
 
-# top-level shortcuts
-@main.command("suspend")
-@_target_options
-@_suspend_options
-def suspend_cmd(site, provider, delivery, reason, duration, spool, config) -> None:
-    """Suspend a site, a provider or a delivery (= admin suspend)."""
-    _do_suspend(site, provider, delivery, reason, duration, spool, config)
-
-
-@main.command("resume")
-@_target_options
-def resume_cmd(site, provider, delivery, spool, config) -> None:
-    """Resume a site, a provider or a delivery (= admin resume)."""
-    _do_resume(site, provider, delivery, spool, config)
-
-
-@main.command("cancel")
-@click.argument("delivery", type=int)
-@click.option("--reason", default="delivery_canceled", show_default=True)
-@spool_options
-def cancel_cmd(delivery, reason, spool, config) -> None:
-    """Cancel a delivery (= admin cancel)."""
-    _do_cancel(delivery, reason, spool, config)
+# top-level shortcuts: the same commands under a shorter name
+main.add_command(admin_suspend, "suspend")
+main.add_command(admin_resume, "resume")
+main.add_command(admin_cancel, "cancel")
 
 
 # ------------------------------------------------------------------ top
