@@ -43,7 +43,7 @@ from fastmta.spool.base import (
     dedupe_hash,
     now_ms,
 )
-from fastmta.spool.controls import OpsMixin
+from fastmta.spool.controls import ControlsMixin
 from fastmta.spool.errors import DeliveryNotFound, SpoolError, SpoolFullError
 from fastmta.spool.quarantine import QuarantineMixin
 from fastmta.spool.reading import ReadingMixin
@@ -51,7 +51,7 @@ from fastmta.spool.reading import ReadingMixin
 __all__ = ["CommitStats", "InjectStats", "Spool", "clock_ms", "dedupe_hash", "now_ms"]
 
 
-class Spool(OpsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
+class Spool(ControlsMixin, QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 
     # ------------------------------------------------------------------ deliveries
