@@ -15,9 +15,10 @@ from fastmta.records import (
     Status,
     WorkItem,
 )
+from fastmta.spool.base import CommitStats, InjectStats, dedupe_hash, now_ms
 from fastmta.spool.errors import DeliveryNotFound, SpoolError, SpoolFullError
 from fastmta.spool.scratch import ScratchSet
-from fastmta.spool.store import CommitStats, InjectStats, Spool, dedupe_hash, now_ms
+from fastmta.spool.store import Spool
 from fastmta.spool.writer import ResultWriter
 
 __all__ = [

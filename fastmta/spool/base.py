@@ -1,5 +1,5 @@
 """Spool plumbing: the LMDB environment registry, transactions, map size, the KPI and
-event ledger shared by every write (see ``store.py`` for the operations).
+event ledger shared by every write (``store.py`` composes the operations).
 
 One environment per spool directory, opened by each process itself after it started
 (``spawn``); ``Spool.open`` keeps one handle per path per process.  All writes go through
@@ -43,7 +43,7 @@ _DBS = (
     "kpi",
     "events",
     "quarantine",
-    "control",  # operator controls (fastmta.ops.admin), see spool/ops.py
+    "control",  # operator controls (fastmta.ops.admin), see spool/controls.py
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event
@@ -364,6 +364,15 @@ class SpoolBase:
             self.trim_rss()
 
     # ------------------------------------------------------------------ KPIs / events
+    @staticmethod
+    def _count_failed(kd: defaultdict[str, int], dom: str, reason: str, bclass: int) -> None:
+        kd["pending"] -= 1
+        kd["failed"] += 1
+        kd[f"reason/{reason}"] += 1
+        if bclass:
+            kd[f"class/{bclass}"] += 1
+        kd[f"domain/{dom}/failed"] += 1
+
     def _flush(self, txn: Any, acc: _Acc) -> None:
         kdb = self._db["kpi"]
         for did, deltas in acc.kpi.items():

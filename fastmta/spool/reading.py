@@ -156,11 +156,6 @@ class ReadingMixin(SpoolBase):
             if n < chunk:
                 return total
 
-    def last_event_seq(self) -> int:
-        with self._read() as txn:
-            cur = txn.cursor(db=self._db["events"])
-            return K.unpack_u64(cur.key())[0] if cur.last() else 0
-
     def queue_counts(self, shards: Iterable[int] | None = None) -> dict[str, int]:
         """Entries in the ready, scheduled and lease tables (whole spool)."""
         with self._read() as txn:

@@ -1,0 +1,197 @@
+"""Injection: recipients streamed into a delivery in durable batches.
+
+Each batch is one write transaction: duplicates (the ``seen`` digests), quarantined and
+denylisted addresses are excluded, the others go to their shard's ready queue as
+``pending``.  ``InjectMixin`` is one of ``Spool``'s bases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import msgspec
+
+from fastmta.records import (
+    ENCODER,
+    DeliveryEvent,
+    Rcpt,
+    RecipientIn,
+    Status,
+)
+from fastmta.spool import keys as K
+from fastmta.spool.base import InjectStats, _Acc, clock_ms
+from fastmta.spool.errors import DeliveryNotFound, SpoolFullError
+from fastmta.spool.quarantine import QuarantineMixin
+from fastmta.spool.reading import ReadingMixin
+
+
+class InjectMixin(QuarantineMixin, ReadingMixin):
+    """Adding recipients to a delivery (and the exclusion check behind it)."""
+
+    # ------------------------------------------------------------------ injection
+    def add_recipients(
+        self,
+        did: int,
+        items: Iterable[RecipientIn],
+        *,
+        on_excluded: Callable[[RecipientIn, str], None] | None = None,
+        batch: int | None = None,
+        now_ms: int | None = None,
+    ) -> InjectStats:
+        """Add recipients, streamed in transactions of ``batch`` items; each batch is
+        durable (``pending``) before the next starts.  Excludes duplicates, quarantined and
+        denylisted addresses (items arriving with ``exclude`` set keep that reason).
+        Items whose ``line`` is at or before the delivery's ``injected_line`` were injected
+        by an earlier, interrupted call and are skipped (resume by re-reading the input).
+        Raises ``SpoolFullError`` (with ``.added``) when the map is full."""
+        batch = batch or self.cfg.inject_batch
+        stats = InjectStats()
+        it = iter(items)
+        d = self.delivery(did)
+        resume_line = d.injected_line
+        t0 = now_ms or clock_ms()
+        while True:
+            chunk = list(itertools.islice(it, batch))
+            if not chunk:
+                break
+            if resume_line and chunk[-1].line <= resume_line:
+                stats.skipped += len(chunk)  # certainly injected already
+                continue
+            try:
+                res = self._write(lambda txn, c=chunk: self._inject_chunk(txn, did, c, t0))
+            except SpoolFullError as exc:
+                exc.added = stats.added
+                raise
+            n_in = len(chunk)
+            added, excluded, chunk = res
+            self.trim_rss()  # keep RSS flat over millions of recipients
+            stats.skipped += n_in - len(chunk)
+            if not chunk:
+                continue
+            stats.recipients += len(chunk)
+            stats.added += added
+            stats.last_line = chunk[-1].line
+            for item, reason in excluded:
+                stats.excluded[reason] = stats.excluded.get(reason, 0) + 1
+                if on_excluded is not None:
+                    on_excluded(item, reason)
+        return stats
+
+    def _inject_chunk(
+        self, txn: Any, did: int, chunk: list[RecipientIn], t0: int
+    ) -> tuple[int, list[tuple[RecipientIn, str]], list[RecipientIn]]:
+        db = self._db
+        acc = _Acc(t0)
+        d = self._delivery_in(txn, did, acc)
+        if d is None:
+            raise DeliveryNotFound(f"no delivery {did} in spool {self.path}")
+        # The resume point is read here, in the write transaction: a reader may lag one
+        # commit behind after a writer was killed mid-commit (LMDB fixes the shared txn
+        # id only when the next writer takes the lock).
+        if d.injected_line and chunk[0].line <= d.injected_line:
+            chunk = [x for x in chunk if x.line > d.injected_line]
+            if not chunk:
+                return 0, [], chunk
+        kd = acc.k(did)
+        raw = txn.get(K.pack_u32(did) + b"recipients", db=db["kpi"])
+        rid = K.unpack_i64(raw)[0] if raw else 0
+        did4 = K.pack_u32(did)
+        check_q = txn.stat(db["quarantine"])["entries"] > 0
+        dups = self._find_doubles(txn, did4, chunk)
+        rcpt_items: list[tuple[bytes, bytes]] = []
+        ready_keys: list[tuple[bytes, bytes]] = []
+        excluded: list[tuple[RecipientIn, str]] = []
+        domains: defaultdict[str, int] = defaultdict(int)
+        encode = ENCODER.encode
+        pack_rcpt = K.pack_rcpt
+        pack_ready = K.pack_ready
+        shard_key = K.shard_key
+        added = 0
+        for idx, item in enumerate(chunk):
+            email = item.email
+            reason = item.exclude
+            if not reason:
+                if dups and idx in dups:
+                    reason = "double"
+                elif check_q:
+                    reason = self._quarantine_reason(txn, email, t0) or ""
+            if reason:
+                rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
+                           status=Status.IGNORED, done_ms=t0, reason=reason,
+                           smtputf8=item.smtputf8)
+                excluded.append((item, reason))
+                kd["excluded/" + reason] += 1
+            else:
+                rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING,
+                           item.smtputf8)
+                ready_keys.append((shard_key(item.shard), pack_ready(did, rid)))
+                domains[email[email.rindex("@") + 1:]] += 1
+                added += 1
+            rcpt_items.append((pack_rcpt(did, rid), encode(rec)))
+            rid += 1
+        cur = txn.cursor(db=db["rcpt"])
+        append = not cur.last() or cur.key() < rcpt_items[0][0]
+        cur.putmulti(rcpt_items, append=append)
+        if ready_keys:
+            ready_keys.sort()
+            txn.cursor(db=db["ready"]).putmulti(ready_keys, dupdata=True)
+        kd["recipients"] += len(chunk)
+        kd["to_deliver"] += added
+        kd["pending"] += added
+        kd["excluded"] += len(excluded)
+        for dom, n in domains.items():
+            kd[f"domain/{dom}/to_deliver"] += n
+        last_line = chunk[-1].line
+        if last_line > d.injected_line:
+            d2 = msgspec.structs.replace(d, injected_line=last_line)
+            txn.put(did4, encode(d2), db=db["deliveries"])
+        # reception: one event per durable injection batch (not per recipient)
+        acc.events.append(DeliveryEvent(ts_ms=t0, delivery_id=did, kind="received",
+                                        count=added, text=f"lines {chunk[0].line}-{last_line}; "
+                                        f"excluded {len(excluded)}"))
+        self._flush(txn, acc)
+        return added, excluded, chunk
+
+    def _find_doubles(self, txn: Any, did4: bytes, chunk: list[RecipientIn]) -> set[int]:
+        """Indexes of the chunk's duplicates (of earlier items or of earlier chunks), and
+        record the others in ``seen``.  Fast path: one sorted ``putmulti`` in a nested
+        transaction; only if it finds an existing key are the items checked one by one."""
+        blake = hashlib.blake2b
+        dups: set[int] = set()
+        first: dict[bytes, int] = {}
+        for idx, item in enumerate(chunk):
+            if item.exclude:
+                continue
+            h = blake(item.email.encode(), digest_size=8).digest()
+            if h in first:
+                dups.add(idx)
+            else:
+                first[h] = idx
+        if not first:
+            return dups
+        seen_db = self._db["seen"]
+        sub = self._env.begin(write=True, parent=txn)
+        try:
+            consumed, added = sub.cursor(db=seen_db).putmulti(
+                [(did4, h) for h in sorted(first)], dupdata=False)
+        except BaseException:
+            sub.abort()
+            raise
+        if added == len(first):
+            sub.commit()
+            return dups
+        sub.abort()
+        put = txn.put
+        for h, idx in sorted(first.items(), key=lambda kv: kv[1]):
+            if not put(did4, h, dupdata=False, db=seen_db):
+                dups.add(idx)
+        return dups
+
+    def precheck(self, address: str, *, now_ms: int | None = None) -> str | None:
+        """Exclusion reason from the quarantine/denylist for ``address`` (analysis)."""
+        with self._read() as txn:
+            return self._quarantine_reason(txn, address, now_ms or clock_ms())
