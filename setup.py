@@ -35,6 +35,12 @@ def extensions():
         Extension(
             "fastmta._core",
             ["fastmta/_core.pyx"],
+            # the .pyx includes these (one extension module): a change to any rebuilds it
+            depends=[
+                "fastmta/_core_reply.pxi",
+                "fastmta/_core_codes.pxi",
+                "fastmta/_core_classifier.pxi",
+            ],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
             define_macros=macros,
         ),

@@ -3,7 +3,7 @@
 Usage::
 
     python setup.py build_ext --inplace -q
-    PYTHONPATH=src python benchmarks/bench_core.py [CORPUS_DIR] [--seconds S] [--json OUT]
+    python benchmarks/bench_core.py [CORPUS_DIR] [--seconds S] [--json OUT]
 
 Inputs are the replies of the bounce corpus (``replies.jsonl``; falls back to the bundled
 sample replies).  Nothing is cached: every call classifies its text from scratch.
