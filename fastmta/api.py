@@ -292,7 +292,7 @@ class WorkerPool:
             items = ({"email": e} for e in items)
         rows = list(rows_from(items))
         domains = {r.email.rpartition("@")[2].lower() for r in rows if "@" in r.email}
-        from fastmta.dkim import key_check
+        from fastmta.dkim.signers import key_check
 
         route = await engine.domain_router(domains, self.cfg)
         return await asyncio.to_thread(

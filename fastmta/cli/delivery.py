@@ -138,7 +138,7 @@ def analyze(recipients: str, message: str, mail_from: str, fmt: str | None, as_j
     out = _ExclusionWriter(exclusions) if exclusions else None
     try:
         tpl = Template(_read_message(message))
-        from fastmta.dkim import key_check
+        from fastmta.dkim.signers import key_check
 
         has_key = key_check(cfg.dkim)
         with open_recipients(recipients, fmt) as reader:

@@ -156,7 +156,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
 
     try:
         cfg, spool_path = _config(config_path, spool_dir, workers)
-        from fastmta.dkim import key_check
+        from fastmta.dkim.signers import key_check
         from fastmta.engine.supervisor import engine_running
 
         if engine_running(spool_path):

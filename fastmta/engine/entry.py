@@ -81,7 +81,7 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
     """Route and inject a recipients file; returns the delivery ``Analysis``."""
     from fastmta.delivery import inject, open_recipients
     from fastmta.delivery.analysis import check_delivery_inputs
-    from fastmta.dkim import key_check
+    from fastmta.dkim.signers import key_check
 
     # everything that needs no recipient first: no DNS work for a delivery refused anyway
     check_delivery_inputs(message, mail_from=mail_from, validity_s=validity_s,

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from dkim_helpers import verify
 
 from fastmta import dkim
+from fastmta.dkim.keys import MAX_KEY_FILE_BYTES
 from fastmta.errors import ConfigError
 
 
@@ -73,7 +74,7 @@ def test_unreadable_file(tmp_path, keys):
 
 
 def test_oversized_file_is_refused(tmp_path):
-    path = _write(tmp_path / "big.pem", b"A" * (dkim.MAX_KEY_FILE_BYTES + 1), 0o600)
+    path = _write(tmp_path / "big.pem", b"A" * (MAX_KEY_FILE_BYTES + 1), 0o600)
     with pytest.raises(dkim.DkimKeyError, match="too large"):
         dkim.read_key_file(path)
 

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from fastmta import dkim
 from fastmta.dkim import _dkim_py
+from fastmta.dkim.canon import implementations
 
-IMPLS = dkim.implementations()
+IMPLS = implementations()
 
 NAMES = ["From", "To", "Subject", "Date", "Cc", "Reply-To", "X-Campaign", "Message-ID",
          "List-Unsubscribe", "List-Unsubscribe-Post", "Content-Type", "References"]  # fmt: skip
