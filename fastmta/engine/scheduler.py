@@ -29,9 +29,11 @@ from typing import Any
 
 from fastmta.config import Config, ProviderConfig
 from fastmta.core import Reply
+from fastmta.engine.providers import site_params, site_rules
+from fastmta.engine.rates import ProviderBudget
 from fastmta.engine.retry import RetryPolicy, next_attempt_ms
 from fastmta.engine.routing import match_provider
-from fastmta.engine.shaping import ProviderBudget, SiteShaper, site_params, site_rules
+from fastmta.engine.shaping import SiteShaper
 from fastmta.records import Result, WorkItem
 
 log = logging.getLogger("fastmta.engine.scheduler")
