@@ -29,7 +29,8 @@ import msgspec
 
 from fastmta.config import Config
 from fastmta.engine.providers import load_providers
-from fastmta.engine.scheduler import Job, Scheduler
+from fastmta.engine.scheduler import Scheduler
+from fastmta.engine.sites import Job
 from fastmta.records import WorkItem
 from fastmta.spool.errors import SpoolFullError
 
