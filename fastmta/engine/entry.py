@@ -16,8 +16,8 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 
 from fastmta.config import Config
+from fastmta.engine.providers import load_providers
 from fastmta.engine.routing import routing_key, shard_of
-from fastmta.engine.shaping import load_providers
 from fastmta.engine.supervisor import Progress, Supervisor
 
 

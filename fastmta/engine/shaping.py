@@ -1,17 +1,18 @@
-"""Traffic shaping: adaptive per-site limits, rate limiters, provider rules.  Pure.
+"""Traffic shaping: adaptive per-site limits and provider rules.  Pure.
 
 No I/O and no clock of its own: every method takes ``now`` (seconds, monotonic), so the
 policy is tested by feeding it outcomes.  docs/shaping.md explains the algorithm, its
 parameters and how it differs from Postfix's and Momentum's.
 
-- ``Gcra``: generic cell rate algorithm (a token bucket without a timer).
 - ``SiteShaper``: one per site.  Connection limit with AIMD-with-memory (start small,
   +1 per window of successes while the limit is in use, cut x``decrease_factor`` at once
   on a throttle, recover fast up to just below the remembered level, probe above it
   slowly); the same for the message rate when the destination throttles on rate;
   suspension for a growing duration on blocks; provider rules (reply regex -> action for
   a duration, after N matches per period); everything within operator bounds.
-- ``ProviderBudget``: connection and message-rate caps summed over a provider's sites.
+
+Its rate limiters (``Gcra``, ``ProviderBudget``) are in ``rates.py``; the provider table
+(shipped defaults, ``site_params``, ``site_rules``) is in ``providers.py``.
 """
 
 from __future__ import annotations
@@ -19,81 +20,18 @@ from __future__ import annotations
 import functools
 import math
 import re
-import tomllib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 
-import msgspec
-
-from fastmta.config import ProviderConfig, ShapingConfig, ShapingRule
+from fastmta.config import ShapingConfig, ShapingRule
+from fastmta.engine.rates import Gcra, ProviderBudget, burst_for
 from fastmta.errors import ConfigError
 
 ACTIONS = ("suspend", "set_connections", "set_rate", "bounce")
 INF = math.inf
 _BUCKET_S = 0.1  # resolution of the accepted-recipients history
 _MAX_RATE_PROBE_STEP = 0.5
-
-
-# --------------------------------------------------------------------------- limiters
-
-
-class Gcra:
-    """GCRA rate limiter: ``rate_per_s`` sustained, up to ``burst`` back to back."""
-
-    __slots__ = ("interval", "tolerance", "tat")
-
-    def __init__(self, rate_per_s: float, burst: int = 1) -> None:
-        self.tat = -INF
-        self.interval = 0.0
-        self.tolerance = 0.0
-        self.set_rate(rate_per_s, burst)
-
-    def set_rate(self, rate_per_s: float, burst: int = 1) -> None:
-        """Change the rate; the theoretical arrival time is kept (no burst on change)."""
-        if rate_per_s <= 0:
-            raise ValueError("rate must be positive")
-        self.interval = 1.0 / rate_per_s
-        self.tolerance = self.interval * (max(1, burst) - 1)
-
-    def delay(self, now: float, n: int = 1) -> float:
-        """Seconds until ``n`` cells conform (0.0 = now)."""
-        tat = max(self.tat, now)
-        wait = tat + self.interval * (n - 1) - self.tolerance - now
-        return wait if wait > 1e-9 else 0.0
-
-    def take(self, now: float, n: int = 1) -> float:
-        """Consume ``n`` cells if they conform now and return 0.0; else return the delay."""
-        wait = self.delay(now, n)
-        if wait > 0.0:
-            return wait
-        self.tat = max(self.tat, now) + self.interval * n
-        return 0.0
-
-
-def _burst(rate: float, configured: int) -> int:
-    return configured if configured > 0 else max(1, int(rate * 0.1))
-
-
-class ProviderBudget:
-    """Caps summed over all sites of one provider (one per provider per worker)."""
-
-    def __init__(self, name: str, max_connections: int | None = None,
-                 msg_rate_per_s: float | None = None) -> None:
-        self.name = name
-        self.max_connections = max_connections
-        self.active = 0
-        self.rate = Gcra(msg_rate_per_s, _burst(msg_rate_per_s, 0)) if msg_rate_per_s else None
-
-    def may_open(self) -> bool:
-        return self.max_connections is None or self.active < self.max_connections
-
-    def acquire(self) -> None:
-        self.active += 1
-
-    def release(self) -> None:
-        self.active = max(0, self.active - 1)
 
 
 # ---------------------------------------------------------------------- rules (automation)
@@ -165,8 +103,8 @@ class SiteShaper:
         self.probe_out_at: float | None = None
         self._gcra: Gcra | None = None
         self._gcra_rate: float | None = None
-        self._conn_gcra = (Gcra(params.conn_rate_per_s, _burst(params.conn_rate_per_s,
-                                                               params.conn_burst))
+        self._conn_gcra = (Gcra(params.conn_rate_per_s, burst_for(params.conn_rate_per_s,
+                                                                  params.conn_burst))
                            if params.conn_rate_per_s > 0 else None)
         self._window: deque[list[float]] = deque()  # [bucket start, successes]
         self._window_total = 0  # sum of the successes in _window
@@ -286,10 +224,10 @@ class SiteShaper:
         wait = 0.0
         if rate is not None:
             if self._gcra is None:
-                self._gcra = Gcra(rate, _burst(rate, self.p.msg_burst))
+                self._gcra = Gcra(rate, burst_for(rate, self.p.msg_burst))
                 self._gcra_rate = rate
             elif rate != self._gcra_rate:
-                self._gcra.set_rate(rate, _burst(rate, self.p.msg_burst))
+                self._gcra.set_rate(rate, burst_for(rate, self.p.msg_burst))
                 self._gcra_rate = rate
             wait = self._gcra.delay(now, n)
         prov = self.provider.rate if self.provider is not None else None
@@ -306,7 +244,7 @@ class SiteShaper:
         return 0.0
 
     def _max_cells(self, rate: float) -> int:
-        return max(1, _burst(rate, self.p.msg_burst))
+        return max(1, burst_for(rate, self.p.msg_burst))
 
     # ---- outcomes
 
@@ -524,63 +462,3 @@ class SiteShaper:
             "blocks": self.blocks,
             "effects": [e.rule for e in self.effects],
         }
-
-
-# ------------------------------------------------------------------ provider settings
-
-
-def _shipped_providers() -> list[ProviderConfig]:
-    data = resources.files("fastmta").joinpath("data/providers.toml").read_bytes()
-    raw = tomllib.loads(data.decode("utf-8"))
-    return msgspec.convert(raw.get("providers", []), list[ProviderConfig])
-
-
-@functools.lru_cache(maxsize=1)
-def shipped_providers() -> tuple[ProviderConfig, ...]:
-    """The provider defaults shipped in ``fastmta/data/providers.toml``."""
-    return tuple(_shipped_providers())
-
-
-def load_providers(overrides: Sequence[ProviderConfig] = (),
-                   shipped: bool = True) -> list[ProviderConfig]:
-    """Shipped providers merged with the configuration's ``[[providers]]``.
-
-    An override with the name of a shipped provider replaces the fields it sets (lists
-    replace when non-empty); other overrides are added, before the shipped ones so they
-    match first.  Every rule is validated.
-    """
-    base = {p.name: p for p in (shipped_providers() if shipped else ())}
-    merged: list[ProviderConfig] = []
-    for o in overrides:
-        b = base.pop(o.name, None)
-        if b is not None:
-            changes = {f: getattr(o, f) for f in o.__struct_fields__
-                       if f != "name" and getattr(o, f) not in (None, [])}
-            o = msgspec.structs.replace(b, **changes)
-        merged.append(o)
-    merged.extend(base.values())
-    for p in merged:
-        for r in p.rules:
-            validate_rule(r)
-    return merged
-
-
-def site_params(shaping: ShapingConfig, provider: ProviderConfig | None) -> ShapingConfig:
-    """The shaping parameters of a site: ``[shaping]`` overridden by its provider."""
-    if provider is None:
-        return shaping
-    changes = {}
-    for field in ("initial_connections", "max_connections", "max_msgs_per_conn",
-                  "msg_rate_per_s", "conn_rate_per_s"):
-        value = getattr(provider, field)
-        if value is not None:
-            changes[field] = value
-    # operator bounds of [shaping] still hold
-    if "max_connections" in changes:
-        changes["max_connections"] = min(changes["max_connections"], shaping.max_connections)
-    return msgspec.structs.replace(shaping, **changes)
-
-
-def site_rules(shaping: ShapingConfig, provider: ProviderConfig | None) -> list[ShapingRule]:
-    """Provider rules first, then the general ``[shaping] rules``."""
-    return [*(provider.rules if provider else ()), *shaping.rules]

@@ -28,8 +28,9 @@ from pathlib import Path
 import msgspec
 
 from fastmta.config import Config
-from fastmta.engine.scheduler import Job, Scheduler
-from fastmta.engine.shaping import load_providers
+from fastmta.engine.providers import load_providers
+from fastmta.engine.scheduler import Scheduler
+from fastmta.engine.sites import Job
 from fastmta.records import WorkItem
 from fastmta.spool.errors import SpoolFullError
 

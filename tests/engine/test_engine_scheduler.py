@@ -13,7 +13,8 @@ from engine_helpers import make_config
 from fastmta.config import ProviderConfig, ShapingRule
 from fastmta.delivery import Template
 from fastmta.dns.resolver import MxHost, MxResult
-from fastmta.engine.scheduler import Job, Scheduler
+from fastmta.engine.scheduler import Scheduler
+from fastmta.engine.sites import Job
 from fastmta.records import WorkItem
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec

@@ -17,7 +17,8 @@ import pytest
 from fastmta.config import Config
 from fastmta.delivery import Template
 from fastmta.dns.resolver import MxHost, MxResult
-from fastmta.engine.scheduler import Job, Scheduler
+from fastmta.engine.scheduler import Scheduler
+from fastmta.engine.sites import Job
 from fastmta.records import WorkItem
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))

@@ -19,7 +19,8 @@ from fastmta.config import Config
 from fastmta.delivery import Template
 from fastmta.delivery.template import HeaderInjectionError
 from fastmta.dns.resolver import MxHost, MxResult
-from fastmta.engine.scheduler import Job, Scheduler
+from fastmta.engine.scheduler import Scheduler
+from fastmta.engine.sites import Job
 from fastmta.errors import LocalProtocolError
 from fastmta.records import Result, WorkItem
 from fastmta.sim.certs import make_self_signed, server_context

@@ -5,15 +5,9 @@ from collections import deque
 import pytest
 
 from fastmta.config import ProviderConfig, ShapingConfig, ShapingRule
-from fastmta.engine.shaping import (
-    Gcra,
-    ProviderBudget,
-    SiteShaper,
-    load_providers,
-    shipped_providers,
-    site_params,
-    site_rules,
-)
+from fastmta.engine.providers import load_providers, shipped_providers, site_params, site_rules
+from fastmta.engine.rates import Gcra, ProviderBudget
+from fastmta.engine.shaping import SiteShaper
 from fastmta.errors import ConfigError
 
 

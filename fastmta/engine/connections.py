@@ -1,0 +1,377 @@
+"""The connection tasks of the ``Scheduler``: open, serve flights, turn replies into results.
+
+A connection task opens a connection (MX fallback by preference, equal preferences
+round-robin, recently failed hosts skipped: ``sites.mx_candidates``), then takes flights
+of transactions from the site's queue (several recipients per transaction when their
+rendered message is identical, several transactions pipelined per flight), paced by the
+site's and provider's rate limits, until the queue is empty for ``idle_timeout_s``,
+``max_msgs_per_conn`` is reached or the limit shrank.  ``ConnectionTasks`` is a mixin of
+``scheduler.Scheduler``: it uses the scheduler's queue (``_take``, ``_requeue_front``,
+``_flush_queue``, ``pump``) and results (``_emit``, ``soft``, ``defer``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+
+from fastmta.core import Reply
+from fastmta.engine.sites import Job, Site, mx_candidates
+
+log = logging.getLogger("fastmta.engine.scheduler")  # the scheduler's tasks, its logger
+
+_CONN_THROTTLE = re.compile(r"too many (concurrent |simultaneous )?(connections|sessions)|"
+                            r"concurrent (server )?connections|connection (limit|rate)",
+                            re.IGNORECASE)
+_SESSION_LIMIT = re.compile(r"too many (messages|mails) (for|in|per) this (session|connection)|"
+                            r"(messages|mails) per (session|connection)", re.IGNORECASE)
+_TOO_MANY_RCPTS = re.compile(r"too many recipients", re.IGNORECASE)
+MAX_INMEMORY_REQUEUES = 4
+FLIGHT = 8  # transactions pipelined per write
+
+
+class ConnectionTasks:
+    """Connection tasks of the scheduler's sites (see module docstring)."""
+
+    async def _open(self, site: Site):
+        """Connect with MX fallback.  Returns (conn, host, ip) or raises the last failure."""
+        from fastmta.smtp.transport import ConnectFailed
+
+        smtp = self.cfg.smtp
+        tls = site.provider.tls if site.provider and site.provider.tls else smtp.tls
+        last: ConnectFailed | None = None
+        source_ip = smtp.source_ips[0] if smtp.source_ips else None
+        for host, ip in mx_candidates(site, self.now()):
+            try:
+                conn = await self._connect(ip, smtp.port, ehlo_name=smtp.ehlo_name, tls=tls,
+                                           server_hostname=host, source_ip=source_ip,
+                                           timeouts=smtp)
+                return conn, host, ip
+            except ConnectFailed as exc:
+                last = exc
+                cls = exc.classification
+                if exc.kind in ("connect_failed", "connect_timeout"):
+                    site.host_down[ip] = self.now() + 30.0
+                    continue
+                if cls.throttle:
+                    raise  # the site says slow down: do not hammer its other hosts
+                continue  # 5xx greeting, EHLO refused, TLS: next MX
+        if last is None:
+            from fastmta.classify.outcome import local
+
+            reply, cls = local("connect_failed", "connect", "no address for any MX host")
+            raise ConnectFailed("connect_failed", reply, cls)
+        raise last
+
+    async def _connection(self, site: Site) -> None:
+        from fastmta.smtp.transport import ConnectFailed
+
+        shaper = site.shaper
+        conn = None
+        try:
+            try:
+                conn, host, ip = await self._open(site)
+            except ConnectFailed as exc:
+                site.connecting -= 1
+                self._connect_failed(site, exc)
+                return
+            site.connecting -= 1
+            self.stats["connections"] += 1
+            shaper.on_connected(self.now())
+            await self._serve(site, conn, host, ip)
+        except asyncio.CancelledError:
+            if conn is not None:
+                conn.abort()
+            raise
+        except Exception:  # a bug must not kill the worker: log, give the jobs back
+            log.exception("connection task for site %s failed", site.name)
+        finally:
+            if conn is not None and not self.stopping:
+                # the server counts this connection until it is closed: keep it counted
+                # here too, or the next one would exceed a per-IP connection limit
+                try:
+                    await conn.quit(timeout_s=2.0)
+                except BaseException:
+                    conn.abort()
+            site.active -= 1
+            shaper.on_close()
+            self.pump(site)
+
+    def _connect_failed(self, site: Site, exc) -> None:
+        now = self.now()
+        cls = exc.classification
+        self.stats["connect_failed"] += 1
+        text = exc.reply.raw if exc.reply is not None else ""
+        if cls.throttle or _CONN_THROTTLE.search(text):
+            site.throttled += 1
+            self.stats["throttled"] += 1
+            shaper = site.shaper
+            shaper.on_reply(text, now)
+            if exc.kind == "greeting" or _CONN_THROTTLE.search(text):
+                # level = connections established + this one (others still connecting
+                # when it was refused did not cause it)
+                shaper.on_throttle(now, "connections",
+                                   max(1, site.active - site.connecting))  # jobs stay queued
+                return
+            shaper.on_connect_failure(now, throttle=True)
+        elif cls.action == "suspend_site":
+            site.shaper.on_reply(text, now)
+            site.shaper.on_block(now, cls.reason or "blocked")
+        else:
+            site.shaper.on_reply(text, now)
+            site.shaper.on_connect_failure(now)
+        if site.shaper.suspended(now):
+            self._flush_queue(site, site.shaper.resume_at(now) - now)
+            return
+        if site.active == 0 and site.queue:
+            # nobody can deliver this site now: count an attempt for one transaction's
+            # worth of recipients so unreachable sites progress towards expiry
+            n = max(1, self.cfg.smtp.max_rcpts_per_txn)
+            for _ in range(min(n, len(site.queue))):
+                job = self._take(site)
+                self.soft(job, exc.reply, cls)
+
+    def _limit_exceeded(self, site: Site) -> bool:
+        return site.active > site.shaper.connection_limit(self.now())
+
+    async def _next_flight(self, site: Site, conn, idle_s: float) -> list[list[Job]] | None:
+        """Up to FLIGHT transactions of jobs (identical bodies grouped); None = close."""
+        while not site.queue:
+            if self.draining or self.stopping:
+                return None
+            site.waiting += 1
+            site.wakeup.clear()
+            try:
+                await asyncio.wait_for(site.wakeup.wait(), idle_s)
+            except TimeoutError:
+                return None
+            finally:
+                site.waiting -= 1
+            if site.queue and not await conn.probe():
+                return None
+        if self._limit_exceeded(site) or site.shaper.suspended(self.now()):
+            return None
+        max_rcpts = max(1, site.rcpts_cap or self.cfg.smtp.max_rcpts_per_txn)
+        budget = max(1, self._max_msgs(site)) - conn.messages_sent
+        cells = site.shaper.flight_limit(self.now())  # recipients the rates allow at once
+        if cells:
+            max_rcpts = min(max_rcpts, cells)
+        flight: list[list[Job]] = []
+        now_ms = self.now_ms()
+        total = 0
+        while site.queue and len(flight) < min(FLIGHT, max(1, budget)) and \
+                (not cells or total < cells):
+            first = self._take(site)
+            if first.item.expires_ms and now_ms >= first.item.expires_ms:
+                # the validity ended while it waited in memory: never send it late
+                self._emit(first, "expired", reason=first.item.last_reason or "expired")
+                continue
+            if first.body is None:
+                first.body = self.render(first.item)
+            group = [first]
+            static = self.is_static(first.item.delivery_id)
+            room = min(max_rcpts, cells - total) if cells else max_rcpts
+            while site.queue and len(group) < room:
+                nxt = site.queue[0]
+                if nxt.item.expires_ms and now_ms >= nxt.item.expires_ms:
+                    break
+                if nxt.item.delivery_id != first.item.delivery_id or \
+                        nxt.item.domain != first.item.domain:
+                    break
+                if static:
+                    nxt.body = first.body
+                elif nxt.body is None:
+                    nxt.body = self.render(nxt.item)
+                if nxt.body != first.body:
+                    break
+                group.append(self._take(site))
+            flight.append(group)
+            total += len(group)
+        return flight
+
+    def _max_msgs(self, site: Site) -> int:
+        configured = site.params.max_msgs_per_conn or self.cfg.smtp.max_msgs_per_conn
+        return min(configured, site.msgs_cap) if site.msgs_cap else configured
+
+    async def _serve(self, site: Site, conn, host: str, ip: str) -> None:
+        from fastmta.smtp.protocol import Envelope
+
+        smtp = self.cfg.smtp
+        idle_s = site.params.idle_timeout_s or smtp.idle_timeout_s
+        mx = f"{host} [{ip}]"
+        source_ip = conn.local_address[0] if getattr(conn, "local_address", None) else ""
+        while not self.stopping:
+            flight = await self._next_flight(site, conn, idle_s)
+            if flight is None:
+                return
+            if not flight:
+                continue  # everything taken had expired: look again
+            n = sum(len(g) for g in flight)
+            while True:
+                if n > 1 and site.shaper.probe_pending:
+                    # a rate throttle arrived since this flight was built: only a single
+                    # probe message may go; the rest waits in the queue for its answer
+                    # (held here, every connection would wait for a probe none sends)
+                    self._requeue_front(site, [j for g in flight for j in g][1:])
+                    flight, n = [flight[0][:1]], 1
+                wait = site.shaper.reserve_send(self.now(), n)
+                if wait <= 0:
+                    break
+                await asyncio.sleep(min(wait, 1.0))
+                if self.stopping or self.draining or site.shaper.suspended(self.now()):
+                    self._requeue_front(site, [j for g in flight for j in g])
+                    return
+            if self.commit_gate is not None:
+                # bound the results accepted by servers but not yet durable (the
+                # duplicate window after a crash): wait for the spool to catch up
+                await self.commit_gate()
+            envelopes = []
+            for group in flight:
+                it = group[0].item
+                envelopes.append(Envelope(it.mail_from, [j.item.email for j in group],
+                                          group[0].body, smtputf8=it.smtputf8))
+            try:
+                results = await conn.send_many(envelopes)
+                site.attempts += len(envelopes)
+                self.stats["attempts"] += n
+                stop = False
+                for group, res in zip(flight, results, strict=True):
+                    blocked = site.shaper.suspended(self.now())
+                    if self._handle(site, group, res, mx, source_ip, after_close=stop,
+                                    conn=conn, collateral=blocked):
+                        stop = True
+            except BaseException:
+                # cancelled (stop) or a bug: whatever has no outcome yet goes back to
+                # the spool (at-least-once: a message already past the dot may repeat)
+                for group in flight:
+                    for job in group:
+                        if not job.done and job.site is site:
+                            self.defer(job, 0, why="aborted")
+                raise
+            if stop or not conn.usable or conn.messages_sent >= self._max_msgs(site):
+                return
+
+    def _handle(self, site: Site, group: list[Job], res, mx: str, source_ip: str,
+                after_close: bool = False, conn=None, collateral: bool = False) -> bool:
+        """Turn one transaction's outcomes into results.  True = close the connection.
+
+        ``after_close``: an earlier transaction of the same pipelined flight already
+        ended the session (throttle, 421): a ``not_connected`` outcome here means the
+        transaction never ran, so its recipients are queued again, not failed.
+        ``collateral``: the site was suspended by an earlier transaction of the flight."""
+        now = self.now()
+        shaper = site.shaper
+        close = False
+        requeue: list[Job] = []
+        sent = 0
+        answered = False
+        info = conn.tls_info if conn is not None else None
+        tls_desc = " ".join(x for x in info if x) if info else ""  # reported per recipient
+        if res.unknown_fate:
+            # the body went out but the reply to the dot never came: the message may
+            # have been delivered; it is retried (at-least-once) and counted here as a
+            # possible duplicate
+            self.stats["possible_duplicates"] = self.stats.get("possible_duplicates", 0) \
+                + len(group)
+        for job, (_rcpt, reply, cls) in zip(group, res.outcomes, strict=True):
+            if res.unknown_fate and reply is not None and reply.code >= 400:
+                # say so in the recipient's history (attempt log): it may have arrived
+                reply = Reply(reply.code, reply.enhanced, reply.lines,
+                              f"{reply.raw} (fate unknown: possible duplicate)",
+                              reply.command)
+            code = reply.code if reply is not None else 0
+            if 200 <= code < 300:
+                sent += 1
+                self._emit(job, "sent", reply=reply, cls=cls, mx=mx, source_ip=source_ip,
+                           tls=tls_desc)
+                continue
+            if after_close and cls.reason == "not_connected" and not res.unknown_fate:
+                requeue.append(job)
+                close = True
+                continue
+            text = reply.raw if reply is not None else ""
+            cmd = reply.command if reply is not None else None
+            if code == 421 and cmd == "mail" and conn is not None and \
+                    conn.messages_sent > 0 and _SESSION_LIMIT.search(text):
+                # a per-session message limit, not a throttle: learn it, send again
+                n = conn.messages_sent
+                site.msgs_cap = n if not site.msgs_cap else min(site.msgs_cap, n)
+                requeue.append(job)
+                close = True
+                continue
+            if 400 <= code < 500 and cmd == "rcpt" and (
+                    reply.enhanced == "4.5.3" or _TOO_MANY_RCPTS.search(text)):
+                # RFC 5321 4.5.3.1.10: too many recipients -- the rest go in a new
+                # transaction; learn the server's cap
+                accepted = sum(1 for r in res.rcpt_replies if r is not None and r.code < 300)
+                if accepted:
+                    site.rcpts_cap = accepted if not site.rcpts_cap \
+                        else min(site.rcpts_cap, accepted)
+                    requeue.append(job)
+                    continue
+            effects = shaper.on_reply(text, now)
+            bounce = next((e for e in effects if e.action == "bounce"), None)
+            if bounce is not None:
+                self._bounce_by_rule(job, bounce.rule)
+                close = True
+                continue
+            if cls.throttle:
+                site.throttled += 1
+                self.stats["throttled"] += 1
+                kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
+                    _CONN_THROTTLE.search(text) else "rate"
+                if cls.reason == "not_connected":
+                    # reset / timeout / connection lost during this transaction: a real
+                    # (soft) attempt for the recipient (its message may even have
+                    # arrived: at-least-once).  A throttle signal for the site only when
+                    # the session delivered nothing and died before the message body: a
+                    # drop in the middle of one message is a fault of that message.
+                    if (conn is None or conn.messages_sent == 0) and \
+                            cmd not in ("data", "dot"):
+                        shaper.on_throttle(now, "connections")
+                    self.soft(job, reply, cls, mx, source_ip=source_ip)
+                    close = True
+                    continue
+                shaper.on_throttle(now, kind, site.active)
+                if code == 421:
+                    close = True
+                if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
+                    job.requeues += 1
+                    requeue.append(job)
+                else:
+                    self.defer(job, self.rng.uniform(5, 15), reason=cls.reason,
+                               why="throttled")
+                continue
+            if cls.reason != "not_connected":
+                answered = True
+            if cls.action == "suspend_site" and collateral:
+                # an earlier transaction of the same flight was blocked and suspended
+                # the site: this one is collateral, not a new attempt of the recipient
+                requeue.append(job)
+                continue
+            if cls.action == "suspend_site":
+                resume = shaper.on_block(now, cls.reason or "blocked")
+                not_before = self.now_ms() + int((resume - now) * 1000)
+                self.soft(job, reply, cls, mx, not_before, source_ip)
+                close = True
+                continue
+            if cls.type == "hard" or cls.action == "bounce":
+                self._emit(job, "hard", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
+                continue
+            self.soft(job, reply, cls, mx, source_ip=source_ip)
+            if cls.reason == "not_connected":
+                close = True
+        if sent:
+            before = shaper.limit
+            shaper.on_success(now, sent, site.active)
+            if shaper.limit > before:
+                self.pump(site)  # the limit grew: open the next connection now
+        elif answered:
+            shaper.on_answer(now)
+        if requeue:
+            self._requeue_front(site, requeue)
+        if shaper.suspended(now):
+            self._flush_queue(site, shaper.resume_at(now) - now)
+            close = True
+        return close

@@ -1,0 +1,77 @@
+"""The sites of one worker: a leased recipient (``Job``), an MX site's queue, shaper and
+connection bookkeeping (``Site``), and the order a connection tries the site's MX hosts.
+
+A *site* is the sorted set of a domain's MX hosts (``routing.site_of``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from fastmta.config import ProviderConfig
+from fastmta.engine.shaping import SiteShaper
+from fastmta.records import WorkItem
+
+
+class Job:
+    """A leased recipient in a site queue."""
+
+    __slots__ = ("item", "body", "requeues", "site", "done")
+
+    def __init__(self, item: WorkItem) -> None:
+        self.item = item
+        self.body: bytes | None = None
+        self.requeues = 0
+        self.site: Site | None = None
+        self.done = False
+
+
+class Site:
+    """Queue, shaper and connection bookkeeping of one MX site."""
+
+    def __init__(self, name: str, hosts: list, shaper: SiteShaper, params,
+                 provider: ProviderConfig | None) -> None:
+        self.name = name
+        self.hosts = hosts  # [MxHost(name, preference, addresses)] in preference order
+        self.shaper = shaper
+        self.params = params
+        self.provider = provider
+        self.queue: deque[Job] = deque()
+        self.active = 0  # connection tasks (connecting or connected)
+        self.connecting = 0
+        self.waiting = 0  # idle connections waiting for work
+        self.wakeup = asyncio.Event()
+        self.rr = 0
+        self.host_down: dict[str, float] = {}
+        self.timer: asyncio.TimerHandle | None = None
+        self.attempts = 0
+        self.throttled = 0
+        self.msgs_cap = 0  # learned: the server ends sessions after this many messages
+        self.rcpts_cap = 0  # learned: the server takes at most this many RCPTs
+
+    def label(self) -> str:
+        return self.provider.name if self.provider else self.name
+
+
+def mx_candidates(site: Site, now: float) -> list[tuple[str, str]]:
+    """(host, ip) in MX preference order, equal preferences rotated, down hosts last."""
+    groups: list[list[tuple[str, str]]] = []
+    last_pref = None
+    for h in site.hosts:
+        pairs = [(h.name, ip) for ip in h.addresses]
+        if not pairs:
+            continue
+        if last_pref is not None and h.preference == last_pref:
+            groups[-1].extend(pairs)
+        else:
+            groups.append(pairs)
+        last_pref = h.preference
+    out: list[tuple[str, str]] = []
+    site.rr += 1
+    for g in groups:
+        k = site.rr % len(g)
+        out.extend(g[k:] + g[:k])
+    up = [c for c in out if site.host_down.get(c[1], 0.0) <= now]
+    down = [c for c in out if site.host_down.get(c[1], 0.0) > now]
+    return up + down
