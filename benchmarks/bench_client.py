@@ -32,7 +32,7 @@ import time
 
 from fastmta import core
 from fastmta.config import SmtpConfig
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import Connection
 
 BODY = (b"From: sender@bench.test\r\nTo: rcpt@sink.test\r\nSubject: benchmark\r\n"

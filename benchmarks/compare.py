@@ -419,7 +419,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    from fastmta.smtp.transport import run
+    from fastmta.runtime import run
 
     rows = run(main_async(args))
     info = {"messages": args.messages, "domains": args.domains, "sites": args.sites,

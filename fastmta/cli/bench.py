@@ -104,7 +104,7 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
     from fastmta import bench as b
     from fastmta.bench.profile import world_toml
     from fastmta.config import load_config
-    from fastmta.smtp.transport import run
+    from fastmta.runtime import run
 
     try:
         if write_recipients and not write_world:

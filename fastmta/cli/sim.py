@@ -74,8 +74,8 @@ def serve_cmd(profile, dns_port, smtp_port, workers, routes_path, routes_format,
               duration) -> None:
     """Run the simulated internet until interrupted; print its ports and write routes."""
     from fastmta.errors import ConfigError
+    from fastmta.runtime import run
     from fastmta.sim import SimInternet, load_world
-    from fastmta.smtp.transport import run
 
     try:
         world = load_world(profile)

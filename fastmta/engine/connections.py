@@ -195,7 +195,7 @@ class ConnectionTasks:
         return min(configured, site.msgs_cap) if site.msgs_cap else configured
 
     async def _serve(self, site: Site, conn, host: str, ip: str) -> None:
-        from fastmta.smtp.protocol import Envelope
+        from fastmta.smtp.messages import Envelope
 
         smtp = self.cfg.smtp
         idle_s = site.params.idle_timeout_s or smtp.idle_timeout_s

@@ -416,7 +416,7 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
     # a shared lock tells a restarted supervisor that workers of a dead one still run
     lock = open(Path(spec.spool_path) / WORKERS_LOCK, "a+")  # noqa: SIM115
     fcntl.flock(lock, fcntl.LOCK_SH)
-    from fastmta.smtp.transport import run
+    from fastmta.runtime import run
 
     prof_dir = os.environ.get("FASTMTA_PROFILE_DIR")  # developer aid: cProfile per worker
     try:

@@ -237,7 +237,7 @@ def _worker_main(spec: bytes, addresses: list[str], port: int, keep: bool, cert,
         setproctitle.setproctitle(f"fastmta sim mx worker ({len(addresses)} addresses)")
     except ImportError:  # pragma: no cover
         pass
-    from fastmta.smtp.transport import run
+    from fastmta.runtime import run
 
     world = World(msgspec.json.decode(spec, type=WorldSpec))
     run(_worker_serve(world, addresses, port, keep, cert, conn))

@@ -28,9 +28,8 @@ from fastmta.classify.outcome import Classification, classify_reply, local
 from fastmta.config import SmtpConfig
 from fastmta.core import Reply
 from fastmta.errors import FastMTAError, LocalProtocolError
-from fastmta.smtp.protocol import (
+from fastmta.smtp.messages import (
     Capabilities,
-    ClientProtocol,
     ConnectionFailed,
     Envelope,
     Event,
@@ -44,18 +43,10 @@ from fastmta.smtp.protocol import (
     TransactionDone,
     TransactionResult,
 )
+from fastmta.smtp.protocol import ClientProtocol
+from fastmta.smtp.tls import TLS_POLICIES, client_ssl_context
 
-__all__ = [
-    "Connection",
-    "ConnectFailed",
-    "TLS_POLICIES",
-    "client_ssl_context",
-    "new_event_loop",
-    "run",
-    "uvloop_available",
-]
-
-TLS_POLICIES = ("none", "opportunistic", "required", "verify")
+__all__ = ["Connection", "ConnectFailed"]
 
 
 class ConnectFailed(FastMTAError):
@@ -71,54 +62,6 @@ class ConnectFailed(FastMTAError):
         self.kind = kind
         self.reply = reply
         self.classification = classification
-
-
-# ---------------------------------------------------------------------------- TLS
-
-_ctx_cache: dict[tuple, ssl.SSLContext] = {}
-
-
-def client_ssl_context(verify: bool, cafile: str | None = None) -> ssl.SSLContext:
-    """A cached client SSL context: unverified for opportunistic/required, else verified."""
-    key = (verify, cafile)
-    ctx = _ctx_cache.get(key)
-    if ctx is None:
-        if verify:
-            ctx = ssl.create_default_context(cafile=cafile)
-        else:
-            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-        _ctx_cache[key] = ctx
-    return ctx
-
-
-# ---------------------------------------------------------------------------- event loop
-
-
-def uvloop_available() -> bool:
-    if os.environ.get("FASTMTA_NO_UVLOOP") == "1":
-        return False
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def new_event_loop() -> asyncio.AbstractEventLoop:
-    """uvloop's loop when installed (and FASTMTA_NO_UVLOOP is not 1), else asyncio's."""
-    if uvloop_available():
-        import uvloop
-
-        return uvloop.new_event_loop()
-    return asyncio.new_event_loop()
-
-
-def run(coro):
-    """``asyncio.run`` on ``new_event_loop()``."""
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(coro)
 
 
 # ---------------------------------------------------------------------------- stream

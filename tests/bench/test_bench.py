@@ -16,8 +16,8 @@ from fastmta.bench import BenchError, BenchOptions, expand, load_profile, recipi
 from fastmta.bench.harness import check_addresses, check_loopback
 from fastmta.bench.profile import world_toml
 from fastmta.config import Config, DnsConfig, SmtpConfig
+from fastmta.runtime import run
 from fastmta.sim.world import load_world
-from fastmta.smtp.transport import run
 from pathutil import package_parent
 
 SRC = package_parent()

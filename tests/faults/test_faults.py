@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import ScriptServer, arun, fast_timeouts, free_port, read_line, standard_hello
 
@@ -419,7 +419,7 @@ def test_cancelled_send_aborts_cleanly():
 
 
 def test_tls_context_is_cached():
-    from fastmta.smtp.transport import client_ssl_context
+    from fastmta.smtp.tls import client_ssl_context
 
     assert client_ssl_context(False) is client_ssl_context(False)
     assert client_ssl_context(True).verify_mode == ssl.CERT_REQUIRED

@@ -10,7 +10,7 @@ import dns.rdatatype
 
 from fastmta.dns.resolver import Resolver
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import Connection
 from smtputil import arun, fast_timeouts
 

@@ -8,7 +8,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from fastmta.sim.certs import make_self_signed
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import arun, fast_timeouts, free_port
 

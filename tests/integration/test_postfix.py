@@ -13,7 +13,7 @@ import time
 import pytest
 
 from fastmta.sim.certs import make_self_signed
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import Connection
 from smtputil import POSTFIX, SMTP_SINK, PostfixServer, SmtpSink, arun, fast_timeouts
 

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from fastmta.sim import Behaviour, Provider, SimInternet, World, WorldSpec
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import arun, fast_timeouts
 

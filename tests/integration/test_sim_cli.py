@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import Connection
 from smtputil import arun, fast_timeouts
 

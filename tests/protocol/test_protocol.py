@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fastmta.errors import LocalProtocolError
-from fastmta.smtp.protocol import (
-    ClientProtocol,
+from fastmta.smtp.messages import (
     ConnectionFailed,
     Envelope,
     Greeting,
@@ -18,6 +17,7 @@ from fastmta.smtp.protocol import (
     TransactionDone,
     prepare_body,
 )
+from fastmta.smtp.protocol import ClientProtocol
 
 EHLO_PIPE = b"250-mx.test\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n"
 EHLO_PLAIN = b"250-mx.test\r\n250 8BITMIME\r\n"

@@ -6,7 +6,8 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fastmta.smtp.protocol import ClientProtocol, ConnectionFailed, Envelope, State, TransactionDone
+from fastmta.smtp.messages import ConnectionFailed, Envelope, State, TransactionDone
+from fastmta.smtp.protocol import ClientProtocol
 
 CAPS_PIPE = b"250-mx.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
 CAPS_PLAIN = b"250-mx.test\r\n250 8BITMIME\r\n"

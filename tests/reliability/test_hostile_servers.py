@@ -18,7 +18,7 @@ import time
 import pytest
 
 from fastmta.sim.certs import make_self_signed, server_context
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.smtp.transport import ConnectFailed, Connection
 from smtputil import ScriptServer, arun, fast_timeouts, read_line, standard_hello
 

@@ -24,7 +24,7 @@ from fastmta.engine.sites import Job
 from fastmta.errors import LocalProtocolError
 from fastmta.records import Result, WorkItem
 from fastmta.sim.certs import make_self_signed, server_context
-from fastmta.smtp.protocol import Envelope
+from fastmta.smtp.messages import Envelope
 from fastmta.spool import Spool
 from smtputil import ScriptServer
 
