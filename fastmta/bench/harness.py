@@ -15,9 +15,10 @@ then read the figures:
   acceptance by the MX (the spool's ``done_ms``), p50/p99;
 - connections, messages per connection, throttle replies (from the sink's refusal
   counters and the engine's own counters), attempts;
-- the audit: every injected recipient is final exactly once (delivered, bounced or
-  expired), matches what the simulated world says it must be, and the sink accepted
-  each delivered one at least once (``lost`` = 0); ``duplicates`` = extra acceptances.
+- the audit (``audit.py``): every injected recipient is final exactly once (delivered,
+  bounced or expired), matches what the simulated world says it must be, and the sink
+  accepted each delivered one at least once (``lost`` = 0); ``duplicates`` = extra
+  acceptances.
 
 Network safety: the harness refuses to run with any resolver, MX host or source address
 outside loopback (``check_loopback``).
@@ -26,7 +27,6 @@ outside loopback (``check_loopback``).
 from __future__ import annotations
 
 import asyncio
-import bisect
 import ipaddress
 import os
 import shutil
@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from fastmta import core as _core
+from fastmta.bench.audit import _audit, _goodput
 from fastmta.bench.procs import ProcSampler
 from fastmta.bench.profile import (
     BenchError,
@@ -45,10 +46,15 @@ from fastmta.bench.profile import (
     expand,
     load_profile,
     recipients,
-    tail_of,
 )
-from fastmta.config import Config
-from fastmta.records import Status
+from fastmta.config import Config, DkimConfig, DkimKeyConfig
+from fastmta.delivery import inject
+from fastmta.delivery.recipients import Row
+from fastmta.engine import entry as engine
+from fastmta.engine.supervisor import Supervisor
+from fastmta.sim import SimInternet
+from fastmta.sim.config import sim_config
+from fastmta.spool import Spool
 
 # replies that ask the sender to slow down (the sink's refusal counters are keyed
 # "code enhanced"): connection limits and rate limits
@@ -126,8 +132,6 @@ def message_template(size: int) -> bytes:
 
 def bench_config(sim, opts: BenchOptions, prof: BenchProfile) -> Config:
     """The operator config (or defaults) pointed at the simulated internet."""
-    from fastmta.sim.config import sim_config
-
     base = opts.config or Config()
     if base.dns.nameservers:  # the operator's resolver: refuse anything outside loopback
         check_loopback(base)
@@ -145,22 +149,8 @@ def bench_config(sim, opts: BenchOptions, prof: BenchProfile) -> Config:
     return cfg
 
 
-def _pct(sorted_vals: list[float], q: float) -> float:
-    if not sorted_vals:
-        return 0.0
-    i = min(len(sorted_vals) - 1, max(0, int(round(q * (len(sorted_vals) - 1)))))
-    return sorted_vals[i]
-
-
 async def run_bench(opts: BenchOptions) -> dict:
     """Run one bench (see module docstring); returns the result dict (``--json``)."""
-    from fastmta.delivery import inject
-    from fastmta.delivery.recipients import Row
-    from fastmta.engine import entry as engine
-    from fastmta.engine.supervisor import Supervisor
-    from fastmta.sim import SimInternet
-    from fastmta.spool import Spool
-
     if opts.messages < 1:
         raise BenchError("--messages must be at least 1")
     if opts.domains < 1 or opts.sites < 1:
@@ -185,9 +175,7 @@ async def run_bench(opts: BenchOptions) -> dict:
                           keep_messages=opts.dkim)
         await sim.start()
         try:
-            out = await _run(opts, prof, world, sim, template, spool_path,
-                             engine=engine, inject=inject, Row=Row, Spool=Spool,
-                             Supervisor=Supervisor)
+            out = await _run(opts, prof, world, sim, template, spool_path)
         finally:
             await sim.stop()
     finally:
@@ -197,8 +185,7 @@ async def run_bench(opts: BenchOptions) -> dict:
     return out
 
 
-async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, Row, Spool,
-               Supervisor) -> dict:
+async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     cfg = bench_config(sim, opts, prof)
     if opts.dkim:
         cfg = _with_dkim(cfg, os.path.dirname(spool_path), opts.dkim_algorithm)
@@ -368,8 +355,6 @@ async def _run(opts, prof, world, sim, template, spool_path, *, engine, inject, 
 
 def _with_dkim(cfg: Config, where: str, algorithm: str = "rsa-sha256") -> Config:
     """Sign every message with a fresh key for the sender domain (RSA-2048 or Ed25519)."""
-    from fastmta.config import DkimConfig, DkimKeyConfig
-
     key_path = os.path.join(where, "bench-dkim.pem")
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import rsa
@@ -388,149 +373,3 @@ def _with_dkim(cfg: Config, where: str, algorithm: str = "rsa-sha256") -> Config
     keys = [DkimKeyConfig(domain="sender.bench.test", selector="bench", key_file=key_path,
                           algorithm=algorithm)]
     return msgspec.structs.replace(cfg, dkim=DkimConfig(enabled=True, keys=keys))
-
-
-def _audit(spool, did: int, world, accepted: dict[str, int], marks, wall0_ms) -> dict:
-    """Every recipient final exactly once, as the world says, and accepted when sent."""
-    import bisect
-
-    lines = [m[0] for m in marks]
-    times = [m[1] for m in marks]
-    counts = Counter()
-    problems: list[str] = []
-    lat: list[float] = []
-    by_provider: dict[str, dict] = {}
-    capped: dict[str, list[int]] = {}  # rate-capped provider -> acceptance times (ms)
-    first_ms = last_ms = 0
-    dup = 0
-    seen = 0
-    for _rid, r in spool.recipients(did):
-        seen += 1
-        st = r.status
-        got = accepted.get(r.email, 0)
-        if got > 1:
-            dup += got - 1
-        prov = world.domain_provider.get(r.domain)
-        pname = prov.name if prov else "?"
-        bp = by_provider.get(pname)
-        if bp is None:
-            bp = by_provider[pname] = {"recipients": 0, "delivered": 0, "failed": 0,
-                                       "first_ms": 0, "last_ms": 0}
-        bp["recipients"] += 1
-        exp, why = world.expected(r.email)
-        if st == Status.SENT:
-            counts["delivered"] += 1
-            bp["delivered"] += 1
-            d = r.done_ms
-            if prov is not None and prov.behaviour.max_msgs_per_min_per_ip:
-                capped.setdefault(pname, []).append(d)
-            bp["first_ms"] = d if not bp["first_ms"] else min(bp["first_ms"], d)
-            bp["last_ms"] = max(bp["last_ms"], d)
-            first_ms = d if not first_ms else min(first_ms, d)
-            last_ms = max(last_ms, d)
-            j = bisect.bisect_right(lines, r.line) - 1
-            if j >= 0 and j + 1 < len(lines):  # interpolate within the 512-row mark
-                a, b = lines[j], lines[j + 1]
-                t_in = times[j] + (times[j + 1] - times[j]) * (r.line - a) / max(1, b - a)
-                lat.append(max(0.0, d - t_in))
-            if got < 1:
-                counts["lost"] += 1
-                problems.append(f"{r.email}: sent in the spool, never accepted by the sink")
-            if exp != "sent":
-                counts["unexpected"] += 1
-                problems.append(f"{r.email}: sent, world expects {exp} {why}")
-        elif st == Status.FAILED:
-            bp["failed"] += 1
-            if r.reason == "expired":
-                counts["expired"] += 1
-                ok = exp == "soft"
-            else:
-                counts["bounced"] += 1
-                ok = exp == "failed" and r.reason == why
-            if got:
-                counts["accepted_but_failed"] += 1
-                problems.append(f"{r.email}: failed ({r.reason}) but accepted by the sink")
-            if not ok:
-                counts["unexpected"] += 1
-                problems.append(f"{r.email}: failed {r.reason}, world expects {exp} {why}")
-        elif st == Status.PENDING:
-            counts["pending"] += 1
-            counts["lost"] += 1
-            problems.append(f"{r.email}: still pending")
-        else:
-            counts["ignored"] += 1
-    injected = spool.kpis(did).get("recipients", 0)
-    if seen != injected:
-        counts["lost"] += abs(injected - seen)
-        problems.append(f"spool lists {seen} recipients, injection counted {injected}")
-    lat.sort()
-    return {
-        "final": counts["delivered"] + counts["bounced"] + counts["expired"],
-        "delivered": counts["delivered"], "bounced": counts["bounced"],
-        "expired": counts["expired"], "pending": counts["pending"], "lost": counts["lost"],
-        "duplicates": dup, "unexpected": counts["unexpected"],
-        "accepted_but_failed": counts["accepted_but_failed"],
-        "problems": problems[:10], "n_problems": len(problems),
-        "latency_p50": round(_pct(lat, 0.50), 1), "latency_p99": round(_pct(lat, 0.99), 1),
-        "by_provider": by_provider, "_capped": capped, "_first_ms": first_ms, "_last_ms": last_ms,
-    }
-
-
-def _converged_s(times: list[int], cap: int, fraction: float = 0.9,
-                 step_ms: int = 5_000) -> float | None:
-    """Seconds from the first acceptance to the start of the first sliding minute from
-    which every later minute (in 5-s steps, while the provider still had work) holds
-    >= ``fraction`` of the cap; None if none does."""
-    # the backlog lasts until the 99th-percentile acceptance (a few deferred stragglers
-    # after it are not a sending rate)
-    t0, end = times[0], times[max(0, int(len(times) * 0.99) - 1)]
-    starts = list(range(t0, end - 60_000 + 1, step_ms))
-    ok = [bisect.bisect_left(times, a + 60_000) - bisect.bisect_left(times, a)
-          >= fraction * cap for a in starts]
-    first = None
-    for a, good in zip(reversed(starts), reversed(ok), strict=True):
-        if not good:
-            break
-        first = a
-    return None if first is None else round((first - t0) / 1000.0, 1)
-
-
-def _goodput(world, prof: BenchProfile, capped: dict[str, list[int]]) -> dict:
-    """Per rate-capped provider: goodput over its first full rate windows vs its cap.
-
-    The simulated cap is a sliding minute: at most C messages in any 60 s.  Every
-    recipient is injected at the start, so a provider with several minutes of work is
-    backlogged from its first acceptance t0: over the windows [t0, t0 + 60 k) (k = up
-    to 3 full minutes while it still had work) the cap allows k * C acceptances,
-    whether the sender paces or bursts at window boundaries.  goodput_pct_of_cap =
-    acceptances in those windows / (k * C).  A provider that finished within its first
-    minute never met the cap (``windows`` = 0, no percentage).  ``minutes_pct_of_cap``:
-    each full minute from t0; ``converged_s``: see ``_converged_s``.
-    """
-    out = {}
-    for p in world.spec.providers:
-        c = p.behaviour.max_msgs_per_min_per_ip
-        times = sorted(capped.get(p.name, []))
-        if not c or len(times) < 2:
-            continue
-        t0 = times[0]
-        span = (times[-1] - t0) / 1000.0
-        k = min(3, int(span // 60))
-        entry = {"delivered": len(times), "span_s": round(span, 1),
-                 "cap_per_min": c, "cap_per_s": round(c / 60.0, 2), "windows": k,
-                 "max_conn_per_ip": p.behaviour.max_conn_per_ip,
-                 "profile_provider": tail_of(prof, p.name)}
-        if k >= 1:
-            n = sum(1 for t in times if t < t0 + k * 60_000)
-            entry["goodput_per_s"] = round(n / (k * 60.0), 2)
-            entry["goodput_pct_of_cap"] = round(100.0 * n / (k * c), 1)
-            entry["minutes_pct_of_cap"] = [
-                round(100.0 * sum(1 for t in times if t0 + m * 60_000 <= t <
-                                  t0 + (m + 1) * 60_000) / c, 1)
-                for m in range(int(span // 60))]
-            entry["converged_s"] = _converged_s(times, c)
-        else:
-            entry["goodput_per_s"] = round(len(times) / max(1e-3, span), 2)
-            entry["goodput_pct_of_cap"] = None
-        out[p.name] = entry
-    return out

@@ -13,10 +13,10 @@ from fastmta.delivery.analysis import (
     Analysis,
     Exclusion,
     analyze,
-    inject,
     rows_from,
     template_warnings,
 )
+from fastmta.delivery.injection import inject
 from fastmta.delivery.recipients import (
     InputError,
     RecipientReader,

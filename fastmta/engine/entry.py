@@ -80,7 +80,7 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
                       on_excluded=None, route_by_mx: bool = True):
     """Route and inject a recipients file; returns the delivery ``Analysis``."""
     from fastmta.delivery import inject, open_recipients
-    from fastmta.delivery.analysis import check_delivery_inputs
+    from fastmta.delivery.injection import check_delivery_inputs
     from fastmta.dkim.signers import key_check
 
     # everything that needs no recipient first: no DNS work for a delivery refused anyway

@@ -142,7 +142,7 @@ def test_bad_profile_is_a_clear_error(tmp_path):
 
 
 def test_goodput_scores_windows_of_the_sliding_minute_cap():
-    from fastmta.bench.harness import _goodput
+    from fastmta.bench.audit import _goodput
 
     prof = load_profile("throttled")
     world = expand(prof, 100, 10)

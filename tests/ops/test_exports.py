@@ -19,7 +19,8 @@ from ops_helpers import MESSAGE, make_config, recipients
 
 from fastmta import WorkerPool
 from fastmta.ops import events as E
-from fastmta.ops.exports import Cursor, WebhookExporter
+from fastmta.ops.export_base import Cursor
+from fastmta.ops.exports import WebhookExporter
 from fastmta.spool import Spool
 from pathutil import package_parent
 

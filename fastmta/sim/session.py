@@ -1,0 +1,464 @@
+"""One SMTP conversation with a simulated MX host, and the replies it sends.
+
+``_Session`` is the ``asyncio.Protocol`` of one connection: it reads commands (and
+pipelined groups of them), answers as the host's provider behaves (``world.Behaviour``:
+refusals, greylisting, rate and connection limits, delays, BDAT, STARTTLS) and counts
+what it saw in the ``MxServer``'s ``Stats``.  The ``R_*`` constants are the reply texts,
+worded as real providers word them so the classifier sees realistic input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from fastmta.sim.world import Behaviour, Provider, rcpt_fate
+
+if TYPE_CHECKING:  # the server creates its sessions; a session only refers back to it
+    from fastmta.sim.mx import MxServer
+
+
+R_GREETING = b"220 %s ESMTP fastmta-sim ready\r\n"
+R_OK = b"250 2.0.0 OK\r\n"
+R_MAIL_OK = b"250 2.1.0 Sender OK\r\n"
+R_RCPT_OK = b"250 2.1.5 Recipient OK\r\n"
+R_DATA = b"354 Start mail input; end with <CRLF>.<CRLF>\r\n"
+R_QUEUED = b"250 2.0.0 OK: queued as %d\r\n"
+R_BYE = b"221 2.0.0 Bye\r\n"
+R_RSET = b"250 2.0.0 Reset OK\r\n"
+R_UNKNOWN = (b"550-5.1.1 The email account that you tried to reach does not exist. Please\r\n"
+             b"550 5.1.1 try double-checking the recipient's email address for typos.\r\n")
+R_DISABLED = b"550 5.2.1 The email account that you tried to reach is disabled.\r\n"
+R_FULL = (b"452-4.2.2 The email account that you tried to reach is over quota. Please\r\n"
+          b"452 4.2.2 direct the recipient to the help center.\r\n")
+R_TEMPFAIL = b"451 4.3.0 Temporary local problem, please try again later\r\n"
+R_GREY = b"450 4.2.0 Greylisted, please try again in %d seconds\r\n"
+R_BLOCK = (b"550 5.7.1 Unfortunately, messages from [%s] weren't sent. Please contact your "
+           b"Internet service provider since part of their network is on our block list "
+           b"(S3150).\r\n")
+R_TOO_MANY_CONN = (b"421 4.3.2 The maximum number of concurrent server connections has "
+                   b"exceeded a limit, closing transmission channel\r\n")
+R_RATE = (b"421-4.7.28 [%s] Our system has detected an unusual rate of unsolicited mail\r\n"
+          b"421 4.7.28 originating from your IP address; it has been rate limited.\r\n")
+R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
+R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
+R_TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
+R_BAD_SEQ = b"503 5.5.1 Bad sequence of commands\r\n"
+R_NO_VALID_RCPT = b"554 5.5.1 No valid recipients\r\n"
+R_SYNTAX = b"501 5.5.4 Syntax error in parameters\r\n"
+R_UNRECOGNISED = b"500 5.5.2 Command unrecognized\r\n"
+R_LINE_TOO_LONG = b"500 5.5.2 Line too long\r\n"
+R_TLS_READY = b"220 2.0.0 Ready to start TLS\r\n"
+R_NO_TLS = b"454 4.7.0 TLS not available\r\n"
+R_GARBAGE = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>\r\n"
+
+_CMD, _DATA, _CLOSED, _TLS, _BDAT = 0, 1, 2, 3, 4
+_MAX_LINE = 4096
+
+
+def _key(reply: bytes) -> str:
+    """"550 5.1.1" for a reply (code and enhanced code, for the refusal counters)."""
+    return (reply[:3] + b" " + reply[4:9]).decode("ascii", "replace").strip()
+
+
+def _addr(arg: bytes) -> str | None:
+    """The address inside <...> of a MAIL/RCPT argument (None if malformed)."""
+    lt = arg.find(b"<")
+    gt = arg.find(b">", lt + 1)
+    if lt < 0 or gt < 0:
+        return None
+    return arg[lt + 1 : gt].decode("utf-8", "replace")
+
+
+class _Session(asyncio.Protocol):
+    __slots__ = ("srv", "tr", "beh", "prov", "pstate", "peer_ip", "host_ip", "mode", "buf",
+                 "scan", "mail_from", "rcpts", "fates", "nmsg", "ehlo", "pending_out",
+                 "delay_until", "tls", "bdat_left", "bdat_last", "bdat_bad", "chunks",
+                 "bdat_size")
+
+    def __init__(self, srv: MxServer) -> None:
+        self.srv = srv
+        self.tr: asyncio.Transport | None = None
+        self.mode = _CMD
+        self.buf = bytearray()
+        self.scan = 0
+        self.mail_from: str | None = None
+        self.rcpts: list[str] = []
+        self.fates: list = []
+        self.nmsg = 0
+        self.ehlo = False
+        self.delay_until = 0.0
+        self.tls = False
+        self.bdat_left = 0
+        self.bdat_size = 0
+        self.bdat_last = False
+        self.bdat_bad: bytes | None = None  # reply for a refused BDAT (data still read)
+        self.chunks: list[bytes] = []
+
+    # -------------------------------------------------------------- connection
+    def connection_made(self, tr) -> None:  # type: ignore[override]
+        self.tr = tr
+        srv = self.srv
+        srv.stats.connections += 1
+        srv.open_sessions.add(self)
+        sock = tr.get_extra_info("sockname")
+        peer = tr.get_extra_info("peername")
+        self.host_ip = sock[0] if sock else "127.0.0.1"
+        self.peer_ip = peer[0] if peer else "?"
+        prov = srv.world.address_provider.get(self.host_ip)
+        self.prov: Provider | None = prov
+        self.beh: Behaviour = prov.behaviour if prov else srv.default_behaviour
+        self.pstate = srv.pstate(prov.name if prov else "")
+        beh = self.beh
+        if beh.max_conn_per_ip:
+            self.pstate.conns[self.peer_ip] += 1
+            if self.pstate.conns[self.peer_ip] > beh.max_conn_per_ip:
+                self._refuse(R_TOO_MANY_CONN)
+                return
+        if beh.silent:
+            return
+        greeting = (beh.greeting.encode() + b"\r\n") if beh.greeting else (
+            R_GREETING % srv.hostname_of(self.host_ip))
+        if beh.greeting_delay_s:
+            self.delay_until = time.monotonic() + beh.greeting_delay_s
+        self._write(greeting)
+        if beh.greeting and not beh.greeting.startswith("2"):
+            self.mode = _CLOSED
+            self._close_after_write()
+
+    def connection_lost(self, exc) -> None:
+        self.mode = _CLOSED
+        self.srv.open_sessions.discard(self)
+        if self.beh.max_conn_per_ip:
+            c = self.pstate.conns
+            c[self.peer_ip] -= 1
+            if c[self.peer_ip] <= 0:
+                del c[self.peer_ip]
+
+    def _refuse(self, reply: bytes) -> None:
+        self.srv.stats.replies[_key(reply)] += 1
+        self.mode = _CLOSED
+        self._write(reply)
+        self._close_after_write()
+
+    def _close_after_write(self) -> None:
+        if self.delay_until and self.delay_until > time.monotonic():
+            asyncio.get_running_loop().call_at(
+                self._loop_time(self.delay_until) + 0.001, self._close)
+        else:
+            self._close()
+
+    def _close(self) -> None:
+        if self.tr is not None and not self.tr.is_closing():
+            self.tr.close()
+
+    @staticmethod
+    def _loop_time(mono: float) -> float:
+        loop = asyncio.get_running_loop()
+        return loop.time() + (mono - time.monotonic())
+
+    def _write(self, data: bytes) -> None:
+        tr = self.tr
+        if tr is None or tr.is_closing():
+            return
+        delay = self.beh.reply_delay_s
+        now = time.monotonic() if (delay or self.delay_until) else 0.0
+        if delay:
+            self.delay_until = max(self.delay_until, now) + delay
+        if self.delay_until and self.delay_until > now:
+            asyncio.get_running_loop().call_at(self._loop_time(self.delay_until), self._late,
+                                               data)
+        else:
+            tr.write(data)
+
+    def _late(self, data: bytes) -> None:
+        tr = self.tr
+        if tr is not None and not tr.is_closing():
+            tr.write(data)
+
+    # -------------------------------------------------------------- input
+    def data_received(self, data: bytes) -> None:
+        if self.mode == _CLOSED:
+            return
+        if self.mode == _TLS:
+            self.buf += data  # decrypted data arriving before start_tls() returned
+            return
+        buf = self.buf
+        buf += data
+        out: list[bytes] = []
+        pos = 0
+        while self.mode != _CLOSED:
+            if self.mode == _BDAT:
+                take = min(self.bdat_left, len(buf) - pos)
+                if take and (self.beh.keep_messages or self.srv.keep_messages):
+                    self.chunks.append(bytes(buf[pos : pos + take]))
+                pos += take
+                self.bdat_left -= take
+                if self.bdat_left:
+                    if self.fates and "disconnect" in self.fates:
+                        self.mode = _CLOSED
+                        if out:
+                            self.tr.write(b"".join(out))
+                        self.tr.abort()
+                        return
+                    break
+                self.mode = _CMD
+                out.append(self._bdat_done())
+                continue
+            if self.mode == _DATA:
+                if self.fates and "disconnect" in self.fates:
+                    if len(buf) - pos > 2:
+                        # part of the body is here: drop the connection mid-message
+                        self.mode = _CLOSED
+                        if out:
+                            self.tr.write(b"".join(out))
+                        self.tr.abort()
+                        return
+                    break
+                end = buf.find(b"\r\n.\r\n", max(pos, self.scan))
+                if end < 0:
+                    self.scan = max(pos, len(buf) - 4)
+                    break
+                keep = self.beh.keep_messages or self.srv.keep_messages
+                # kept bodies are un-stuffed ("\r\n.." -> "\r\n.")
+                body = bytes(buf[pos : end + 2]).replace(b"\r\n..", b"\r\n.")[2:] \
+                    if keep else b""
+                pos = end + 5
+                self.scan = 0
+                self.mode = _CMD
+                out.append(self._message(body))
+                continue
+            eol = buf.find(b"\n", pos)
+            if eol < 0:
+                if len(buf) - pos > _MAX_LINE:
+                    out.append(R_LINE_TOO_LONG)
+                    self.mode = _CLOSED
+                break
+            if eol - pos > _MAX_LINE:
+                out.append(R_LINE_TOO_LONG)
+                self.mode = _CLOSED
+                break
+            line = bytes(buf[pos:eol]).rstrip(b"\r")
+            pos = eol + 1
+            reply = self._command(line)
+            if reply:
+                out.append(reply)
+            if self.mode == _DATA:
+                # the body starts right after DATA; "\r\n" so an empty body matches
+                del buf[:pos]
+                buf[0:0] = b"\r\n"
+                pos = 0
+                self.scan = 0
+            elif self.mode == _TLS:
+                # anything pipelined after STARTTLS is discarded (injection)
+                pos = len(buf)
+                break
+        if pos:
+            del buf[:pos]
+        if out:
+            self._write(out[0] if len(out) == 1 else b"".join(out))
+        if self.mode == _CLOSED:
+            self._close_after_write()
+        elif self.mode == _TLS:
+            self.tr.pause_reading()  # the next bytes are the TLS ClientHello
+            t = asyncio.ensure_future(self._starttls())
+            self.srv.tasks.add(t)
+            t.add_done_callback(self.srv.tasks.discard)
+
+    # -------------------------------------------------------------- commands
+    def _command(self, line: bytes) -> bytes | None:
+        verb = line[:4].upper()
+        if verb == b"MAIL":
+            return self._mail(line)
+        if verb == b"RCPT":
+            return self._rcpt(line)
+        if verb == b"DATA":
+            return self._data()
+        if verb == b"BDAT":
+            return self._bdat(line)
+        if verb == b"EHLO":
+            self.ehlo = True
+            self._reset()
+            return self.srv.ehlo_reply(self.host_ip, self.beh, self.tls)
+        if verb == b"HELO":
+            self.ehlo = True
+            self._reset()
+            return b"250 %s\r\n" % self.srv.hostname_of(self.host_ip)
+        if verb == b"RSET":
+            self._reset()
+            return R_RSET
+        if verb == b"NOOP":
+            return R_OK
+        if verb == b"QUIT":
+            self.mode = _CLOSED
+            return R_BYE
+        if line.upper() == b"STARTTLS":
+            if not self.beh.starttls or self.tls or self.srv.tls_context is None:
+                return R_NO_TLS
+            self.mode = _TLS
+            return R_TLS_READY
+        return R_UNRECOGNISED
+
+    def _reset(self) -> None:
+        self.mail_from = None
+        self.rcpts = []
+        self.fates = []
+
+    def _mail(self, line: bytes) -> bytes:
+        beh = self.beh
+        if not self.ehlo or self.mail_from is not None:
+            return R_BAD_SEQ
+        addr = _addr(line[10:] if line[:10].upper() == b"MAIL FROM:" else b"")
+        if addr is None:
+            return R_SYNTAX
+        if beh.garbage:
+            self.mode = _CLOSED
+            return R_GARBAGE
+        if beh.max_msgs_per_conn and self.nmsg >= beh.max_msgs_per_conn:
+            self.mode = _CLOSED
+            return R_TOO_MANY_MSG
+        if beh.block:
+            self.srv.stats.replies["550 5.7.1"] += 1
+            return R_BLOCK % self.peer_ip.encode()
+        if beh.max_msgs_per_min_per_ip:
+            q = self.pstate.rate.setdefault(self.peer_ip, deque())
+            now = time.monotonic()
+            while q and q[0] < now - beh.rate_window_s:
+                q.popleft()
+            if len(q) >= beh.max_msgs_per_min_per_ip:
+                self.srv.stats.replies["421 4.7.28"] += 1
+                self.mode = _CLOSED
+                return R_RATE % self.peer_ip.encode()
+            q.append(now)
+        if beh.max_size and b"SIZE=" in line.upper():
+            try:
+                size = int(line.upper().split(b"SIZE=")[1].split()[0])
+            except (ValueError, IndexError):
+                return R_SYNTAX
+            if size > beh.max_size:
+                return R_TOO_BIG
+        self.mail_from = addr
+        return R_MAIL_OK
+
+    def _rcpt(self, line: bytes) -> bytes:
+        if self.mail_from is None:
+            return R_BAD_SEQ
+        addr = _addr(line[8:] if line[:8].upper() == b"RCPT TO:" else b"")
+        if not addr:
+            return R_SYNTAX
+        beh = self.beh
+        if beh.max_rcpts_per_txn and len(self.rcpts) >= beh.max_rcpts_per_txn:
+            return self._refusal(R_TOO_MANY_RCPT)
+        fate = rcpt_fate(beh, addr)
+        if fate is None or fate == "disconnect":
+            pass
+        elif fate == "unknown":
+            return self._refusal(R_UNKNOWN)
+        elif fate == "full":
+            return self._refusal(R_FULL)
+        elif fate == "disabled":
+            return self._refusal(R_DISABLED)
+        elif fate == "tempfail":
+            return self._refusal(R_TEMPFAIL)
+        if fate == "greylist" or beh.greylist_s:
+            delay = beh.greylist_s or self.srv.world.spec.greylist_default_s
+            key = (self.peer_ip, self.mail_from, addr.lower())
+            now = time.monotonic()
+            first = self.pstate.greylist.setdefault(key, now)
+            if now - first < delay:
+                return self._refusal(R_GREY % max(1, int(delay - (now - first) + 0.999)))
+        self.rcpts.append(addr)
+        self.fates.append(fate)
+        return R_RCPT_OK
+
+    def _refusal(self, reply: bytes) -> bytes:
+        self.srv.stats.replies[_key(reply)] += 1
+        return reply
+
+    def _data(self) -> bytes:
+        if self.mail_from is None:
+            return R_BAD_SEQ
+        if not self.rcpts:
+            return R_NO_VALID_RCPT
+        self.mode = _DATA
+        return R_DATA
+
+    def _bdat(self, line: bytes) -> bytes | None:
+        """BDAT n [LAST] (RFC 3030): the reply comes after the n octets are read."""
+        parts = line.split()
+        try:
+            n = int(parts[1])
+            if n < 0:
+                raise ValueError
+        except (IndexError, ValueError):
+            return R_SYNTAX
+        last = len(parts) > 2 and parts[2].upper() == b"LAST"
+        self.bdat_left = n
+        self.bdat_size = n
+        self.bdat_last = last
+        if not self.beh.chunking:
+            self.bdat_bad = R_UNRECOGNISED
+        elif self.mail_from is None:
+            self.bdat_bad = R_BAD_SEQ
+        elif not self.rcpts:
+            self.bdat_bad = R_NO_VALID_RCPT
+        else:
+            self.bdat_bad = None
+        self.mode = _BDAT
+        if n == 0:  # no octets to wait for
+            self.mode = _CMD
+            return self._bdat_done()
+        return None
+
+    def _bdat_done(self) -> bytes:
+        bad = self.bdat_bad
+        if bad is not None:
+            self.bdat_bad = None
+            self.chunks = []
+            if self.mail_from is not None:  # a refused chunk ends the transaction
+                self._reset()
+            return self._refusal(bad)
+        if not self.bdat_last:
+            return b"250 2.0.0 %d octets received\r\n" % self.bdat_size
+        body = b"".join(self.chunks)
+        self.chunks = []
+        return self._message(body)
+
+    def _message(self, body: bytes) -> bytes:
+        srv = self.srv
+        st = srv.stats
+        st.messages += 1
+        acc = st.accepted
+        get = acc.get
+        for r in self.rcpts:
+            acc[r] = get(r, 0) + 1  # (Counter's += calls __missing__ in Python)
+        if self.beh.keep_messages or srv.keep_messages:
+            st.kept.append((self.mail_from or "", list(self.rcpts), body))
+        self.nmsg += 1
+        self._reset()
+        srv.queue_id += 1
+        return R_QUEUED % srv.queue_id
+
+    # -------------------------------------------------------------- STARTTLS
+    async def _starttls(self) -> None:
+        loop = asyncio.get_running_loop()
+        tr = self.tr
+        try:
+            new_tr = await loop.start_tls(tr, self, self.srv.tls_context, server_side=True,
+                                          ssl_handshake_timeout=10.0)
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError, RuntimeError):
+            if tr is not None:
+                tr.abort()
+            return
+        if new_tr is None:
+            return
+        self.tr = new_tr
+        self.tls = True
+        self.ehlo = False
+        self._reset()
+        self.mode = _CMD
+        if self.buf:
+            self.data_received(b"")
