@@ -312,6 +312,36 @@ class OpsConfig(_Section):
             raise ValueError("ops metrics_token is required when metrics_host is not loopback")
 
 
+class FeedbackConfig(_Section):
+    """Asynchronous feedback (issue 15, docs/feedback.md): VERP return paths, the inbound
+    listener for bounces/complaints/auto-replies, one-click unsubscribe."""
+
+    enabled: bool = False  # VERP return path + token Message-ID on every message
+    domain: str = ""  # bounce domain of the return paths (default: the first of domains)
+    bounce_prefix: str = "b-"  # local part = prefix + token
+    domains: list[str] = msgspec.field(default_factory=list)  # the listener accepts these only
+    listen: str = ""  # host:port of the inbound SMTP listener in `fastmta run` ("" = off)
+    http_listen: str = ""  # host:port of the one-click unsubscribe endpoint ("" = off)
+    unsubscribe_url: str = ""  # base URL: List-Unsubscribe <URL/u/TOKEN> ("" = no header)
+    max_message_bytes: int = 10 * 1024 * 1024  # 552 above
+    max_recipients: int = 50  # per transaction (452 above)
+    max_connections: int = 200  # in total (421 above)
+    max_connections_per_ip: int = 20  # per client address (421 above)
+    command_timeout_s: float = 30.0
+    max_line: int = 2048  # SMTP command line length (500 above)
+    keep_raw_days: float = 7.0  # raw inbound mail kept for `fastmta inbound show`
+    keep_raw_bytes: int = 256 * 1024  # stored copy truncated to this
+    tls_cert: str = ""  # STARTTLS offered when both are set
+    tls_key: str = ""
+    parse_max_bytes: int = 50 * 1024 * 1024  # parser bound (bigger input: the head only)
+    parse_max_parts: int = 200
+    parse_max_depth: int = 8
+
+    @property
+    def bounce_domain(self) -> str:
+        return (self.domain or (self.domains[0] if self.domains else "")).lower()
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -325,6 +355,7 @@ class Config(_Section):
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
+    feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
 
 
 def _absolute_key_files(data: dict, base: Path) -> None:

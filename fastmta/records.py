@@ -24,7 +24,7 @@ from enum import IntEnum
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: Rcpt.feedback, the inbound database (issue 15)
 
 
 class Status(IntEnum):
@@ -83,6 +83,7 @@ class Rcpt(_Rec, tag=2):
     source_ip: str = ""
     last_soft_reason: str = ""  # kept when the validity period ends
     deferrals: int = 0  # reschedules caused by our own shaping (not failures)
+    feedback: str = ""  # asynchronous feedback flags: complained, unsubscribed, bounced_async
 
     @property
     def domain(self) -> str:
@@ -236,7 +237,27 @@ class AdminEvent(_Rec, tag=14, kw_only=True):
     user: str = ""
 
 
-Event = AttemptEvent | DeliveryEvent | QuarantineEvent | SiteEvent | AdminEvent
+class FeedbackEvent(_Rec, tag=15, kw_only=True):
+    """Asynchronous feedback applied to a recipient (``fastmta.feedback``): ``kind`` is
+    ``bounce_async`` | ``complaint`` | ``autoreply`` | ``unsubscribe`` | ``delayed_async``."""
+
+    ts_ms: int
+    kind: str
+    delivery_id: int = 0
+    rcpt_id: int = 0
+    email: str = ""
+    status: Status = Status.SENT  # the recipient's status after it
+    enhanced: str = ""
+    bounce_class: int = 0
+    type: str = ""
+    reason: str = ""
+    feedback_type: str = ""  # ARF Feedback-Type
+    inbound_id: int = 0  # the stored inbound message (fastmta inbound show ID)
+    provider: str = ""
+    text: str = ""  # diagnostic (truncated)
+
+
+Event = AttemptEvent | DeliveryEvent | QuarantineEvent | SiteEvent | AdminEvent | FeedbackEvent
 
 
 class QuarantineEntry(_Rec, tag=20, kw_only=True):
@@ -261,6 +282,32 @@ class QuarantineEntry(_Rec, tag=20, kw_only=True):
     permanent: bool = False
 
 
+class InboundRecord(_Rec, tag=21, kw_only=True):
+    """One inbound message (bounce, complaint, auto-reply, unsubscribe) as received and
+    what it did (key: inbound id).  The raw bytes are stored beside it (truncated)."""
+
+    id: int
+    ts_ms: int
+    source: str = ""  # smtp | ingest | http
+    peer: str = ""
+    mail_from: str = ""
+    rcpt_to: list[str] = msgspec.field(default_factory=list)
+    size: int = 0
+    kind: str = ""  # dsn | arf | autoreply | other | unsubscribe
+    matched: bool = False
+    delivery_id: int = 0
+    rcpt_id: int = 0
+    email: str = ""
+    effect: str = ""  # failed | complained | reason_updated | recorded | unsubscribed | duplicate | unmatched | none
+    why: str = ""  # why unmatched / why nothing was done
+    status: str = ""
+    bounce_class: int = 0
+    type: str = ""
+    reason: str = ""
+    feedback_type: str = ""
+    subject: str = ""
+
+
 ENCODER = msgspec.msgpack.Encoder()
 RCPT_DECODER = msgspec.msgpack.Decoder(Rcpt)
 DELIVERY_DECODER = msgspec.msgpack.Decoder(DeliveryRecord)
@@ -269,3 +316,4 @@ EVENT_DECODER = msgspec.msgpack.Decoder(Event)
 QUARANTINE_DECODER = msgspec.msgpack.Decoder(QuarantineEntry)
 WORKITEMS_DECODER = msgspec.msgpack.Decoder(list[WorkItem])
 RESULTS_DECODER = msgspec.msgpack.Decoder(list[Result])
+INBOUND_DECODER = msgspec.msgpack.Decoder(InboundRecord)

@@ -44,6 +44,7 @@ _DBS = (
     "events",
     "quarantine",
     "control",  # operator controls (fastmta.ops.admin), see spool/controls.py
+    "inbound",  # inbound feedback mail and its effects (schema 2), see spool/inbound.py
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event
@@ -176,7 +177,7 @@ class SpoolBase:
                                              dupsort=dup, dupfixed=dup)
             meta = self._db["meta"]
             ver = txn.get(b"schema", db=meta)
-            if ver is None:
+            if ver is None or K.unpack_u32(ver)[0] < SCHEMA_VERSION:
                 txn.put(b"schema", K.pack_u32(SCHEMA_VERSION), db=meta)
             elif K.unpack_u32(ver)[0] > SCHEMA_VERSION:
                 raise SpoolError(

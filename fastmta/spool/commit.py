@@ -108,7 +108,7 @@ class CommitMixin(LeaseMixin):
                 rec.reason if rec.type == "soft" else "",  # a soft reason stays as history
                 res.type, res.bounce_class, res.code, res.enhanced, reply,
                 res.mx or rec.mx, res.source_ip or rec.source_ip, rec.last_soft_reason,
-                rec.deferrals,
+                rec.deferrals, rec.feedback,
             )
             kd["attempts"] += 1
             kd["pending"] -= 1

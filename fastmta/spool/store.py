@@ -27,6 +27,7 @@ from fastmta.spool.commit import CommitMixin
 from fastmta.spool.controls import ControlsMixin
 from fastmta.spool.errors import DeliveryNotFound, SpoolError
 from fastmta.spool.expiry import ExpiryMixin
+from fastmta.spool.inbound import InboundMixin
 from fastmta.spool.inject import InjectMixin
 from fastmta.spool.lease import LeaseMixin
 from fastmta.spool.quarantine import QuarantineMixin
@@ -35,7 +36,8 @@ from fastmta.spool.reading import ReadingMixin
 __all__ = ["Spool"]
 
 
-class Spool(ControlsMixin, InjectMixin, CommitMixin, LeaseMixin, ExpiryMixin, QuarantineMixin,
+class Spool(ControlsMixin, InjectMixin, CommitMixin, LeaseMixin, ExpiryMixin, InboundMixin,
+            QuarantineMixin,
             ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 

@@ -1,0 +1,165 @@
+"""Bounded MIME access for inbound reports (pure: Python's ``email`` package only).
+
+``load(raw, limits)`` parses at most ``window_bytes`` of the message (a bounce's useful
+part is at the top; a 50 MB message is cut, not read whole), walks at most
+``max_parts`` parts down to ``max_depth`` levels and stops at a deadline.  Every text
+is decoded with a fallback charset: unknown charsets, bad transfer encodings and
+binary garbage become replacement characters, never an exception.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import re
+import time
+from email.message import Message
+from typing import NamedTuple
+
+_WS = re.compile(r"[ \t]+")
+
+
+class Limits(NamedTuple):
+    window_bytes: int = 2 * 1024 * 1024  # parsed; the rest is ignored
+    max_parts: int = 200
+    max_depth: int = 8
+    max_text: int = 512 * 1024  # decoded characters kept per part
+    time_s: float = 2.0
+
+
+class Part(NamedTuple):
+    ctype: str  # lower-case content type
+    depth: int
+    text: str  # decoded payload ('' for multiparts)
+    msg: Message
+    in_returned: bool  # inside a message/rfc822 or rfc822-headers part (the original)
+
+
+class Walk(NamedTuple):
+    root: Message
+    parts: list[Part]
+    truncated: bool  # input was larger than the window
+    cut: str  # why the walk stopped early ('' = complete)
+
+
+def header(msg: Message, name: str) -> str:
+    """One header as text (folded lines joined, encoded words decoded; never raises)."""
+    try:
+        v = msg.get(name)
+    except Exception:
+        return ""
+    if v is None:
+        return ""
+    return decode_header_value(v)
+
+
+def decode_header_value(v: object) -> str:
+    try:
+        s = str(v)
+        if "=?" in s:
+            s = str(email.header.make_header(email.header.decode_header(s)))
+    except Exception:
+        s = str(v) if isinstance(v, str) else ""
+    return _WS.sub(" ", s.replace("\r", " ").replace("\n", " ")).strip()
+
+
+def _charset(part: Message) -> str:
+    try:
+        cs = part.get_content_charset() or "utf-8"
+        "".encode(cs)
+        return cs
+    except (LookupError, Exception):
+        return "utf-8"
+
+
+def part_text(part: Message, limit: int) -> str:
+    """Decoded text of a non-multipart part (transfer encoding and charset undone)."""
+    try:
+        data = part.get_payload(decode=True)
+    except Exception:
+        data = None
+    if data is None:
+        p = part.get_payload()
+        if isinstance(p, str):
+            return p[:limit]
+        if isinstance(p, list):  # message/* parsed as a sub-message
+            return "\n".join(m.as_string()[:limit] if isinstance(m, Message) else ""
+                             for m in p[:2])[:limit]
+        return ""
+    cs = _charset(part)
+    try:
+        text = data[: limit * 4].decode(cs, "replace")
+    except Exception:
+        text = data[: limit * 4].decode("utf-8", "replace")
+    if "iso-2022" in cs and "\x1b" in text:
+        text = text.replace("\x1b", "")
+    return text[:limit]
+
+
+_FIELD_PARTS = frozenset({"message/delivery-status", "message/global-delivery-status",
+                          "message/feedback-report"})
+
+
+def field_text(msg: Message, limit: int) -> str:
+    """A delivery-status / feedback-report body as text: blocks of ``Name: value``
+    lines separated by blank lines (the parser reads each block as a header set)."""
+    payload = msg.get_payload()
+    if isinstance(payload, str):
+        text = part_text(msg, limit)
+        return text.replace("\r\n", "\n")
+    blocks = []
+    for sub in payload if isinstance(payload, list) else []:
+        if not isinstance(sub, Message):
+            continue
+        lines = [f"{k}: {decode_header_value(v)}" for k, v in sub.items()]
+        body = sub.get_payload()
+        if isinstance(body, str) and body.strip():
+            lines.append(body.strip())
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)[:limit]
+
+
+def load(raw: bytes, limits: Limits = Limits()) -> Walk:
+    """Parse and walk ``raw`` within ``limits``."""
+    truncated = len(raw) > limits.window_bytes
+    data = raw[: limits.window_bytes] if truncated else raw
+    deadline = time.monotonic() + limits.time_s
+    try:
+        root = email.message_from_bytes(data, policy=email.policy.compat32)
+    except Exception:  # the parser is lenient; keep a last resort
+        root = email.message_from_string(data.decode("latin-1", "replace"))
+    parts: list[Part] = []
+    cut = ""
+    stack: list[tuple[Message, int, bool]] = [(root, 0, False)]
+    while stack:
+        if len(parts) >= limits.max_parts:
+            cut = "too many MIME parts"
+            break
+        if time.monotonic() > deadline:
+            cut = "time bound reached"
+            break
+        msg, depth, returned = stack.pop()
+        try:
+            ctype = msg.get_content_type().lower()
+        except Exception:
+            ctype = "text/plain"
+        payload = msg.get_payload()
+        if ctype in _FIELD_PARTS:
+            parts.append(Part(ctype, depth, field_text(msg, limits.max_text), msg, returned))
+            continue
+        if isinstance(payload, list):
+            parts.append(Part(ctype, depth, "", msg, returned))
+            if depth >= limits.max_depth:
+                cut = "MIME nesting too deep"
+                continue
+            inner = returned or ctype in ("message/rfc822", "message/global")
+            for sub in reversed(payload):
+                if isinstance(sub, Message):
+                    stack.append((sub, depth + 1, inner))
+            continue
+        text = part_text(msg, limits.max_text)
+        is_returned = returned or ctype in ("message/rfc822", "text/rfc822-headers",
+                                            "message/rfc822-headers", "message/global",
+                                            "message/global-headers")
+        parts.append(Part(ctype, depth, text, msg, is_returned))
+    return Walk(root, parts, truncated, cut)

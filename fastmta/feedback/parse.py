@@ -1,0 +1,250 @@
+"""One inbound message -> one ``Report`` (the ``fastmta inbound parse --json`` contract).
+
+Order of decisions: an ARF/feedback report; a DSN (``message/delivery-status`` part, or a
+non-standard bounce recognised by its sender, subject, ``X-Failed-Recipients`` or
+wording); an automatic reply; else ``other`` with a reason.  Each recipient's diagnostic
+goes through the compiled classifier (``fastmta.core.classify``): one rule set for SMTP
+replies and bounce mail.  Pure and bounded (``mime.Limits``); never raises on input.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import msgspec
+
+from fastmta import core
+from fastmta.feedback import arf, autoreply, dsn
+from fastmta.feedback import tokens as tk
+from fastmta.feedback.mime import Limits, Walk, header, load
+
+_BOUNCE_FROM = re.compile(r"(?:mailer-daemon|postmaster|mail delivery|mail administrator|"
+                          r"mail ?delivery ?(?:system|subsystem|service)|double-bounce|"
+                          r"bounce|returned ?mail|microsoftexchange|mdaemon|"
+                          r"mail ?router|smtp ?gateway|@[^>]*\.?postmaster)", re.I)
+_BOUNCE_SUBJECT = re.compile(
+    r"(?:undeliver|undelivered|delivery (?:status notification|failure|failed|problem|"
+    r"report|notification)|failure notice|returned mail|return(?:ed)? to sender|"
+    r"mail delivery failed|delivery has failed|could not be delivered|non[- ]?remis|"
+    r"unzustellbar|nicht zustellbar|no entregado|non recapitato|non consegnato|"
+    r"niet bezorgd|onbestelbaar|message not delivered|delivery incomplete|"
+    r"mail system error|warning: (?:could not send|message)|delayed mail|"
+    r"rejected|system administrator|nondeliverable|not delivered|"
+    r"notificaci[oó]n de estado|retour|error sending|send failure|failed delivery|"
+    r"problem delivering|couldn'?t be delivered|配信|エラー|不達|退信|未送达)", re.I)
+_BOUNCE_TEXT = re.compile(
+    r"(?:could not be delivered|wasn'?t able to deliver|was not delivered|"
+    r"delivery (?:to the following|has failed|failed)|permanent(?:ly)? (?:error|fatal|failed)|"
+    r"the following address(?:es)? (?:had|failed)|undeliverable|unable to deliver|"
+    r"message (?:was )?(?:rejected|bounced)|returned to (?:the )?sender|"
+    r"failed permanently|delivery to .{0,80} failed|user unknown|no such user|"
+    r"mailbox (?:unavailable|full|not found)|host unknown)", re.I)
+
+
+class Recipient(msgspec.Struct):
+    email: str
+    status: str | None
+    action: str | None
+    type: str
+    bounce_class: int
+    reason: str
+    diagnostic: str
+
+
+class Report(msgspec.Struct, omit_defaults=False):
+    kind: str  # dsn | arf | autoreply | other
+    recipients: list[Recipient]
+    feedback_type: str | None
+    delivery: str | None
+    matched: bool
+    # beyond the contract (after the contract's fields)
+    why: str = ""  # for "other": why nothing fitted; for matching: why unmatched
+    rcpt_id: int | None = None
+    tokens: list[str] = msgspec.field(default_factory=list)  # role-token candidates seen
+    message_id: str = ""
+    subject: str = ""
+    truncated: bool = False
+
+    def contract(self) -> dict[str, Any]:
+        d = msgspec.to_builtins(self)
+        return d
+
+
+def _classify(status: str | None, diag: str, action: str | None) -> tuple[str, int, str]:
+    if action in ("delivered", "relayed", "expanded"):
+        return "ignored", 0, "none"
+    text = diag or ""
+    if status and status not in text:
+        text = f"{status} {text}"
+    c = core.classify(text)
+    typ = c.type
+    if action == "delayed" and typ == "hard":
+        typ = "soft"
+    return typ, c.bounce_class, c.reason
+
+
+def _sender_side(w: Walk) -> set[str]:
+    """Lower-case addresses that belong to the sending side (never failed recipients)."""
+    out: set[str] = set()
+    root = w.root
+    for name in ("To", "From", "Reply-To", "Sender", "Return-Path", "Delivered-To",
+                 "X-Original-To", "Cc"):
+        out.update(a.lower() for a, _ in dsn.addresses(header(root, name)))
+    for p in w.parts:
+        if p.ctype in ("message/rfc822", "message/global"):
+            sub = p.msg.get_payload()
+            m = sub[0] if isinstance(sub, list) and sub else None
+            if m is not None:
+                for name in ("From", "Return-Path", "Sender", "Reply-To"):
+                    out.update(a.lower() for a, _ in dsn.addresses(header(m, name)))
+    return out
+
+
+def _is_bounce(w: Walk, text: str) -> bool:
+    root = w.root
+    if header(root, "X-Failed-Recipients"):
+        return True
+    frm = header(root, "From")
+    subj = header(root, "Subject")
+    if _BOUNCE_FROM.search(frm) and (_BOUNCE_SUBJECT.search(subj) or _BOUNCE_TEXT.search(text)):
+        return True
+    if _BOUNCE_SUBJECT.search(subj) and _BOUNCE_TEXT.search(text):
+        return True
+    rp = header(root, "Return-Path")
+    return rp in ("<>", "") and bool(_BOUNCE_FROM.search(frm)) and bool(dsn._ENH.search(text))
+
+
+def _human_text(w: Walk) -> str:
+    texts = []
+    for p in w.parts:
+        if p.in_returned or not p.ctype.startswith("text/"):
+            continue
+        if p.ctype == "text/html":
+            t = re.sub(r"<(?:br|p|div|tr|li)[^>]*>", "\n", p.text, flags=re.I)
+            t = re.sub(r"<[^>]+>", " ", t)
+            t = re.sub(r"&nbsp;", " ", t)
+            if any(p2.ctype == "text/plain" and not p2.in_returned for p2 in w.parts):
+                continue
+            texts.append(t)
+        else:
+            texts.append(p.text)
+    return dsn.cut_returned("\n".join(texts))
+
+
+def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
+    blocks: list[dsn.RcptBlock] = []
+    for p in w.parts:
+        if p.ctype in ("message/delivery-status", "message/global-delivery-status"):
+            blocks.extend(dsn.from_delivery_status(p.text))
+    text = _human_text(w)
+    if not blocks:
+        # a delivery-status block pasted into the text (some gateways do)
+        if "Final-Recipient:" in text or "Original-Recipient:" in text:
+            blocks = dsn.from_delivery_status(text)
+    if not blocks:
+        failed = [a for a, _ in dsn.addresses(header(w.root, "X-Failed-Recipients"))]
+        subj = header(w.root, "Subject")
+        delayed = bool(dsn._DELAY.search(subj)) or (bool(dsn._DELAY.search(text[:2000]))
+                                                    and not dsn._PERM.search(text[:4000]))
+        blocks = dsn.from_text(text, exclude=_sender_side(w), failed_hdr=failed,
+                               delayed=delayed)
+    elif any(not b.diagnostic for b in blocks):
+        # fill missing Diagnostic-Code from the human-readable part (per address)
+        filled = []
+        for b in blocks:
+            if b.diagnostic:
+                filled.append(b)
+                continue
+            extra = dsn.from_text(text, exclude=set(), failed_hdr=[b.email])
+            diag = extra[0].diagnostic if extra else ""
+            filled.append(b._replace(diagnostic=diag))
+        blocks = filled
+    out = []
+    seen: set[tuple[str, str | None]] = set()
+    for b in blocks:
+        key = (b.email.lower(), b.action)
+        if key in seen or not b.email:
+            continue
+        seen.add(key)
+        status = b.status or dsn.status_of(b.diagnostic, b.action != "delayed")
+        typ, bclass, reason = _classify(status, b.diagnostic, b.action)
+        out.append(Recipient(b.email, status, b.action or "failed", typ, bclass, reason,
+                             b.diagnostic[:1000]))
+    return out, text
+
+
+def _tokens_in(w: Walk, raw_head: str) -> list[str]:
+    found: list[str] = []
+    texts = [raw_head]
+    for p in w.parts:
+        if p.in_returned or p.ctype.startswith(("message/", "text/rfc822")):
+            texts.append(p.text[:200_000])
+            try:
+                sub = p.msg.get_payload()
+                if isinstance(sub, list) and sub and hasattr(sub[0], "items"):
+                    texts.append("\n".join(f"{k}: {v}" for k, v in sub[0].items()))
+            except Exception:
+                pass
+        elif p.ctype.startswith("text/"):
+            texts.append(p.text[:200_000])
+    for role, tok in tk.candidates("\n".join(texts)):
+        item = f"{role}-{tok}"
+        if item not in found:
+            found.append(item)
+    return found
+
+
+def parse(raw: bytes, limits: Limits = Limits()) -> Report:
+    """Parse one raw RFC 5322 message (never raises on bad input)."""
+    try:
+        return _parse(raw, limits)
+    except RecursionError:
+        return Report("other", [], None, None, False, why="MIME structure too deep")
+    except Exception as exc:  # last resort: a result, not a traceback
+        return Report("other", [], None, None, False,
+                      why=f"unparseable message ({type(exc).__name__})")
+
+
+def _parse(raw: bytes, limits: Limits) -> Report:
+    if not raw.strip():
+        return Report("other", [], None, None, False, why="empty message")
+    w = load(raw, limits)
+    root = w.root
+    head_end = raw.find(b"\n\n")
+    raw_head = raw[: head_end if 0 < head_end < 65536 else 65536].decode("latin-1")
+    common = dict(tokens=_tokens_in(w, raw_head), message_id=header(root, "Message-ID")[:300],
+                  subject=header(root, "Subject")[:300], truncated=w.truncated)
+    if not root.keys():
+        return Report("other", [], None, None, False, why="no RFC 5322 header", **common)
+    if arf.detect(w):
+        ftype, rcpts, _fields = arf.parse(w)
+        recips = [Recipient(a, None, None, "ignored", 0, "feedback", "") for a in rcpts]
+        return Report("arf", recips, ftype, None, False, **common)
+    has_ds = any(p.ctype in ("message/delivery-status", "message/global-delivery-status")
+                 for p in w.parts)
+    text = _human_text(w)
+    if has_ds or _is_bounce(w, text):
+        recips, _ = _dsn_recipients(w)
+        if recips:
+            if all(r.bounce_class == 60 for r in recips):
+                return _autoreply(w, common, challenge=False)
+            return Report("dsn", recips, None, None, False, **common)
+        if has_ds:
+            return Report("dsn", [], None, None, False, why="no recipient in the report",
+                          **common)
+    auto, challenge = autoreply.detect(w)
+    if auto:
+        return _autoreply(w, common, challenge)
+    why = w.cut or "not a bounce, feedback report or automatic reply"
+    return Report("other", [], None, None, False, why=why, **common)
+
+
+def _autoreply(w: Walk, common: dict, challenge: bool) -> Report:
+    frm = [a for a, _ in dsn.addresses(header(w.root, "From"))][:1]
+    if challenge:
+        recips = [Recipient(a, None, None, "ignored", 100, "challenge_response", "")
+                  for a in frm]
+    else:
+        recips = [Recipient(a, None, None, "ignored", 60, "auto_reply", "") for a in frm]
+    return Report("autoreply", recips, None, None, False, **common)
