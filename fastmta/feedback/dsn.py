@@ -156,8 +156,11 @@ def from_text(text: str, *, exclude: set[str], failed_hdr: list[str],
               delayed: bool = False) -> list[RcptBlock]:
     """Heuristic recipient blocks of a plain-text bounce (``text`` already cut before the
     returned message).  ``exclude``: lower-case sender-side addresses."""
-    found = [(a, o) for a, o in addresses(text)
-             if a.lower() not in exclude and not is_role(a)]
+    every = addresses(text)
+    found = [(a, o) for a, o in every if a.lower() not in exclude and not is_role(a)]
+    if not found:  # the text names only a role address or the sender itself
+        found = [(a, o) for a, o in every if not is_role(a)] or \
+            [(a, o) for a, o in every if a.lower() not in exclude]
     wanted = [a.lower() for a in failed_hdr]
     if wanted:
         order = {a: i for i, a in enumerate(wanted)}

@@ -9,6 +9,7 @@ replies and bounce mail.  Pure and bounded (``mime.Limits``); never raises on in
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -19,7 +20,7 @@ from fastmta.feedback import arf, autoreply, dsn
 from fastmta.feedback import tokens as tk
 from fastmta.feedback.mime import Limits, Walk, header, load
 
-_BOUNCE_FROM = re.compile(r"(?:mailer-daemon|postmaster|mail delivery|mail administrator|"
+_BOUNCE_FROM = re.compile(r"(?:mailer[- ]?daemon|postmaster|mail delivery|mail administrator|"
                           r"mail ?delivery ?(?:system|subsystem|service)|double-bounce|"
                           r"bounce|returned ?mail|microsoftexchange|mdaemon|"
                           r"mail ?router|smtp ?gateway|@[^>]*\.?postmaster)", re.I)
@@ -32,7 +33,7 @@ _BOUNCE_SUBJECT = re.compile(
     r"mail system error|warning: (?:could not send|message)|delayed mail|"
     r"rejected|system administrator|nondeliverable|not delivered|"
     r"notificaci[oó]n de estado|retour|error sending|send failure|failed delivery|"
-    r"problem delivering|couldn'?t be delivered|配信|エラー|不達|退信|未送达)", re.I)
+    r"problem delivering|mail failed|errors? from|status notification|couldn'?t be delivered|配信|エラー|不達|退信|未送达)", re.I)
 _BOUNCE_TEXT = re.compile(
     r"(?:could not be delivered|wasn'?t able to deliver|was not delivered|"
     r"delivery (?:to the following|has failed|failed)|permanent(?:ly)? (?:error|fatal|failed)|"
@@ -71,13 +72,20 @@ class Report(msgspec.Struct, omit_defaults=False):
         return d
 
 
-def _classify(status: str | None, diag: str, action: str | None) -> tuple[str, int, str]:
+def _classify(status: str | None, diag: str, action: str | None,
+              context: str = "") -> tuple[str, int, str]:
+    """Type, class and reason of one recipient: its diagnostic through the classifier;
+    when only a default rule matched, the bounce's whole explanation (``context``)."""
     if action in ("delivered", "relayed", "expanded"):
         return "ignored", 0, "none"
     text = diag or ""
     if status and status not in text:
         text = f"{status} {text}"
     c = core.classify(text)
+    if c.rule.startswith("default") and context:
+        c2 = core.classify(f"{status} {context[:4000]}" if status else context[:4000])
+        if not c2.rule.startswith("default") and c2.bounce_class != 60:
+            c = c2
     typ = c.type
     if action == "delayed" and typ == "hard":
         typ = "soft"
@@ -88,8 +96,7 @@ def _sender_side(w: Walk) -> set[str]:
     """Lower-case addresses that belong to the sending side (never failed recipients)."""
     out: set[str] = set()
     root = w.root
-    for name in ("To", "From", "Reply-To", "Sender", "Return-Path", "Delivered-To",
-                 "X-Original-To", "Cc"):
+    for name in ("To", "From", "Reply-To", "Sender", "Return-Path", "Delivered-To", "Cc"):
         out.update(a.lower() for a, _ in dsn.addresses(header(root, name)))
     for p in w.parts:
         if p.ctype in ("message/rfc822", "message/global"):
@@ -168,7 +175,8 @@ def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
             continue
         seen.add(key)
         status = b.status or dsn.status_of(b.diagnostic, b.action != "delayed")
-        typ, bclass, reason = _classify(status, b.diagnostic, b.action)
+        typ, bclass, reason = _classify(status, b.diagnostic, b.action,
+                                        text if len(blocks) == 1 else "")
         out.append(Recipient(b.email, status, b.action or "failed", typ, bclass, reason,
                              b.diagnostic[:1000]))
     return out, text
@@ -221,6 +229,9 @@ def _parse(raw: bytes, limits: Limits) -> Report:
         ftype, rcpts, _fields = arf.parse(w)
         recips = [Recipient(a, None, None, "ignored", 0, "feedback", "") for a in rcpts]
         return Report("arf", recips, ftype, None, False, **common)
+    ses = _ses_json(w)
+    if ses is not None:
+        return msgspec.structs.replace(ses, **common)
     has_ds = any(p.ctype in ("message/delivery-status", "message/global-delivery-status")
                  for p in w.parts)
     text = _human_text(w)
@@ -230,14 +241,54 @@ def _parse(raw: bytes, limits: Limits) -> Report:
             if all(r.bounce_class == 60 for r in recips):
                 return _autoreply(w, common, challenge=False)
             return Report("dsn", recips, None, None, False, **common)
-        if has_ds:
-            return Report("dsn", [], None, None, False, why="no recipient in the report",
-                          **common)
+        return Report("dsn", [], None, None, False, why="no failed recipient found",
+                      **common)
     auto, challenge = autoreply.detect(w)
     if auto:
         return _autoreply(w, common, challenge)
     why = w.cut or "not a bounce, feedback report or automatic reply"
     return Report("other", [], None, None, False, why=why, **common)
+
+
+def _ses_json(w: Walk) -> Report | None:
+    """An Amazon SES notification (SNS e-mail: a JSON body with ``notificationType``)."""
+    for p in w.parts:
+        if p.in_returned or not p.ctype.startswith("text/") or '"notificationType"' not in p.text:
+            continue
+        start = p.text.find("{")
+        try:
+            obj, _ = json.JSONDecoder(strict=False).raw_decode(p.text[start:])
+            if isinstance(obj.get("Message"), str):  # raw SNS envelope
+                obj = json.loads(obj["Message"])
+        except (ValueError, AttributeError):
+            continue
+        kind = str(obj.get("notificationType") or obj.get("eventType") or "").lower()
+        if kind == "bounce":
+            b = obj.get("bounce") or {}
+            perm = str(b.get("bounceType", "")).lower() == "permanent"
+            out = []
+            for r in b.get("bouncedRecipients") or []:
+                diag = str(r.get("diagnosticCode") or "")
+                st = dsn.norm_status(str(r.get("status") or "")) or \
+                    dsn.status_of(diag, perm)
+                action = str(r.get("action") or ("failed" if perm else "delayed"))
+                typ, bclass, reason = _classify(st, diag, action)
+                out.append(Recipient(str(r.get("emailAddress", "")), st, action, typ,
+                                     bclass, reason, diag[:1000]))
+            return Report("dsn", out, None, None, False)
+        if kind == "complaint":
+            c = obj.get("complaint") or {}
+            ftype = str(c.get("complaintFeedbackType") or "abuse").lower()
+            rc = [Recipient(str(r.get("emailAddress", "")), None, None, "ignored", 0,
+                            "feedback", "") for r in c.get("complainedRecipients") or []]
+            return Report("arf", rc, ftype, None, False)
+        if kind == "delivery":
+            d = obj.get("delivery") or {}
+            rc = [Recipient(str(a), "2.0.0", "delivered", "ignored", 0, "none",
+                            str(d.get("smtpResponse", ""))[:1000])
+                  for a in d.get("recipients") or []]
+            return Report("dsn", rc, None, None, False)
+    return None
 
 
 def _autoreply(w: Walk, common: dict, challenge: bool) -> Report:
