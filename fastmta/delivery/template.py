@@ -223,6 +223,7 @@ class Template:
         *,
         message_id: str | None = None,
         date_s: float | None = None,
+        extra_headers: list[str] | None = None,
     ) -> bytes:
         """The message for one recipient (``fields`` includes ``email``), CRLF lines."""
         out: list[str] = []
@@ -235,6 +236,8 @@ class Template:
         if not self._has_mid:
             mid = message_id or f"<{uuid.uuid4().hex}@{self.from_domain or 'fastmta.invalid'}>"
             out.append("Message-ID: " + mid)
+        if extra_headers:  # complete header lines (List-Unsubscribe of fastmta.feedback)
+            out.extend(extra_headers)
         for name, parts, is_addr in self._hparts:
             if len(parts) == 1:
                 value = parts[0]

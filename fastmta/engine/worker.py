@@ -89,6 +89,7 @@ class Worker:
         self._mx_memo: dict[str, tuple[float, object]] = {}
         self._outbox: list[tuple[int, object]] = []
         self._uncommitted = 0  # results submitted to the writer, not yet durable
+        self.fb_tokens = None  # fastmta.feedback.tokens.Tokens when [feedback] enabled
 
     # ----------------------------------------------------------------- spool glue
     def _open(self) -> None:
@@ -107,6 +108,18 @@ class Worker:
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
         self._open_dkim()
+        self._open_feedback()
+
+    def _open_feedback(self) -> None:
+        """VERP return path, token Message-ID, List-Unsubscribe (docs/feedback.md)."""
+        self.fb_tokens = None
+        fb = self.cfg.feedback
+        if fb.enabled and fb.bounce_domain:
+            from fastmta.feedback.tokens import Tokens
+
+            self.fb_tokens = Tokens(self.spool.feedback_key(), fb.bounce_domain,
+                                    bounce_prefix=fb.bounce_prefix,
+                                    unsubscribe_url=fb.unsubscribe_url)
 
     def _open_dkim(self) -> None:
         """Load the DKIM keys once; messages are signed at send time (docs/dkim.md)."""
@@ -135,6 +148,8 @@ class Worker:
     def _is_static(self, did: int) -> bool:
         """True when the message has no personalisation: one body serves every
         recipient, so recipients can share transactions."""
+        if self.fb_tokens is not None:  # a return path per recipient
+            return False
         tpl = self._template(did)
         return not (tpl.header_fields or tpl.body_fields)
 
@@ -142,7 +157,14 @@ class Worker:
         fields = dict(item.fields)
         fields["email"] = item.email
         tpl = self._template(item.delivery_id)
-        message = tpl.render(fields)
+        fbt = self.fb_tokens
+        if fbt is not None:
+            tok = fbt.token(item.delivery_id, item.rcpt_id)
+            item.mail_from = fbt.return_path(tok)
+            message = tpl.render(fields, message_id=fbt.message_id(tok),
+                                 extra_headers=fbt.unsubscribe_headers(tok))
+        else:
+            message = tpl.render(fields)
         if len(self.signers):
             message = self._sign(item.delivery_id, tpl, message)
         return message

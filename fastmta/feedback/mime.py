@@ -119,7 +119,10 @@ def field_text(msg: Message, limit: int) -> str:
     return "\n\n".join(blocks)[:limit]
 
 
-def load(raw: bytes, limits: Limits = Limits()) -> Walk:
+DEFAULT_LIMITS = Limits()
+
+
+def load(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Walk:
     """Parse and walk ``raw`` within ``limits``."""
     truncated = len(raw) > limits.window_bytes
     data = raw[: limits.window_bytes] if truncated else raw

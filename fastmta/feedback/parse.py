@@ -18,7 +18,7 @@ import msgspec
 from fastmta import core
 from fastmta.feedback import arf, autoreply, dsn
 from fastmta.feedback import tokens as tk
-from fastmta.feedback.mime import Limits, Walk, header, load
+from fastmta.feedback.mime import DEFAULT_LIMITS, Limits, Walk, header, load
 
 _BOUNCE_FROM = re.compile(r"(?:mailer[- ]?daemon|postmaster|mail delivery|mail administrator|"
                           r"mail ?delivery ?(?:system|subsystem|service)|double-bounce|"
@@ -203,7 +203,7 @@ def _tokens_in(w: Walk, raw_head: str) -> list[str]:
     return found
 
 
-def parse(raw: bytes, limits: Limits = Limits()) -> Report:
+def parse(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Report:
     """Parse one raw RFC 5322 message (never raises on bad input)."""
     try:
         return _parse(raw, limits)
@@ -214,7 +214,7 @@ def parse(raw: bytes, limits: Limits = Limits()) -> Report:
                       why=f"unparseable message ({type(exc).__name__})")
 
 
-def _parse(raw: bytes, limits: Limits) -> Report:
+def _parse(raw: bytes, limits: Limits) -> Report:  # noqa: C901
     if not raw.strip():
         return Report("other", [], None, None, False, why="empty message")
     w = load(raw, limits)

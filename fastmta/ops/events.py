@@ -33,7 +33,14 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 
 import msgspec
 
-from fastmta.records import AdminEvent, AttemptEvent, DeliveryEvent, QuarantineEvent, SiteEvent
+from fastmta.records import (
+    AdminEvent,
+    AttemptEvent,
+    DeliveryEvent,
+    FeedbackEvent,
+    QuarantineEvent,
+    SiteEvent,
+)
 
 
 class _Ev(msgspec.Struct, tag_field="type", kw_only=True, omit_defaults=False):
@@ -135,12 +142,50 @@ class QuarantineChange(_Ev, tag="quarantine"):
     delivery_id: int = 0
 
 
+class _Feedback(_Ev):
+    """Asynchronous feedback applied to a recipient (``fastmta.feedback``)."""
+
+    delivery_id: int
+    rcpt_id: int
+    email: str
+    status: str = ""  # the recipient's status after it
+    enhanced: str = ""
+    bounce_class: int = 0
+    bounce_type: str = ""
+    reason: str = ""
+    feedback_type: str = ""
+    provider: str = ""
+    inbound_id: int = 0
+    text: str = ""
+
+
+class AsyncBounce(_Feedback, tag="bounce_async"):
+    """A DSN that arrived after the 250 (hard: the recipient became failed)."""
+
+
+class Complaint(_Feedback, tag="complaint"):
+    """An ARF feedback-loop complaint (the address is denylisted, reason complaint)."""
+
+
+class AutoReply(_Feedback, tag="autoreply"):
+    """An automatic reply (out of office, challenge-response): recorded only."""
+
+
+class Unsubscribe(_Feedback, tag="unsubscribe"):
+    """A one-click / mailto unsubscribe (denylisted, reason unsubscribed)."""
+
+
+_FEEDBACK = {"bounce_async": AsyncBounce, "complaint": Complaint, "autoreply": AutoReply,
+             "unsubscribe": Unsubscribe}
+
 OpsEvent = (Reception | Delivery | Bounce | Transient | Deferral | Expiration | SiteChange
-            | AdminAction | DeliveryState | QuarantineChange)
+            | AdminAction | DeliveryState | QuarantineChange | AsyncBounce | Complaint
+            | AutoReply | Unsubscribe)
 
 #: the ``type`` tags, for filters and the CLI
 TYPES = ("reception", "delivery", "bounce", "transient", "deferral", "expiration", "site",
-         "admin", "delivery_state", "quarantine")
+         "admin", "delivery_state", "quarantine", "bounce_async", "complaint", "autoreply",
+         "unsubscribe")
 #: per-recipient outcome events (what a campaign tool usually subscribes to)
 RECIPIENT_TYPES = frozenset({"delivery", "bounce", "transient", "expiration"})
 
@@ -194,6 +239,15 @@ def from_stored(seq: int, ev: object) -> OpsEvent | None:
     if isinstance(ev, QuarantineEvent):
         return QuarantineChange(seq=seq, ts_ms=ev.ts_ms, address=ev.address, kind=ev.kind,
                                 reason=ev.reason, delivery_id=ev.delivery_id)
+    if isinstance(ev, FeedbackEvent):
+        cls = _FEEDBACK.get(ev.kind)
+        if cls is None:
+            return None
+        return cls(seq=seq, ts_ms=ev.ts_ms, delivery_id=ev.delivery_id, rcpt_id=ev.rcpt_id,
+                   email=ev.email, status=ev.status.name.lower(), enhanced=ev.enhanced,
+                   bounce_class=ev.bounce_class, bounce_type=ev.type, reason=ev.reason,
+                   feedback_type=ev.feedback_type, provider=ev.provider,
+                   inbound_id=ev.inbound_id, text=ev.text)
     return None
 
 

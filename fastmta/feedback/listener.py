@@ -1,0 +1,332 @@
+"""The inbound listener: an SMTP server for the bounce/feedback domains only, never a
+relay (it has no outbound queue at all).
+
+- RCPT: the domain must be one of ``[feedback] domains`` (else ``550 5.7.1`` relaying
+  denied); the local part must be a valid signed token (``b-``/``u-``) or one of the
+  fixed report addresses (``postmaster``, ``abuse``, ``fbl``, ``arf``); a token that does
+  not verify gets ``550 5.7.1`` (forged).
+- Limits with their standard replies: message size (``552 5.3.4``), recipients per
+  transaction (``452 4.5.3``), connections in total and per client address
+  (``421 4.7.0`` at connect), command/idle timeout (``421 4.4.2``), line length
+  (``500 5.5.2``), no AUTH; STARTTLS when a certificate is configured.
+- DATA is durable (parsed, matched, applied and stored in the spool by a group commit)
+  before the ``250``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import threading
+import time
+from collections import defaultdict
+
+from fastmta.config import Config
+from fastmta.feedback.apply import Processor
+from fastmta.feedback.tokens import verify
+
+log = logging.getLogger("fastmta.feedback")
+FIXED_LOCAL_PARTS = frozenset({"postmaster", "abuse", "fbl", "arf", "feedback"})
+
+
+class GroupCommitter:
+    """Prepares and commits inbound items in groups on one thread (one fsync per
+    group); ``submit`` returns when the item is durable."""
+
+    def __init__(self, proc: Processor, max_group: int = 256) -> None:
+        self.proc = proc
+        self.max_group = max_group
+        self._q: list[tuple[dict, asyncio.Future, asyncio.AbstractEventLoop]] = []
+        self._cv = threading.Condition()
+        self._stop = False
+        self._t = threading.Thread(target=self._run, name="inbound-commit", daemon=True)
+        self._t.start()
+        self.groups = 0
+
+    async def submit(self, raw: bytes, **meta) -> object:
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        with self._cv:
+            self._q.append(({"raw": raw, **meta}, fut, loop))
+            self._cv.notify()
+        return await fut
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._q and not self._stop:
+                    self._cv.wait()
+                if self._stop and not self._q:
+                    return
+                batch, self._q = self._q[: self.max_group], self._q[self.max_group:]
+            try:
+                now = time.time_ns() // 1_000_000
+                items = [self.proc.prepare(m.pop("raw"), now_ms=now, **m) for m, _, _ in batch]
+                recs = self.proc.commit(items)
+                self.groups += 1
+                for (_, fut, loop), rec in zip(batch, recs, strict=True):
+                    loop.call_soon_threadsafe(_set, fut, rec, None)
+            except BaseException as exc:  # the clients get a 451: nothing is lost
+                log.exception("inbound commit failed")
+                for _, fut, loop in batch:
+                    loop.call_soon_threadsafe(_set, fut, None, exc)
+
+    def close(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._t.join(timeout=10)
+
+
+def _set(fut: asyncio.Future, value: object, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+class InboundServer:
+    """``await InboundServer(cfg, spool).start(host, port)``; ``close()`` to stop."""
+
+    def __init__(self, cfg: Config, spool, *, hostname: str = "") -> None:
+        self.cfg = cfg
+        self.f = cfg.feedback
+        self.domains = {d.lower().rstrip(".") for d in self.f.domains} or \
+            ({self.f.bounce_domain} if self.f.bounce_domain else set())
+        self.proc = Processor(spool, cfg)
+        self.committer = GroupCommitter(self.proc)
+        self.key = self.proc.key
+        self.hostname = hostname or cfg.smtp.ehlo_name or "localhost"
+        self.per_ip: dict[str, int] = defaultdict(int)
+        self.total = 0
+        self.stats: dict[str, int] = defaultdict(int)
+        self.server: asyncio.AbstractServer | None = None
+        self.tls: ssl.SSLContext | None = None
+        if self.f.tls_cert and self.f.tls_key:
+            self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self.tls.load_cert_chain(self.f.tls_cert, self.f.tls_key)
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self.server = await asyncio.start_server(self._client, host, port,
+                                                 limit=self.f.max_line + 2, backlog=512)
+        sock = self.server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+        await asyncio.get_running_loop().run_in_executor(None, self.committer.close)
+
+    # ------------------------------------------------------------------ policy
+    def check_rcpt(self, addr: str) -> tuple[int, str]:
+        """The reply to ``RCPT TO:<addr>`` (pure policy)."""
+        local, at, dom = addr.rpartition("@")
+        if not at or not local:
+            return 501, "5.1.3 Bad recipient address syntax"
+        if dom.lower().rstrip(".") not in self.domains:
+            self.stats["relay_denied"] += 1
+            return 550, "5.7.1 Relaying denied: this server only receives feedback mail"
+        if local.lower() in FIXED_LOCAL_PARTS:
+            return 250, "2.1.5 OK"
+        pre = self.f.bounce_prefix
+        for prefix in {pre, "u-"}:
+            if prefix and local.startswith(prefix):
+                if verify(self.key, local[len(prefix):]) is not None:
+                    return 250, "2.1.5 OK"
+                self.stats["forged"] += 1
+                return 550, "5.7.1 Invalid return-path token"
+        return 550, "5.1.1 No such mailbox here"
+
+    # ------------------------------------------------------------------ session
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername") or ("?", 0)
+        ip = str(peer[0])
+        if self.total >= self.f.max_connections or self.per_ip[ip] >= self.f.max_connections_per_ip:
+            self.stats["too_many_connections"] += 1
+            writer.write(b"421 4.7.0 Too many connections, try again later\r\n")
+            await _close(writer)
+            return
+        self.total += 1
+        self.per_ip[ip] += 1
+        try:
+            await self._session(reader, writer, ip)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+            pass
+        finally:
+            self.total -= 1
+            self.per_ip[ip] -= 1
+            if not self.per_ip[ip]:
+                del self.per_ip[ip]
+            await _close(writer)
+
+    async def _line(self, reader: asyncio.StreamReader) -> bytes | None:
+        try:
+            return await asyncio.wait_for(reader.readuntil(b"\n"), self.f.command_timeout_s)
+        except asyncio.LimitOverrunError:
+            return b""
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return None
+
+    async def _session(self, reader, writer, ip: str) -> None:
+        w = writer.write
+        w(f"220 {self.hostname} fastmta feedback ESMTP\r\n".encode())
+        mail_from: str | None = None
+        rcpts: list[str] = []
+        tls_on = False
+        while True:
+            try:
+                line = await self._line(reader)
+            except TimeoutError:
+                w(b"421 4.4.2 Idle timeout, closing\r\n")
+                return
+            if line is None:
+                return
+            if not line.endswith(b"\n") or len(line) > self.f.max_line:
+                w(b"500 5.5.2 Line too long\r\n")
+                await _drain_line(reader)
+                continue
+            text = line.decode("utf-8", "replace").rstrip("\r\n")
+            verb = text[:4].upper()
+            arg = text[4:].strip() if len(text) > 4 else ""
+            if verb == "EHLO":
+                ext = [f"250-{self.hostname}", "250-PIPELINING",
+                       f"250-SIZE {self.f.max_message_bytes}", "250-8BITMIME",
+                       "250-ENHANCEDSTATUSCODES"]
+                if self.tls is not None and not tls_on:
+                    ext.append("250-STARTTLS")
+                ext.append("250 SMTPUTF8")
+                w(("\r\n".join(ext) + "\r\n").encode())
+                mail_from, rcpts = None, []
+            elif verb == "HELO":
+                w(f"250 {self.hostname}\r\n".encode())
+                mail_from, rcpts = None, []
+            elif verb == "STAR" and text.upper() == "STARTTLS" and self.tls is not None \
+                    and not tls_on:
+                w(b"220 2.0.0 Ready to start TLS\r\n")
+                await writer.drain()
+                await writer.start_tls(self.tls)
+                tls_on, mail_from, rcpts = True, None, []
+            elif verb == "MAIL" and arg.upper().startswith("FROM:"):
+                if mail_from is not None:
+                    w(b"503 5.5.1 Nested MAIL command\r\n")
+                    continue
+                addr, params = _path(arg[5:])
+                size = params.get("SIZE", "0")
+                if size.isdigit() and int(size) > self.f.max_message_bytes:
+                    w(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+                    continue
+                mail_from, rcpts = addr, []
+                w(b"250 2.1.0 OK\r\n")
+            elif verb == "RCPT" and arg.upper().startswith("TO:"):
+                if mail_from is None:
+                    w(b"503 5.5.1 MAIL first\r\n")
+                    continue
+                if len(rcpts) >= self.f.max_recipients:
+                    w(b"452 4.5.3 Too many recipients\r\n")
+                    continue
+                addr, _ = _path(arg[3:])
+                code, msg = self.check_rcpt(addr)
+                if code == 250:
+                    rcpts.append(addr)
+                w(f"{code} {msg}\r\n".encode())
+            elif verb == "DATA":
+                if mail_from is None or not rcpts:
+                    w(b"503 5.5.1 Need MAIL and RCPT first\r\n")
+                    continue
+                w(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                await writer.drain()
+                data = await self._data(reader)
+                if data is None:
+                    return
+                if data is False:
+                    self.stats["too_big"] += 1
+                    w(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
+                else:
+                    try:
+                        await self.committer.submit(data, source="smtp", peer=ip,
+                                                    mail_from=mail_from, rcpt_to=rcpts)
+                        self.stats["accepted"] += 1
+                        w(b"250 2.0.0 OK: stored\r\n")
+                    except Exception:
+                        w(b"451 4.3.0 Temporary failure storing the message, try again\r\n")
+                mail_from, rcpts = None, []
+            elif verb == "RSET":
+                mail_from, rcpts = None, []
+                w(b"250 2.0.0 OK\r\n")
+            elif verb == "NOOP":
+                w(b"250 2.0.0 OK\r\n")
+            elif verb == "QUIT":
+                w(b"221 2.0.0 Bye\r\n")
+                await writer.drain()
+                return
+            elif verb == "AUTH":
+                w(b"502 5.5.1 No AUTH here: this server only receives feedback mail\r\n")
+            elif verb in ("VRFY", "EXPN"):
+                w(b"252 2.5.2 Not verifying\r\n")
+            else:
+                w(b"500 5.5.1 Command not recognised\r\n")
+            await writer.drain()
+
+    async def _data(self, reader: asyncio.StreamReader) -> bytes | bool | None:
+        """The message (dot-unstuffed); False when over the size limit (read to the end)."""
+        limit = self.f.max_message_bytes
+        chunks: list[bytes] = []
+        size = 0
+        over = False
+        while True:
+            try:
+                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.f.command_timeout_s)
+            except asyncio.LimitOverrunError as exc:
+                line = await reader.readexactly(exc.consumed)
+            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+                return None
+            if line in (b".\r\n", b".\n"):
+                break
+            if line[:1] == b".":
+                line = line[1:]
+            size += len(line)
+            if size > limit:
+                over = True
+                chunks.clear()
+            if not over:
+                chunks.append(line)
+        return False if over else b"".join(chunks)
+
+
+def _path(arg: str) -> tuple[str, dict[str, str]]:
+    arg = arg.strip()
+    if arg.startswith("<"):
+        end = arg.find(">")
+        addr, rest = (arg[1:end], arg[end + 1:]) if end > 0 else (arg[1:], "")
+    else:
+        addr, _, rest = arg.partition(" ")
+    params = {}
+    for p in rest.split():
+        k, _, v = p.partition("=")
+        params[k.upper()] = v
+    return addr.strip(), params
+
+
+async def _drain_line(reader: asyncio.StreamReader) -> None:
+    try:
+        while True:
+            try:
+                await reader.readuntil(b"\n")
+                return
+            except asyncio.LimitOverrunError as exc:
+                await reader.readexactly(exc.consumed)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return
+
+
+async def _close(writer: asyncio.StreamWriter) -> None:
+    try:
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+    except (ConnectionError, OSError, ssl.SSLError):
+        pass
