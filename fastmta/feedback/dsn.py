@@ -108,7 +108,7 @@ def from_delivery_status(text: str) -> list[RcptBlock]:
         addr = strip_type(final) or strip_type(orig)
         action = (b.get("action", "").split()[0].lower() if b.get("action") else None)
         if action not in ("failed", "delayed", "delivered", "relayed", "expanded"):
-            action = action or None
+            action = "unknown" if action else None
         diag = strip_type(b["diagnostic-code"]) if "diagnostic-code" in b else ""
         if not diag and "x-ms-exchange-message-diagnostic" in b:
             diag = b["x-ms-exchange-message-diagnostic"]

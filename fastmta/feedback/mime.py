@@ -45,17 +45,23 @@ class Walk(NamedTuple):
 def header(msg: Message, name: str) -> str:
     """One header as text (folded lines joined, encoded words decoded; never raises)."""
     try:
-        v = msg.get(name)
+        for k, v in msg._headers:  # the raw value (compat32 keeps 8-bit bytes escaped)
+            if k.lower() == name.lower():
+                return decode_header_value(v)
     except Exception:
         return ""
-    if v is None:
-        return ""
-    return decode_header_value(v)
+    return ""
 
 
 def decode_header_value(v: object) -> str:
     try:
         s = str(v)
+        if any("\udc80" <= c <= "\udcff" for c in s):  # raw 8-bit bytes in a header
+            b = s.encode("utf-8", "surrogateescape")
+            try:
+                s = b.decode("utf-8")
+            except UnicodeDecodeError:
+                s = b.decode("latin-1")
         if "=?" in s:
             s = str(email.header.make_header(email.header.decode_header(s)))
     except Exception:

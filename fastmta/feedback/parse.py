@@ -43,6 +43,9 @@ _BOUNCE_TEXT = re.compile(
     r"mailbox (?:unavailable|full|not found)|host unknown)", re.I)
 
 
+_ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
+
+
 class Recipient(msgspec.Struct):
     email: str
     status: str | None
@@ -86,7 +89,7 @@ def _classify(status: str | None, diag: str, action: str | None,
         c2 = core.classify(f"{status} {context[:4000]}" if status else context[:4000])
         if not c2.rule.startswith("default") and c2.bounce_class != 60:
             c = c2
-    typ = c.type
+    typ = c.type if c.type in ("hard", "soft") else "ignored"
     if action == "delayed" and typ == "hard":
         typ = "soft"
     return typ, c.bounce_class, c.reason
@@ -177,7 +180,8 @@ def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
         status = b.status or dsn.status_of(b.diagnostic, b.action != "delayed")
         typ, bclass, reason = _classify(status, b.diagnostic, b.action,
                                         text if len(blocks) == 1 else "")
-        out.append(Recipient(b.email, status, b.action or "failed", typ, bclass, reason,
+        action = b.action if b.action in _ACTIONS else ("failed" if b.action is None else None)
+        out.append(Recipient(b.email, status, action, typ, bclass, reason,
                              b.diagnostic[:1000]))
     return out, text
 

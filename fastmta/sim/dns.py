@@ -71,6 +71,11 @@ class Zone:
                 else:
                     self._put(d, mx)
 
+    def add_mx(self, domain: str, host: str, address: str, ttl: int = 300) -> None:
+        """Point ``domain``'s MX at ``host`` = ``address`` (e.g. the feedback listener)."""
+        self._put(host, _rdataset(ttl, "A", [address]))
+        self._put(domain, _rdataset(ttl, "MX", [f"10 {host.rstrip('.')}."]))
+
     def _put(self, name: str, rds: dns.rdataset.Rdataset) -> None:
         key = name.lower().rstrip(".")
         self.records.setdefault(key, {})[rds.rdtype] = rds

@@ -134,6 +134,11 @@ class SimInternet:
             self._tmp = None
 
     # ------------------------------------------------------------------ configuration
+    def add_mx(self, domain: str, host: str, address: str) -> None:
+        """Publish an MX outside the world (the feedback listener of a bounce domain)."""
+        assert self.dns is not None, "start the sim first"
+        self.dns.zone.add_mx(domain, host, address)
+
     def dns_config(self, **kw) -> DnsConfig:
         """A DnsConfig pointing at this simulated internet (loopback MX allowed)."""
         kw.setdefault("allow_loopback_mx", True)

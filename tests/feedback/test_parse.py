@@ -1,0 +1,187 @@
+"""``fastmta inbound parse``: RFC 3464, ARF, auto-replies, non-standard bounces, bounds."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastmta.feedback.mime import Limits
+from fastmta.feedback.parse import parse
+from fastmta.sim.feedback import build_arf, build_autoreply, build_dsn
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+CORPUS = Path(os.environ.get("FASTMTA_BOUNCE_CORPUS",
+                             Path(__file__).resolve().parents[3] / "shared/corpora/bounces"))
+ORIG = (b"From: News <news@sender.example>\r\nTo: alice@dest.example\r\nSubject: Hi\r\n"
+        b"Message-ID: <m-aaaaaaaaaaaaaaaaaaaaa@bounces.example>\r\n\r\nbody\r\n")
+
+MULTI = b"""From: MAILER-DAEMON@mx.example.net
+To: b-xyz@bounces.example
+Subject: Delivery Status Notification
+MIME-Version: 1.0
+Content-Type: multipart/report; report-type=delivery-status; boundary="B"
+
+--B
+Content-Type: text/plain
+
+Some failed.
+
+--B
+Content-Type: message/delivery-status
+
+Reporting-MTA: dns; mx.example.net
+
+Final-Recipient: rfc822; one@example.net
+Action: failed
+Status: 5.1.1
+Diagnostic-Code: smtp; 550 5.1.1 <one@example.net>: Recipient address rejected: User unknown
+
+Final-Recipient: rfc822;two@example.net
+Original-Recipient: rfc822;two@example.net
+Action: delayed
+Status: 4.2.2
+Diagnostic-Code: smtp; 452 4.2.2 Mailbox full
+
+Final-Recipient: RFC822; <three@example.net>
+Action: delivered
+Status: 2.0.0
+
+--B--
+"""
+
+
+def test_rfc3464_every_block():
+    r = parse(MULTI)
+    assert r.kind == "dsn"
+    got = [(x.email, x.status, x.action, x.type) for x in r.recipients]
+    assert got == [("one@example.net", "5.1.1", "failed", "hard"),
+                   ("two@example.net", "4.2.2", "delayed", "soft"),
+                   ("three@example.net", "2.0.0", "delivered", "ignored")]
+    assert r.recipients[0].bounce_class == 10 and r.recipients[0].reason == "user_unknown"
+    assert r.recipients[1].reason == "mailbox_full"
+
+
+@pytest.mark.parametrize("style", ["rfc3464", "exim", "qmail"])
+def test_styles_of_the_sim(style):
+    r = parse(build_dsn("alice@dest.example", "b-x@bounces.example", ORIG, style=style))
+    assert r.kind == "dsn"
+    assert [x.email for x in r.recipients] == ["alice@dest.example"]
+    assert r.recipients[0].type == "hard" and r.recipients[0].status.startswith("5")
+    assert "m-aaaaaaaaaaaaaaaaaaaaa" in r.tokens
+
+
+def test_arf_and_redacted_recipient():
+    r = parse(build_arf("alice@dest.example", ORIG, redact=False))
+    assert (r.kind, r.feedback_type) == ("arf", "abuse")
+    assert [x.email for x in r.recipients] == ["alice@dest.example"]
+    r = parse(build_arf("alice@dest.example", ORIG, feedback_type="fraud"))
+    assert r.feedback_type == "fraud" and r.recipients == []  # redacted: token only
+    assert "m-aaaaaaaaaaaaaaaaaaaaa" in r.tokens
+    with_rcpt = build_arf("alice@dest.example", ORIG).replace(
+        b"Version: 1\r\n", b"Version: 1\r\nOriginal-Rcpt-To: <bob@dest.example>\r\n")
+    assert [x.email for x in parse(with_rcpt).recipients] == ["bob@dest.example"]
+
+
+@pytest.mark.parametrize("subject", ["Out of Office: Hi", "Réponse automatique : Hi",
+                                     "Abwesenheitsnotiz: Hi", "Respuesta automática: Hi",
+                                     "自動応答: Hi"])
+def test_autoreplies(subject):
+    raw = build_autoreply("alice@dest.example", "b-x@bounces.example", ORIG)
+    raw = raw.replace(b"Subject: Out of Office: Hi", f"Subject: {subject}".encode())
+    raw = raw.replace(b"Auto-Submitted: auto-replied\r\n", b"")
+    r = parse(raw)
+    assert r.kind == "autoreply", subject
+    assert (r.recipients[0].bounce_class, r.recipients[0].type) == (60, "ignored")
+
+
+def test_rfc3834_header_and_challenge():
+    raw = (b"From: alice@dest.example\r\nTo: b-x@bounces.example\r\nSubject: Re: Hi\r\n"
+           b"Auto-Submitted: auto-replied\r\n\r\nI am on vacation.\r\n")
+    assert parse(raw).kind == "autoreply"
+    raw = (b"From: alice@dest.example\r\nTo: b-x@bounces.example\r\nSubject: Please verify\r\n"
+           b"Auto-Submitted: auto-replied\r\n\r\nYour message is held. Please confirm you "
+           b"are a human by replying.\r\n")
+    r = parse(raw)
+    assert r.kind == "autoreply" and r.recipients[0].bounce_class == 100
+
+
+def test_plain_mail_is_other_with_a_reason():
+    r = parse(b"From: a@b.example\r\nTo: c@d.example\r\nSubject: lunch?\r\n\r\nnoon?\r\n")
+    assert r.kind == "other" and r.why
+
+
+def test_bounds_big_deep_garbage():
+    big = MULTI.replace(b"--B--\n", b"--B\nContent-Type: text/plain\n\n" +
+                        b"x" * 80 + b"\n") + (b"y" * 79 + b"\n") * (50 * 1024 * 1024 // 80)
+    assert len(big) >= 50 * 1024 * 1024
+    t0 = time.process_time()
+    r = parse(big)
+    assert r.kind == "dsn" and r.truncated and len(r.recipients) == 3
+    assert time.process_time() - t0 < 30  # bounded: the window, not the size
+    deep = b"From: x@y.example\r\nSubject: deep\r\n"
+    for i in range(500):
+        deep += f'Content-Type: multipart/mixed; boundary="b{i}"\r\n\r\n--b{i}\r\n'.encode()
+    r = parse(deep)
+    assert r.kind == "other"
+    for raw in (b"", b"\x00\xff" * 1000, os.urandom(5000),
+                b"Content-Type: text/plain; charset=x-unknown-42\r\n\r\n\xff\xfe",
+                b"Content-Type: multipart/report; boundary=\r\n\r\n--\r\n--\r\n",
+                MULTI.replace(b"Content-Type: text/plain", b"Content-Type: text/plain; charset=bogus")):
+        r = parse(raw)
+        json.dumps(msgspec.to_builtins(r))
+
+
+SEEDS = [MULTI, build_arf("a@b.example", ORIG), build_dsn("a@b.example", "r@x.example", ORIG,
+                                                          style="exim")]
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 4000), st.binary(max_size=20)),
+                                        max_size=8), st.binary(max_size=300))
+def test_fuzz_mutations_always_give_a_result(seed, edits, tail):
+    raw = bytearray(seed)
+    for pos, data in edits:
+        pos = pos % (len(raw) + 1)
+        raw[pos:pos + len(data)] = data
+    r = parse(bytes(raw) + tail, Limits(time_s=1.0))
+    assert r.kind in ("dsn", "arf", "autoreply", "other")
+    d = r.contract()
+    json.dumps(d)
+    for x in d["recipients"]:
+        assert x["type"] in ("hard", "soft", "ignored")
+
+
+def test_cli_contract_on_file_and_stdin(tmp_path):
+    f = tmp_path / "dsn.eml"
+    f.write_bytes(MULTI)
+    out = subprocess.run([sys.executable, "-m", "fastmta", "inbound", "parse", "--json", str(f)],
+                         capture_output=True, check=True, text=True, env=ENV).stdout
+    d = json.loads(out)
+    assert set(d) >= {"kind", "recipients", "feedback_type", "delivery", "matched"}
+    assert d["kind"] == "dsn" and d["matched"] is False and d["delivery"] is None
+    assert set(d["recipients"][0]) == {"email", "status", "action", "type", "bounce_class",
+                                       "reason", "diagnostic"}
+    out = subprocess.run([sys.executable, "-m", "fastmta", "inbound", "parse", "--json", "-"],
+                         input=b"\x00garbage", capture_output=True, check=True, env=ENV).stdout
+    assert json.loads(out)["kind"] == "other"
+
+
+@pytest.mark.skipif(not (CORPUS / "labels.jsonl").exists(), reason="shared corpus absent")
+def test_shared_corpus_floor():
+    """Regression floor on the Sisimai corpus (benchmarks/feedback_corpus.py has the figures)."""
+    out = subprocess.run([sys.executable, "benchmarks/feedback_corpus.py", "--corpus",
+                          str(CORPUS), "--json", "/dev/stdout"], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[2]).stdout
+    d = json.loads(out[out.index("{"):])["fastmta"]
+    assert d["kind_pct"] >= 95 and d["recipients_found_pct"] >= 95
+    assert d["recipients_precision_pct"] >= 95 and d["arf_feedback_type_pct"] >= 95
