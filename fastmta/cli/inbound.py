@@ -100,7 +100,7 @@ def ingest_cmd(source: str, spool, config, recipient: str, quiet: bool) -> None:
 
 
 def _rec(r: Any) -> dict:
-    return msgspec.to_builtins(r)
+    return msgspec.to_builtins(msgspec.structs.asdict(r))
 
 
 @inbound.command("list")

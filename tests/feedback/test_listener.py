@@ -1,0 +1,159 @@
+"""The inbound listener on real sockets: accepts only feedback for its domains, refuses
+relaying, oversize mail, too many connections and forged tokens; 250 = durable."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import urllib.error
+import urllib.request
+
+import pytest
+from fbhelpers import feedback_config, original, rid_of, sent_delivery, tokens_for
+
+from fastmta.feedback.listener import InboundServer
+from fastmta.feedback.unsubscribe import UnsubscribeServer
+from fastmta.records import Status
+from fastmta.sim.feedback import build_dsn
+
+
+def _send(port: int, mail_from: str, rcpts: list[str], raw: bytes):
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.ehlo("client.test")
+        return s.sendmail(mail_from, rcpts, raw)
+
+
+def _rcpt_reply(port: int, rcpt: str) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.ehlo("client.test")
+        s.mail("")
+        return s.rcpt(rcpt)
+
+
+def _run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 60))
+
+
+@pytest.mark.timeout(60)
+def test_listener_refusals_and_durable_acceptance(tmp_path):
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 3)
+    tok = tokens_for(sp)
+    cfg = feedback_config(max_message_bytes=64 * 1024, max_connections_per_ip=3)
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            it = items[0]
+            rid = rid_of(it)
+            rp = tok.return_path(tok.token(did, rid))
+            # relaying: any other domain is refused at RCPT
+            code, msg = await asyncio.to_thread(_rcpt_reply, port, "victim@gmail.com")
+            assert code == 550 and msg.startswith(b"5.7.1")
+            # forged / case-mangled tokens are refused at RCPT
+            for bad in ("b-" + "a" * 21, "b-" + tok.token(did, rid).upper()):
+                code, msg = await asyncio.to_thread(_rcpt_reply, port,
+                                                    f"{bad}@bounces.example.com")
+                assert code == 550 and b"token" in msg
+            code, _ = await asyncio.to_thread(_rcpt_reply, port, "nobody@bounces.example.com")
+            assert code == 550
+            # oversize: 552, nothing stored
+            with pytest.raises(smtplib.SMTPSenderRefused) as ei:  # declared SIZE: at MAIL
+                await asyncio.to_thread(_send, port, "", [rp], b"Subject: x\r\n\r\n" +
+                                        b"y" * 100_000)
+            assert ei.value.smtp_code == 552
+
+            def undeclared():  # no SIZE parameter: refused after the data
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+                    c.ehlo("x")
+                    c.mail("")
+                    c.rcpt(rp)
+                    return c.data(b"Subject: x\r\n\r\n" + b"y" * 100_000)
+
+            assert (await asyncio.to_thread(undeclared))[0] == 552
+            assert list(sp.inbound_list()) == []
+            # a real DSN: 250 only after it is in the spool and applied
+            raw = build_dsn(it.email, rp, original(tok, did, rid, it.email))
+            await asyncio.to_thread(_send, port, "", [rp], raw)
+            assert sp.recipient(did, rid).status == Status.FAILED  # no wait: durable at 250
+            stored = list(sp.inbound_list())
+            assert [(r.effect, r.source) for r in stored] == [("failed", "smtp")]
+            # too many connections from one client: 421 at connect
+            socks = []
+            for _ in range(3):
+                s = socket.create_connection(("127.0.0.1", port), timeout=5)
+                await asyncio.to_thread(s.recv, 512)
+                socks.append(s)
+            s4 = socket.create_connection(("127.0.0.1", port), timeout=5)
+            data = await asyncio.to_thread(s4.recv, 512)
+            assert data.startswith(b"421 4.7.0")
+            for s in [*socks, s4]:
+                s.close()
+            assert srv.stats["too_many_connections"] == 1
+            # the closed connections are released (bounded wait for the server side)
+            for _ in range(500):
+                if srv.total == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert srv.total == 0 and not srv.per_ip
+
+            def session():  # AUTH does not exist here; long lines get 500
+                with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+                    c.ehlo("x")
+                    return (c.docmd("AUTH PLAIN AGFhAGI=")[0], c.docmd("NOOP " + "z" * 5000)[0],
+                            c.docmd("NOOP")[0])
+
+            assert await asyncio.to_thread(session) == (502, 500, 250)
+        finally:
+            await srv.close()
+
+    _run(go())
+
+
+@pytest.mark.timeout(60)
+def test_one_click_unsubscribe_http(tmp_path):
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 2)
+    tok = tokens_for(sp)
+    cfg = feedback_config()
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        await srv.start("127.0.0.1", 0)
+        web = UnsubscribeServer(srv.proc, srv.committer)
+        _, port = await web.start("127.0.0.1", 0)
+        it = items[0]
+        t = tok.token(did, rid_of(it))
+        url = f"http://127.0.0.1:{port}/u/{t}"
+        try:
+            def get(u):
+                with urllib.request.urlopen(u, timeout=10) as r:
+                    return r.status, r.read()
+
+            def post(u, body):
+                req = urllib.request.Request(u, data=body, method="POST", headers={
+                    "Content-Type": "application/x-www-form-urlencoded"})
+                try:
+                    with urllib.request.urlopen(req, timeout=10) as r:
+                        return r.status, r.read()
+                except urllib.error.HTTPError as e:
+                    return e.code, e.read()
+
+            status, body = await asyncio.to_thread(get, url)
+            assert status == 200 and b"<form method='post'" in body
+            assert it.email.encode() in body
+            assert sp.quarantine_get(it.email) is None  # GET changes nothing
+            assert (await asyncio.to_thread(post, url, b"foo=bar"))[0] == 400
+            assert (await asyncio.to_thread(post, url[:-1] + "a",
+                                            b"List-Unsubscribe=One-Click"))[0] == 404
+            status, _ = await asyncio.to_thread(post, url, b"List-Unsubscribe=One-Click")
+            assert status == 200
+            q = sp.quarantine_get(it.email)
+            assert q.state == "denylisted" and q.reason == "unsubscribed"
+            assert (await asyncio.to_thread(post, url, b"List-Unsubscribe=One-Click"))[0] == 200
+            assert sp.kpis(did)["unsubscribes"] == 1
+        finally:
+            await web.close()
+            await srv.close()
+
+    _run(go())
