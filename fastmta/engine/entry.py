@@ -111,8 +111,27 @@ async def run(cfg: Config, spool_path: str | os.PathLike[str],
               forever: bool = False) -> Supervisor:
     """Run the worker pool until the deliveries are final; returns the supervisor."""
     sup = Supervisor(cfg, spool_path, workers=workers, progress=progress)
-    await sup.run(list(delivery_ids), forever=forever)
+    inbound = await _start_inbound(cfg, spool_path)
+    try:
+        await sup.run(list(delivery_ids), forever=forever)
+    finally:
+        if inbound is not None:
+            await inbound.close()
     return sup
+
+
+async def _start_inbound(cfg: Config, spool_path: str | os.PathLike[str]):
+    """The feedback listener beside the pool when ``[feedback] listen`` is set."""
+    fb = cfg.feedback
+    if not fb.listen:
+        return None
+    from fastmta.feedback.listener import InboundServer
+    from fastmta.spool import Spool
+
+    host, _, port = fb.listen.rpartition(":")
+    srv = InboundServer(cfg, Spool.open(spool_path, cfg.spool))
+    await srv.start(host.strip("[]") or "127.0.0.1", int(port))
+    return srv
 
 
 def summary(spool, did: int) -> dict:

@@ -103,6 +103,7 @@ class InboundServer:
         self.per_ip: dict[str, int] = defaultdict(int)
         self.total = 0
         self.stats: dict[str, int] = defaultdict(int)
+        self.latencies: list[float] = []  # end of DATA -> durable and applied (seconds)
         self.server: asyncio.AbstractServer | None = None
         self.tls: ssl.SSLContext | None = None
         if self.f.tls_cert and self.f.tls_key:
@@ -246,10 +247,13 @@ class InboundServer:
                     self.stats["too_big"] += 1
                     w(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
                 else:
+                    t0 = time.perf_counter()
                     try:
                         await self.committer.submit(data, source="smtp", peer=ip,
                                                     mail_from=mail_from, rcpt_to=rcpts)
                         self.stats["accepted"] += 1
+                        if len(self.latencies) < 1_000_000:
+                            self.latencies.append(time.perf_counter() - t0)
                         w(b"250 2.0.0 OK: stored\r\n")
                     except Exception:
                         w(b"451 4.3.0 Temporary failure storing the message, try again\r\n")

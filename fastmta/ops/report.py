@@ -125,6 +125,24 @@ def build_report(spool: Spool, did: int) -> dict[str, Any]:
             for c, n in sorted(by_class.items(), key=lambda kv: int(kv[0]))
         },
         "soft_bounces_by_reason": dict(sorted(soft.items(), key=lambda kv: -kv[1])),
+        "feedback": feedback_kpis(k),
+    }
+
+
+def feedback_kpis(k: dict[str, int]) -> dict[str, Any]:
+    """Asynchronous feedback of a delivery (docs/feedback.md, docs/interfaces.md): async
+    bounces, complaints (total, rate over sent, per provider), auto-replies, unsubscribes."""
+    sent = k.get("sent", 0)
+    prov = {name[9:].rpartition("/")[0]: v for name, v in k.items()
+            if name.startswith("provider/") and name.endswith("/complaints")}
+    return {
+        "async_bounces": k.get("async_bounces", 0),
+        "async_soft": k.get("async_soft", 0),
+        "complaints": k.get("complaints", 0),
+        "complaint_rate_pct": round(100.0 * k.get("complaints", 0) / sent, 3) if sent else 0.0,
+        "complaints_by_provider": dict(sorted(prov.items(), key=lambda kv: -kv[1])),
+        "autoreplies": k.get("autoreplies", 0),
+        "unsubscribes": k.get("unsubscribes", 0),
     }
 
 
@@ -138,6 +156,12 @@ def format_report(r: dict[str, Any], *, top: int = 20) -> str:
         f"  failed     {r['failed']:>10}   (hard {r['failed_hard']}, expired {r['failed_expired']})",
         f"  attempts   {r['attempts']:>10}   soft bounces {r['soft_bounces']}, deferrals {r['deferrals']}",
     ]
+    fb = r.get("feedback") or {}
+    if any(fb.get(x) for x in ("async_bounces", "async_soft", "complaints", "autoreplies",
+                               "unsubscribes")):
+        lines.append(f"  async bounces {fb['async_bounces']} (soft {fb['async_soft']}), "
+                     f"complaints {fb['complaints']} ({fb['complaint_rate_pct']:.3f}%), "
+                     f"auto-replies {fb['autoreplies']}, unsubscribes {fb['unsubscribes']}")
     if r["excluded_by_reason"]:
         lines.append("Excluded by reason:")
         lines += [f"  {k:<24} {v:>10}" for k, v in r["excluded_by_reason"].items()]
