@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import msgspec  # noqa: E402
 
+from fastmta import runtime  # noqa: E402
 from fastmta.config import Config, FeedbackConfig, SpoolConfig  # noqa: E402
 from fastmta.feedback.listener import InboundServer  # noqa: E402
 from fastmta.feedback.tokens import Tokens  # noqa: E402
@@ -116,7 +117,7 @@ def main() -> None:
             await srv.close()
         return el, srv
 
-    elapsed, srv = asyncio.run(bench())
+    elapsed, srv = runtime.run(bench())
     n = srv.stats["accepted"]
     lat = sorted(srv.latencies)
     counters = sp.inbound_counters()

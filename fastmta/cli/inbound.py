@@ -12,6 +12,7 @@ from typing import Any
 import click
 import msgspec
 
+from fastmta import runtime
 from fastmta.cli import main
 from fastmta.cli.delivery import _cfg, _open_spool, spool_options
 
@@ -177,6 +178,6 @@ def serve_cmd(listen: str, domains: tuple[str, ...], http_listen: str | None, sp
             await srv.close()
 
     try:
-        asyncio.run(run())
+        runtime.run(run())
     except KeyboardInterrupt:
         pass

@@ -166,7 +166,8 @@ class InboundServer:
 
     async def _line(self, reader: asyncio.StreamReader) -> bytes | None:
         try:
-            return await asyncio.wait_for(reader.readuntil(b"\n"), self.f.command_timeout_s)
+            async with asyncio.timeout(self.f.command_timeout_s):  # no task per line
+                return await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
             return b""
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -281,23 +282,28 @@ class InboundServer:
         chunks: list[bytes] = []
         size = 0
         over = False
-        while True:
-            try:
-                line = await asyncio.wait_for(reader.readuntil(b"\n"), self.f.command_timeout_s)
-            except asyncio.LimitOverrunError as exc:
-                line = await reader.readexactly(exc.consumed)
-            except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-                return None
-            if line in (b".\r\n", b".\n"):
-                break
-            if line[:1] == b".":
-                line = line[1:]
-            size += len(line)
-            if size > limit:
-                over = True
-                chunks.clear()
-            if not over:
-                chunks.append(line)
+        loop = asyncio.get_running_loop()
+        timeout = self.f.command_timeout_s
+        try:
+            async with asyncio.timeout(timeout) as cm:  # idle bound, moved on per line
+                while True:
+                    try:
+                        line = await reader.readuntil(b"\n")
+                    except asyncio.LimitOverrunError as exc:
+                        line = await reader.readexactly(exc.consumed)
+                    cm.reschedule(loop.time() + timeout)
+                    if line in (b".\r\n", b".\n"):
+                        break
+                    if line[:1] == b".":
+                        line = line[1:]
+                    size += len(line)
+                    if size > limit:
+                        over = True
+                        chunks.clear()
+                    if not over:
+                        chunks.append(line)
+        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            return None
         return False if over else b"".join(chunks)
 
 
