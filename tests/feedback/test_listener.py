@@ -144,7 +144,8 @@ def test_one_click_unsubscribe_http(tmp_path):
             assert it.email.encode() in body
             assert sp.quarantine_get(it.email) is None  # GET changes nothing
             assert (await asyncio.to_thread(post, url, b"foo=bar"))[0] == 400
-            assert (await asyncio.to_thread(post, url[:-1] + "a",
+            edited = url[:-1] + ("b" if url[-1] == "a" else "a")
+            assert (await asyncio.to_thread(post, edited,
                                             b"List-Unsubscribe=One-Click"))[0] == 404
             status, _ = await asyncio.to_thread(post, url, b"List-Unsubscribe=One-Click")
             assert status == 200
