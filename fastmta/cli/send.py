@@ -265,8 +265,12 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
 @click.option("--sim-procs", type=int, default=2, show_default=True,
               help="processes for the simulated MX hosts (0 = inside this process)")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--feedback", is_flag=True,
+              help="VERP return paths + the inbound listener; the simulated providers then "
+                   "send async bounces (5%), complaints (0.5%) and auto-replies (1%)")
 @click.option("-v", "--verbose", count=True)
-def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbose) -> None:
+def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedback,
+         verbose) -> None:
     """Send a sample delivery to a simulated internet started on loopback (its DNS server
     in this process, its MX hosts in --sim-procs processes)."""
     from fastmta.engine import entry as engine
@@ -288,10 +292,16 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbo
         validity_s = parse_duration(validity)
 
         async def go() -> tuple[int, float, dict]:
-            async with SimInternet(world, workers=max(0, sim_procs)) as sim:
+            async with SimInternet(world, workers=max(0, sim_procs),
+                                   keep_messages=feedback) as sim:
                 cfg = sim_config(sim, validity_s=validity_s, workers=workers)
                 spool_path = str(Path(spool_dir) / "spool")
                 spool = Spool.open(spool_path, cfg.spool)
+                inbound = None
+                if feedback:
+                    from fastmta.cli.demo_feedback import start_feedback
+
+                    cfg, inbound = await start_feedback(sim, cfg, spool)
                 click.echo(f"simulated internet: {len(world.domains)} domains, DNS "
                            f"127.0.0.1:{sim.dns_port}, MX hosts on 127.0.x.y:{sim.smtp_port}",
                            err=as_json)
@@ -316,6 +326,11 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbo
                 finally:
                     printer.finish()
                 elapsed = time.monotonic() - t0
+                if inbound is not None:
+                    from fastmta.cli.demo_feedback import send_feedback
+
+                    sent = await send_feedback(sim, inbound)
+                    click.echo(f"simulated providers sent feedback: {sent}", err=as_json)
                 if verbose:
                     click.echo(json.dumps(printer.last_workers, default=str)[:3000])
                 stats = await sim.stats()
