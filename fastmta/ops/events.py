@@ -290,7 +290,8 @@ def _matcher(types: Iterable[str] | None, delivery_id: int | None
 _TAGS: dict[type, str] = {
     cls: cls.__struct_config__.tag  # type: ignore[attr-defined]
     for cls in (Reception, Delivery, Bounce, Transient, Deferral, Expiration, SiteChange,
-                AdminAction, DeliveryState, QuarantineChange)
+                AdminAction, DeliveryState, QuarantineChange, AsyncBounce, Complaint, AutoReply,
+                Unsubscribe)
 }
 
 

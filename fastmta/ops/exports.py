@@ -180,7 +180,8 @@ class CsvExporter(Exporter):
 
     def __init__(self, spool, path: str | os.PathLike, *, max_bytes: int = 64 << 20,
                  max_age_s: float = 3600.0, **kw) -> None:
-        kw.setdefault("types", ["reception", "delivery", "bounce", "transient", "expiration"])
+        kw.setdefault("types", ["reception", "delivery", "bounce", "transient", "expiration",
+                                "bounce_async", "complaint"])
         super().__init__(spool, **kw)
         p = Path(path)
         header = (",".join(CSV_FIELDS) + "\r\n").encode()
@@ -207,6 +208,16 @@ class CsvExporter(Exporter):
             orig, queued = self._delivery(ev.delivery_id)
             return ["r", _iso(ev.ts_ms), _iso(queued), orig, "", "", "", "", "", "", "",
                     "", "", "", ev.delivery_id, "", "", ev.count]
+        if isinstance(ev, E.AsyncBounce | E.Complaint):
+            # PowerMTA's accounting types: rb = remote (asynchronous) bounce, f = feedback loop
+            orig, queued = self._delivery(ev.delivery_id)
+            fbl = isinstance(ev, E.Complaint)
+            return ["f" if fbl else "rb", _iso(ev.ts_ms), _iso(queued), orig, ev.email,
+                    "" if fbl else "failed", ev.enhanced, f"smtp;{ev.text}" if ev.text else "",
+                    "", "" if fbl else _BOUNCE_CAT.get(ev.bounce_class, ""),
+                    ev.bounce_class or "", ev.bounce_type,
+                    ev.feedback_type if fbl else ev.reason, "", ev.delivery_id, ev.rcpt_id,
+                    "", ""]
         if not isinstance(ev, E.Delivery | E.Bounce | E.Transient | E.Expiration):
             return None
         orig, queued = self._delivery(ev.delivery_id)

@@ -151,3 +151,27 @@ def test_unmatched_is_counted_and_listed_never_applied(tmp_path):
     assert sp.inbound_counters()["effect/unmatched"] == 5
     got = sp.inbound_get(listed[0].id)
     assert got is not None and got[1].startswith(b"From:")
+
+
+def test_events_and_accounting_csv_carry_the_feedback(tmp_path):
+    from fastmta.ops.events import TYPES, EventReader
+    from fastmta.ops.exports import CsvExporter
+
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 2)
+    tok = tokens_for(sp)
+    proc = processor(sp)
+    a, b = items
+    rp = tok.return_path(tok.token(did, rid_of(a)))
+    proc.process(build_dsn(a.email, rp, original(tok, did, rid_of(a), a.email)),
+                 source="t", rcpt_to=[rp])
+    proc.process(build_arf(b.email, original(tok, did, rid_of(b), b.email)), source="t",
+                 rcpt_to=["fbl@bounces.example.com"])
+    assert {"bounce_async", "complaint", "autoreply", "unsubscribe"} <= set(TYPES)
+    pubs = EventReader(sp, types=["bounce_async", "complaint"]).poll()
+    assert [type(e).__name__ for e in pubs] == ["AsyncBounce", "Complaint"]
+    assert pubs[0].email == a.email and pubs[0].status == "failed"
+    assert pubs[1].feedback_type == "abuse" and pubs[1].email == b.email
+    ex = CsvExporter(sp, tmp_path / "acct.csv")
+    rows = [ex.row(e) for e in pubs]
+    assert rows[0][0] == "rb" and rows[0][4] == a.email and rows[0][9] == "bad-mailbox"
+    assert rows[1][0] == "f" and rows[1][12] == "abuse"
