@@ -79,6 +79,7 @@ class SupervisorOps:
             spool = self.sup.spool
             workers = self.workers()
             info = spool.info()
+            info["inbound"] = spool.inbound_counters()  # fastmta.feedback (metrics)
             queues = spool.queue_counts()
             self.state.update(workers, info, queues)
             A.write_status(self.sup.spool_path, self.status(workers, info, queues))

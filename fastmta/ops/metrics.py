@@ -168,6 +168,14 @@ class OpsCollector(Collector):
             full = GaugeMetricFamily("fastmta_spool_full", "1 while the spool map is full")
             full.add_metric([], 1 if spool.get("full") else 0)
             yield full
+            inb = CounterMetricFamily("fastmta_inbound_messages",
+                                      "Inbound feedback mail by kind and effect (fastmta.feedback)",
+                                      labels=["what", "value"])
+            for name, v in sorted((spool.get("inbound") or {}).items()):
+                what, _, value = name.partition("/")
+                if value:
+                    inb.add_metric([what, value], v)
+            yield inb
         up = GaugeMetricFamily("fastmta_worker_up", "1 if the worker process is alive",
                                labels=["worker"])
         age = GaugeMetricFamily("fastmta_worker_heartbeat_age_seconds",
