@@ -158,3 +158,43 @@ def test_one_click_unsubscribe_http(tmp_path):
             await srv.close()
 
     _run(go())
+
+
+@pytest.mark.timeout(60)
+def test_starttls_when_a_certificate_is_configured(tmp_path):
+    import ssl
+
+    from fastmta.sim.certs import make_self_signed
+
+    cert, key = make_self_signed(str(tmp_path), ["feedback.test"], ["127.0.0.1"])
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    tok = tokens_for(sp)
+    cfg = feedback_config(tls_cert=str(cert), tls_key=str(key))
+    it = items[0]
+    rid = rid_of(it)
+    rp = tok.return_path(tok.token(did, rid))
+    raw = build_dsn(it.email, rp, original(tok, did, rid, it.email))
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+
+        def client():
+            ctx = ssl.create_default_context(cafile=str(cert))
+            ctx.check_hostname = False
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+                c.ehlo("x")
+                assert c.has_extn("starttls")
+                c.starttls(context=ctx)
+                c.ehlo("x")
+                assert not c.has_extn("starttls")
+                c.sendmail("", [rp], raw)
+                return c.sock.version()
+
+        try:
+            return await asyncio.to_thread(client)
+        finally:
+            await srv.close()
+
+    assert _run(go()).startswith("TLSv1.")
+    assert sp.recipient(did, rid).status == Status.FAILED
