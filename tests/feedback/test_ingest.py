@@ -65,3 +65,38 @@ def test_ingest_mbox_maildir_stdin(tmp_path):
     shown = _cli("show", str(recs[0]["id"]), cfg=cfg).stdout
     assert b'"effect": "failed"' in shown and b"Mail delivery failed" in shown
     assert _cli("show", "999", cfg=cfg).returncode != 0
+
+
+def test_inbound_serve_command(tmp_path):
+    """`fastmta inbound serve` as an operator starts it: refuses relaying, takes a DSN."""
+    import smtplib
+
+    from fastmta.sim.mx import free_port
+
+    spath = str(tmp_path / "s")
+    sp, did, items = sent_delivery(spath, 1)
+    tok = tokens_for(sp)
+    it = items[0]
+    rid = rid_of(it)
+    rp = tok.return_path(tok.token(did, rid))
+    raw = build_dsn(it.email, rp, original(tok, did, rid, it.email), style="qmail")
+    Spool.close_all()
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    p = subprocess.Popen([sys.executable, "-m", "fastmta", "inbound", "serve", "--listen",
+                          f"127.0.0.1:{port}", "--domain", DOMAIN, "--spool", spath],
+                         stderr=subprocess.PIPE, env=env)
+    try:
+        line = p.stderr.readline().decode()  # printed once the socket listens
+        assert f"SMTP on 127.0.0.1:{port}" in line, line
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as c:
+            c.ehlo("x")
+            c.mail("")
+            assert c.rcpt("someone@example.org")[0] == 550
+            assert c.rcpt(rp)[0] == 250
+            assert c.data(raw)[0] == 250
+    finally:
+        p.terminate()
+        p.wait(timeout=20)
+    sp = Spool.open(spath)
+    assert sp.recipient(did, rid).status == Status.FAILED
