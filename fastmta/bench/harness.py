@@ -71,6 +71,7 @@ class BenchOptions:
     profile: str = "null"
     dkim: bool = False
     dkim_algorithm: str = "rsa-sha256"  # or ed25519-sha256
+    feedback: bool = False  # VERP + listener; the sim sends async bounces/complaints after
     sink_procs: int = 2
     config: Config | None = None  # operator settings (shaping...); DNS/SMTP set by the bench
     spool_dir: str | None = None  # default: a fresh temp dir, removed after the run
@@ -172,7 +173,7 @@ async def run_bench(opts: BenchOptions) -> dict:
     try:
         # with --dkim the sink keeps the messages so the bench can check the signatures
         sim = SimInternet(world, workers=max(1, opts.sink_procs), tls=False,
-                          keep_messages=opts.dkim)
+                          keep_messages=opts.dkim or opts.feedback)
         await sim.start()
         try:
             out = await _run(opts, prof, world, sim, template, spool_path)
@@ -193,6 +194,11 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     # recipients are generated as they are injected (no list of N addresses here)
     route = await engine.domain_router(world.domains, cfg)
     spool = Spool.open(spool_path, cfg.spool)
+    inbound = None
+    if opts.feedback:  # docs/feedback.md: the listener is the return path's MX
+        from fastmta.sim.feedback import start_listener
+
+        cfg, inbound = await start_listener(sim, cfg, spool)
     sampler = ProcSampler().start()
     marks: list[tuple[int, float]] = []  # (line, wall ms when handed to the spool)
 
@@ -266,6 +272,10 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     sink_stats = await sim.stats()
     accepted = await sim.accepted()
     audit = _audit(spool, did, world, accepted, marks, wall0_ms)
+    if inbound is not None:
+        from fastmta.sim.feedback import run_feedback
+
+        audit["feedback"] = await run_feedback(sim, inbound)
     k = spool.kpis(did)
 
     sent = audit["delivered"]
@@ -349,6 +359,11 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
             result["audit_problems"].append(
                 f"--dkim: {signed} of {len(msgs)} accepted messages carry a DKIM-Signature "
                 "(does this engine build sign at send time?)")
+    if "feedback" in audit:
+        fb = result["feedback"] = audit["feedback"]
+        if not fb["all_applied_once"]:
+            result["audit_ok"] = False
+            result["audit_problems"].append(f"feedback: not every report applied once: {fb}")
     result.update(opts.extra)
     return result
 

@@ -65,6 +65,10 @@ def print_bench(r: dict) -> None:
     if r["dkim"]:
         e(f"  DKIM: {r['dkim_signed']:,} accepted messages signed -> "
           f"{'OK' if r['dkim_ok'] else 'NOT SIGNED'}")
+    if r.get("feedback"):
+        f = r["feedback"]
+        e(f"  feedback: sim sent {f['planned']} -> applied {f['effects']} -> "
+          f"{'OK (each once)' if f['all_applied_once'] else 'MISMATCH'}")
     for p in r["audit_problems"]:
         e(f"    {p}")
 
@@ -96,10 +100,13 @@ def print_bench(r: dict) -> None:
 @click.option("--write-recipients", type=click.Path(dir_okay=False), default=None,
               help="with --write-world: also write the --messages recipients (CSV) and "
                    "the message template (FILE.eml beside it)")
+@click.option("--feedback", is_flag=True,
+              help="VERP + the inbound listener; after the run the simulated providers send "
+                   "async bounces (5%), complaints (0.5%), auto-replies (1%); audited")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
-              write_recipients, as_json) -> None:
+              write_recipients, feedback, as_json) -> None:
     """Benchmark the full engine against the simulated internet (loopback only)."""
     from fastmta import bench as b
     from fastmta.bench.profile import world_toml
@@ -139,7 +146,8 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
                             dkim_algorithm="ed25519-sha256" if dkim_key == "ed25519"
                             else "rsa-sha256",
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
-                            fixed_connections=fixed_connections, progress=progress)
+                            fixed_connections=fixed_connections, progress=progress,
+                            feedback=feedback)
         result = run(b.run_bench(opts))
         if not as_json and sys.stderr.isatty():
             sys.stderr.write("\n")

@@ -3,33 +3,14 @@ and the simulated providers' asynchronous feedback after the run (docs/feedback.
 
 from __future__ import annotations
 
-import msgspec
-
-BOUNCE_DOMAIN = "bounces.demo.test"
-LISTENER_IP = "127.0.9.1"
-
 
 async def start_feedback(sim, cfg, spool):
-    from fastmta.feedback.listener import InboundServer
+    from fastmta.sim.feedback import start_listener
 
-    fb = msgspec.structs.replace(cfg.feedback, enabled=True, domains=[BOUNCE_DOMAIN],
-                                 unsubscribe_url="https://unsubscribe.demo.test")
-    cfg = msgspec.structs.replace(cfg, feedback=fb)
-    srv = InboundServer(cfg, spool)
-    await srv.start(LISTENER_IP, sim.smtp_port)
-    sim.add_mx(BOUNCE_DOMAIN, "mx." + BOUNCE_DOMAIN, LISTENER_IP)
-    return cfg, srv
+    return await start_listener(sim, cfg, spool)
 
 
-async def send_feedback(sim, srv) -> dict[str, int]:
-    from fastmta.sim.feedback import FeedbackSpec, plan, send
+async def send_feedback(sim, srv) -> dict:
+    from fastmta.sim.feedback import run_feedback
 
-    items = plan(await sim.messages(), FeedbackSpec())
-    try:
-        counts = await send(items, sim.dns_config(), sim.smtp_port)
-    finally:
-        await srv.close()
-    kinds: dict[str, int] = {}
-    for i in items:
-        kinds[i.kind] = kinds.get(i.kind, 0) + 1
-    return {**kinds, **{f"smtp_{k}": v for k, v in counts.items()}}
+    return await run_feedback(sim, srv)

@@ -196,3 +196,42 @@ def _first_ip(ans) -> str:
         if h.addresses:
             return str(h.addresses[0])
     return ""
+
+
+BOUNCE_DOMAIN = "bounces.sim.test"
+LISTENER_IP = "127.0.9.1"
+
+
+async def start_listener(sim, cfg, spool, *, domain: str = BOUNCE_DOMAIN,
+                         address: str = LISTENER_IP):
+    """Turn VERP on in ``cfg``, start the inbound listener on ``address`` at the sim's
+    SMTP port and publish it as the MX of ``domain``; returns (cfg, server)."""
+    from fastmta.feedback.listener import InboundServer
+
+    fb = msgspec.structs.replace(cfg.feedback, enabled=True, domains=[domain],
+                                 unsubscribe_url=f"https://unsubscribe.{domain}")
+    cfg = msgspec.structs.replace(cfg, feedback=fb)
+    srv = InboundServer(cfg, spool)
+    await srv.start(address, sim.smtp_port)
+    sim.add_mx(domain, "mx." + domain, address)
+    return cfg, srv
+
+
+async def run_feedback(sim, srv, spec: FeedbackSpec | None = None) -> dict:
+    """The providers' feedback for every message the sim accepted, sent to the listener;
+    returns what was planned, the SMTP outcomes and what the spool did (``srv`` closed)."""
+    items = plan(await sim.messages(), spec or FeedbackSpec())
+    try:
+        smtp = await send(items, sim.dns_config(), sim.smtp_port)
+    finally:
+        await srv.close()
+    planned: dict[str, int] = {}
+    for i in items:
+        planned[i.kind] = planned.get(i.kind, 0) + 1
+    counters = srv.proc.spool.inbound_counters()
+    effects = {k[7:]: v for k, v in counters.items() if k.startswith("effect/")}
+    return {"planned": planned, "smtp": smtp, "effects": effects,
+            "all_applied_once": effects.get("failed", 0) == planned.get("dsn", 0)
+            and effects.get("complained", 0) == planned.get("arf", 0)
+            and effects.get("recorded", 0) == planned.get("autoreply", 0)
+            and not effects.get("unmatched") and not effects.get("duplicate")}
