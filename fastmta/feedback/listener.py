@@ -105,6 +105,7 @@ class InboundServer:
         self.stats: dict[str, int] = defaultdict(int)
         self.latencies: list[float] = []  # end of DATA -> durable and applied (seconds)
         self.server: asyncio.AbstractServer | None = None
+        self._purger: asyncio.Task | None = None
         self.tls: ssl.SSLContext | None = None
         if self.f.tls_cert and self.f.tls_key:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -113,10 +114,25 @@ class InboundServer:
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self.server = await asyncio.start_server(self._client, host, port,
                                                  limit=self.f.max_line + 2, backlog=512)
+        self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
         sock = self.server.sockets[0].getsockname()
         return sock[0], sock[1]
 
+    async def _purge_loop(self) -> None:
+        """Drop raw copies older than ``keep_raw_days`` (the records stay), hourly."""
+        spool = self.proc.spool
+        while True:
+            cutoff = time.time_ns() // 1_000_000 - int(self.f.keep_raw_days * 86400_000)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, spool.inbound_purge_raw, cutoff)
+            except Exception:
+                log.exception("purging old inbound copies failed")
+            await asyncio.sleep(3600)
+
     async def close(self) -> None:
+        if self._purger is not None:
+            self._purger.cancel()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()

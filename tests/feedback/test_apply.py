@@ -175,3 +175,14 @@ def test_events_and_accounting_csv_carry_the_feedback(tmp_path):
     rows = [ex.row(e) for e in pubs]
     assert rows[0][0] == "rb" and rows[0][4] == a.email and rows[0][9] == "bad-mailbox"
     assert rows[1][0] == "f" and rows[1][12] == "abuse"
+
+
+def test_raw_copies_are_purged_records_stay(tmp_path):
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    proc = processor(sp)
+    rec = proc.process(b"From: a@b.example\r\nSubject: hi\r\n\r\nx\r\n", source="t", now_ms=1000)
+    assert sp.inbound_get(rec.id)[1].startswith(b"From:")
+    assert sp.inbound_purge_raw(older_than_ms=500) == 0
+    assert sp.inbound_purge_raw(older_than_ms=2000) == 1
+    got = sp.inbound_get(rec.id)
+    assert got is not None and got[1] == b"" and got[0].id == rec.id
