@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=20000)
     ap.add_argument("--files", type=int, default=200)
     ap.add_argument("--parallel", type=int, default=8, help="smtp-source processes at once")
-    ap.add_argument("--sessions", type=int, default=2, help="sessions per smtp-source")
+    ap.add_argument("--sessions", type=int, default=8, help="sessions per smtp-source")
     ap.add_argument("--no-sync", action="store_true", help="spool without fsync")
     a = ap.parse_args()
     if not shutil.which("smtp-source"):

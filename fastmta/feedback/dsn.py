@@ -44,6 +44,17 @@ _DIAG_CUES = re.compile(
     r"full|quota|disabled|inactive|blocked|denied|not found)", re.I)
 
 
+_NOT_RCPT = re.compile(r"\b(?:message-id|in-reply-to|references)\b", re.I)
+_CONTACT = re.compile(r"\b(?:please|contact|assistance|send (?:e-?)?mail to|write to|"
+                      r"questions?)\b", re.I)
+
+
+def _line_at(text: str, offset: int) -> str:
+    start = text.rfind("\n", 0, offset) + 1
+    end = text.find("\n", offset)
+    return text[start:end if end >= 0 else len(text)]
+
+
 class RcptBlock(NamedTuple):
     email: str
     original: str  # Original-Recipient
@@ -156,8 +167,11 @@ def from_text(text: str, *, exclude: set[str], failed_hdr: list[str],
               delayed: bool = False) -> list[RcptBlock]:
     """Heuristic recipient blocks of a plain-text bounce (``text`` already cut before the
     returned message).  ``exclude``: lower-case sender-side addresses."""
-    every = addresses(text)
+    every = [(a, o) for a, o in addresses(text) if not _NOT_RCPT.search(_line_at(text, o))]
     found = [(a, o) for a, o in every if a.lower() not in exclude and not is_role(a)]
+    if len(found) > 1:  # a contact address in the boilerplate is not a failed recipient
+        kept = [(a, o) for a, o in found if not _CONTACT.search(_line_at(text, o))]
+        found = kept or found
     if not found:  # the text names only a role address or the sender itself
         found = [(a, o) for a, o in every if not is_role(a)] or \
             [(a, o) for a, o in every if a.lower() not in exclude]
