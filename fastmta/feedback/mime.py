@@ -126,6 +126,42 @@ def field_text(msg: Message, limit: int) -> str:
 
 
 DEFAULT_LIMITS = Limits()
+_BOUNDARY_LINE = re.compile(rb"^--([^\s]{6,200}?)(?:--)?\r?$", re.M)
+_MIME_PREAMBLE = re.compile(rb"^\s*this is a (?:mime-encapsulated|multi-part) message", re.I)
+_CT_HEADER = re.compile(rb"^Content-Type:[^\n]*(?:\n[ \t][^\n]*)*\n", re.I | re.M)
+
+
+def _message(data: bytes) -> Message:
+    try:
+        return email.message_from_bytes(data, policy=email.policy.compat32)
+    except Exception:  # the parser is lenient; keep a last resort
+        return email.message_from_string(data.decode("latin-1", "replace"))
+
+
+def _resplit(data: bytes) -> bytes | None:
+    """A multipart whose boundary parameter does not match its body (broken or
+    anonymised mail, or a MIME body under a missing Content-Type): re-split it on the
+    most frequent ``--token`` line that is followed by part headers, or None."""
+    sep = data.find(b"\n\n")
+    if sep < 0:
+        return None
+    head, body = data[: sep + 1], data[sep + 1:]
+    counts: dict[bytes, int] = {}
+    for m in _BOUNDARY_LINE.finditer(body[:1_000_000]):
+        nxt = body[m.end():m.end() + 200].lstrip(b"\r\n")
+        if nxt[:13].lower() == b"content-type:" or nxt[:26].lower() == b"content-transfer-encoding:":
+            counts[m.group(1)] = counts.get(m.group(1), 0) + 1
+    if not counts:
+        return None
+    token = max(counts, key=lambda k: counts[k])
+    m = _CT_HEADER.search(head)
+    old = m.group(0) if m else b""
+    kind = b"report" if b"multipart/report" in old.lower() else b"mixed"
+    rtype = re.search(rb"report-type=\"?([\w-]+)", old, re.I)
+    params = b"; report-type=" + rtype.group(1) if rtype else b""
+    new = b"Content-Type: multipart/" + kind + params + b'; boundary="' + token + b'"\n'
+    head = head.replace(old, new, 1) if old else head + new
+    return head + body
 
 
 def load(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Walk:
@@ -133,10 +169,13 @@ def load(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Walk:
     truncated = len(raw) > limits.window_bytes
     data = raw[: limits.window_bytes] if truncated else raw
     deadline = time.monotonic() + limits.time_s
-    try:
-        root = email.message_from_bytes(data, policy=email.policy.compat32)
-    except Exception:  # the parser is lenient; keep a last resort
-        root = email.message_from_string(data.decode("latin-1", "replace"))
+    root = _message(data)
+    if not isinstance(root.get_payload(), list) and (
+            root.get_content_maintype() == "multipart"
+            or _MIME_PREAMBLE.search(data[data.find(b"\n\n"):][:300])):
+        fixed = _resplit(data)
+        if fixed is not None:
+            root = _message(fixed)
     parts: list[Part] = []
     cut = ""
     stack: list[tuple[Message, int, bool]] = [(root, 0, False)]

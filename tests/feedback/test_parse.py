@@ -185,3 +185,12 @@ def test_shared_corpus_floor():
     d = json.loads(out[out.index("{"):])["fastmta"]
     assert d["kind_pct"] >= 95 and d["recipients_found_pct"] >= 95
     assert d["recipients_precision_pct"] >= 95 and d["arf_feedback_type_pct"] >= 95
+
+
+def test_multipart_with_a_wrong_boundary_is_resplit():
+    broken = MULTI.replace(b'boundary="B"', b'boundary="NOT-THE-ONE"')
+    broken = broken.replace(b"\n--B", b"\n--realboundary42").replace(b"--B\n", b"--realboundary42\n")
+    r = parse(broken)
+    assert r.kind == "dsn"
+    assert [x.email for x in r.recipients] == ["one@example.net", "two@example.net",
+                                               "three@example.net"]
