@@ -161,15 +161,13 @@ def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
                                delayed=delayed)
     elif any(not b.diagnostic for b in blocks):
         # fill missing Diagnostic-Code from the human-readable part (per address)
-        filled = []
-        for b in blocks:
-            if b.diagnostic:
-                filled.append(b)
-                continue
-            extra = dsn.from_text(text, exclude=set(), failed_hdr=[b.email])
-            diag = extra[0].diagnostic if extra else ""
-            filled.append(b._replace(diagnostic=diag))
-        blocks = filled
+        # (segmented by every address the report names, so that one recipient's
+        # text never runs into the next one's)
+        named = [b.email for b in blocks if b.email]
+        seg = {x.email.lower(): x.diagnostic
+               for x in dsn.from_text(text, exclude=set(), failed_hdr=named)}
+        blocks = [b if b.diagnostic else b._replace(diagnostic=seg.get(b.email.lower(), ""))
+                  for b in blocks]
     out = []
     seen: set[tuple[str, str | None]] = set()
     for b in blocks:
@@ -178,6 +176,10 @@ def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
             continue
         seen.add(key)
         status = b.status or dsn.status_of(b.diagnostic, b.action != "delayed")
+        if status.endswith(".0.0") and b.diagnostic:  # generic: the reply's own is better
+            own = dsn.norm_status(b.diagnostic)
+            if own and own[0] == status[0]:
+                status = own
         typ, bclass, reason = _classify(status, b.diagnostic, b.action,
                                         text if len(blocks) == 1 else "")
         action = b.action if b.action in _ACTIONS else ("failed" if b.action is None else None)
