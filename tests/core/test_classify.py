@@ -200,7 +200,7 @@ def test_reply_phrase_wrapped_over_lines(impl):
 def test_to_dict_fields(impl):
     d = impl.classify("550 5.1.1 user unknown", "rcpt").to_dict()
     assert set(d) == {"code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",
-                      "rule"}
+                      "rule", "throttle_scope"}
 
 
 def test_bad_arguments(impl):
