@@ -59,6 +59,8 @@ class _ProviderState:
         self.conns: Counter[str] = Counter()  # sender ip -> open connections
         self.rate: dict[str, deque] = {}  # sender ip -> recent message times
         self.greylist: dict[tuple, float] = {}  # (ip, from, rcpt) -> first seen
+        self.rcpt_rate: dict[str, deque] = {}  # recipient -> recent acceptance times
+        self.mails = 0  # MAIL FROM commands seen (transient_421_every)
 
 
 class MxServer:

@@ -44,6 +44,10 @@ R_TOO_MANY_CONN = (b"421 4.3.2 The maximum number of concurrent server connectio
 R_RATE = (b"421-4.7.28 [%s] Our system has detected an unusual rate of unsolicited mail\r\n"
           b"421 4.7.28 originating from your IP address; it has been rate limited.\r\n")
 R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
+# Gmail's published recipient-rate deferral (support.google.com/a/answer/3726730)
+R_RCPT_RATE = (b"450-4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n"
+               b"450 4.2.1 Please resend your message at a later time.\r\n")
+R_TRANSIENT_421 = b"421 4.3.0 Temporary System Problem. Try again later.\r\n"
 R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
 R_TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 R_BAD_SEQ = b"503 5.5.1 Bad sequence of commands\r\n"
@@ -323,6 +327,12 @@ class _Session(asyncio.Protocol):
         if beh.block:
             self.srv.stats.replies["550 5.7.1"] += 1
             return R_BLOCK % self.peer_ip.encode()
+        if beh.transient_421_every:
+            self.pstate.mails += 1
+            if self.pstate.mails % beh.transient_421_every == 0:
+                self.srv.stats.replies["421 4.3.0"] += 1
+                self.mode = _CLOSED
+                return R_TRANSIENT_421
         if beh.max_msgs_per_min_per_ip:
             q = self.pstate.rate.setdefault(self.peer_ip, deque())
             now = time.monotonic()
@@ -370,6 +380,14 @@ class _Session(asyncio.Protocol):
             first = self.pstate.greylist.setdefault(key, now)
             if now - first < delay:
                 return self._refusal(R_GREY % max(1, int(delay - (now - first) + 0.999)))
+        if beh.max_msgs_per_rcpt:
+            q = self.pstate.rcpt_rate.setdefault(addr.lower(), deque())
+            now = time.monotonic()
+            while q and q[0] < now - beh.rate_window_s:
+                q.popleft()
+            if len(q) >= beh.max_msgs_per_rcpt:
+                return self._refusal(R_RCPT_RATE)
+            q.append(now)
         self.rcpts.append(addr)
         self.fates.append(fate)
         return R_RCPT_OK
