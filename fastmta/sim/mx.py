@@ -53,7 +53,7 @@ class Stats:
 class _ProviderState:
     """State shared by all hosts of one provider in this process."""
 
-    __slots__ = ("conns", "rate", "greylist")
+    __slots__ = ("conns", "rate", "greylist", "rcpt_rate", "mails")
 
     def __init__(self) -> None:
         self.conns: Counter[str] = Counter()  # sender ip -> open connections

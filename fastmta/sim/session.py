@@ -48,6 +48,7 @@ R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
 R_RCPT_RATE = (b"450-4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n"
                b"450 4.2.1 Please resend your message at a later time.\r\n")
 R_TRANSIENT_421 = b"421 4.3.0 Temporary System Problem. Try again later.\r\n"
+R_TRANSIENT_421_GREETING = b"421 4.3.2 Service not available, closing transmission channel\r\n"
 R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
 R_TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 R_BAD_SEQ = b"503 5.5.1 Bad sequence of commands\r\n"
@@ -124,6 +125,11 @@ class _Session(asyncio.Protocol):
                 return
         if beh.silent:
             return
+        if beh.transient_421_every:
+            self.pstate.mails += 1
+            if self.pstate.mails % beh.transient_421_every == 0:
+                self._refuse(R_TRANSIENT_421_GREETING)
+                return
         greeting = (beh.greeting.encode() + b"\r\n") if beh.greeting else (
             R_GREETING % srv.hostname_of(self.host_ip))
         if beh.greeting_delay_s:

@@ -63,8 +63,9 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # per recipient address: at most this many messages per rate_window_s, then Gmail's
     # published 450 4.2.1 "receiving mail too quickly" (a recipient-scope limit); 0 = off
     max_msgs_per_rcpt: int = 0
-    # every Nth MAIL FROM (per provider) gets a generic "421 4.3.0 Temporary System
-    # Problem" and the connection closes: a transient failure, not a rate signal; 0 = off
+    # every Nth connection and MAIL FROM (per provider, one counter) gets a generic 421
+    # ("Service not available" greeting, "Temporary System Problem" to MAIL) and the
+    # connection closes: transient failures, not rate signals; 0 = off
     transient_421_every: int = 0
     garbage: bool = False  # answers MAIL with bytes that are not SMTP
     keep_messages: bool = False  # keep accepted messages (for tests)
