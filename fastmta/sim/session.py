@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import zlib
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -47,6 +48,8 @@ R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
 # Gmail's published recipient-rate deferral (support.google.com/a/answer/3726730)
 R_RCPT_RATE = (b"450-4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n"
                b"450 4.2.1 Please resend your message at a later time.\r\n")
+# a refusal in no provider's documentation (the unknown-reply loop's test text)
+R_ODD = b"550 5.9.0 Frobnication store %d declined <%s> (ticket %s)\r\n"
 R_TRANSIENT_421 = b"421 4.3.0 Temporary System Problem. Try again later.\r\n"
 R_TRANSIENT_421_GREETING = b"421 4.3.2 Service not available, closing transmission channel\r\n"
 R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
@@ -379,6 +382,10 @@ class _Session(asyncio.Protocol):
             return self._refusal(R_DISABLED)
         elif fate == "tempfail":
             return self._refusal(R_TEMPFAIL)
+        elif fate == "odd":
+            h = zlib.crc32(addr.encode("utf-8", "replace"))
+            return self._refusal(R_ODD % (h % 97, addr.encode("utf-8", "replace"),
+                                          b"%08x" % h))
         if fate == "greylist" or beh.greylist_s:
             delay = beh.greylist_s or self.srv.world.spec.greylist_default_s
             key = (self.peer_ip, self.mail_from, addr.lower())

@@ -110,6 +110,7 @@ MAGIC = (
     ("full", "full"),
     ("tempfail", "tempfail"),
     ("greylist", "greylist"),
+    ("oddreply", "odd"),  # a refusal no bounce rule knows (the unknown-reply loop)
 )
 
 
