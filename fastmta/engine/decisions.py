@@ -17,8 +17,8 @@ Decisions for a recipient's reply (``decide``), in precedence order:
 - ``defer_recipient``: a recipient-scope limit (this mailbox receives too fast): only
   this recipient waits (its own retry backoff); the site keeps its speed.
 - ``throttle``: a sender-scope slow-down (rate, connections, volume): the site's
-  adaptive limits are cut (``shaper_kind`` = ``connections`` for a 421 or a refusal at
-  connect/EHLO, else ``rate``); the recipient is queued again.
+  adaptive limits are cut (``shaper_kind`` = ``connections`` for a connection-limit
+  rule or a refusal at connect/EHLO, else ``rate``); the recipient is queued again.
 - ``hard``: the recipient cannot receive: bounce.
 - ``soft``: anything else (a generic 421, timeouts, policy deferrals): a counted soft
   failure with the retry schedule; the site's limits are not touched.
@@ -31,13 +31,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = ["Decision", "decide", "decide_connect", "SESSION_LIMIT_RULES",
-           "TOO_MANY_RCPTS_RULES"]
+           "TOO_MANY_RCPTS_RULES", "CONNECTION_RULES"]
 
 # Rules whose meaning is about the transaction's shape, not the recipient or the sender.
 SESSION_LIMIT_RULES = frozenset({"session-message-limit"})
 TOO_MANY_RCPTS_RULES = frozenset({"rcpt-too-many-recipients-enhanced",
                                   "rcpt-too-many-recipients-text", "rcpt-452-bare",
                                   "enh-too-many-recipients"})
+# Rules about the number of connections (the others throttle the message rate).
+CONNECTION_RULES = frozenset({"connection-limit"})
 _CONNECT_PHASES = frozenset({"connect", "ehlo", "helo"})
 
 
@@ -50,8 +52,9 @@ class Decision:
     shaper_kind: str = ""  # for "throttle": "connections" | "rate"
 
 
-def _throttle_kind(code: int, command: str | None) -> str:
-    return "connections" if code == 421 or command in _CONNECT_PHASES else "rate"
+def _throttle_kind(cls, command: str | None) -> str:
+    return "connections" if command in _CONNECT_PHASES or cls.rule in CONNECTION_RULES \
+        else "rate"
 
 
 def decide(cls, code: int, command: str | None, enhanced: str | None = None) -> Decision:
@@ -70,7 +73,7 @@ def decide(cls, code: int, command: str | None, enhanced: str | None = None) -> 
     if cls.throttle and (scope == "recipient" or cls.action == "defer_recipient"):
         return Decision("defer_recipient", close=close)
     if cls.throttle:
-        return Decision("throttle", close=close, shaper_kind=_throttle_kind(code, command))
+        return Decision("throttle", close=close, shaper_kind=_throttle_kind(cls, command))
     if cls.type == "hard" or cls.action == "bounce":
         return Decision("hard", close=close)
     return Decision("soft", close=close)

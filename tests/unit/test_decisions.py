@@ -18,12 +18,14 @@ TABLE = [
      ("defer_recipient", False, "")),
     # sender scope: the site's adaptive limits
     ("421 4.7.28 Our system has detected an unusual rate of unsolicited mail originating "
-     "from your IP address", "mail", ("throttle", True, "connections")),
+     "from your IP address", "mail", ("throttle", True, "rate")),
+    ("421 4.3.2 The maximum number of concurrent server connections has exceeded a limit, "
+     "closing transmission channel", "mail", ("throttle", True, "connections")),
     ("451 4.7.500 Server busy. Please try again later from [192.0.2.1].", "rcpt",
      ("throttle", False, "rate")),
     ("450 4.2.1 Peak SMTP relay limit exceeded for customer", "mail", ("throttle", False, "rate")),
     ("421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume "
-     "or user complaints", "mail", ("throttle", True, "connections")),
+     "or user complaints", "mail", ("throttle", True, "rate")),
     # not every 421 is a throttle
     ("421 4.3.0 Temporary System Problem. Try again later.", "mail", ("soft", True, "")),
     ("421 mx.example.net Service not available, closing transmission channel", "rcpt",
