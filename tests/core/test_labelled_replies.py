@@ -44,3 +44,19 @@ def test_labelled_scores(impl_name):
         assert recall >= 0.75, (kind, res["errors"])
     for lang, recall in res["per_lang"].items():
         assert recall >= 0.75, (lang, res["errors"])
+
+
+def test_both_cores_agree_on_the_labelled_set_as_text_and_as_reply_objects():
+    comp = pytest.importorskip("fastmta._core")
+    from fastmta import _core_py as pure
+
+    for o in ITEMS:
+        text, cmd = o["reply"], o["command"]
+        assert comp.classify(text, cmd) == pure.classify(text, cmd), text
+        raw = text.encode("utf-8") + b"\r\n"
+        for impl in (comp, pure):
+            p = impl.ReplyParser()
+            p.expect(cmd)
+            (r,) = p.feed(raw)
+            assert comp.classify(r) == pure.classify(r), text
+            assert impl.classify(r).rule == impl.classify(text, cmd).rule, text
