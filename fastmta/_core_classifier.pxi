@@ -68,6 +68,8 @@ cdef class Classifier:
     cdef list r_type
     cdef list r_reason
     cdef list r_action
+    cdef list r_scope
+    cdef list wide                   # [(pattern id, pattern)] beyond Latin-1
     cdef int32_t* r_class
     cdef uint8_t* r_throttle
 
@@ -98,7 +100,8 @@ cdef class Classifier:
         self.space_class = rules.space_class
         cc = rules.char_class
         for i in range(256):
-            self.cc[i] = cc[i] if i < 128 else 0
+            self.cc[i] = cc[i]
+        self.wide = list(rules.wide)
         ho = rules.has_output
         self.hasout = <uint8_t*>malloc(len(ho) if len(ho) else 1)
         if self.hasout == NULL:
@@ -158,6 +161,7 @@ cdef class Classifier:
         self.r_type = []
         self.r_reason = []
         self.r_action = []
+        self.r_scope = []
         for i in range(nr):
             r = rl[i]
             if r.index != i:
@@ -182,6 +186,7 @@ cdef class Classifier:
             self.r_type.append(r.type)
             self.r_reason.append(r.reason)
             self.r_action.append(r.action)
+            self.r_scope.append(r.throttle_scope)
             self.r_class[i] = r.bounce_class
             self.r_throttle[i] = 1 if r.throttle else 0
         self.enh_off = _copy_i32(enh_off, NULL)
@@ -216,6 +221,19 @@ cdef class Classifier:
         for k in range(self.out_off[state], self.out_off[state + 1]):
             pid = self.out_ids[k]
             if not (self.found[pid >> 6] >> (pid & 63)) & 1:
+                self.found[pid >> 6] |= (<uint64_t>1) << (pid & 63)
+                self.found_list[self.n_found] = pid
+                self.n_found += 1
+                for t in range(self.trig_off[pid], self.trig_off[pid + 1]):
+                    self.cand[self.trig_rules[t] >> 6] |= (<uint64_t>1) << (self.trig_rules[t] & 63)
+
+    cdef void _scan_wide(self, str text):
+        """Patterns beyond Latin-1, by substring on the folded text (only called for
+        replies that hold such characters)."""
+        cdef int32_t pid, t
+        norm = _rules.normalize(text)
+        for pid, p in self.wide:
+            if p in norm and not (self.found[pid >> 6] >> (pid & 63)) & 1:
                 self.found[pid >> 6] |= (<uint64_t>1) << (pid & 63)
                 self.found_list[self.n_found] = pid
                 self.n_found += 1
@@ -357,17 +375,24 @@ cdef class Classifier:
             state = self._scan_begin()
             state = self._scan_text(state, kind, d, n)
             self._scan_space(state)
+            if kind != 1 and self.wide:
+                self._scan_wide(text)
         else:
             # A Reply: match on its lines (codes and continuation prefixes stripped), as
             # if joined by spaces, without building the joined string.
             state = self._scan_begin()
+            kind = 1
             for j in range(len(lines)):
                 line = <str?>lines[j]
                 if j:
                     state = self._scan_space(state)
+                if PyUnicode_KIND(line) != 1:
+                    kind = PyUnicode_KIND(line)
                 state = self._scan_text(state, PyUnicode_KIND(line), PyUnicode_DATA(line),
                                         PyUnicode_GET_LENGTH(line))
             self._scan_space(state)
+            if kind != 1 and self.wide:
+                self._scan_wide(" ".join(lines))
         lowered = None
         for w in range(self.rule_words):
             bits = self.cand[w]
@@ -428,6 +453,7 @@ cdef class Classifier:
                 res.throttle = self.r_throttle[r]
                 res.action = self.r_action[r]
                 res.rule = self.r_name[r]
+                res.throttle_scope = self.r_scope[r]
                 return res
         return Classification(code, enhanced, 1, "soft", "not_defined", False, "retry", "default")
 

@@ -22,8 +22,11 @@ cdef class Classification:
     cdef readonly bint throttle
     cdef readonly object action
     cdef readonly object rule
+    cdef readonly object throttle_scope
 
-    def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule):
+    def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule,
+                 throttle_scope="none"):
+        self.throttle_scope = throttle_scope
         self.code = code
         self.enhanced = enhanced
         self.bounce_class = bounce_class
@@ -43,11 +46,12 @@ cdef class Classification:
             "throttle": self.throttle,
             "action": self.action,
             "rule": self.rule,
+            "throttle_scope": self.throttle_scope,
         }
 
     def _key(self):
         return (self.code, self.enhanced, self.bounce_class, self.type, self.reason,
-                self.throttle, self.action, self.rule)
+                self.throttle, self.action, self.rule, self.throttle_scope)
 
     def __eq__(self, other):
         if not hasattr(other, "to_dict") or not hasattr(other, "bounce_class"):
@@ -70,7 +74,8 @@ cdef class Classification:
         return (
             f"Classification(code={self.code!r}, enhanced={self.enhanced!r}, "
             f"bounce_class={self.bounce_class!r}, type={self.type!r}, reason={self.reason!r}, "
-            f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r})"
+            f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r}, "
+            f"throttle_scope={self.throttle_scope!r})"
         )
 
 

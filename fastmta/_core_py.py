@@ -28,7 +28,6 @@ a single automaton pass plus the few candidate rules it triggers.
 
 from __future__ import annotations
 
-import re
 from collections import deque
 
 from fastmta.classify import rules as _rules
@@ -302,9 +301,12 @@ class Classification:
     of the rule that decided).
     """
 
-    __slots__ = ("code", "enhanced", "bounce_class", "type", "reason", "throttle", "action", "rule")
+    __slots__ = ("code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",
+                 "rule", "throttle_scope")
 
-    def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule):
+    def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule,
+                 throttle_scope="none"):
+        self.throttle_scope = throttle_scope
         self.code = code
         self.enhanced = enhanced
         self.bounce_class = bounce_class
@@ -324,6 +326,7 @@ class Classification:
             "throttle": self.throttle,
             "action": self.action,
             "rule": self.rule,
+            "throttle_scope": self.throttle_scope,
         }
 
     def _key(self):
@@ -336,6 +339,7 @@ class Classification:
             self.throttle,
             self.action,
             self.rule,
+            self.throttle_scope,
         )
 
     def __eq__(self, other):
@@ -353,7 +357,8 @@ class Classification:
         return (
             f"Classification(code={self.code!r}, enhanced={self.enhanced!r}, "
             f"bounce_class={self.bounce_class!r}, type={self.type!r}, reason={self.reason!r}, "
-            f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r})"
+            f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r}, "
+            f"throttle_scope={self.throttle_scope!r})"
         )
 
 
@@ -480,14 +485,7 @@ def extract_codes(text: str):
     return code, (None if e is None else f"{e[0]}.{e[1]}.{e[2]}")
 
 
-_NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_WS_RUN = re.compile(r"[ \t\n\r\x0b\x0c]+")
-
-
-def _normalize(text: str) -> str:
-    """ASCII lower case, whitespace runs collapsed, one space at both ends."""
-    t = _NON_ASCII.sub("\x7f", text).lower()
-    return _WS_RUN.sub(" ", " " + t + " ")
+_normalize = _rules.normalize  # folded text, whitespace collapsed, a space at both ends
 
 
 class Classifier:
@@ -571,7 +569,8 @@ class Classifier:
                 if r.regex.search(lowered) is None:
                     continue
             return Classification(
-                code, enhanced, r.bounce_class, r.type, r.reason, r.throttle, r.action, r.name
+                code, enhanced, r.bounce_class, r.type, r.reason, r.throttle, r.action, r.name,
+                r.throttle_scope,
             )
         return Classification(code, enhanced, 1, "soft", "not_defined", False, "retry", "default")
 

@@ -30,7 +30,9 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
     type: str  # hard | soft | ignored | none
     reason: str
     throttle: bool = False
-    action: str = "retry"  # deliver_ok | retry | bounce | suspend_site | reduce_rate
+    # deliver_ok | retry | bounce | suspend_site | reduce_rate | defer_recipient
+    action: str = "retry"
+    throttle_scope: str = "none"  # none | recipient | sender
 
     def to_dict(self) -> dict:
         return msgspec.structs.asdict(self)
@@ -85,6 +87,6 @@ def local(kind: str, command: str | None, detail: str = "") -> tuple[Reply, Clas
     reply = Reply(code, enh, (text,), raw, command)
     cls = Classification(
         code=code, enhanced=enh, bounce_class=bclass, type=typ, reason=reason,
-        throttle=throttle, action=action,
+        throttle=throttle, action=action, throttle_scope="sender" if throttle else "none",
     )
     return reply, cls

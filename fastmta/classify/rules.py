@@ -16,13 +16,19 @@ hold decides.  Conditions (every one optional):
 - ``text``: any of these substrings; ``text_all``: all of them; ``text_not``: none of
   them.  Substrings are matched against the normalized reply: ASCII lower-cased,
   whitespace runs collapsed to one space, one space added at both ends, non-ASCII
-  characters replaced by U+007F.  Patterns are printable ASCII, lower case.
+  Latin-1 letters folded to their base letter (é -> e, ß -> s), other Latin-1 characters
+  replaced by U+007F, characters beyond Latin-1 lower-cased (``normalize``).  Patterns
+  are lower case (accents are folded when loaded); patterns with characters beyond
+  Latin-1 (Cyrillic, CJK) are matched on replies that hold such characters.
 - ``regex``: a Python regular expression searched in the lower-cased reply, tried only
   when every other condition holds (keep it for the rare rule that needs it).
 
 Outcome: ``bounce_class`` (Momentum/SparkPost class; 0 for success), ``type``
-(hard/soft/ignored/none), ``reason``, ``throttle`` (default false), ``action`` (default
-derived from type and throttle).
+(hard/soft/ignored/none), ``reason``, ``throttle`` (default false, true when a scope is
+given), ``throttle_scope`` (none/recipient/sender; default sender for a throttle),
+``action`` (default derived from type, throttle and scope).  ``source``: where the rule's
+texts come from (RFC section, postmaster page); ``fallback``: a code-only default (shown
+as such by ``--explain`` and recorded by the unknown-reply loop).
 """
 
 from __future__ import annotations
@@ -87,7 +93,10 @@ REASONS = (
     "not_defined",
     "none",
 )
-ACTIONS = ("deliver_ok", "retry", "bounce", "suspend_site", "reduce_rate")
+ACTIONS = ("deliver_ok", "retry", "bounce", "suspend_site", "reduce_rate", "defer_recipient")
+# Whom a slow-down is about: ``recipient`` (one mailbox receives too fast: defer only it),
+# ``sender`` (our IP/domain/connection volume: the site's adaptive limits), ``none``.
+SCOPES = ("none", "recipient", "sender")
 
 # Code patterns index a bit set: 0 = no code at all, 100..599 = the code, 600 + k = "no
 # reply code but an enhanced code of class k" (matched by the class pattern "kxx" only).
@@ -112,6 +121,9 @@ _KEYS = {
     "reason",
     "throttle",
     "action",
+    "throttle_scope",
+    "source",
+    "fallback",
 }
 
 _CODE_RE = re.compile(r"^([1-5])([0-9x])([0-9x])$")
@@ -137,6 +149,10 @@ class Rule:
         "reason",
         "throttle",
         "action",
+        "throttle_scope",
+        "ref",
+        "fallback",
+        "raw",
     )
 
     def __repr__(self) -> str:
@@ -159,16 +175,26 @@ class CompiledRules:
         self.rules = rules
         self.patterns = patterns
         self.sources = sources
+        # Patterns with characters beyond Latin-1 (Cyrillic, CJK, ...): not in the
+        # automaton; tested by substring on the folded text of the (rare) replies that
+        # hold such characters.  (pattern id, pattern) pairs.
+        self.wide = [(i, p) for i, p in enumerate(patterns) if max(map(ord, p)) > 255]
         self._build_automaton()
         self._build_triggers()
 
     def _build_automaton(self) -> None:
-        chars = sorted({c for p in self.patterns for c in p})
-        char_class = bytearray(128)
+        wide = {pid for pid, _ in self.wide}
+        narrow = [(pid, p) for pid, p in enumerate(self.patterns) if pid not in wide]
+        chars = sorted({c for _, p in narrow for c in p})
+        char_class = bytearray(256)
         for i, c in enumerate(chars):
             char_class[ord(c)] = i + 1
-        # Upper-case letters share the class of their lower-case form; whitespace
-        # shares the class of the space.
+        # Upper-case letters share the class of their lower-case form, accented Latin-1
+        # letters the class of their base letter (FOLD); whitespace shares the class of
+        # the space.
+        for c in range(128, 256):
+            f = FOLD_LATIN1.get(c)
+            char_class[c] = char_class[ord(f)] if f else 0
         for c in range(ord("A"), ord("Z") + 1):
             char_class[c] = char_class[c + 32]
         for c in (9, 10, 11, 12, 13):
@@ -177,7 +203,7 @@ class CompiledRules:
         goto: list[dict[int, int]] = [{}]
         outputs: list[list[int]] = [[]]
         last: list[int] = [-1]  # class of the character that enters each state
-        for pid, p in enumerate(self.patterns):
+        for pid, p in narrow:
             s = 0
             for ch in p:
                 k = char_class[ord(ch)]
@@ -316,21 +342,61 @@ def _enh(pats: list[str], source: str, where: str) -> tuple:
 
 
 def _check_pattern(p: str, source: str, where: str) -> str:
-    if not p or not all(32 <= ord(c) < 127 for c in p):
-        _fail(source, where, f"text pattern {p!r} must be non-empty printable ASCII")
-    if p != p.lower() or "  " in p:
+    if not p or not all(c.isprintable() for c in p):
+        _fail(source, where, f"text pattern {p!r} must be non-empty printable text")
+    if any("A" <= c <= "Z" for c in p) or "  " in p:
         _fail(source, where, f"text pattern {p!r} must be lower case with single spaces")
-    return p
+    folded = p.translate(FOLD)
+    if "\x7f" in folded:
+        _fail(source, where, f"text pattern {p!r} holds a Latin-1 symbol that never matches")
+    return folded
 
 
-def _default_action(rtype: str, throttle: bool) -> str:
+def _default_action(rtype: str, throttle: bool, scope: str = "sender") -> str:
     if rtype == "none":
         return "deliver_ok"
     if rtype == "hard":
         return "bounce"
     if throttle:
-        return "reduce_rate"
+        return "defer_recipient" if scope == "recipient" else "reduce_rate"
     return "retry"
+
+
+# ---------------------------------------------------------------- text normalization
+# Latin-1 letters fold to their ASCII base letter (German, French, Spanish, Portuguese,
+# Italian replies match patterns written without accents: "boite pleine", "nao existe");
+# other Latin-1 characters become U+007F (never in a pattern).
+_LATIN1_BASE = (
+    "aaaaaaaceeeeiiiidnooooo\x7fouuuuyts"  # U+00C0..U+00DF
+    "aaaaaaaceeeeiiiidnooooo\x7fouuuuyty"  # U+00E0..U+00FF
+)
+FOLD_LATIN1 = {0xC0 + i: ch for i, ch in enumerate(_LATIN1_BASE) if ch != "\x7f"}
+
+
+class _Fold(dict):
+    """str.translate table: ASCII lower case, Latin-1 folded, beyond Latin-1 the
+    character's own lower case when that is a single character beyond Latin-1."""
+
+    def __missing__(self, k: int):
+        if k < 128:
+            v = chr(k).lower()
+        elif k < 256:
+            v = FOLD_LATIN1.get(k, "\x7f")
+        else:
+            lc = chr(k).lower()
+            v = lc if len(lc) == 1 and ord(lc) > 255 else chr(k)
+        self[k] = v
+        return v
+
+
+FOLD = _Fold()
+_WS_RUN = re.compile(r"[ \t\n\r\x0b\x0c]+")
+
+
+def normalize(text: str) -> str:
+    """The text the patterns are matched against: folded (``FOLD``), whitespace runs
+    collapsed to one space, one space added at both ends."""
+    return _WS_RUN.sub(" ", " " + text.translate(FOLD) + " ")
 
 
 def parse_rules(data: dict, source: str, pattern_ids: dict, patterns: list, start: int):
@@ -396,14 +462,32 @@ def parse_rules(data: dict, source: str, pattern_ids: dict, patterns: list, star
         if reason not in REASONS:
             _fail(source, where, f"reason must be one of {REASONS}")
         r.reason = reason
-        thr = rd.get("throttle", False)
+        scope = rd.get("throttle_scope")
+        if scope is not None and scope not in SCOPES:
+            _fail(source, where, f"throttle_scope must be one of {SCOPES}")
+        thr = rd.get("throttle", scope not in (None, "none"))
         if not isinstance(thr, bool):
             _fail(source, where, "throttle must be true or false")
+        if scope is None:
+            scope = "sender" if thr else "none"
+        if thr != (scope != "none"):
+            _fail(source, where, "throttle_scope 'none' goes with throttle = false, "
+                                 "'recipient'/'sender' with throttle = true")
         r.throttle = thr
-        action = rd.get("action") or _default_action(rtype, thr)
+        r.throttle_scope = scope
+        action = rd.get("action") or _default_action(rtype, thr, scope)
         if action not in ACTIONS:
             _fail(source, where, f"action must be one of {ACTIONS}")
         r.action = action
+        ref = rd.get("source", "")
+        if not isinstance(ref, str):
+            _fail(source, where, "source must be a string (where the rule's texts come from)")
+        r.ref = ref
+        fb = rd.get("fallback", False)
+        if not isinstance(fb, bool):
+            _fail(source, where, "fallback must be true or false")
+        r.fallback = fb
+        r.raw = dict(rd)
         out.append(r)
     return out
 

@@ -14,19 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 
 from fastmta.core import Reply
+from fastmta.engine.decisions import decide, decide_connect
 from fastmta.engine.sites import Job, Site, mx_candidates
 
 log = logging.getLogger("fastmta.engine.scheduler")  # the scheduler's tasks, its logger
 
-_CONN_THROTTLE = re.compile(r"too many (concurrent |simultaneous )?(connections|sessions)|"
-                            r"concurrent (server )?connections|connection (limit|rate)",
-                            re.IGNORECASE)
-_SESSION_LIMIT = re.compile(r"too many (messages|mails) (for|in|per) this (session|connection)|"
-                            r"(messages|mails) per (session|connection)", re.IGNORECASE)
-_TOO_MANY_RCPTS = re.compile(r"too many recipients", re.IGNORECASE)
 MAX_INMEMORY_REQUEUES = 4
 FLIGHT = 8  # transactions pipelined per write
 
@@ -103,19 +97,20 @@ class ConnectionTasks:
         cls = exc.classification
         self.stats["connect_failed"] += 1
         text = exc.reply.raw if exc.reply is not None else ""
-        if cls.throttle or _CONN_THROTTLE.search(text):
+        decision = decide_connect(cls, exc.kind)
+        if decision.kind == "throttle":
             site.throttled += 1
             self.stats["throttled"] += 1
             shaper = site.shaper
             shaper.on_reply(text, now)
-            if exc.kind == "greeting" or _CONN_THROTTLE.search(text):
+            if decision.shaper_kind == "connections":
                 # level = connections established + this one (others still connecting
                 # when it was refused did not cause it)
                 shaper.on_throttle(now, "connections",
                                    max(1, site.active - site.connecting))  # jobs stay queued
                 return
             shaper.on_connect_failure(now, throttle=True)
-        elif cls.action == "suspend_site":
+        elif decision.kind == "suspend":
             site.shaper.on_reply(text, now)
             site.shaper.on_block(now, cls.reason or "blocked")
         else:
@@ -292,16 +287,16 @@ class ConnectionTasks:
                 continue
             text = reply.raw if reply is not None else ""
             cmd = reply.command if reply is not None else None
-            if code == 421 and cmd == "mail" and conn is not None and \
-                    conn.messages_sent > 0 and _SESSION_LIMIT.search(text):
+            decision = decide(cls, code, cmd, reply.enhanced if reply is not None else None)
+            if decision.kind == "requeue_session" and conn is not None and \
+                    conn.messages_sent > 0:
                 # a per-session message limit, not a throttle: learn it, send again
                 n = conn.messages_sent
                 site.msgs_cap = n if not site.msgs_cap else min(site.msgs_cap, n)
                 requeue.append(job)
                 close = True
                 continue
-            if 400 <= code < 500 and cmd == "rcpt" and (
-                    reply.enhanced == "4.5.3" or _TOO_MANY_RCPTS.search(text)):
+            if decision.kind == "requeue_split":
                 # RFC 5321 4.5.3.1.10: too many recipients -- the rest go in a new
                 # transaction; learn the server's cap
                 accepted = sum(1 for r in res.rcpt_replies if r is not None and r.code < 300)
@@ -316,26 +311,33 @@ class ConnectionTasks:
                 self._bounce_by_rule(job, bounce.rule)
                 close = True
                 continue
-            if cls.throttle:
+            if cls.reason == "not_connected":
+                # reset / timeout / connection lost during this transaction: a real
+                # (soft) attempt for the recipient (its message may even have arrived:
+                # at-least-once).  A throttle signal for the site only when the session
+                # delivered nothing and died before the message body: a drop in the
+                # middle of one message is a fault of that message.
+                if cls.throttle and (conn is None or conn.messages_sent == 0) and \
+                        cmd not in ("data", "dot"):
+                    site.throttled += 1
+                    self.stats["throttled"] += 1
+                    shaper.on_throttle(now, "connections")
+                self.soft(job, reply, cls, mx, source_ip=source_ip)
+                close = True
+                continue
+            if decision.kind == "defer_recipient":
+                # this mailbox receives too fast: only it waits (its own retry backoff);
+                # the site keeps its speed and its limits
+                self.stats["deferred_recipient"] = self.stats.get("deferred_recipient", 0) + 1
+                answered = True
+                self.soft(job, reply, cls, mx, source_ip=source_ip)
+                close = close or decision.close
+                continue
+            if decision.kind == "throttle":
                 site.throttled += 1
                 self.stats["throttled"] += 1
-                kind = "connections" if cmd in ("connect", "ehlo", "helo") or \
-                    _CONN_THROTTLE.search(text) else "rate"
-                if cls.reason == "not_connected":
-                    # reset / timeout / connection lost during this transaction: a real
-                    # (soft) attempt for the recipient (its message may even have
-                    # arrived: at-least-once).  A throttle signal for the site only when
-                    # the session delivered nothing and died before the message body: a
-                    # drop in the middle of one message is a fault of that message.
-                    if (conn is None or conn.messages_sent == 0) and \
-                            cmd not in ("data", "dot"):
-                        shaper.on_throttle(now, "connections")
-                    self.soft(job, reply, cls, mx, source_ip=source_ip)
-                    close = True
-                    continue
-                shaper.on_throttle(now, kind, site.active)
-                if code == 421:
-                    close = True
+                shaper.on_throttle(now, decision.shaper_kind, site.active)
+                close = close or decision.close
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
                     job.requeues += 1
                     requeue.append(job)
@@ -343,20 +345,24 @@ class ConnectionTasks:
                     self.defer(job, self.rng.uniform(5, 15), reason=cls.reason,
                                why="throttled")
                 continue
+            close = close or decision.close
             if cls.reason != "not_connected":
                 answered = True
-            if cls.action == "suspend_site" and collateral:
+            if decision.kind == "suspend" and collateral:
                 # an earlier transaction of the same flight was blocked and suspended
                 # the site: this one is collateral, not a new attempt of the recipient
                 requeue.append(job)
                 continue
-            if cls.action == "suspend_site":
+            if decision.kind == "suspend":
+                if cls.throttle:
+                    site.throttled += 1
+                    self.stats["throttled"] += 1
                 resume = shaper.on_block(now, cls.reason or "blocked")
                 not_before = self.now_ms() + int((resume - now) * 1000)
                 self.soft(job, reply, cls, mx, not_before, source_ip)
                 close = True
                 continue
-            if cls.type == "hard" or cls.action == "bounce":
+            if decision.kind == "hard":
                 self._emit(job, "hard", reply=reply, cls=cls, mx=mx, source_ip=source_ip)
                 continue
             self.soft(job, reply, cls, mx, source_ip=source_ip)

@@ -69,6 +69,7 @@ class Scheduler(ConnectionTasks):
         self.draining = False
         self.stopping = False
         self.loop = asyncio.get_running_loop()
+        self.unknown = None  # templates.UnknownReplies: replies no rule recognised (issue #16)
         self.stats = {"sent": 0, "hard": 0, "soft": 0, "defer": 0, "expired": 0,
                       "attempts": 0, "throttled": 0, "connections": 0, "connect_failed": 0}
 
@@ -118,6 +119,9 @@ class Scheduler(ConnectionTasks):
                      mx=mx, source_ip=source_ip, next_attempt_ms=next_ms,
                      time_ms=self.now_ms(), tls=tls)
         self.stats[outcome] = self.stats.get(outcome, 0) + 1
+        if self.unknown is not None and cls is not None and reply is not None:
+            self.unknown.observe(reply.raw, reply.command, job.site.name if job.site else "",
+                                 cls, res.time_ms)
         job.done = True
         self.on_result(job, res)
 

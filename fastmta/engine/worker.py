@@ -107,6 +107,10 @@ class Worker:
         from fastmta.engine.worker_ops import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
+        from fastmta.engine.feedback_loop import FeedbackLoop
+
+        self.feedback = FeedbackLoop(self.cfg.classify.rules_file)  # operator rules, unknown replies
+        self.scheduler.unknown = self.feedback.unknown
         self._open_dkim()
         self._open_feedback()
 
@@ -329,6 +333,11 @@ class Worker:
         renew_every = max(1.0, self.cfg.spool.lease_s / 3)
         last_renew = time.monotonic()
         while not self._done.is_set():
+            self.feedback.check_rules()
+            try:
+                await self.feedback.flush(self.writer, self.spool)
+            except Exception:  # pragma: no cover - a full spool: the next beat tries again
+                log.exception("recording unknown replies")
             if time.monotonic() - last_renew >= renew_every and not self.stop_now:
                 # recipients held in memory (a paused site) keep their leases
                 last_renew = time.monotonic()
@@ -407,6 +416,10 @@ class Worker:
             await self._close()
 
     async def _close(self) -> None:
+        try:
+            await self.feedback.flush(self.writer, self.spool)
+        except Exception:  # pragma: no cover - best effort at exit
+            log.exception("recording unknown replies")
         try:
             await self.writer.close()
         except Exception:  # pragma: no cover - best effort at exit

@@ -53,12 +53,14 @@ class Stats:
 class _ProviderState:
     """State shared by all hosts of one provider in this process."""
 
-    __slots__ = ("conns", "rate", "greylist")
+    __slots__ = ("conns", "rate", "greylist", "rcpt_rate", "mails")
 
     def __init__(self) -> None:
         self.conns: Counter[str] = Counter()  # sender ip -> open connections
         self.rate: dict[str, deque] = {}  # sender ip -> recent message times
         self.greylist: dict[tuple, float] = {}  # (ip, from, rcpt) -> first seen
+        self.rcpt_rate: dict[str, deque] = {}  # recipient -> recent acceptance times
+        self.mails = 0  # MAIL FROM commands seen (transient_421_every)
 
 
 class MxServer:

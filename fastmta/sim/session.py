@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+import zlib
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,13 @@ R_TOO_MANY_CONN = (b"421 4.3.2 The maximum number of concurrent server connectio
 R_RATE = (b"421-4.7.28 [%s] Our system has detected an unusual rate of unsolicited mail\r\n"
           b"421 4.7.28 originating from your IP address; it has been rate limited.\r\n")
 R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
+# Gmail's published recipient-rate deferral (support.google.com/a/answer/3726730)
+R_RCPT_RATE = (b"450-4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n"
+               b"450 4.2.1 Please resend your message at a later time.\r\n")
+# a refusal in no provider's documentation (the unknown-reply loop's test text)
+R_ODD = b"550 5.9.0 Frobnication store %d declined <%s> (ticket %s)\r\n"
+R_TRANSIENT_421 = b"421 4.3.0 Temporary System Problem. Try again later.\r\n"
+R_TRANSIENT_421_GREETING = b"421 4.3.2 Service not available, closing transmission channel\r\n"
 R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
 R_TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
 R_BAD_SEQ = b"503 5.5.1 Bad sequence of commands\r\n"
@@ -120,6 +128,11 @@ class _Session(asyncio.Protocol):
                 return
         if beh.silent:
             return
+        if beh.transient_421_every:
+            self.pstate.mails += 1
+            if self.pstate.mails % beh.transient_421_every == 0:
+                self._refuse(R_TRANSIENT_421_GREETING)
+                return
         greeting = (beh.greeting.encode() + b"\r\n") if beh.greeting else (
             R_GREETING % srv.hostname_of(self.host_ip))
         if beh.greeting_delay_s:
@@ -323,6 +336,12 @@ class _Session(asyncio.Protocol):
         if beh.block:
             self.srv.stats.replies["550 5.7.1"] += 1
             return R_BLOCK % self.peer_ip.encode()
+        if beh.transient_421_every:
+            self.pstate.mails += 1
+            if self.pstate.mails % beh.transient_421_every == 0:
+                self.srv.stats.replies["421 4.3.0"] += 1
+                self.mode = _CLOSED
+                return R_TRANSIENT_421
         if beh.max_msgs_per_min_per_ip:
             q = self.pstate.rate.setdefault(self.peer_ip, deque())
             now = time.monotonic()
@@ -363,6 +382,10 @@ class _Session(asyncio.Protocol):
             return self._refusal(R_DISABLED)
         elif fate == "tempfail":
             return self._refusal(R_TEMPFAIL)
+        elif fate == "odd":
+            h = zlib.crc32(addr.encode("utf-8", "replace"))
+            return self._refusal(R_ODD % (h % 97, addr.encode("utf-8", "replace"),
+                                          b"%08x" % h))
         if fate == "greylist" or beh.greylist_s:
             delay = beh.greylist_s or self.srv.world.spec.greylist_default_s
             key = (self.peer_ip, self.mail_from, addr.lower())
@@ -370,6 +393,14 @@ class _Session(asyncio.Protocol):
             first = self.pstate.greylist.setdefault(key, now)
             if now - first < delay:
                 return self._refusal(R_GREY % max(1, int(delay - (now - first) + 0.999)))
+        if beh.max_msgs_per_rcpt:
+            q = self.pstate.rcpt_rate.setdefault(addr.lower(), deque())
+            now = time.monotonic()
+            while q and q[0] < now - beh.rate_window_s:
+                q.popleft()
+            if len(q) >= beh.max_msgs_per_rcpt:
+                return self._refusal(R_RCPT_RATE)
+            q.append(now)
         self.rcpts.append(addr)
         self.fates.append(fate)
         return R_RCPT_OK

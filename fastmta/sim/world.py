@@ -60,13 +60,21 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     rate_window_s: float = 60.0  # the sliding window of that cap (tests shorten it)
     max_rcpts_per_txn: int = 0
     max_msgs_per_conn: int = 0
+    # per recipient address: at most this many messages per rate_window_s, then Gmail's
+    # published 450 4.2.1 "receiving mail too quickly" (a recipient-scope limit); 0 = off
+    max_msgs_per_rcpt: int = 0
+    # every Nth connection and MAIL FROM (per provider, one counter) gets a generic 421
+    # ("Service not available" greeting, "Temporary System Problem" to MAIL) and the
+    # connection closes: transient failures, not rate signals; 0 = off
+    transient_421_every: int = 0
     garbage: bool = False  # answers MAIL with bytes that are not SMTP
     keep_messages: bool = False  # keep accepted messages (for tests)
 
     @property
     def stateful(self) -> bool:
         """Needs one process to see all its connections (limits, rates, greylisting)."""
-        return bool(self.greylist_s or self.max_conn_per_ip or self.max_msgs_per_min_per_ip)
+        return bool(self.greylist_s or self.max_conn_per_ip or self.max_msgs_per_min_per_ip
+                    or self.max_msgs_per_rcpt or self.transient_421_every)
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -102,6 +110,7 @@ MAGIC = (
     ("full", "full"),
     ("tempfail", "tempfail"),
     ("greylist", "greylist"),
+    ("oddreply", "odd"),  # a refusal no bounce rule knows (the unknown-reply loop)
 )
 
 

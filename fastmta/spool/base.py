@@ -45,6 +45,7 @@ _DBS = (
     "quarantine",
     "control",  # operator controls (fastmta.ops.admin), see spool/controls.py
     "inbound",  # inbound feedback mail and its effects (schema 2), see spool/inbound.py
+    "unknown",  # replies no rule recognised, by template (spool/unknown.py)
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event

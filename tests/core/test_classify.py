@@ -44,7 +44,7 @@ CASES = [
     ("451 4.7.650 The mail server [198.51.100.9] has been temporarily rate limited due to IP "
      "reputation.", "mail", (51, "soft", "refused", True)),
     ("550 5.7.606 Access denied, banned sending IP [198.51.100.9].", "rcpt",
-     (51, "soft", "refused", False)),
+     (51, "soft", "refused", True)),
     ("550 5.7.515 Access denied, sending domain example.net doesn't meet the required "
      "authentication level.", "dot", (50, "soft", "refused", False)),
     ("550 5.2.2 STOREDRV.Deliver: mailbox full.", "dot", (22, "soft", "mailbox_full", False)),
@@ -54,12 +54,12 @@ CASES = [
     ("421 4.7.0 [TSS04] Messages from 198.51.100.9 temporarily deferred due to unexpected "
      "volume or user complaints", "mail", (51, "soft", "refused", True)),
     ("553 5.7.1 [BL21] Connections will not be accepted from 198.51.100.9, because the ip is "
-     "in Spamhaus's list", "connect", (51, "soft", "refused", False)),
+     "in Spamhaus's list", "connect", (51, "soft", "refused", True)),
     ("554 5.7.9 Message not accepted for policy reasons.", "dot", (50, "soft", "refused", False)),
     # Apple iCloud
     ("550 5.1.1 <x@icloud.com>: user does not exist", "rcpt", (10, "hard", "user_unknown", False)),
     ("554 5.7.1 [HM08] Message rejected due to local policy", "dot",
-     (51, "soft", "refused", False)),
+     (51, "soft", "refused", True)),
     # Comcast, AT&T
     ("550 5.1.1 <x@comcast.net> Not our Customer", "rcpt", (10, "hard", "user_unknown", False)),
     ("421 4.1.0 198.51.100.9 throttled - try again later. Please see RL000001", "mail",
@@ -74,9 +74,9 @@ CASES = [
     ("550 5.1.1 Adresse d au moins un destinataire invalide. Invalid recipient. OFR_416",
      "rcpt", (10, "hard", "user_unknown", False)),
     ("550 5.7.1 Service refuse. Veuillez essayer plus tard. OFR004_104", "connect",
-     (50, "soft", "refused", False)),
+     (50, "soft", "refused", True)),
     ("554 IP=198.51.100.9 - A problem occurred. (Ask your postmaster for help.) (BL)",
-     "connect", (51, "soft", "refused", False)),
+     "connect", (51, "soft", "refused", True)),
     # Mail.ru, Yandex, QQ, NetEase, Zoho
     ("550 Message was not accepted -- invalid mailbox. Local mailbox x@mail.ru is unavailable: "
      "account is disabled", "rcpt", (10, "hard", "account_disabled", False)),
@@ -94,11 +94,11 @@ CASES = [
      (10, "hard", "user_unknown", False)),
     # Gateways
     ("554 5.7.1 Service unavailable; Client host [198.51.100.9] blocked using Barracuda "
-     "Reputation", "rcpt", (51, "soft", "refused", False)),
+     "Reputation", "rcpt", (51, "soft", "refused", True)),
     ("550 Invalid Recipient - https://community.mimecast.com/docs/DOC-1369#550", "rcpt",
      (10, "hard", "user_unknown", False)),
     ("554 Blocked - see https://ipcheck.proofpoint.com/?ip=198.51.100.9", "connect",
-     (51, "soft", "refused", False)),
+     (51, "soft", "refused", True)),
     ("550 #5.1.0 Address rejected.", "rcpt", (10, "hard", "user_unknown", False)),
     # MTA defaults
     ("550 5.1.1 <x@example.org>: Recipient address rejected: User unknown in local recipient "
@@ -143,10 +143,15 @@ def test_phase_too_many_recipients_is_retry_not_bounce(impl):
     assert impl.classify("552 5.3.4 Message too big", "dot").bounce_class == 23
 
 
-def test_phase_421_at_connect_is_throttle(impl):
+def test_generic_421_at_connect_is_not_a_throttle(impl):
+    # RFC 5321 4.2.3: 421 = service not available; a rate signal only when the text says so
     c = impl.classify("421 mx.example.net Service not available, closing transmission channel",
                       "connect")
-    assert (c.type, c.throttle, c.action) == ("soft", True, "reduce_rate")
+    assert (c.type, c.throttle, c.throttle_scope, c.action) == ("soft", False, "none", "retry")
+    c = impl.classify("421 4.7.0 mx.example.net Too many connections from your IP, slow down",
+                      "connect")
+    assert (c.type, c.throttle, c.throttle_scope, c.action) == ("soft", True, "sender",
+                                                                 "reduce_rate")
 
 
 def test_phase_5xx_to_mail_from_blames_the_sender(impl):
@@ -200,7 +205,7 @@ def test_reply_phrase_wrapped_over_lines(impl):
 def test_to_dict_fields(impl):
     d = impl.classify("550 5.1.1 user unknown", "rcpt").to_dict()
     assert set(d) == {"code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",
-                      "rule"}
+                      "rule", "throttle_scope"}
 
 
 def test_bad_arguments(impl):
@@ -233,7 +238,8 @@ def test_packaged_rule_order_specific_before_generic():
     assert names.index("rcpt-too-many-recipients-enhanced") < names.index("enh-protocol")
     assert names.index("rate-limited") < names.index("blocklist") < names.index("spam-content")
     assert names.index("mailbox-full") < names.index("user-unknown") < names.index("enh-bad-mailbox-5xx")
-    assert names[-1] == "default-no-code"
+    assert names[-1] == "fallback-no-code"
+    assert names.index("rate-limited-recipient") < names.index("rate-limited")
 
 
 def test_operator_rules_take_precedence(impl, tmp_path):
@@ -307,12 +313,17 @@ def test_false_friends(impl, text, command, expected):
     assert (c.reason, c.type) == expected, c.rule
 
 
+_UNSOURCED_OK: set[str] = set()
+
+
 def test_packaged_rules_lint():
     compiled = _rules.compile_rules([])
     names = [r.name for r in compiled.rules]
     assert len(names) == len(set(names)), "rule names must be unique"
     for p in compiled.patterns:
-        assert len(p.strip()) >= 3 or p.startswith(("[", "(", " ")), f"pattern {p!r} is too short"
+        wide = max(map(ord, p)) > 255  # CJK: two ideographs are a word
+        assert len(p.strip()) >= (2 if wide else 3) or p.startswith(("[", "(", " ")), \
+            f"pattern {p!r} is too short"
     # Every soft rule that blocks the sender is never hard, every hard rule bounces.
     for r in compiled.rules:
         if r.type == "hard":
@@ -321,7 +332,21 @@ def test_packaged_rules_lint():
         if r.reason == "refused":
             assert r.type == "soft", r.name
         if r.throttle:
-            assert r.type == "soft" and r.action == "reduce_rate", r.name
+            assert r.type == "soft", r.name
+            assert r.throttle_scope in ("sender", "recipient"), r.name
+            if r.throttle_scope == "recipient":
+                assert r.action == "defer_recipient" and r.reason == "unreachable", r.name
+            else:
+                assert r.action in ("reduce_rate", "suspend_site"), r.name
+        else:
+            assert r.throttle_scope == "none" and r.action not in ("reduce_rate",
+                                                                   "defer_recipient"), r.name
+        if r.action == "suspend_site":
+            assert r.reason == "refused", r.name
+        # every packaged rule names where its texts come from (or is a code fallback)
+        assert r.ref or r.name in _UNSOURCED_OK, f"rule {r.name} has no source"
+        if r.fallback:
+            assert r.bounce_class == 1 and r.type == "soft", r.name
 
 
 def test_regex_rule_runs_only_after_other_conditions(impl, tmp_path):
