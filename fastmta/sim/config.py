@@ -78,3 +78,36 @@ def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
         engine=r(base.engine, workers=workers or base.engine.workers),
         shaping=r(base.shaping, suspend_initial_s=10.0, suspend_max_s=30.0),
     )
+
+
+def sender_records(domain: str, ips: list[str] | tuple[str, ...] = ("127.0.0.1",), *,
+                   host: str = "", dkim: list[tuple[str, str]] = (),
+                   spf: str | None = None, dmarc: str | None = None) -> list:
+    """The DNS of a compliant bulk sender as ``Record``s for ``WorldSpec.records``: SPF
+    authorising ``ips``, DMARC p=none, the DKIM keys ``(name, TXT value)``, and PTR of
+    each IP to ``host`` (default ``mta.<domain>``) with its A record back (FCrDNS)."""
+    import dns.reversename
+
+    from fastmta.sim.world import Record
+
+    host = host or f"mta.{domain}"
+    mech = " ".join(f"ip{'6' if ':' in ip else '4'}:{ip}" for ip in ips)
+    out = [
+        Record(name=domain, type="TXT", data=[spf if spf is not None else f"v=spf1 {mech} -all"]),
+        Record(name=f"_dmarc.{domain}", type="TXT",
+               data=[dmarc if dmarc is not None else f"v=DMARC1; p=none; rua=mailto:dmarc@{domain}"]),
+        Record(name=host, type="A", data=[ip for ip in ips if ":" not in ip]),
+    ]
+    for name, value in dkim:
+        out.append(Record(name=name, type="TXT", data=[value]))
+    for ip in ips:
+        rev = dns.reversename.from_address(ip).to_text(omit_final_dot=True)
+        out.append(Record(name=rev, type="PTR", data=[host + "."]))
+    return out
+
+
+def with_records(world: World, records: list, **spec_fields) -> World:
+    """``world`` with extra DNS records (and other WorldSpec fields) added."""
+    spec = msgspec.structs.replace(world.spec, records=[*world.spec.records, *records],
+                                   **spec_fields)
+    return World(spec)
