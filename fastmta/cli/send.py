@@ -141,9 +141,11 @@ def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: boo
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @click.option("--detach", is_flag=True, help="inject, start the engine in the background, exit")
 @click.option("--json", "as_json", is_flag=True, help="print the final report as JSON")
+@click.option("--force", is_flag=True,
+              help="send even when the compliance pre-flight finds errors (docs/compliance.md)")
 @click.option("-v", "--verbose", count=True)
 def send(recipients, message, mail_from, validity, config_path, spool_dir, workers, yes,
-         detach, as_json, verbose) -> None:
+         detach, as_json, force, verbose) -> None:
     """Analyse, confirm and send a delivery; exits when every recipient is final."""
     from fastmta.delivery import Template, analyze, open_recipients
     from fastmta.engine import entry as engine
@@ -185,6 +187,16 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
             say(f"  warning: {w}")
         if a.to_deliver == 0:
             raise click.ClickException("nothing to deliver")
+        from fastmta.compliance import preflight
+
+        findings = preflight.run_preflight(cfg, template, mail_from or a.mail_from)
+        for line in preflight.format_findings(findings):
+            say(f"  compliance {line}")
+        errors = preflight.blocking(findings, cfg, force)
+        if errors:
+            raise click.ClickException(preflight.refusal(errors))
+        if force and any(f.level == "error" for f in findings):
+            say("  compliance errors overridden by --force")
         if not yes and not click.confirm(f"Send to {a.to_deliver} recipients?", default=False):
             raise click.Abort()
         t0 = time.monotonic()

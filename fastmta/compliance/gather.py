@@ -13,6 +13,7 @@ when the simulated DNS runs in the caller's event loop.
 from __future__ import annotations
 
 import ipaddress
+import os
 import threading
 from typing import TYPE_CHECKING
 
@@ -29,7 +30,11 @@ if TYPE_CHECKING:  # pragma: no cover
     from fastmta.config import Config, DnsConfig
     from fastmta.delivery.template import Template
 
-__all__ = ["DnsLookups", "gather_facts", "source_ips", "feedback_unsubscribe_url"]
+#: Set to 1 (the test suite does) to make a configuration without [dns] nameservers
+#: fail its DNS checks (``dns_unavailable``) instead of asking the machine's resolver.
+NO_SYSTEM_RESOLVER = "FASTMTA_NO_SYSTEM_RESOLVER"
+
+__all__ = ["NO_SYSTEM_RESOLVER", "DnsLookups", "gather_facts", "source_ips", "feedback_unsubscribe_url"]
 
 
 class DnsLookups:
@@ -46,16 +51,27 @@ class DnsLookups:
             r = dns.resolver.Resolver(configure=False)
             r.nameservers = list(cfg.nameservers)
             r.port = cfg.port
+        elif os.environ.get(NO_SYSTEM_RESOLVER) == "1":
+            r = None  # tests: never the machine's resolver
         else:
             r = dns.resolver.Resolver()  # the system's resolver (production only)
+        self.resolver = r
+        self.queries = 0
+        if r is None:
+            return
         r.timeout = cfg.timeout_s
         r.lifetime = cfg.timeout_s
         r.cache = None
-        self.resolver = r
-        self.queries = 0
+
+    @property
+    def lifetime(self) -> float:
+        return self.resolver.lifetime if self.resolver is not None else 1.0
 
     def lookup(self, name: str, rdtype: str) -> Lookup:
         name = name.lower().rstrip(".")
+        if self.resolver is None:
+            return Lookup(name=name, rdtype=rdtype, status="error",
+                          detail=f"no [dns] nameservers and {NO_SYSTEM_RESOLVER}=1")
         self.queries += 1
         try:
             a = self.resolver.resolve(name + ".", rdtype, raise_on_no_answer=False,
@@ -66,7 +82,7 @@ class DnsLookups:
             return Lookup(name=name, rdtype=rdtype, status="error", detail="timeout")
         except dns.resolver.NoNameservers:
             return Lookup(name=name, rdtype=rdtype, status="error", detail="SERVFAIL")
-        except dns.exception.DNSException as exc:
+        except (dns.exception.DNSException, OSError) as exc:
             return Lookup(name=name, rdtype=rdtype, status="error",
                           detail=f"{type(exc).__name__}: {exc}")
         if a.rrset is None:
@@ -114,7 +130,7 @@ def evaluate_spf(lookups: DnsLookups, ip: str, sender: str, helo: str) -> tuple[
     """(result, explanation) of RFC 7208 ``check_host`` for one source IP."""
     _local.lookups = lookups
     try:
-        q = spf.query(i=ip, s=sender, h=helo or "localhost", timeout=lookups.resolver.lifetime)
+        q = spf.query(i=ip, s=sender, h=helo or "localhost", timeout=lookups.lifetime)
         result, _code, why = q.check()
     except Exception as exc:  # pyspf raises on some malformed input
         return "permerror", f"{type(exc).__name__}: {exc}"

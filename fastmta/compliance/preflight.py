@@ -59,7 +59,7 @@ def to_json(findings: list[CheckResult]) -> list[dict[str, str]]:
 def refusal(errors: list[CheckResult]) -> str:
     """The message ``fastmta send`` exits with when errors block it."""
     n = len(errors)
-    lines = [f"pre-flight: {n} compliance error{'s' if n != 1 else ''} block this send "
+    lines = [f"pre-flight: {n} compliance {'error blocks' if n == 1 else 'errors block'} this send "
              "(fix them, or use --force to send anyway):"]
     lines += ["  " + line for line in format_findings(errors)]
     return "\n".join(lines)
