@@ -107,6 +107,14 @@ class Worker:
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
         self._open_dkim()
+        self.sts = None
+        if self.cfg.compliance.mta_sts:  # MTA-STS (RFC 8461): engine/mta_sts_gate.py
+            from fastmta.engine.mta_sts_gate import StsGate
+
+            try:
+                self.sts = StsGate(self.cfg, self.spec.spool_path)
+            except ValueError as exc:
+                log.warning("MTA-STS disabled: %s", exc)
 
     def _open_dkim(self) -> None:
         """Load the DKIM keys once; messages are signed at send time (docs/dkim.md)."""
@@ -274,6 +282,9 @@ class Worker:
             for d, mx in fresh.items():
                 memo[d] = (until, mx)
             resolved.update(fresh)
+        sts = self.sts
+        if sts is not None:
+            resolved = await sts.adjust(resolved)
         sched = self.scheduler
         for it in items:
             job = Job(it)
@@ -282,6 +293,8 @@ class Worker:
                 sched.fail_resolution(job, mx.error)
                 continue
             site = sched.site_for(mx)
+            if sts is not None:
+                sts.bind(site, it.domain, mx)
             if not self.ops.intercept(site, job):  # ops hook: admin suspend / bounce
                 sched.enqueue(site, job)
 

@@ -77,6 +77,11 @@ def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
                    retry_max_s=retry_s * 4),
         engine=r(base.engine, workers=workers or base.engine.workers),
         shaping=r(base.shaping, suspend_initial_s=10.0, suspend_max_s=30.0),
+        # sim worlds are built with many bad addresses to exercise bounce handling: the
+        # bounce guard (docs/compliance.md) would pause them; its tests turn it back on
+        compliance=r(base.compliance, bounce_guard=False, mta_sts_cafile=sim.ca_file
+                     or base.compliance.mta_sts_cafile,
+                     mta_sts_port=sim.mta_sts_port or base.compliance.mta_sts_port),
     )
 
 
@@ -111,3 +116,12 @@ def with_records(world: World, records: list, **spec_fields) -> World:
     spec = msgspec.structs.replace(world.spec, records=[*world.spec.records, *records],
                                    **spec_fields)
     return World(spec)
+
+
+def mta_sts_records(domain: str, policy_id: str = "sim1", address: str = "127.0.0.1") -> list:
+    """``_mta-sts.<domain>`` TXT and the A record of ``mta-sts.<domain>`` (the sim's
+    HTTPS policy server listens on ``address``)."""
+    from fastmta.sim.world import Record
+
+    return [Record(name=f"_mta-sts.{domain}", type="TXT", data=[f"v=STSv1; id={policy_id}"]),
+            Record(name=f"mta-sts.{domain}", type="A", data=[address])]
