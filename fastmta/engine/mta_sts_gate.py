@@ -4,8 +4,9 @@ The worker asks the gate once per domain (memoised for ``MEMO_S``) after resolvi
 MX.  A domain with an ``enforce`` or ``testing`` policy gets its own site,
 ``mta-sts:<domain>`` (its policy must not leak to other domains of the same MX hosts):
 
-* ``enforce``: only MX hosts matching the policy are kept (none left: the recipients
-  are deferred, reason ``unreachable``, detail naming the policy), and connections use
+* ``enforce``: only MX hosts matching the policy are tried (none matches: each
+  connection is refused locally with a 421 4.7.10 reply naming the policy, so the
+  recipients are retried and expire), and connections use
   ``tls = "verify"`` against ``[compliance] mta_sts_cafile`` (empty: the system store);
   a failed verification is a failed connection (next MX, then retry later);
 * ``testing``: every MX host is kept; the connection tries verified TLS, records the
@@ -71,8 +72,15 @@ class StsSite:
         kw = dict(ehlo_name=smtp.ehlo_name, server_hostname=host, source_ip=source_ip,
                   timeouts=smtp)
         matched = self.policy.matches(host)
-        if not matched:  # only reachable in testing mode: enforce sites keep matching hosts
+        if not matched:
             self.record(host, ip, "validation-failure", "MX host not listed in the policy")
+            if self.policy.mode == "enforce":
+                from fastmta.classify.outcome import local
+
+                reply, cls = local("tls_failed", "connect",
+                                   f"MTA-STS enforce: MX host {host} is not in the policy of "
+                                   f"{self.domain} (mx: {', '.join(self.policy.mx)})")
+                raise ConnectFailed("tls_failed", reply, cls)
         try:
             conn = await connect(ip, smtp.port, tls="verify", cafile=self.gate.cafile, **kw)
         except ConnectFailed as exc:
@@ -136,8 +144,6 @@ class StsGate:
 
     async def adjust(self, resolved: dict) -> dict:
         """``domain -> MxResult`` with the MTA-STS sites substituted (see module doc)."""
-        from fastmta.classify.outcome import local
-
         domains = [d for d, mx in resolved.items() if mx.error is None]
         results = await asyncio.gather(*(self._result(d) for d in domains))
         out = dict(resolved)
@@ -148,18 +154,9 @@ class StsGate:
             mx = resolved[d]
             hosts = list(mx.hosts)
             if pol.mode == "enforce":
-                hosts = [h for h in hosts if pol.matches(h.name)]
-            if not hosts:
-                names = ", ".join(h.name for h in mx.hosts)
-                _, cls = local("tls_failed", "connect", "MTA-STS")
-                out[d] = msgspec.structs.replace(
-                    mx, hosts=[], error=cls,
-                    detail=f"MTA-STS enforce: no MX host of {d} ({names}) matches the policy "
-                           f"({', '.join(pol.mx)})")
-                for h in mx.hosts:
-                    self.record(d, pol, h.name, "", "validation-failure",
-                                "MX host not listed in the policy")
-                continue
+                # only matching hosts; none: keep them, every connection is then refused
+                # with the reason in the reply (and a TLS-RPT validation-failure)
+                hosts = [h for h in hosts if pol.matches(h.name)] or hosts
             out[d] = msgspec.structs.replace(mx, hosts=hosts, site=f"mta-sts:{d}")
         return out
 

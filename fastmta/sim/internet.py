@@ -48,6 +48,7 @@ class SimInternet:
         self.cert: tuple[str, str] | None = None
         self.mta_sts = None  # PolicyServer when the world publishes MTA-STS policies
         self.mta_sts_port = 0
+        self.mta_sts_cert = ""
         self.ca_file = ""  # trust anchors of the sim's certificates (MX and policy hosts)
 
     # ------------------------------------------------------------------ lifecycle
@@ -94,6 +95,7 @@ class SimInternet:
         cert, key = make_self_signed(Path(self._tmp.name) / "sts", names, ["127.0.0.1"])
         self.mta_sts = PolicyServer(self.world.spec.mta_sts, server_context(cert, key))
         self.mta_sts_port = await self.mta_sts.start("127.0.0.1", 0)
+        self.mta_sts_cert = cert  # trusts the policy hosts only (not the MX hosts)
         ca = Path(self._tmp.name) / "ca.pem"
         ca.write_text(Path(cert).read_text() + (Path(self.cert[0]).read_text()
                                                 if self.cert else ""))
