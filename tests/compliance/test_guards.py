@@ -13,8 +13,12 @@ from compliance_helpers import SimThread
 
 from fastmta import WorkerPool
 from fastmta.compliance.guard_runner import GUARD_USER, record_complaints
-from fastmta.compliance.guards import SlidingCounts, bounce_decision, complaint_decision, \
-    provider_group
+from fastmta.compliance.guards import (
+    SlidingCounts,
+    bounce_decision,
+    complaint_decision,
+    provider_group,
+)
 from fastmta.ops.admin import read_status
 from fastmta.records import AdminEvent
 from fastmta.sim.config import sim_config
