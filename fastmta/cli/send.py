@@ -20,7 +20,8 @@ from fastmta.cli import main
 from fastmta.config import Config, load_config
 from fastmta.engine.retry import parse_duration
 from fastmta.errors import FastMTAError
-from fastmta.sim.config import DEMO_MESSAGE, demo_world, sim_config, write_demo_recipients
+from fastmta.sim.config import DEMO_MESSAGE, demo_sender, demo_world, sim_config, \
+    write_demo_recipients
 
 
 # --------------------------------------------------------------------------- progress
@@ -277,10 +278,14 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
 @click.option("--sim-procs", type=int, default=2, show_default=True,
               help="processes for the simulated MX hosts (0 = inside this process)")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--force", is_flag=True, help="send even if the compliance pre-flight fails")
 @click.option("-v", "--verbose", count=True)
-def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbose) -> None:
+def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, force,
+         verbose) -> None:
     """Send a sample delivery to a simulated internet started on loopback (its DNS server
-    in this process, its MX hosts in --sim-procs processes)."""
+    in this process, its MX hosts in --sim-procs processes).  The demo sender is a
+    compliant bulk sender (DKIM, SPF, DMARC, reverse DNS, one-click unsubscribe) and
+    passes its own pre-flight; bigmail.test publishes an MTA-STS enforce policy."""
     from fastmta.engine import entry as engine
     from fastmta.sim import SimInternet
     from fastmta.spool import Spool
@@ -291,7 +296,8 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbo
         tmp = tempfile.TemporaryDirectory(prefix="fastmta-demo-")
         spool_dir = tmp.name
     try:
-        world = demo_world(domains)
+        Path(spool_dir).mkdir(parents=True, exist_ok=True)
+        world, demo_dkim = demo_sender(demo_world(domains), Path(spool_dir))
         rcpt_path = Path(spool_dir) / "demo-recipients.csv"
         msg_path = Path(spool_dir) / "demo-message.eml"
         Path(spool_dir).mkdir(parents=True, exist_ok=True)
@@ -302,6 +308,21 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbo
         async def go() -> tuple[int, float, dict]:
             async with SimInternet(world, workers=max(0, sim_procs)) as sim:
                 cfg = sim_config(sim, validity_s=validity_s, workers=workers)
+                r = msgspec.structs.replace
+                cfg = r(cfg, dkim=demo_dkim, compliance=r(
+                    cfg.compliance, preflight="enforce", source_ips=["127.0.0.1"]))
+                from fastmta.compliance import preflight
+                from fastmta.delivery import Template
+
+                found = await preflight.arun_preflight(cfg, Template(msg_path.read_bytes()))
+                for line in preflight.format_findings(found):
+                    click.echo(f"  compliance {line}", err=True)
+                errors = preflight.blocking(found, cfg, force)
+                if errors:
+                    raise click.ClickException(preflight.refusal(errors))
+                click.echo("pre-flight: " + ("passed (DKIM, SPF, DMARC, reverse DNS, one-click "
+                           "unsubscribe, message format)" if not found else
+                           f"{len(found)} finding(s)"), err=as_json)
                 spool_path = str(Path(spool_dir) / "spool")
                 spool = Spool.open(spool_path, cfg.spool)
                 click.echo(f"simulated internet: {len(world.domains)} domains, DNS "
@@ -333,6 +354,7 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbo
                 stats = await sim.stats()
                 rep = engine.summary(spool, inj.delivery_id)
                 rep["sim"] = stats
+                rep["compliance"] = preflight.to_json(found)
                 rep["throughput"] = {
                     "elapsed_s": round(elapsed, 2),
                     "sent_per_s_until_95pct": round(first_final.get("sent", 0)

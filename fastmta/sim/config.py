@@ -15,6 +15,8 @@ DEMO_MESSAGE = (
     "From: Demo Sender <news@sender.example>\n"
     "To: {{email}}\n"
     "Subject: Hello {{first_name}}, your fastmta demo\n"
+    "List-Unsubscribe: <https://sender.example/unsubscribe?u={{email}}>\n"
+    "List-Unsubscribe-Post: List-Unsubscribe=One-Click\n"
     "MIME-Version: 1.0\n"
     "Content-Type: text/plain; charset=utf-8\n"
     "\n"
@@ -127,3 +129,44 @@ def mta_sts_records(domain: str, policy_id: str = "sim1", address: str = "127.0.
 
     return [Record(name=f"_mta-sts.{domain}", type="TXT", data=[f"v=STSv1; id={policy_id}"]),
             Record(name=f"mta-sts.{domain}", type="A", data=[address])]
+
+
+DEMO_SENDER = "sender.example"
+DEMO_SELECTOR = "demo"
+DEMO_MTA_STS = ("version: STSv1\nmode: enforce\nmx: gmail-smtp-in.l.google.com\n"
+                "mx: *.gmail-smtp-in.l.google.com\nmax_age: 86400\n")
+
+
+def demo_sender(world: World, directory: Path, ehlo_name: str = "fastmta.demo"):
+    """Make the demo a compliant bulk sender: an Ed25519 DKIM key for sender.example
+    (written to ``directory``, mode 0600), its SPF/DMARC/DKIM/PTR records in the sim's
+    zones, and an MTA-STS enforce policy (with STARTTLS) for bigmail.test.  Returns the
+    new world and the ``[dkim]`` section."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from fastmta.config import DkimConfig, DkimKeyConfig
+    from fastmta.dkim.signer import Signer
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    key_path = Path(directory) / "demo-dkim.pem"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    signer = Signer(DEMO_SENDER, DEMO_SELECTOR, pem, algorithm="ed25519-sha256")
+    records = sender_records(DEMO_SENDER, ["127.0.0.1"], host=ehlo_name,
+                             dkim=[(signer.dns_name, signer.dns_record())])
+    records += mta_sts_records("bigmail.test")
+    providers = [msgspec.structs.replace(p, behaviour=msgspec.structs.replace(
+        p.behaviour, starttls=True)) if p.name == "bigmail" else p
+        for p in world.spec.providers]
+    spec = msgspec.structs.replace(world.spec, providers=providers,
+                                   records=[*world.spec.records, *records],
+                                   mta_sts={**world.spec.mta_sts, "bigmail.test": DEMO_MTA_STS})
+    dkim = DkimConfig(keys=[DkimKeyConfig(domain=DEMO_SENDER, selector=DEMO_SELECTOR,
+                                          key_file=str(key_path),
+                                          algorithm="ed25519-sha256")])
+    return World(spec), dkim
