@@ -20,8 +20,13 @@ from fastmta.cli import main
 from fastmta.config import Config, load_config
 from fastmta.engine.retry import parse_duration
 from fastmta.errors import FastMTAError
-from fastmta.sim.config import DEMO_MESSAGE, demo_sender, demo_world, sim_config, \
-    write_demo_recipients
+from fastmta.sim.config import (
+    DEMO_MESSAGE,
+    demo_sender,
+    demo_world,
+    sim_config,
+    write_demo_recipients,
+)
 
 
 # --------------------------------------------------------------------------- progress
