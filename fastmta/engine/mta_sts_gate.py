@@ -144,10 +144,30 @@ class StsGate:
 
     async def adjust(self, resolved: dict) -> dict:
         """``domain -> MxResult`` with the MTA-STS sites substituted (see module doc)."""
-        domains = [d for d, mx in resolved.items() if mx.error is None]
-        results = await asyncio.gather(*(self._result(d) for d in domains))
+        # hot path: memo hits are decided inline (no task per domain); only the domains
+        # not seen for MEMO_S are fetched, concurrently
+        now = time.monotonic()
+        memo = self._memo
+        found: dict[str, FetchResult] = {}
+        todo = []
+        for d, mx in resolved.items():
+            if mx.error is not None:
+                continue
+            hit = memo.get(d)
+            if hit is not None and hit[0] > now:
+                if hit[1].policy is not None:
+                    found[d] = hit[1]
+            else:
+                todo.append(d)
+        if todo:
+            for d, fr in zip(todo, await asyncio.gather(*(self._result(d) for d in todo)),
+                             strict=True):
+                if fr.policy is not None:
+                    found[d] = fr
+        if not found:
+            return resolved
         out = dict(resolved)
-        for d, fr in zip(domains, results, strict=True):
+        for d, fr in found.items():
             pol = fr.policy
             if pol is None or pol.mode == "none":
                 continue
