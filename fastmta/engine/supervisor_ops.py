@@ -90,6 +90,7 @@ class SupervisorOps:
                 self._last_sweep = now
                 self.admin.sweep_all_cancelled()
                 self.guards.tick()
+                self.state.guards = self.guards.flags  # metric fastmta_compliance_guard
         except Exception:  # operations must never take the supervisor down
             log.exception("ops tick")
 

@@ -159,3 +159,14 @@ def test_complaint_guard(gsim, tmp_path, complaints, paused):
                          .get(str(h.id)), 10)
             flag = read_status(pool.spool_path)["guards"][str(h.id)]["complaint:google"]
             assert flag["state"] == "warning"
+
+
+def test_guard_metric():
+    from fastmta.ops.metrics import MetricsState, OpsCollector
+
+    st = MetricsState()
+    st.guards = {3: {"bounce": {"state": "paused", "reason": "x"},
+                     "complaint:google": {"state": "warning", "reason": "y"}}}
+    fam = [m for m in OpsCollector(st).collect() if m.name == "fastmta_compliance_guard"][0]
+    assert {(s.labels["delivery"], s.labels["guard"], s.labels["state"]) for s in fam.samples} \
+        == {("3", "bounce", "paused"), ("3", "complaint:google", "warning")}
