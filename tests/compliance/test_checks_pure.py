@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from fastmta.compliance.checks import aligned, check_unsubscribe, evaluate, org_domain, \
-    parse_dmarc
+from fastmta.compliance.checks import aligned, check_unsubscribe, evaluate, org_domain, parse_dmarc
 from fastmta.compliance.facts import Facts, Lookup, PtrFact, SignerFact
 from fastmta.compliance.gather import feedback_unsubscribe_url
 
