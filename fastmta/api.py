@@ -68,6 +68,7 @@ class DeliveryHandle:
         self.pool = pool
         self.id = delivery_id
         self.analysis = analysis
+        self.compliance: list = []  # pre-flight findings (compliance.CheckResult)
 
     def __repr__(self) -> str:
         return f"<DeliveryHandle {self.id}>"
@@ -261,7 +262,7 @@ class WorkerPool:
     # ------------------------------------------------------------ submitting
     def submit(self, recipients: Recipients, message: bytes | str | os.PathLike, *,
                mail_from: str = "", validity_s: float | None = None,
-               name: str = "") -> DeliveryHandle:
+               name: str = "", force: bool = False) -> DeliveryHandle:
         """Analyse and inject a delivery; returns its handle at once (sending starts as
         soon as workers run).  ``recipients``: a CSV/JSONL file path, or an iterable of
         addresses or of dicts (``email`` plus personalisation fields).  ``message``: the
@@ -269,9 +270,26 @@ class WorkerPool:
         when this returns."""
         self.open()
         body = _message_bytes(message)
+        findings = self._preflight(body, mail_from, force)
         analysis = asyncio.run(self._inject(recipients, body, mail_from=mail_from,
                                             validity_s=validity_s, name=name))
-        return DeliveryHandle(self, analysis.delivery_id, analysis)
+        h = DeliveryHandle(self, analysis.delivery_id, analysis)
+        h.compliance = findings
+        return h
+
+    def _preflight(self, body: bytes, mail_from: str, force: bool) -> list:
+        """The compliance pre-flight (docs/compliance.md); raises ``PreflightError`` on
+        errors when ``[compliance] preflight = "enforce"`` and not ``force``."""
+        if self.cfg.compliance.preflight == "off":
+            return []
+        from fastmta.compliance import preflight
+        from fastmta.delivery import Template
+
+        findings = preflight.run_preflight(self.cfg, Template(body), mail_from)
+        errors = preflight.blocking(findings, self.cfg, force)
+        if errors:
+            raise preflight.PreflightError(preflight.refusal(errors))
+        return findings
 
     async def _inject(self, recipients: Recipients, body: bytes, *, mail_from: str,
                       validity_s: float | None, name: str):

@@ -340,6 +340,36 @@ class FeedbackConfig(_Section):
     @property
     def bounce_domain(self) -> str:
         return (self.domain or (self.domains[0] if self.domains else "")).lower()
+class ComplianceConfig(_Section):
+    """Sender compliance (docs/compliance.md): pre-flight checks, send guards, MTA-STS."""
+
+    preflight: str = "enforce"  # enforce: errors block a send (unless --force) | warn | off
+    source_ips: list[str] = msgspec.field(default_factory=list)  # public sending IPs (NAT);
+    # empty = [smtp] source_ips; both empty = SPF/PTR are checked for no address (warning)
+    max_message_bytes: int = 25 * 1024 * 1024  # Gmail/Yahoo refuse larger messages
+    complaint_guard: bool = True
+    complaint_rate_limit: float = 0.003  # pause the delivery for the provider above this
+    complaint_rate_warn: float = 0.001  # event + flag above this
+    complaint_window_s: float = 86400.0  # sliding window of the complaint rate
+    complaint_min_messages: int = 1000  # delivered messages in the window before acting
+    bounce_guard: bool = True
+    bounce_rate_limit: float = 0.05  # hard bounces / attempts above this pauses the delivery
+    bounce_min_attempts: int = 1000
+    mta_sts: bool = True  # honour destinations' MTA-STS policies (RFC 8461)
+    mta_sts_cafile: str = ""  # trust anchors for policy fetch and enforce TLS (empty: system)
+    mta_sts_port: int = 443  # HTTPS port of policy hosts (the sim serves another one)
+    mta_sts_timeout_s: float = 10.0
+    tls_rpt_dir: str = ""  # per-attempt TLS results (JSONL per day); empty: <spool>/tls-rpt
+
+    def __post_init__(self) -> None:
+        if self.preflight not in ("enforce", "warn", "off"):
+            raise ValueError("compliance preflight must be enforce, warn or off")
+        for name in ("complaint_rate_limit", "complaint_rate_warn", "bounce_rate_limit"):
+            v = getattr(self, name)
+            if not 0.0 < v < 1.0:
+                raise ValueError(f"compliance {name} must be between 0 and 1")
+        if self.complaint_rate_warn > self.complaint_rate_limit:
+            raise ValueError("compliance complaint_rate_warn must be <= complaint_rate_limit")
 
 
 class Config(_Section):
@@ -356,6 +386,7 @@ class Config(_Section):
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
+    compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
 
 
 def _absolute_key_files(data: dict, base: Path) -> None:

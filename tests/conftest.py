@@ -37,6 +37,10 @@ def impl(request):
 import ipaddress  # noqa: E402
 import socket  # noqa: E402
 
+# the compliance pre-flight of a config without [dns] nameservers must not ask the
+# machine's resolver in tests (nor in the CLI subprocesses they start, which inherit it)
+os.environ["FASTMTA_NO_SYSTEM_RESOLVER"] = "1"
+
 
 def _check_address(address) -> None:
     if isinstance(address, tuple) and address:

@@ -84,11 +84,18 @@ class _ExclusionWriter:
         self.f.close()
 
 
-def _print_analysis(a: Any, as_json: bool, title: str) -> None:
+def _print_analysis(a: Any, as_json: bool, title: str, compliance: list | None = None) -> None:
     from fastmta.delivery import REASON_LABELS
 
     if as_json:
-        click.echo(msgspec.json.encode(a).decode())
+        if compliance is None:
+            click.echo(msgspec.json.encode(a).decode())
+        else:
+            from fastmta.compliance.preflight import to_json
+
+            out = msgspec.to_builtins(a)
+            out["compliance"] = to_json(compliance)
+            click.echo(msgspec.json.encode(out).decode())
         return
     click.echo(title)
     click.echo(f"  recipients:  {a.recipients}")
@@ -102,6 +109,14 @@ def _print_analysis(a: Any, as_json: bool, title: str) -> None:
         click.echo("  top domains: " + ", ".join(f"{d} {n}" for d, n in a.top_domains[:5]))
     for w in a.warnings:
         click.echo(f"  warning: {w}")
+    if compliance is not None:
+        from fastmta.compliance.preflight import format_findings
+
+        errors = sum(f.level == "error" for f in compliance)
+        click.echo(f"  compliance:  {errors} error(s), {len(compliance) - errors} warning(s)"
+                   + ("" if compliance else " (meets the Gmail/Yahoo bulk-sender rules)"))
+        for line in format_findings(compliance):
+            click.echo(f"    {line}")
 
 
 def _read_message(path: str) -> bytes:
@@ -144,12 +159,15 @@ def analyze(recipients: str, message: str, mail_from: str, fmt: str | None, as_j
         with open_recipients(recipients, fmt) as reader:
             a = do_analyze(reader, tpl, mail_from=mail_from, cfg=cfg.delivery,
                            quarantine=quarantine, on_excluded=out, dkim_has_key=has_key)
+        from fastmta.compliance.preflight import run_preflight
+
+        findings = run_preflight(cfg, tpl, mail_from or a.mail_from)
     except (FastMTAError, OSError) as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
         if out is not None:
             out.close()
-    _print_analysis(a, as_json, f"Analysis of {recipients} with {message}:")
+    _print_analysis(a, as_json, f"Analysis of {recipients} with {message}:", findings)
 
 
 @main.command()

@@ -20,7 +20,13 @@ from fastmta.cli import main
 from fastmta.config import Config, load_config
 from fastmta.engine.retry import parse_duration
 from fastmta.errors import FastMTAError
-from fastmta.sim.config import DEMO_MESSAGE, demo_world, sim_config, write_demo_recipients
+from fastmta.sim.config import (
+    DEMO_MESSAGE,
+    demo_sender,
+    demo_world,
+    sim_config,
+    write_demo_recipients,
+)
 
 
 # --------------------------------------------------------------------------- progress
@@ -141,9 +147,11 @@ def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: boo
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @click.option("--detach", is_flag=True, help="inject, start the engine in the background, exit")
 @click.option("--json", "as_json", is_flag=True, help="print the final report as JSON")
+@click.option("--force", is_flag=True,
+              help="send even when the compliance pre-flight finds errors (docs/compliance.md)")
 @click.option("-v", "--verbose", count=True)
 def send(recipients, message, mail_from, validity, config_path, spool_dir, workers, yes,
-         detach, as_json, verbose) -> None:
+         detach, as_json, force, verbose) -> None:
     """Analyse, confirm and send a delivery; exits when every recipient is final."""
     from fastmta.delivery import Template, analyze, open_recipients
     from fastmta.engine import entry as engine
@@ -185,6 +193,16 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
             say(f"  warning: {w}")
         if a.to_deliver == 0:
             raise click.ClickException("nothing to deliver")
+        from fastmta.compliance import preflight
+
+        findings = preflight.run_preflight(cfg, template, mail_from or a.mail_from)
+        for line in preflight.format_findings(findings):
+            say(f"  compliance {line}")
+        errors = preflight.blocking(findings, cfg, force)
+        if errors:
+            raise click.ClickException(preflight.refusal(errors))
+        if force and any(f.level == "error" for f in findings):
+            say("  compliance errors overridden by --force")
         if not yes and not click.confirm(f"Send to {a.to_deliver} recipients?", default=False):
             raise click.Abort()
         t0 = time.monotonic()
@@ -268,11 +286,14 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
 @click.option("--feedback", is_flag=True,
               help="VERP return paths + the inbound listener; the simulated providers then "
                    "send async bounces (5%), complaints (0.5%) and auto-replies (1%)")
+@click.option("--force", is_flag=True, help="send even if the compliance pre-flight fails")
 @click.option("-v", "--verbose", count=True)
-def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedback,
+def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedback, force,
          verbose) -> None:
     """Send a sample delivery to a simulated internet started on loopback (its DNS server
-    in this process, its MX hosts in --sim-procs processes)."""
+    in this process, its MX hosts in --sim-procs processes).  The demo sender is a
+    compliant bulk sender (DKIM, SPF, DMARC, reverse DNS, one-click unsubscribe) and
+    passes its own pre-flight; bigmail.test publishes an MTA-STS enforce policy."""
     from fastmta.engine import entry as engine
     from fastmta.sim import SimInternet
     from fastmta.spool import Spool
@@ -283,7 +304,8 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
         tmp = tempfile.TemporaryDirectory(prefix="fastmta-demo-")
         spool_dir = tmp.name
     try:
-        world = demo_world(domains)
+        Path(spool_dir).mkdir(parents=True, exist_ok=True)
+        world, demo_dkim = demo_sender(demo_world(domains), Path(spool_dir))
         rcpt_path = Path(spool_dir) / "demo-recipients.csv"
         msg_path = Path(spool_dir) / "demo-message.eml"
         Path(spool_dir).mkdir(parents=True, exist_ok=True)
@@ -295,6 +317,21 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
             async with SimInternet(world, workers=max(0, sim_procs),
                                    keep_messages=feedback) as sim:
                 cfg = sim_config(sim, validity_s=validity_s, workers=workers)
+                r = msgspec.structs.replace
+                cfg = r(cfg, dkim=demo_dkim, compliance=r(
+                    cfg.compliance, preflight="enforce", source_ips=["127.0.0.1"]))
+                from fastmta.compliance import preflight
+                from fastmta.delivery import Template
+
+                found = await preflight.arun_preflight(cfg, Template(msg_path.read_bytes()))
+                for line in preflight.format_findings(found):
+                    click.echo(f"  compliance {line}", err=True)
+                errors = preflight.blocking(found, cfg, force)
+                if errors:
+                    raise click.ClickException(preflight.refusal(errors))
+                click.echo("pre-flight: " + ("passed (DKIM, SPF, DMARC, reverse DNS, one-click "
+                           "unsubscribe, message format)" if not found else
+                           f"{len(found)} finding(s)"), err=as_json)
                 spool_path = str(Path(spool_dir) / "spool")
                 spool = Spool.open(spool_path, cfg.spool)
                 inbound = None
@@ -336,6 +373,7 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
                 stats = await sim.stats()
                 rep = engine.summary(spool, inj.delivery_id)
                 rep["sim"] = stats
+                rep["compliance"] = preflight.to_json(found)
                 rep["throughput"] = {
                     "elapsed_s": round(elapsed, 2),
                     "sent_per_s_until_95pct": round(first_final.get("sent", 0)

@@ -36,11 +36,15 @@ class ConnectionTasks:
         tls = site.provider.tls if site.provider and site.provider.tls else smtp.tls
         last: ConnectFailed | None = None
         source_ip = smtp.source_ips[0] if smtp.source_ips else None
+        sts = getattr(site, "sts", None)  # MTA-STS policy of an mta-sts:<domain> site
         for host, ip in mx_candidates(site, self.now()):
             try:
-                conn = await self._connect(ip, smtp.port, ehlo_name=smtp.ehlo_name, tls=tls,
-                                           server_hostname=host, source_ip=source_ip,
-                                           timeouts=smtp)
+                if sts is not None:
+                    conn = await sts.connect(self._connect, host, ip, smtp, source_ip)
+                else:
+                    conn = await self._connect(ip, smtp.port, ehlo_name=smtp.ehlo_name,
+                                               tls=tls, server_hostname=host,
+                                               source_ip=source_ip, timeouts=smtp)
                 return conn, host, ip
             except ConnectFailed as exc:
                 last = exc

@@ -33,11 +33,15 @@ class SupervisorOps:
         self._last_status = 0.0
         self._last_sweep = 0.0
         self.admin: A.Admin | None = None
+        self.guards = None
         self.started = time.time()
 
     def start(self) -> None:
         spool = self.sup.spool
         self.admin = A.Admin(spool, self.sup.cfg)
+        from fastmta.compliance.guard_runner import GuardRunner
+
+        self.guards = GuardRunner(spool, self.sup.cfg, self.admin)  # bounce/complaint guards
         if not self.cfg.enabled:
             return
         if self.cfg.metrics_port:
@@ -86,6 +90,8 @@ class SupervisorOps:
             if now - self._last_sweep >= 1.0:
                 self._last_sweep = now
                 self.admin.sweep_all_cancelled()
+                self.guards.tick()
+                self.state.guards = self.guards.flags  # metric fastmta_compliance_guard
         except Exception:  # operations must never take the supervisor down
             log.exception("ops tick")
 
@@ -117,6 +123,8 @@ class SupervisorOps:
                  "until_ms": s.until_ms, "user": s.user}
                 for s in A.read_controls(self.sup.spool)[0].values()],
             "metrics_url": self.server.url if self.server else "",
+            # compliance guards: delivery id -> {guard: {state, reason}} (dashboard flag)
+            "guards": {str(k): v for k, v in (self.guards.flags if self.guards else {}).items()},
         }
 
     @staticmethod

@@ -113,6 +113,7 @@ class Worker:
         self.scheduler.unknown = self.feedback.unknown
         self._open_dkim()
         self._open_feedback()
+        self._open_sts()
 
     def _open_feedback(self) -> None:
         """VERP return path, token Message-ID, List-Unsubscribe (docs/feedback.md)."""
@@ -124,6 +125,17 @@ class Worker:
             self.fb_tokens = Tokens(self.spool.feedback_key(), fb.bounce_domain,
                                     bounce_prefix=fb.bounce_prefix,
                                     unsubscribe_url=fb.unsubscribe_url)
+
+    def _open_sts(self) -> None:
+        """The MTA-STS gate (RFC 8461): engine/mta_sts_gate.py."""
+        self.sts = None
+        if self.cfg.compliance.mta_sts:
+            from fastmta.engine.mta_sts_gate import StsGate
+
+            try:
+                self.sts = StsGate(self.cfg, self.spec.spool_path)
+            except ValueError as exc:
+                log.warning("MTA-STS disabled: %s", exc)
 
     def _open_dkim(self) -> None:
         """Load the DKIM keys once; messages are signed at send time (docs/dkim.md)."""
@@ -300,6 +312,9 @@ class Worker:
             for d, mx in fresh.items():
                 memo[d] = (until, mx)
             resolved.update(fresh)
+        sts = self.sts
+        if sts is not None:
+            resolved = await sts.adjust(resolved)
         sched = self.scheduler
         for it in items:
             job = Job(it)
@@ -308,6 +323,8 @@ class Worker:
                 sched.fail_resolution(job, mx.error)
                 continue
             site = sched.site_for(mx)
+            if sts is not None:
+                sts.bind(site, it.domain, mx)
             if not self.ops.intercept(site, job):  # ops hook: admin suspend / bounce
                 sched.enqueue(site, job)
 

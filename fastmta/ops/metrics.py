@@ -38,6 +38,7 @@ class MetricsState:
         self.queues: dict[str, int] = {}
         self.dkim = (0.0, 0)
         self.updated = 0.0
+        self.guards: dict[int, dict] = {}  # compliance guards: delivery -> {guard: state}
 
     @staticmethod
     def _counters(ops: dict) -> dict[tuple, float]:
@@ -125,6 +126,13 @@ class OpsCollector(Collector):
         dkn = CounterMetricFamily("fastmta_dkim_signed", "Messages DKIM-signed")
         dkn.add_metric([], tot.get(("dkim_n",), 0))
         yield dkn
+        gd = GaugeMetricFamily("fastmta_compliance_guard",
+                               "Compliance guards flagging a delivery (1 = in this state)",
+                               labels=["delivery", "guard", "state"])
+        for did, flags in dict(st.guards).items():
+            for guard, f in flags.items():
+                gd.add_metric([str(did), guard, f.get("state", "")], 1)
+        yield gd
         with st.lock:
             sites = dict(st.sites)
             workers = list(st.workers)

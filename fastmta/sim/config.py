@@ -15,6 +15,8 @@ DEMO_MESSAGE = (
     "From: Demo Sender <news@sender.example>\n"
     "To: {{email}}\n"
     "Subject: Hello {{first_name}}, your fastmta demo\n"
+    "List-Unsubscribe: <https://sender.example/unsubscribe?u={{email}}>\n"
+    "List-Unsubscribe-Post: List-Unsubscribe=One-Click\n"
     "MIME-Version: 1.0\n"
     "Content-Type: text/plain; charset=utf-8\n"
     "\n"
@@ -77,4 +79,94 @@ def sim_config(sim, base: Config | None = None, *, validity_s: float = 40.0,
                    retry_max_s=retry_s * 4),
         engine=r(base.engine, workers=workers or base.engine.workers),
         shaping=r(base.shaping, suspend_initial_s=10.0, suspend_max_s=30.0),
+        # sim worlds are built with many bad addresses to exercise bounce handling: the
+        # bounce guard (docs/compliance.md) would pause them; its tests turn it back on
+        # and their sender zones are not compliant: the pre-flight reports, never blocks
+        # (`fastmta demo` sets enforce: its zones are those of a compliant sender)
+        compliance=r(base.compliance, bounce_guard=False, preflight="warn", mta_sts_cafile=sim.ca_file
+                     or base.compliance.mta_sts_cafile,
+                     mta_sts_port=sim.mta_sts_port or base.compliance.mta_sts_port),
     )
+
+
+def sender_records(domain: str, ips: list[str] | tuple[str, ...] = ("127.0.0.1",), *,
+                   host: str = "", dkim: list[tuple[str, str]] = (),
+                   spf: str | None = None, dmarc: str | None = None) -> list:
+    """The DNS of a compliant bulk sender as ``Record``s for ``WorldSpec.records``: SPF
+    authorising ``ips``, DMARC p=none, the DKIM keys ``(name, TXT value)``, and PTR of
+    each IP to ``host`` (default ``mta.<domain>``) with its A record back (FCrDNS)."""
+    import dns.reversename
+
+    from fastmta.sim.world import Record
+
+    host = host or f"mta.{domain}"
+    mech = " ".join(f"ip{'6' if ':' in ip else '4'}:{ip}" for ip in ips)
+    out = [
+        Record(name=domain, type="TXT", data=[spf if spf is not None else f"v=spf1 {mech} -all"]),
+        Record(name=f"_dmarc.{domain}", type="TXT",
+               data=[dmarc if dmarc is not None else f"v=DMARC1; p=none; rua=mailto:dmarc@{domain}"]),
+        Record(name=host, type="A", data=[ip for ip in ips if ":" not in ip]),
+    ]
+    for name, value in dkim:
+        out.append(Record(name=name, type="TXT", data=[value]))
+    for ip in ips:
+        rev = dns.reversename.from_address(ip).to_text(omit_final_dot=True)
+        out.append(Record(name=rev, type="PTR", data=[host + "."]))
+    return out
+
+
+def with_records(world: World, records: list, **spec_fields) -> World:
+    """``world`` with extra DNS records (and other WorldSpec fields) added."""
+    spec = msgspec.structs.replace(world.spec, records=[*world.spec.records, *records],
+                                   **spec_fields)
+    return World(spec)
+
+
+def mta_sts_records(domain: str, policy_id: str = "sim1", address: str = "127.0.0.1") -> list:
+    """``_mta-sts.<domain>`` TXT and the A record of ``mta-sts.<domain>`` (the sim's
+    HTTPS policy server listens on ``address``)."""
+    from fastmta.sim.world import Record
+
+    return [Record(name=f"_mta-sts.{domain}", type="TXT", data=[f"v=STSv1; id={policy_id}"]),
+            Record(name=f"mta-sts.{domain}", type="A", data=[address])]
+
+
+DEMO_SENDER = "sender.example"
+DEMO_SELECTOR = "demo"
+DEMO_MTA_STS = ("version: STSv1\nmode: enforce\nmx: gmail-smtp-in.l.google.com\n"
+                "mx: *.gmail-smtp-in.l.google.com\nmax_age: 86400\n")
+
+
+def demo_sender(world: World, directory: Path, ehlo_name: str = "fastmta.demo"):
+    """Make the demo a compliant bulk sender: an Ed25519 DKIM key for sender.example
+    (written to ``directory``, mode 0600), its SPF/DMARC/DKIM/PTR records in the sim's
+    zones, and an MTA-STS enforce policy (with STARTTLS) for bigmail.test.  Returns the
+    new world and the ``[dkim]`` section."""
+    import os
+
+    from cryptography.hazmat.primitives import serialization as ser
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from fastmta.config import DkimConfig, DkimKeyConfig
+    from fastmta.dkim.signer import Signer
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        ser.Encoding.PEM, ser.PrivateFormat.PKCS8, ser.NoEncryption())
+    key_path = Path(directory) / "demo-dkim.pem"
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    signer = Signer(DEMO_SENDER, DEMO_SELECTOR, pem, algorithm="ed25519-sha256")
+    records = sender_records(DEMO_SENDER, ["127.0.0.1"], host=ehlo_name,
+                             dkim=[(signer.dns_name, signer.dns_record())])
+    records += mta_sts_records("bigmail.test")
+    providers = [msgspec.structs.replace(p, behaviour=msgspec.structs.replace(
+        p.behaviour, starttls=True)) if p.name == "bigmail" else p
+        for p in world.spec.providers]
+    spec = msgspec.structs.replace(world.spec, providers=providers,
+                                   records=[*world.spec.records, *records],
+                                   mta_sts={**world.spec.mta_sts, "bigmail.test": DEMO_MTA_STS})
+    dkim = DkimConfig(keys=[DkimKeyConfig(domain=DEMO_SENDER, selector=DEMO_SELECTOR,
+                                          key_file=str(key_path),
+                                          algorithm="ed25519-sha256")])
+    return World(spec), dkim

@@ -7,6 +7,8 @@ an A record on the domain), ``nullmx`` (RFC 7505 ``MX 0 .``), ``nxdomain``,
 CNAME to an alias holding the MX; the chain is in the answer) and ``cname-partial``
 (only the CNAME is answered; the client must chase it).  Names outside the world get
 NXDOMAIN (REFUSED is not used: the server is authoritative for everything it is asked).
+``WorldSpec.records`` adds any other data (TXT for SPF, DMARC, DKIM and ``_mta-sts``,
+PTR, A), ``WorldSpec.servfail_names`` makes names answer SERVFAIL (broken zones).
 """
 
 from __future__ import annotations
@@ -70,6 +72,9 @@ class Zone:
                         self.cname_partial.add(d)
                 else:
                     self._put(d, mx)
+        for r in world.spec.records:
+            self._put(r.name, _record_rdataset(r.ttl, r.type, r.data))
+        self.servfail.update(n.lower().rstrip(".") for n in world.spec.servfail_names)
 
     def add_mx(self, domain: str, host: str, address: str, ttl: int = 300) -> None:
         """Point ``domain``'s MX at ``host`` = ``address`` (e.g. the feedback listener)."""
@@ -173,6 +178,19 @@ def _answer_blob(rds: dns.rdataset.Rdataset) -> tuple[int, bytes]:
         out += (b"\xc0\x0c" + int(rds.rdtype).to_bytes(2, "big") + b"\x00\x01"
                 + int(rds.ttl).to_bytes(4, "big") + len(rdata).to_bytes(2, "big") + rdata)
     return len(rds), out
+
+
+def _record_rdataset(ttl: int, rdtype: str, data: list[str]) -> dns.rdataset.Rdataset:
+    """An extra record's rdataset; TXT items are plain text, quoted here in 255-byte strings."""
+    if rdtype.upper() == "TXT":
+        texts = []
+        for item in data:
+            raw = item.encode()
+            chunks = [raw[i:i + 255] for i in range(0, len(raw), 255)] or [b""]
+            texts.append(" ".join('"' + c.decode().replace("\\", "\\\\").replace('"', '\\"')
+                                  + '"' for c in chunks))
+        data = texts
+    return _rdataset(ttl, rdtype.upper(), data)
 
 
 def _rdataset(ttl: int, rdtype: str, texts: list[str]) -> dns.rdataset.Rdataset:

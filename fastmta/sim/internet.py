@@ -46,6 +46,10 @@ class SimInternet:
         self._locks: list[asyncio.Lock] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
         self.cert: tuple[str, str] | None = None
+        self.mta_sts = None  # PolicyServer when the world publishes MTA-STS policies
+        self.mta_sts_port = 0
+        self.mta_sts_cert = ""
+        self.ca_file = ""  # trust anchors of the sim's certificates (MX and policy hosts)
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> SimInternet:
@@ -63,6 +67,8 @@ class SimInternet:
             self.cert = make_self_signed(self._tmp.name, names[:50], self.world.addresses[:50])
         self.dns = DnsServer(self.world)
         self.dns_port = await self.dns.start("127.0.0.1", self.dns_port)
+        if self.world.spec.mta_sts:
+            await self._start_mta_sts()
         addresses = self.world.addresses
         try:
             if self.workers <= 0:
@@ -75,6 +81,25 @@ class SimInternet:
         except BaseException:
             await self.stop()
             raise
+
+    async def _start_mta_sts(self) -> None:
+        """HTTPS policy hosts for ``WorldSpec.mta_sts``; ``ca_file`` trusts them and the MX
+        hosts' certificate (for MTA-STS enforce)."""
+        from pathlib import Path
+
+        from fastmta.sim.mta_sts import PolicyServer
+
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="fastmta-sim-")
+        names = [f"mta-sts.{d}" for d in self.world.spec.mta_sts]
+        cert, key = make_self_signed(Path(self._tmp.name) / "sts", names, ["127.0.0.1"])
+        self.mta_sts = PolicyServer(self.world.spec.mta_sts, server_context(cert, key))
+        self.mta_sts_port = await self.mta_sts.start("127.0.0.1", 0)
+        self.mta_sts_cert = cert  # trusts the policy hosts only (not the MX hosts)
+        ca = Path(self._tmp.name) / "ca.pem"
+        ca.write_text(Path(cert).read_text() + (Path(self.cert[0]).read_text()
+                                                if self.cert else ""))
+        self.ca_file = str(ca)
 
     async def _start_workers(self, addresses: list[str]) -> None:
         if not self.smtp_port:
@@ -129,6 +154,9 @@ class SimInternet:
         if self.dns is not None:
             await self.dns.stop()
             self.dns = None
+        if self.mta_sts is not None:
+            await self.mta_sts.stop()
+            self.mta_sts = None
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

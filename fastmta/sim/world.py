@@ -30,8 +30,8 @@ from pathlib import Path
 
 import msgspec
 
-__all__ = ["Behaviour", "Provider", "WorldSpec", "World", "load_world", "profile_path",
-           "MAGIC", "DNS_KINDS"]
+__all__ = ["Behaviour", "Provider", "Record", "WorldSpec", "World", "load_world",
+           "profile_path", "MAGIC", "DNS_KINDS"]
 
 PROFILE_DIR = Path(__file__).with_name("profiles")
 
@@ -92,6 +92,19 @@ class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     behaviour: Behaviour = msgspec.field(default_factory=Behaviour)
 
 
+class Record(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """An extra DNS record of the world (the sender's SPF, DMARC, DKIM, PTR, MTA-STS...).
+
+    ``data``: one rdata per item in zone-file text, except TXT, where each item is the
+    plain text of one record (split into 255-byte strings and quoted when served).
+    """
+
+    name: str
+    type: str
+    data: list[str]
+    ttl: int = 300
+
+
 class WorldSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     name: str = "custom"
     description: str = ""
@@ -100,6 +113,9 @@ class WorldSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     first_address: str = "127.0.1.1"
     greylist_default_s: float = 1.0  # for the "greylist" magic local part
     providers: list[Provider] = msgspec.field(default_factory=list)
+    records: list[Record] = msgspec.field(default_factory=list)  # extra zone data
+    servfail_names: list[str] = msgspec.field(default_factory=list)  # any type -> SERVFAIL
+    mta_sts: dict[str, str] = msgspec.field(default_factory=dict)  # domain -> policy file
 
 
 MAGIC = (

@@ -32,6 +32,8 @@ def test_demo_delivers_every_recipient_to_its_expected_end(tmp_path):
     # every sent recipient was accepted exactly once by the simulated MX hosts
     assert rep["sim"]["messages"] == rep["sent"]
     assert {"user_unknown", "invalid_domain"} <= set(rep["by_reason"])
+    assert rep["compliance"] == []  # the demo sender passes its own pre-flight
+    assert "pre-flight: passed" in proc.stderr
 
     world = demo_world(50)
     spool = Spool.open(str(spool_dir / "spool"))

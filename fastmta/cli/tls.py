@@ -1,0 +1,55 @@
+"""CLI of outbound TLS policy: ``fastmta tls report`` (RFC 8460 aggregate reports)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+
+from fastmta.cli import main
+from fastmta.config import load_config
+from fastmta.errors import FastMTAError
+
+
+@main.group("tls")
+def tls_group() -> None:
+    """Outbound TLS policy: MTA-STS results and TLS-RPT reports (docs/compliance.md)."""
+
+
+@tls_group.command("report")
+@click.option("--domain", required=True, help="Recipient (policy) domain of the report.")
+@click.option("--day", required=True, help="UTC day, YYYY-MM-DD.")
+@click.option("--config", "config", type=click.Path(dir_okay=False), default=None)
+@click.option("--spool", "spool", type=click.Path(file_okay=False), default=None,
+              help="Spool directory (the results are in <spool>/tls-rpt by default).")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="TLS result directory (default: [compliance] tls_rpt_dir or <spool>/tls-rpt).")
+@click.option("--out", "out", type=click.Path(dir_okay=False), default=None,
+              help="Write the JSON report to this file (default: stdout).")
+@click.option("--organization", default="fastmta", show_default=True)
+@click.option("--contact", default="", help="contact-info of the report")
+def report_cmd(domain, day, config, spool, directory, out, organization, contact) -> None:
+    """Write the RFC 8460 TLS report of DOMAIN for one UTC day, from the per-attempt TLS
+    results the workers recorded (MTA-STS domains)."""
+    from fastmta.compliance.tlsrpt import report
+
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise click.BadParameter("use YYYY-MM-DD", param_hint="--day")
+    try:
+        cfg = load_config(config)
+    except FastMTAError as exc:
+        raise click.ClickException(str(exc)) from exc
+    d = directory or cfg.compliance.tls_rpt_dir or str(Path(spool or cfg.spool.path) / "tls-rpt")
+    try:
+        rep = report(d, domain, day, organization=organization, contact=contact)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--day") from exc
+    text = json.dumps(rep, indent=2)
+    if out:
+        Path(out).write_text(text + "\n")
+        click.echo(f"wrote {out}: {sum(len(p.get('failure-details', [])) for p in rep['policies'])}"
+                   f" failure group(s), {len(rep['policies'])} policy/policies", err=True)
+    else:
+        click.echo(text)
