@@ -90,10 +90,11 @@ class ReadingMixin(SpoolBase):
         return out
 
     def recipients(
-        self, did: int, *, chunk: int = 5000
+        self, did: int, *, chunk: int = 5000, start_id: int = 0
     ) -> Iterator[tuple[int, Rcpt]]:
-        """Every recipient of a delivery in id order (short read transactions)."""
-        start = K.pack_rcpt(did, 0)
+        """Every recipient of a delivery in id order, from ``start_id`` (short read
+        transactions)."""
+        start = K.pack_rcpt(did, start_id)
         prefix = K.pack_u32(did)
         while True:
             batch = []
