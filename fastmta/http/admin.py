@@ -83,6 +83,7 @@ async def cancel(request: Request) -> Response:
     b = await _body(request, TargetIn)
     if b.delivery is None or b.site or b.provider:
         raise ApiError(400, "bad_request", "cancel takes a delivery")
+    ctx.spool.delivery(b.delivery)  # 404 for an unknown delivery
     n = await asyncio.to_thread(ctx.admin.cancel, b.delivery, b.reason or "delivery_canceled",
                                 "http")
     return JSONResponse({"action": "cancel", "target": _target(b), "count": n})
@@ -145,7 +146,8 @@ async def sites(request: Request) -> Response:
                      "last_error": r.get("last_error"), "worker": r.get("worker"),
                      "queue_ms_avg": r.get("queue_ms_avg", 0)})
     providers = sorted({p.name for p in ctx.cfg.providers}
-                       | {r["provider"] for r in rows if r["provider"]})
+                       | {r["provider"] for r in rows if r["provider"]}
+                       | {name for kind, name in susp if kind == "provider"})
     return JSONResponse({
         "ts_ms": st.get("ts_ms", 0), "age_s": round((now - st["ts_ms"]) / 1000, 1)
         if st.get("ts_ms") else None, "engine_running": bool(st) and now - st.get(

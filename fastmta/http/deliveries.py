@@ -293,6 +293,7 @@ async def action(request: Request) -> Response:
     check_query(request, set())
     ctx = ctx_of(request)
     did = did_of(request)
+    ctx.spool.delivery(did)  # 404 for an unknown delivery
     body = await request.body()
     reason = ""
     if body:

@@ -15,7 +15,7 @@
     if (s.admin_suspended) return ["suspended", "suspended by operator" +
       (s.operator_suspension && s.operator_suspension.reason ? ": " + s.operator_suspension.reason : "")];
     if (s.suspended) return ["suspended", "suspended (adaptive)"];
-    if (s.throttles) return ["throttled", "throttled"];
+    if (s.throttles) return ["throttled", "throttled (" + s.throttles + ")"];
     return ["normal", "normal"];
   }
 
@@ -40,8 +40,8 @@
         el("td", {class: "num", text: fmt(s.queued)}), el("td", {class: "num", text: fmt(s.sent)}),
         el("td", {class: "num", text: fmt(s.failed)}), el("td", {class: "num", text: fmt(s.soft)}),
         el("td", {class: "num", text: fmt(s.throttles)}),
-        el("td", {class: "reply", text: le ? (le.code || "") + " " + (le.reply || le.reason || "") : ""}),
-        el("td", {}, s.admin_suspended ? button("Resume", "resume", {site: s.site})
+        el("td", {class: "reply", text: le ? (le.reply || ((le.code || "") + " " + (le.reason || ""))) : ""}),
+        el("td", {}, s.site.startsWith("(") ? null : s.admin_suspended ? button("Resume", "resume", {site: s.site})
                                        : button("Suspend", "suspend", {site: s.site})));
     }));
     $("#suspensions tbody").replaceChildren(...r.suspensions.map((s) => el("tr", {},
