@@ -61,6 +61,7 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     max_rcpts_per_txn: int = 0
     max_msgs_per_conn: int = 0
     garbage: bool = False  # answers MAIL with bytes that are not SMTP
+    rcpt_reply: str = ""  # refuse every RCPT with this one-line reply ("550 5.1.1 ...")
     keep_messages: bool = False  # keep accepted messages (for tests)
 
     @property

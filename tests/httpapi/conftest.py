@@ -12,26 +12,12 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "ops"))
 
+from http_helpers import TOKEN, http_world  # noqa: E402
 from ops_helpers import SimThread  # noqa: E402
 
 from fastmta.http.server import HttpServer  # noqa: E402
-from fastmta.sim.world import Behaviour, Provider, World, WorldSpec  # noqa: E402
+from fastmta.sim.world import World  # noqa: E402
 from fastmta.spool import Spool  # noqa: E402
-
-TOKEN = "test-token-123"
-HOSTILE = ('554 5.7.1 <script>window.__pwned=1</script><img src=x '
-           'onerror="window.__pwned=2"> go away')
-
-
-def http_world() -> World:
-    return World(WorldSpec(name="http", providers=[
-        Provider(name="fast", generate=6, hosts=1),
-        Provider(name="slowpoke", generate=2, hosts=1,
-                 behaviour=Behaviour(reply_delay_s=0.01)),
-        Provider(name="greylister", generate=2, behaviour=Behaviour(greylist_s=1.0)),
-        Provider(name="unknownusers", generate=2, behaviour=Behaviour(unknown_user_rate=0.3)),
-        Provider(name="hostile", generate=1, behaviour=Behaviour(greeting=HOSTILE)),
-    ]))
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,23 @@ import subprocess
 import sys
 import time
 
+from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
 from pathutil import package_parent
+
+TOKEN = "test-token-123"
+HOSTILE = ('550 5.1.1 <script>window.__pwned=1</script><img src=x '
+           'onerror="window.__pwned=2"> go away')
+
+
+def http_world() -> World:
+    return World(WorldSpec(name="http", providers=[
+        Provider(name="fast", generate=6, hosts=1),
+        Provider(name="slowpoke", generate=2, hosts=1,
+                 behaviour=Behaviour(reply_delay_s=0.01)),
+        Provider(name="greylister", generate=2, behaviour=Behaviour(greylist_s=1.0)),
+        Provider(name="unknownusers", generate=2, behaviour=Behaviour(unknown_user_rate=0.3)),
+        Provider(name="hostile", generate=1, behaviour=Behaviour(rcpt_reply=HOSTILE)),
+    ]))
 
 MESSAGE = (
     "From: Sender <news@sender.example>\n"

@@ -8,8 +8,7 @@ import os
 
 import httpx
 import pytest
-from conftest import TOKEN
-from http_helpers import MESSAGE, cli_report, csv_text, parse_sse, upload, wait_for
+from http_helpers import MESSAGE, TOKEN, cli_report, csv_text, parse_sse, upload, wait_for
 from ops_helpers import domains_of, recipients
 
 from fastmta import WorkerPool
