@@ -38,7 +38,7 @@
     table($("#by-reason tbody"), Object.entries(r.by_reason));
     table($("#by-class tbody"), Object.entries(r.by_bounce_class));
     table($("#excluded tbody"), Object.entries(r.excluded_by_reason).filter(([, v]) => v));
-    $("#by-domain tbody").replaceChildren(...Object.entries(r.by_domain).slice(0, 50).map(
+    $("#by-domain tbody").replaceChildren(...Object.entries(r.by_domain).slice(0, 15).map(
       ([d, x]) => el("tr", {}, el("td", {text: d}), el("td", {class: "num", text: fmt(x.to_deliver)}),
         el("td", {class: "num", text: fmt(x.sent)}), el("td", {class: "num", text: fmt(x.failed)}),
         el("td", {class: "num", text: fmt(x.pending)}),

@@ -36,7 +36,7 @@
         el("td", {text: s.label || s.site, title: s.site}), el("td", {text: s.provider}),
         el("td", {}, el("span", {class: "badge " + cls, text: label})),
         el("td", {class: "num", text: fmt(s.connections) + " / " + fmt(s.limit)}),
-        el("td", {class: "num", text: (s.rate || 0).toFixed(1)}),
+        el("td", {class: "num", text: s.rate ? s.rate.toFixed(1) : "–"}),
         el("td", {class: "num", text: fmt(s.queued)}), el("td", {class: "num", text: fmt(s.sent)}),
         el("td", {class: "num", text: fmt(s.failed)}), el("td", {class: "num", text: fmt(s.soft)}),
         el("td", {class: "num", text: fmt(s.throttles)}),
