@@ -23,6 +23,6 @@
   }
   const later = FM.throttle(refresh, 1000);
   refresh();
-  FM.live("", (b) => { if (b.deliveries.length || b.counts.delivery_state) later(); });
+  FM.live("", () => later());
   setInterval(later, 10000);
 })();

@@ -102,6 +102,6 @@
     });
 
   refresh().then(() => loadLog(true));
-  FM.live("delivery=" + did, (b) => { if (b.deliveries.includes(did)) later(); });
+  FM.live("", () => later());  // the log moved: refresh the report (at most 1/s)
   setInterval(later, 5000);
 })();

@@ -54,6 +54,6 @@
   $("#filter").addEventListener("submit", (e) => e.preventDefault());
   const later = FM.throttle(refresh, 1000);
   refresh();
-  FM.live("", (b) => { if (b.counts.site || b.counts.admin || b.deliveries.length) later(); });
+  FM.live("", () => later());
   setInterval(later, 3000);
 })();
