@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -71,17 +72,44 @@ BROWSER = textwrap.dedent("""
 """)
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def one_run(sim, domains, n: int, mode: str, workdir: str, workers: int) -> dict:
     cfg = sim_config(sim, validity_s=600.0, retry_s=5.0, workers=workers)
     spool = os.path.join(workdir, "spool")
     rows = ({"email": f"b{i}@{domains[i % len(domains)]}"} for i in range(n))
     pool = WorkerPool(cfg, spool=spool).open()
     h = pool.submit(rows, MESSAGE)
-    srv = browser = None
-    chromium_cpu, shown = None, None
+    srv = browser = serve = None
+    chromium_cpu, shown, serve_cpu = None, None, None
     if mode == "on":
         srv = HttpServer(cfg, spool, "127.0.0.1:0", token="bench").start()
-        browser = subprocess.Popen([sys.executable, "-c", BROWSER, srv.url, str(h.id),
+        url = srv.url
+    elif mode == "serve":  # the same server as its own process: its CPU measured exactly
+        import psutil
+
+        port = free_port()
+        serve = subprocess.Popen([sys.executable, "-m", "fastmta", "serve", "--listen",
+                                  f"127.0.0.1:{port}", "--spool", spool, "--token", "bench"],
+                                 stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                httpx.get(url + "/api/v1/status", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        sp = psutil.Process(serve.pid)
+        serve0 = sum(sp.cpu_times()[:2])
+    if mode in ("on", "serve"):
+        browser = subprocess.Popen([sys.executable, "-c", BROWSER, url, str(h.id),
                                     CHROMIUM], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    text=True)
         assert browser.stdout.readline().strip() == "ready"
@@ -99,7 +127,12 @@ def one_run(sim, domains, n: int, mode: str, workdir: str, workers: int) -> dict
         out = browser.stdout.readline().split()
         chromium_cpu, shown = float(out[0]), out[1]
         browser.wait(30)
-        srv.stop()
+        if srv is not None:
+            srv.stop()
+        if serve is not None:
+            serve_cpu = sum(sp.cpu_times()[:2]) - serve0
+            serve.terminate()
+            serve.wait(30)
     pool.close()
     Spool.close_all()
     shutil.rmtree(workdir, ignore_errors=True)
@@ -113,7 +146,7 @@ def one_run(sim, domains, n: int, mode: str, workdir: str, workers: int) -> dict
                               + cpu1.children_system) - (cpu0.user + cpu0.system
                                                          + cpu0.children_user
                                                          + cpu0.children_system),
-            "chromium_cpu_s": chromium_cpu}
+            "chromium_cpu_s": chromium_cpu, "serve_cpu_s": serve_cpu}
 
 
 async def overhead(args) -> dict:
@@ -124,14 +157,17 @@ async def overhead(args) -> dict:
         try:
             await asyncio.to_thread(one_run, sim, domains, min(5000, args.recipients), "off",
                                     workdir, args.workers)  # warm-up
+            modes = ["off", "on"] + (["serve"] if args.serve else [])
             for i in range(args.pairs):
-                for mode in (["off", "on"] if i % 2 == 0 else ["on", "off"]):
+                for mode in (modes if i % 2 == 0 else modes[::-1]):
                     r = await asyncio.to_thread(one_run, sim, domains, args.recipients, mode,
                                                 workdir, args.workers)
                     runs.append(r)
                     print(f"  {mode:3}  {r['msgs_per_s']:7.0f} msgs/s  CPU fastmta "
                           f"{r['fastmta_cpu_s']:.2f}s (pool+http {r['parent_cpu_s']:.2f}s)"
                           + (f"  chromium {r['chromium_cpu_s']:.2f}s" if r["chromium_cpu_s"]
+                             is not None else "")
+                          + (f"  serve process {r['serve_cpu_s']:.2f}s" if r["serve_cpu_s"]
                              is not None else "") + f"  load {os.getloadavg()[0]:.1f}",
                           flush=True)
         finally:
@@ -140,7 +176,12 @@ async def overhead(args) -> dict:
     def med(mode, k):
         return statistics.median(r[k] for r in runs if r["mode"] == mode)
 
-    return {"cpu_off": med("off", "fastmta_cpu_s"), "cpu_on": med("on", "fastmta_cpu_s"),
+    serve = [r["serve_cpu_s"] for r in runs if r["mode"] == "serve"]
+    return {"serve_cpu": statistics.median(serve) if serve else None,
+            "serve_total": statistics.median(r["fastmta_cpu_s"] + r["serve_cpu_s"]
+                                             for r in runs if r["mode"] == "serve")
+            if serve else None,
+            "cpu_off": med("off", "fastmta_cpu_s"), "cpu_on": med("on", "fastmta_cpu_s"),
             "pool_off": med("off", "parent_cpu_s"), "pool_on": med("on", "parent_cpu_s"),
             "rate_off": med("off", "msgs_per_s"), "rate_on": med("on", "msgs_per_s"),
             "chromium": med("on", "chromium_cpu_s"), "runs": runs}
@@ -213,6 +254,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rcpt-million", type=int, default=1_000_000)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--serve", action="store_true",
+                    help="a third mode: `fastmta serve` as its own process (exact CPU)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.recipients > 1_000_000 or args.pairs > 10 or args.rcpt_million > 2_000_000:
@@ -226,7 +269,10 @@ def main() -> None:
               f"{o['cpu_on']:.2f}s on vs {o['cpu_off']:.2f}s off = "
               f"{100 * (o['cpu_on'] / o['cpu_off'] - 1):+.1f}% (medians); pool process "
               f"{o['pool_on']:.2f}s vs {o['pool_off']:.2f}s; throughput {o['rate_on']:.0f} vs "
-              f"{o['rate_off']:.0f} msgs/s; chromium (not fastmta) {o['chromium']:.2f}s")
+              f"{o['rate_off']:.0f} msgs/s; chromium (not fastmta) {o['chromium']:.2f}s"
+              + (f"; `fastmta serve` as its own process: {o['serve_cpu']:.2f}s = "
+                 f"{100 * o['serve_cpu'] / o['cpu_off']:.1f}% of the send's CPU (off)"
+                 if o["serve_cpu"] is not None else ""))
     if args.rcpt_million:
         r = recipients_bench(args.rcpt_million)
         res["recipients"] = r

@@ -25,6 +25,7 @@ from fastmta.ops.report import (
     attempt_rows,
     build_report,
     build_status,
+    fmt_time,
     log_rows,
     write_log,
 )
@@ -197,7 +198,7 @@ async def list_deliveries(request: Request) -> Response:
             s = build_status(ctx.spool, d.id)
             if state and s["state"] != state:
                 continue
-            out.append({**s, "name": d.name, "created": build_report(ctx.spool, d.id)["created"]})
+            out.append({**s, "name": d.name, "created": fmt_time(d.created_ms)})
             if len(out) > limit:
                 break
         return out
