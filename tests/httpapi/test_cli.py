@@ -83,7 +83,8 @@ def test_run_http_sends_what_the_api_injects(sim, world, tmp_path, cfg):
             rep = wait_for(lambda: (lambda x: x if x["pending"] == 0 else None)(
                 c.get(f"/api/v1/deliveries/{did}/report").json()), timeout=60)
             assert rep["sent"] == 25
-            assert any(s["sent"] for s in c.get("/api/v1/sites").json()["sites"])
+            wait_for(lambda: any(s["sent"] for s in c.get("/api/v1/sites").json()["sites"]),
+                     timeout=30)  # the engine's status snapshot (every status_interval_s)
     finally:
         code, err = stop(proc)
     assert "dashboard: http://127.0.0.1" in err
