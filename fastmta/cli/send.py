@@ -241,16 +241,27 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
 @click.option("--spool", "spool_dir", default=None, help="spool directory")
 @click.option("--workers", type=int, default=None)
 @click.option("--forever", is_flag=True, help="keep running when every delivery is final")
+@click.option("--http", "http_listen", default=None, metavar="HOST:PORT",
+              help="also serve the HTTP API and dashboard (implies --forever)")
+@click.option("--token", default=None, envvar="FASTMTA_HTTP_TOKEN",
+              help="with --http: bearer token (default: a new one, printed)")
 @click.option("-v", "--verbose", count=True)
-def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
+def run_cmd(config_path, spool_dir, workers, forever, http_listen, token, verbose) -> None:
     """Run the engine on a spool (resumes deliveries after a crash or a stop)."""
     from fastmta.engine import entry as engine
     from fastmta.spool import Spool
 
     _setup_logging(verbose)
+    srv = None
     try:
         cfg, spool_path = _config(config_path, spool_dir, workers)
         spool = Spool.open(spool_path, cfg.spool)
+        if http_listen:
+            from fastmta.cli.http import announce, make_server
+
+            srv = make_server(cfg, spool_path, http_listen, token, 512).start()
+            announce(srv)
+            forever = True
         dids = [d.id for d in spool.deliveries() if d.state in ("active", "injecting")]
         if forever:
             asyncio.run(engine.run(cfg, spool_path, [], forever=True,
@@ -268,8 +279,11 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
         if pending:
             click.echo(f"stopped with {pending} recipient(s) pending; `fastmta run --spool "
                        f"{spool_path}` resumes")
-    except FastMTAError as exc:
+    except (FastMTAError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
+    finally:
+        if srv is not None:
+            srv.stop()
 
 
 # --------------------------------------------------------------------------- demo
@@ -287,8 +301,14 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
               help="VERP return paths + the inbound listener; the simulated providers then "
                    "send async bounces (5%), complaints (0.5%) and auto-replies (1%)")
 @click.option("--force", is_flag=True, help="send even if the compliance pre-flight fails")
+@click.option("--dashboard", is_flag=True,
+              help="serve the HTTP API + dashboard during the run (URL printed) and keep "
+                   "serving after it until Ctrl-C")
+@click.option("--listen", default="127.0.0.1:8025", show_default=True,
+              help="with --dashboard: HOST:PORT")
 @click.option("-v", "--verbose", count=True)
 def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedback, force,
+         dashboard, listen,
          verbose) -> None:
     """Send a sample delivery to a simulated internet started on loopback (its DNS server
     in this process, its MX hosts in --sim-procs processes).  The demo sender is a
@@ -300,6 +320,7 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
 
     _setup_logging(verbose)
     tmp = None
+    servers: list = []
     if spool_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="fastmta-demo-")
         spool_dir = tmp.name
@@ -342,6 +363,12 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
                 click.echo(f"simulated internet: {len(world.domains)} domains, DNS "
                            f"127.0.0.1:{sim.dns_port}, MX hosts on 127.0.x.y:{sim.smtp_port}",
                            err=as_json)
+                if dashboard:
+                    from fastmta.cli.http import announce, make_server
+
+                    srv = make_server(cfg, spool_path, listen, None, 512).start()
+                    servers.append(srv)
+                    announce(srv)
                 inj = await engine.inject_file(spool, cfg, rcpt_path, msg_path.read_bytes(),
                                                validity_s=validity_s, name="demo")
                 click.echo(f"delivery {inj.delivery_id}: {inj.to_deliver} recipients over "
@@ -372,6 +399,13 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
                     click.echo(json.dumps(printer.last_workers, default=str)[:3000])
                 stats = await sim.stats()
                 rep = engine.summary(spool, inj.delivery_id)
+                if servers:
+                    click.echo(f"delivery {inj.delivery_id} finished; still serving "
+                               f"{servers[0].dashboard_url} (Ctrl-C to stop)", err=True)
+                    try:
+                        await asyncio.Event().wait()
+                    except asyncio.CancelledError:
+                        pass
                 rep["sim"] = stats
                 rep["compliance"] = preflight.to_json(found)
                 rep["throughput"] = {
@@ -383,7 +417,12 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
                 }
                 return inj.delivery_id, elapsed, rep
 
-        _did, elapsed, rep = asyncio.run(go())
+        try:
+            _did, elapsed, rep = asyncio.run(go())
+        except KeyboardInterrupt:
+            if not servers:
+                raise
+            return
         if as_json:
             click.echo(json.dumps(rep, indent=2, default=str))
         else:
@@ -398,6 +437,8 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
     except FastMTAError as exc:
         raise click.ClickException(str(exc)) from exc
     finally:
+        for srv in servers:
+            srv.stop()
         if tmp is not None:
             from fastmta.spool import Spool as _S
 

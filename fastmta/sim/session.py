@@ -371,6 +371,8 @@ class _Session(asyncio.Protocol):
         beh = self.beh
         if beh.max_rcpts_per_txn and len(self.rcpts) >= beh.max_rcpts_per_txn:
             return self._refusal(R_TOO_MANY_RCPT)
+        if beh.rcpt_reply:  # a fixed refusal text (tests: hostile reply texts)
+            return self._refusal(beh.rcpt_reply.encode("utf-8", "replace") + b"\r\n")
         fate = rcpt_fate(beh, addr)
         if fate is None or fate == "disconnect":
             pass

@@ -68,6 +68,7 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     # connection closes: transient failures, not rate signals; 0 = off
     transient_421_every: int = 0
     garbage: bool = False  # answers MAIL with bytes that are not SMTP
+    rcpt_reply: str = ""  # refuse every RCPT with this one-line reply ("550 5.1.1 ...")
     keep_messages: bool = False  # keep accepted messages (for tests)
 
     @property

@@ -90,10 +90,11 @@ class ReadingMixin(SpoolBase):
         return out
 
     def recipients(
-        self, did: int, *, chunk: int = 5000
+        self, did: int, *, chunk: int = 5000, start_id: int = 0
     ) -> Iterator[tuple[int, Rcpt]]:
-        """Every recipient of a delivery in id order (short read transactions)."""
-        start = K.pack_rcpt(did, 0)
+        """Every recipient of a delivery in id order, from ``start_id`` (short read
+        transactions)."""
+        start = K.pack_rcpt(did, start_id)
         prefix = K.pack_u32(did)
         while True:
             batch = []
@@ -105,6 +106,32 @@ class ReadingMixin(SpoolBase):
                     if k[:4] != prefix:
                         break
                     batch.append((K.unpack_rcpt(k)[1], RCPT_DECODER.decode(cur.value())))
+                    ok = cur.next()
+            yield from batch
+            if len(batch) < chunk:
+                return
+            start = K.pack_rcpt(did, batch[-1][0] + 1)
+
+    def scan_recipients(
+        self, did: int, *, start_id: int = 0, needle: bytes = b"", chunk: int = 2000
+    ) -> Iterator[tuple[int, Rcpt | None]]:
+        """``recipients`` for filtered listings: a record whose lower-cased stored bytes do
+        not contain ``needle`` is yielded as ``(rid, None)`` without being decoded."""
+        start = K.pack_rcpt(did, start_id)
+        prefix = K.pack_u32(did)
+        while True:
+            batch: list[tuple[int, Rcpt | None]] = []
+            with self._read() as txn:
+                cur = txn.cursor(db=self._db["rcpt"])
+                ok = cur.set_range(start)
+                while ok and len(batch) < chunk:
+                    k = cur.key()
+                    if k[:4] != prefix:
+                        break
+                    raw = cur.value()
+                    rec = (RCPT_DECODER.decode(raw)
+                           if not needle or needle in raw.lower() else None)
+                    batch.append((K.unpack_rcpt(k)[1], rec))
                     ok = cur.next()
             yield from batch
             if len(batch) < chunk:
