@@ -123,6 +123,7 @@ class InboundServer:
         self.latencies: list[float] = []  # end of DATA -> durable and applied (seconds)
         self.server: asyncio.AbstractServer | None = None
         self._purger: asyncio.Task | None = None
+        self.on_close: list = []  # coroutine functions awaited by close() (e.g. the HTTP side)
         self.tls: ssl.SSLContext | None = None
         if self.f.tls_cert and self.f.tls_key:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -151,6 +152,8 @@ class InboundServer:
             await asyncio.sleep(3600)
 
     async def close(self) -> None:
+        for fn in self.on_close:
+            await fn()
         if self._purger is not None:
             self._purger.cancel()
         if self.server is not None:

@@ -28,6 +28,7 @@ def test_listener_runs_with_the_pool(tmp_path):
     world = World(WorldSpec(name="fbrun", providers=[Provider(name="alpha", generate=3)]))
     rcpt, msg, _ = write_inputs(tmp_path, world, 50)
     port = free_port()
+    http_port = free_port()
     seen: dict[str, object] = {}
 
     def probe() -> None:
@@ -36,6 +37,12 @@ def test_listener_runs_with_the_pool(tmp_path):
                 c.ehlo("probe")
                 c.mail("")
                 seen["relay"] = c.rcpt("x@gmail.com")[0]
+            import urllib.error
+            import urllib.request
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{http_port}/u/" + "a" * 21, timeout=10)
+            except urllib.error.HTTPError as e:
+                seen["http"] = e.code
         except OSError as exc:
             seen["error"] = exc
 
@@ -44,7 +51,8 @@ def test_listener_runs_with_the_pool(tmp_path):
             base = make_config(sim, validity_s=20.0)
             fb = msgspec.structs.replace(base.feedback, enabled=True,
                                          domains=["bounces.run.test"],
-                                         listen=f"127.0.0.1:{port}")
+                                         listen=f"127.0.0.1:{port}",
+                                         http_listen=f"127.0.0.1:{http_port}")
             cfg = msgspec.structs.replace(base, feedback=fb)
             spool = Spool.open(tmp_path / "spool", cfg.spool)
             did = await inject(spool, cfg, rcpt, msg, 20.0)
@@ -64,6 +72,7 @@ def test_listener_runs_with_the_pool(tmp_path):
 
     spool, did = asyncio.run(go())
     assert seen.get("relay") == 550, seen
+    assert seen.get("http") == 404, seen  # the one-click endpoint ran too (a bad token)
     assert spool.kpis(did)["pending"] == 0
     # closed with the run
     with pytest.raises(OSError):
