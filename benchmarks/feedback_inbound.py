@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--parallel", type=int, default=8, help="smtp-source processes at once")
     ap.add_argument("--sessions", type=int, default=8, help="sessions per smtp-source")
     ap.add_argument("--no-sync", action="store_true", help="spool without fsync")
+    ap.add_argument("--parse-processes", type=int, default=0,
+                    help="[feedback] parse_processes (0 = parse on the commit thread)")
     a = ap.parse_args()
     if not shutil.which("smtp-source"):
         raise SystemExit("smtp-source not found (Debian package postfix)")
@@ -77,7 +79,8 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="fastmta-fb-bench-")
     scfg = SpoolConfig(sync=not a.no_sync, metasync=not a.no_sync, map_size_bytes=2 * 1024**3)
     cfg = msgspec.structs.replace(Config(), spool=scfg, feedback=FeedbackConfig(
-        enabled=True, domains=[DOMAIN], max_connections_per_ip=500, max_connections=1000))
+        enabled=True, domains=[DOMAIN], max_connections_per_ip=500, max_connections=1000,
+        parse_processes=a.parse_processes))
     sp = Spool.open(os.path.join(tmp, "spool"), scfg)
     t = now_ms()
     did = sp.create_delivery(DeliveryRecord(mail_from="news@sender.example", created_ms=t,

@@ -336,6 +336,7 @@ class FeedbackConfig(_Section):
     parse_max_bytes: int = 50 * 1024 * 1024  # parser bound (bigger input: the head only)
     parse_max_parts: int = 200
     parse_max_depth: int = 8
+    parse_processes: int = 0  # listener: parser processes beside the SMTP loop (0 = the commit thread)
 
     @property
     def bounce_domain(self) -> str:

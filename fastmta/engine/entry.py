@@ -131,6 +131,13 @@ async def _start_inbound(cfg: Config, spool_path: str | os.PathLike[str]):
     host, _, port = fb.listen.rpartition(":")
     srv = InboundServer(cfg, Spool.open(spool_path, cfg.spool))
     await srv.start(host.strip("[]") or "127.0.0.1", int(port))
+    if fb.http_listen:  # one-click unsubscribe beside it (closed with the listener)
+        from fastmta.feedback.unsubscribe import UnsubscribeServer
+
+        web = UnsubscribeServer(srv.proc, srv.committer)
+        h, _, p = fb.http_listen.rpartition(":")
+        await web.start(h.strip("[]") or "127.0.0.1", int(p))
+        srv.on_close.append(web.close)
     return srv
 
 

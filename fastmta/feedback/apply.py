@@ -180,19 +180,21 @@ class Processor:
         self.tokens = tk.Tokens(self.key, f.bounce_domain or "invalid",
                                 bounce_prefix=f.bounce_prefix)
         self.limits = Limits(max_parts=f.parse_max_parts, max_depth=f.parse_max_depth)
+        self.parse_limits = self.limits._replace(
+            window_bytes=min(f.parse_max_bytes, self.limits.window_bytes))
         self.providers = cfg.dns.providers
 
     def prepare(self, raw: bytes, *, source: str, peer: str = "", mail_from: str = "",
                 rcpt_to: Iterable[str] = (), now_ms: int = 0,
-                unsubscribe_token: str = "") -> InboundItem:
-        """Parse and match one message (pure CPU work, no spool write)."""
+                unsubscribe_token: str = "", report: Report | None = None) -> InboundItem:
+        """Parse (unless ``report`` is given) and match one message (no spool write)."""
         rcpts = list(rcpt_to)
         if unsubscribe_token:  # HTTP one-click: no mail, only the token
             report = Report("other", [], None, None, False, tokens=[f"u-{unsubscribe_token}"])
             unsub = True
         else:
-            window = min(self.cfg.feedback.parse_max_bytes, self.limits.window_bytes)
-            report = parse(raw, self.limits._replace(window_bytes=window))
+            if report is None:
+                report = parse(raw, self.parse_limits)
             unsub = any((self.tokens.local_token(a) or ("",))[0] == "u" for a in rcpts)
         m = match(report, self.key, rcpts, self.tokens)
         kind = "unsubscribe" if unsub else report.kind

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
 import ssl
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
 
 from fastmta.config import Config
 from fastmta.feedback.apply import Processor
+from fastmta.feedback.parse import parse
 from fastmta.feedback.tokens import verify
 
 log = logging.getLogger("fastmta.feedback")
@@ -40,12 +43,24 @@ class GroupCommitter:
         self._q: list[tuple[dict, asyncio.Future, asyncio.AbstractEventLoop]] = []
         self._cv = threading.Condition()
         self._stop = False
+        self._pool: ProcessPoolExecutor | None = None
         self._t = threading.Thread(target=self._run, name="inbound-commit", daemon=True)
         self._t.start()
         self.groups = 0
 
+    def start_parsers(self, n: int) -> None:
+        """Parse in ``n`` processes (spawned, warmed up now) instead of the commit thread."""
+        if n > 0:
+            ctx = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(n, mp_context=ctx)
+            for f in [self._pool.submit(parse, b"") for _ in range(n)]:
+                f.result(timeout=60)
+
     async def submit(self, raw: bytes, **meta) -> object:
         loop = asyncio.get_running_loop()
+        if self._pool is not None and raw:
+            meta["report"] = await loop.run_in_executor(
+                self._pool, parse, raw, self.proc.parse_limits)
         fut = loop.create_future()
         with self._cv:
             self._q.append(({"raw": raw, **meta}, fut, loop))
@@ -73,6 +88,8 @@ class GroupCommitter:
                     loop.call_soon_threadsafe(_set, fut, None, exc)
 
     def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
         with self._cv:
             self._stop = True
             self._cv.notify()
@@ -106,12 +123,16 @@ class InboundServer:
         self.latencies: list[float] = []  # end of DATA -> durable and applied (seconds)
         self.server: asyncio.AbstractServer | None = None
         self._purger: asyncio.Task | None = None
+        self.on_close: list = []  # coroutine functions awaited by close() (e.g. the HTTP side)
         self.tls: ssl.SSLContext | None = None
         if self.f.tls_cert and self.f.tls_key:
             self.tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.tls.load_cert_chain(self.f.tls_cert, self.f.tls_key)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        if self.f.parse_processes > 0 and self.committer._pool is None:
+            await asyncio.get_running_loop().run_in_executor(
+                None, self.committer.start_parsers, self.f.parse_processes)
         self.server = await asyncio.start_server(self._client, host, port,
                                                  limit=self.f.max_line + 2, backlog=512)
         self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
@@ -131,6 +152,8 @@ class InboundServer:
             await asyncio.sleep(3600)
 
     async def close(self) -> None:
+        for fn in self.on_close:
+            await fn()
         if self._purger is not None:
             self._purger.cancel()
         if self.server is not None:

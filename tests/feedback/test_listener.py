@@ -169,7 +169,7 @@ def test_starttls_when_a_certificate_is_configured(tmp_path):
     cert, key = make_self_signed(str(tmp_path), ["feedback.test"], ["127.0.0.1"])
     sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
     tok = tokens_for(sp)
-    cfg = feedback_config(tls_cert=str(cert), tls_key=str(key))
+    cfg = feedback_config(tls_cert=str(cert), tls_key=str(key), parse_processes=1)
     it = items[0]
     rid = rid_of(it)
     rp = tok.return_path(tok.token(did, rid))
