@@ -53,7 +53,7 @@ def template(text: str) -> str:
 
 def is_unknown(cls, fallback_rules: frozenset) -> bool:
     """True when no rule recognised the reply (the default or a code-only fallback)."""
-    return cls.rule in fallback_rules
+    return getattr(cls, "rule", None) in fallback_rules
 
 
 class UnknownReplies:
@@ -75,7 +75,8 @@ class UnknownReplies:
 
     def observe(self, text: str, command: str | None, site: str, cls, now_ms: int) -> bool:
         """Count ``text`` if ``cls`` says it is unknown.  True when counted."""
-        if cls.rule not in self.fallback_rules:
+        rule = getattr(cls, "rule", None)  # local outcomes (no server reply) have none
+        if rule not in self.fallback_rules:
             return False
         t = template(text)
         e = self.entries.get(t)
@@ -86,7 +87,7 @@ class UnknownReplies:
             e = self.entries[t] = {"template": t, "count": 0, "first_ms": now_ms,
                                    "last_ms": now_ms, "sites": [], "example": text[:500],
                                    "command": command, "code": cls.code,
-                                   "enhanced": cls.enhanced, "rule": cls.rule}
+                                   "enhanced": cls.enhanced, "rule": rule}
         e["count"] += 1
         e["last_ms"] = now_ms
         if site and site not in e["sites"] and len(e["sites"]) < self.max_sites:

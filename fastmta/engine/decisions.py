@@ -53,8 +53,8 @@ class Decision:
 
 
 def _throttle_kind(cls, command: str | None) -> str:
-    return "connections" if command in _CONNECT_PHASES or cls.rule in CONNECTION_RULES \
-        else "rate"
+    return "connections" if command in _CONNECT_PHASES or \
+        getattr(cls, "rule", "") in CONNECTION_RULES else "rate"
 
 
 def decide(cls, code: int, command: str | None, enhanced: str | None = None) -> Decision:
@@ -62,10 +62,11 @@ def decide(cls, code: int, command: str | None, enhanced: str | None = None) -> 
     close = code == 421
     if 200 <= code < 300:
         return Decision("sent")
-    if cls.rule in SESSION_LIMIT_RULES and command == "mail":
+    rule = getattr(cls, "rule", "")  # local outcomes (no server reply) have no rule
+    if rule in SESSION_LIMIT_RULES and command == "mail":
         return Decision("requeue_session", close=True)
     if 400 <= code < 500 and command == "rcpt" and (
-            enhanced == "4.5.3" or cls.rule in TOO_MANY_RCPTS_RULES):
+            enhanced == "4.5.3" or rule in TOO_MANY_RCPTS_RULES):
         return Decision("requeue_split", close=close)
     if cls.action == "suspend_site":
         return Decision("suspend", close=True)

@@ -203,3 +203,14 @@ def test_scheduler_records_the_sims_unknown_replies_and_suggest_lists_them(tmp_p
     assert res.exit_code == 0, res.output
     (c,) = json.loads(res.output)["clusters"]
     assert c["count"] == 30 and "frobnication store" in " ".join(c["proposed"]["text_all"])
+
+
+def test_local_outcomes_are_not_unknown_replies():
+    from fastmta.classify.outcome import local
+
+    agg = UnknownReplies()
+    reply, cls = local("connect_timeout", "connect")
+    assert agg.observe(reply.raw, "connect", "site", cls, 1) is False
+    c = core.classify("550 5.9.9 frobnicated 12", "rcpt")
+    assert agg.observe("550 5.9.9 frobnicated 12", "rcpt", "site", c, 2) is True
+    assert [e["count"] for e in agg.take()] == [1] and agg.take() == []

@@ -438,4 +438,6 @@ def test_421_to_starttls_fails_the_connection():
             return await open_expect_fail(srv.port, tls="opportunistic")
 
     err = arun(go())
-    assert err.kind == "closing" and err.reply.code == 421 and err.classification.throttle
+    # a generic 421 ("shutting down") is a transient failure, not a rate signal (issue #16)
+    assert err.kind == "closing" and err.reply.code == 421
+    assert not err.classification.throttle and err.classification.type == "soft"

@@ -73,3 +73,11 @@ def test_connect_decisions():
     assert (d.kind, d.shaper_kind) == ("throttle", "connect_failure")
     _, refused = local("connect_failed", "connect")
     assert decide_connect(refused, "connect_failed").kind == "connect_failure"
+
+
+def test_local_outcomes_have_no_rule_and_still_decide():
+    # connection lost / timeout during a transaction (classify.outcome.local: no rule)
+    for kind, cmd in (("connection_lost", "dot"), ("timeout", "rcpt"), ("protocol_error", "mail")):
+        reply, cls = local(kind, cmd)
+        d = decide(cls, reply.code, cmd, reply.enhanced)
+        assert d.kind in ("soft", "throttle") and d.close, (kind, d)
