@@ -25,6 +25,7 @@ every domain of the other providers.  Everything is deterministic for a given se
 
 from __future__ import annotations
 
+import json
 import random
 import tomllib
 from collections.abc import Iterator
@@ -169,9 +170,11 @@ def _val(v) -> str:
     if isinstance(v, (int, float)):
         return repr(v)
     if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        return json.dumps(v)  # a TOML basic string (\n, quotes, non-ASCII escaped)
     if isinstance(v, list):
         return "[" + ", ".join(_val(x) for x in v) + "]"
+    if isinstance(v, dict):  # inline table (sim records, MTA-STS policies)
+        return "{" + ", ".join(f"{_val(str(k))} = {_val(x)}" for k, x in v.items()) + "}"
     raise TypeError(type(v))
 
 

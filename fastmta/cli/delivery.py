@@ -141,7 +141,8 @@ def _read_message(path: str) -> bytes:
 @spool_options
 def analyze(recipients: str, message: str, mail_from: str, fmt: str | None, as_json: bool,
             exclusions: str | None, spool: str | None, config: str | None) -> None:
-    """Analyse a delivery without sending: exclusions with reasons, and warnings."""
+    """Analyse a delivery without sending: exclusions with reasons, warnings, and the
+    compliance pre-flight (Gmail/Yahoo bulk-sender rules; docs/compliance.md)."""
     from fastmta.delivery import Template, open_recipients
     from fastmta.delivery import analyze as do_analyze
 

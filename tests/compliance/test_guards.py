@@ -109,6 +109,7 @@ def test_bounce_guard_pauses_and_resume_releases(gsim, tmp_path):
     with WorkerPool(cfg, spool=str(tmp_path / "spool")) as pool:
         h = pool.submit(rows, MESSAGE)
         assert _wait(lambda: h.status()["state"] == "paused", 60), h.status()
+        assert _wait(lambda: _guard_events(pool, h.id), 10)  # appended after the state
         k = pool.spool.kpis(h.id)
         assert k["attempts"] >= 1000 and k["failed_hard"] / k["attempts"] > 0.05
         ev = _guard_events(pool, h.id)
@@ -145,6 +146,7 @@ def test_complaint_guard(gsim, tmp_path, complaints, paused):
         record_complaints(pool.spool, h.id, "gmail.com", n=complaints)
         if paused:  # 5 / 1,000..1,666 delivered >= 0.3%
             assert _wait(lambda: h.status()["state"] == "paused", 60), h.status()
+            assert _wait(lambda: _guard_events(pool, h.id), 10)  # appended after the state
             ev = _guard_events(pool, h.id)
             assert len(ev) == 1
             assert ev[0].text.startswith("complaint:google guard: complaint rate at google ")

@@ -60,7 +60,7 @@ def test_send_command(tmp_path):
             conf = tmp_path / "fastmta.toml"
             conf.write_text(config_toml(cfg))
             proc = subprocess.Popen(
-                fastmta("send", "--recipients", str(rcpt), "--message", str(msg), "--yes", "--force",
+                fastmta("send", "--recipients", str(rcpt), "--message", str(msg), "--yes",
                         "--spool", str(spool_path), "--config", str(conf), "--workers", "2"),
                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             out = await communicate(proc, 90)
@@ -142,7 +142,7 @@ def test_send_detach_runs_the_engine_in_the_background(tmp_path):
             conf = tmp_path / "fastmta.toml"
             conf.write_text(config_toml(cfg))
             proc = subprocess.Popen(
-                fastmta("send", "--recipients", str(rcpt), "--message", str(msg), "--yes", "--force",
+                fastmta("send", "--recipients", str(rcpt), "--message", str(msg), "--yes",
                         "--detach", "--spool", str(spool_path), "--config", str(conf)),
                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             out = await communicate(proc, 60)

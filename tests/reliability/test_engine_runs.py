@@ -66,7 +66,7 @@ def test_two_sends_on_one_spool(tmp_path):
             conf.write_text(_toml(cfg))
             cmd = [sys.executable, "-m", "fastmta", "send", "--recipients", str(rcpt),
                    "--message", str(msg), "--spool", str(spool), "--config", str(conf),
-                   "--yes", "--force"]
+                   "--yes"]
             loop = asyncio.get_running_loop()
             first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT)
