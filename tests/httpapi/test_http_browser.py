@@ -161,3 +161,27 @@ def test_hostile_reply_text_is_inert(cfg, sim, world, spool_dir, server, admin, 
         assert HOSTILE.split(" go away")[0][-40:] in page.text_content("#sites")
         admin.post(f"/api/v1/deliveries/{did}/cancel")
     assert page.errors == []
+
+
+def test_deliveries_list_and_no_outside_request(cfg, world, spool_dir, server, admin, page):
+    urls: list[str] = []
+    page.on("request", lambda r: urls.append(r.url))
+    rows = recipients(world, 12, ["fast"], prefix="list-")
+    did = upload(admin, csv_text(rows), name="<b>spring</b>", confirm="1").json()["delivery_id"]
+    with WorkerPool(cfg, spool=spool_dir) as pool:
+        pool.delivery(did).wait(timeout_s=60)
+    page.goto(f"{server.url}/")
+    row = f"tr[data-delivery='{did}']"
+    page.wait_for_selector(row)
+    page.wait_for_function(f"document.querySelector(\"{row}\").textContent.includes('100.00')")
+    assert "<b>spring</b>" in page.text_content(row)  # the name as text, not markup
+    assert page.eval_on_selector_all("main b", "els => els.length") == 0
+    page.click(f"{row} a")
+    page.wait_for_selector("body[data-loaded='1']")
+    assert tiles(page)["sent"] == "12"
+    page.goto(f"{server.url}/sites")
+    page.wait_for_selector("body[data-loaded='1']")
+    # every asset comes from fastmta itself: the pages work offline (no CDN)
+    assert urls and all(u.startswith(server.url) for u in urls), urls
+    assert any(u.endswith("/static/vendor/uPlot.iife.min.js") for u in urls)
+    assert page.errors == []
