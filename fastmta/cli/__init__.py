@@ -33,6 +33,16 @@ def info() -> None:
 
 
 # Command modules register themselves on ``main``; keep one module per concern.
-from fastmta.cli import bench, classify, delivery, dkim, inbound, ops, rules, send, sim, tls  # noqa: E402,F401
-from fastmta.cli import bench, classify, delivery, dkim, ops, send, sim  # noqa: E402,F401
-from fastmta.cli import http  # noqa: E402,F401
+from fastmta.cli import (  # noqa: E402,F401
+    bench,
+    classify,
+    delivery,
+    dkim,
+    http,
+    inbound,
+    ops,
+    rules,
+    send,
+    sim,
+    tls,
+)
