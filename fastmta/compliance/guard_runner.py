@@ -34,6 +34,8 @@ log = logging.getLogger("fastmta.compliance")
 __all__ = ["record_complaints", "GuardRunner", "COMPLAINT_PREFIX", "GUARD_USER"]
 
 COMPLAINT_PREFIX = "complaint/"
+#: complaints already taken from the feedback KPIs, per delivery and recipient domain
+IMPORTED_PREFIX = "complaint-imported/"
 GUARD_USER = "compliance-guard"
 
 
@@ -83,7 +85,22 @@ class GuardRunner:
             if self.c.bounce_guard:
                 self._bounce(d.id, kpis, now)
             if self.c.complaint_guard:
+                self._import_feedback(d.id, kpis, now)
                 self._complaints(d.id, kpis, now)
+
+    def _import_feedback(self, did: int, kpis: dict, now: float) -> None:
+        """ARF complaints applied by the feedback processor (cumulative KPIs
+        ``domain/<d>/complaints``) become windowed complaint records; the count already
+        taken is kept in the spool, so a supervisor restart never counts one twice."""
+        for k, total in kpis.items():
+            if not (k.startswith("domain/") and k.endswith("/complaints")):
+                continue
+            domain = k[len("domain/"):-len("/complaints")]
+            key = f"{IMPORTED_PREFIX}{did}/{domain}"
+            seen = int(self.spool.controls(key).get(key) or b"0")
+            if total > seen:
+                record_complaints(self.spool, did, domain, total - seen, int(now * 1000))
+                self.spool.control_put(key, str(int(total)).encode())
 
     def _bounce(self, did: int, kpis: dict, now: float) -> None:
         a0, h0, _ = self._since.get((did, "bounce"), (0, 0, 0.0))

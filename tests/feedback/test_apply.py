@@ -3,7 +3,7 @@ idempotence, unmatched mail; on a real LMDB spool."""
 
 from __future__ import annotations
 
-from fbhelpers import original, processor, rid_of, sent_delivery, tokens_for
+from fbhelpers import feedback_config, original, processor, rid_of, sent_delivery, tokens_for
 
 from fastmta.ops.events import from_stored
 from fastmta.records import FeedbackEvent, Status
@@ -186,3 +186,37 @@ def test_raw_copies_are_purged_records_stay(tmp_path):
     assert sp.inbound_purge_raw(older_than_ms=2000) == 1
     got = sp.inbound_get(rec.id)
     assert got is not None and got[1] == b"" and got[0].id == rec.id
+
+
+def test_applied_complaints_feed_the_complaint_guard_once(tmp_path):
+    """An ARF applied by the feedback processor reaches the compliance guard's window
+    (issue 20's complaint guard reads issue 15's KPIs); a second tick, or a new guard
+    runner after a restart, does not count it again."""
+    from fastmta.compliance.guard_runner import COMPLAINT_PREFIX, GuardRunner
+
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 4)
+    tok = tokens_for(sp)
+    proc = processor(sp)
+    for it in items[:2]:
+        raw = build_arf(it.email, original(tok, did, rid_of(it), it.email))
+        assert proc.process(raw, source="t", rcpt_to=["fbl@bounces.example.com"]).effect \
+            == "complained"
+
+    def windowed() -> int:
+        return sum(int(v) for v in sp.controls(f"{COMPLAINT_PREFIX}{did}/").values())
+
+    cfg = feedback_config()
+    paused: list = []
+
+    class _Admin:
+        def suspend(self, **kw):
+            paused.append(kw)
+
+    sp.set_state(did, "active")  # the guard watches active deliveries
+    assert any(k.endswith("/complaints") and k.startswith("domain/") for k in sp.kpis(did)), sp.kpis(did)
+    for _ in range(2):  # a second runner = a supervisor restart
+        runner = GuardRunner(sp, cfg, _Admin(), clock=lambda: 1_000_000.0)
+        runner.tick()
+        runner.tick()
+        assert windowed() == 2
+    assert paused == []  # 2 complaints over 4 delivered: below the 1,000-message minimum
