@@ -42,9 +42,13 @@ class ConnectionTasks:
         tls = site.provider.tls if site.provider and site.provider.tls else smtp.tls
         last: ConnectFailed | None = None
         source_ip = smtp.source_ips[0] if smtp.source_ips else None
+        ehlo_name = smtp.ehlo_name
+        if site.source is not None:  # egress: the (site, source) binds its address
+            source_ip = site.source.ip or None
+            ehlo_name = site.source.ehlo_for(site.label())
         for host, ip in mx_candidates(site, self.now()):
             try:
-                conn = await self._connect(ip, smtp.port, ehlo_name=smtp.ehlo_name, tls=tls,
+                conn = await self._connect(ip, smtp.port, ehlo_name=ehlo_name, tls=tls,
                                            server_hostname=host, source_ip=source_ip,
                                            timeouts=smtp)
                 return conn, host, ip

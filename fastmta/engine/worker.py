@@ -100,9 +100,15 @@ class Worker:
         self.resolver = Resolver(self.cfg.dns, self.cfg.smtp)
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
+        from fastmta.egress.egress import Egress
+
+        self.egress = Egress(self.cfg)  # sources, pools, warm-up, memory (issue #17)
+        self.egress.load(self.spool.egress_items(), time.time())
+        self._pools: dict[int, str] = {}
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static,
-                                   commit_gate=self._commit_gate)
+                                   commit_gate=self._commit_gate, egress=self.egress,
+                                   pool_of=self._pool_of)
         from fastmta.engine.worker_ops import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
@@ -131,6 +137,21 @@ class Worker:
                 self._templates.clear()
             self._templates[did] = tpl
         return tpl
+
+    def _pool_of(self, did: int) -> str:
+        pool = self._pools.get(did)
+        if pool is None:
+            pool = self._pools[did] = self.spool.delivery(did).pool
+        return pool
+
+    async def _egress_flush(self) -> None:
+        """Write the learned (site, source) state and warm-up counters that changed."""
+        try:
+            recs = self.scheduler.egress_flush()
+            if recs:
+                await self.writer.run(self.spool.egress_put, recs)
+        except Exception:  # pragma: no cover - the next beat tries again
+            log.exception("writing the egress state")
 
     def _is_static(self, did: int) -> bool:
         """True when the message has no personalisation: one body serves every
@@ -314,6 +335,8 @@ class Worker:
                     await self.writer.run(self.spool.renew_leases, self.owner)
                 except Exception:  # pragma: no cover - the next beat tries again
                     log.exception("renewing leases")
+            if not self.stop_now:
+                await self._egress_flush()
             if os.getppid() != self.spec.parent_pid:
                 log.warning("supervisor gone: stopping")
                 self.request("stop")
@@ -385,6 +408,7 @@ class Worker:
             await self._close()
 
     async def _close(self) -> None:
+        await self._egress_flush()
         try:
             await self.writer.close()
         except Exception:  # pragma: no cover - best effort at exit

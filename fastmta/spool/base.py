@@ -44,6 +44,7 @@ _DBS = (
     "events",
     "quarantine",
     "control",  # operator controls (fastmta.ops.admin), see spool/controls.py
+    "egress",  # learned (site, source) state and warm-up counters, spool/egress_state.py
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event
