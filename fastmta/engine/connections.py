@@ -356,7 +356,9 @@ class ConnectionTasks:
                 continue
             if cls.action == "suspend_site":
                 resume = shaper.on_block(now, cls.reason or "blocked")
-                not_before = self.now_ms() + int((resume - now) * 1000)
+                # with a source, only that source waits: the retry may take another
+                not_before = 0 if site.source is not None else \
+                    self.now_ms() + int((resume - now) * 1000)
                 self.soft(job, reply, cls, mx, not_before, source_ip)
                 close = True
                 continue

@@ -95,6 +95,16 @@ class EgressSites:
         job.egress = None
         self.egress.give_back(src, group)
 
+    def _reroute(self, site: Site) -> None:
+        """The source of ``site`` is suspended: its queued jobs are selected again (the
+        suspended source is not eligible; when none is, they are deferred)."""
+        while site.queue:
+            job = self._take(site)
+            if job.egress is not None:
+                self._release(job)
+            job.site = None
+            self.enqueue(site.base, job)
+
     def egress_flush(self, final: bool = False) -> dict[bytes, bytes | None]:
         """Records of the (site, source) sites that changed, and the warm-up counters."""
         eg = self.egress

@@ -229,6 +229,9 @@ class Scheduler(ConnectionTasks, EgressSites):
 
     def _flush_queue(self, site: Site, delay_s: float) -> None:
         """Defer everything queued for a site (suspended, or draining)."""
+        if site.source is not None and not self.draining:
+            self._reroute(site)  # a suspended source: the pool's others take its queue
+            return
         while site.queue:
             job = self._take(site)
             self.defer(job, delay_s + self.rng.uniform(0, min(5.0, delay_s / 10 + 0.01)),
