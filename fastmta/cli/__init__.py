@@ -33,4 +33,4 @@ def info() -> None:
 
 
 # Command modules register themselves on ``main``; keep one module per concern.
-from fastmta.cli import bench, classify, delivery, dkim, ops, send, sim  # noqa: E402,F401
+from fastmta.cli import bench, classify, delivery, dkim, egress, ops, send, sim  # noqa: E402,F401

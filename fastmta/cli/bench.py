@@ -58,6 +58,13 @@ def print_bench(r: dict) -> None:
                         else "never")
                 e(f"  {'':<14} per minute {', '.join(f'{m:.0f}%' for m in s['minutes_pct_of_cap'])}"
                   f" of cap; >= 90% in every later minute from {conv}")
+    if r.get("time_to_90pct_cap_s") is not None or "state" in r:
+        st = r.get("state") or {}
+        e(f"memory: time to 90% of the hidden cap {r.get('time_to_90pct_cap_s')} s; "
+          f"throttle replies {r['throttle_replies']}"
+          + (f"; state {st['dir']}: {st['records_loaded']} records loaded, "
+             f"{st['sites_restored']} sites restored, {st['records_saved']} saved"
+             if st else ""))
     e("audit")
     e(f"  delivered {r['delivered']:,}  bounced {r['bounced']:,}  expired {r['expired']:,}  "
       f"pending {r['pending']}  lost {r['lost']}  duplicates {r['duplicates']}  "
@@ -96,10 +103,12 @@ def print_bench(r: dict) -> None:
 @click.option("--write-recipients", type=click.Path(dir_okay=False), default=None,
               help="with --write-world: also write the --messages recipients (CSV) and "
                    "the message template (FILE.eml beside it)")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="keep the delivery memory (learned per-site state) in DIR between runs")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
-              write_recipients, as_json) -> None:
+              write_recipients, state_dir, as_json) -> None:
     """Benchmark the full engine against the simulated internet (loopback only)."""
     from fastmta import bench as b
     from fastmta.bench.profile import world_toml
@@ -139,7 +148,8 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
                             dkim_algorithm="ed25519-sha256" if dkim_key == "ed25519"
                             else "rsa-sha256",
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
-                            fixed_connections=fixed_connections, progress=progress)
+                            fixed_connections=fixed_connections, progress=progress,
+                            state_dir=state_dir)
         result = run(b.run_bench(opts))
         if not as_json and sys.stderr.isatty():
             sys.stderr.write("\n")
