@@ -76,6 +76,35 @@ def print_bench(r: dict) -> None:
         e(f"    {p}")
 
 
+def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
+    from fastmta.bench.warmup import run_warmup
+    from fastmta.runtime import run
+
+    try:
+        r = run(run_warmup(sources, days, day_s, workers, timeout_s))
+    except (FastMTAError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(r, indent=1, sort_keys=True))
+    else:
+        e = click.echo
+        e(f"fastmta bench warmup: {r['sources']} sources, {r['days']} days of "
+          f"{r['day_s']} s, plan {r['plan']}; {r['messages']} messages")
+        for p in r["per_source"]:
+            caps = " ".join(f"{d['sent']}/{d['cap'] if d['cap'] is not None else '-'}"
+                            for d in p["days"])
+            e(f"  {p['source']} {p['provider']:<13} {'cold' if p['cold'] else 'warm'} "
+              f"stage {p['stage']}: sent/cap per day {caps}; throttles "
+              f"{p['throttle_replies']}, blocks {p['block_replies']}")
+        e(f"cap_violations {r['cap_violations']}  overflowed {r['overflowed']}  deferred "
+          f"{r['deferred']}  throttle replies {r['throttle_replies']} "
+          f"({r['throttle_pct_of_attempts']}% of attempts)")
+        e(f"audit: delivered {r['delivered']} bounced {r['bounced']} expired {r['expired']}"
+          f" pending {r['pending']} lost {r['lost']} -> {'OK' if r['audit_ok'] else 'FAILED'}")
+    if not r["audit_ok"] or r["cap_violations"]:
+        sys.exit(3)
+
+
 @main.command("bench")
 @click.option("--messages", type=int, default=10_000, show_default=True)
 @click.option("--domains", type=int, default=1_000, show_default=True)
@@ -105,11 +134,23 @@ def print_bench(r: dict) -> None:
                    "the message template (FILE.eml beside it)")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
               help="keep the delivery memory (learned per-site state) in DIR between runs")
+@click.option("--sources", type=int, default=4, show_default=True,
+              help="--profile warmup: loopback source addresses (1 warm, the rest new)")
+@click.option("--days", type=int, default=10, show_default=True,
+              help="--profile warmup: compressed days to run")
+@click.option("--day-seconds", type=float, default=12.0, show_default=True,
+              help="--profile warmup: real seconds per egress day")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
-              write_recipients, state_dir, as_json) -> None:
-    """Benchmark the full engine against the simulated internet (loopback only)."""
+              write_recipients, state_dir, sources, days, day_seconds, as_json) -> None:
+    """Benchmark the full engine against the simulated internet (loopback only).
+
+    ``--profile warmup --sources N --days D``: IP warm-up over D compressed days
+    (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory."""
+    if profile == "warmup":
+        _warmup(sources, days, day_seconds, workers, timeout_s, as_json)
+        return
     from fastmta import bench as b
     from fastmta.bench.profile import world_toml
     from fastmta.config import load_config

@@ -86,6 +86,8 @@ class EgressSites:
                         for n, w in pool.members if w > 0]
                 self.defer(job, min(ends) - now + self.rng.uniform(0, 5), why="suspended")
             return None
+        if choice.overflowed:
+            self.stats["egress_overflowed"] = self.stats.get("egress_overflowed", 0) + 1
         job.egress = (choice.source, group)
         return self._source_site(base, choice.source)
 

@@ -6,9 +6,10 @@ engine's egress clock).  An unknown IP may deliver ``rep_cold_daily`` recipients
 and ``rep_hourly_fraction`` of that per hour; each *clean* day (traffic, and no refusal
 for volume) multiplies the allowance by ``rep_growth``.  Past the hourly allowance it
 answers Gmail's ``421 4.7.28`` rate text, past the daily one Yahoo's ``421 4.7.0
-[TSS04]`` deferral; a burst from a cold IP (more than ``rep_burst`` messages within 60
-s while its allowance is below ``rep_warm_daily``) earns a block of ``rep_block_s``
-(``421 4.7.0 [TS03]`` refusals at MAIL) and a dirty day.
+[TSS04]`` deferral; a burst from a cold IP (more than ``rep_burst_fraction`` of its daily allowance within
+60 s of egress time while that allowance is below ``rep_warm_daily``) earns a block of
+``rep_block_s`` (``421 4.7.1 [TS03]`` refusals at MAIL) and a dirty day.  IPs in
+``rep_warm_ips`` have an established reputation: no allowance.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ R_HOURLY = (b"421-4.7.28 [%s] Our system has detected an unusual rate of unsolic
 R_DAILY = (b"421 4.7.0 [TSS04] Messages from %s temporarily deferred due to unexpected "
            b"volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/"
            b"error-codes\r\n")
-R_BLOCKED = (b"421 4.7.0 [TS03] All messages from %s will be permanently deferred; "
+R_BLOCKED = (b"421 4.7.1 [TS03] All messages from %s will be permanently deferred; "
              b"Retrying will NOT succeed. See https://postmaster.yahooinc.com/error-codes\r\n")
 
 
@@ -65,12 +66,14 @@ class Reputation:
 
     def check(self, ip: str, real_now: float) -> bytes | None:
         """At MAIL: None = go on, else the refusal."""
+        b = self.beh
+        if ip in b.rep_warm_ips:
+            return None
         r = self.ips.get(ip)
         if r is None:
             r = self.ips[ip] = IpReputation()
         now = self.clock.now()
         self._roll(r, now)
-        b = self.beh
         bip = ip.encode()
         if now < r.blocked_until:
             r.refused += 1
@@ -84,12 +87,12 @@ class Reputation:
             r.dirty = True
             r.refused += 1
             return R_HOURLY % bip
-        if b.rep_burst and daily < b.rep_warm_daily:
+        if b.rep_burst_fraction and daily < b.rep_warm_daily:
             q = r.recent
-            q.append(real_now)
-            while q and q[0] < real_now - 60.0 / self.clock.factor * 1.0:
+            q.append(now)
+            while q and q[0] < now - 60.0:
                 q.popleft()
-            if len(q) > b.rep_burst:
+            if len(q) > b.rep_burst_fraction * daily:
                 r.blocked_until = now + b.rep_block_s
                 r.dirty = True
                 r.refused += 1

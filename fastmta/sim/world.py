@@ -68,7 +68,8 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     rep_cold_daily: int = 250  # recipients a day from an unknown IP
     rep_hourly_fraction: float = 0.25  # of the daily allowance per hour
     rep_growth: float = 2.5  # allowance factor per clean day
-    rep_burst: int = 0  # > this many messages within 60 s (egress time) from a cold IP: block
+    rep_burst_fraction: float = 0.0  # > this x daily allowance within 60 s from a cold IP
+    rep_warm_ips: list[str] = msgspec.field(default_factory=list)  # known good: no limits
     rep_warm_daily: int = 50000  # IPs allowed this much a day are not "cold" any more
     rep_block_s: float = 4 * 3600.0  # egress seconds
 

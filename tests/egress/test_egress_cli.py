@@ -17,6 +17,7 @@ from fastmta.sim.world import Provider, World, WorldSpec
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "engine"))
 from engine_helpers import config_toml, make_config, write_inputs  # noqa: E402
+
 from pathutil import package_parent  # noqa: E402
 
 ENV = dict(os.environ, PYTHONPATH=package_parent() + os.pathsep +
