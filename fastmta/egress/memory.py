@@ -10,7 +10,8 @@ Decay (documented in docs/egress.md): a record of age ``a`` (egress clock) weigh
 ``w = 0.5 ** (a / memory_half_life_s)``; the restored connection limit is
 ``start + (learned - start) * w`` (start = ``initial_connections``), the restored rate is
 ``learned_rate * w`` (old knowledge is used more cautiously, never more boldly), the
-ceiling is kept while ``w >= 0.25`` (two half-lives); a record older than
+ceiling is kept while ``w >= 0.25`` (two half-lives) and is not probed above for
+``PROBE_HOLD`` probe intervals after the restart; a record older than
 ``memory_forget_s`` is ignored.  A suspension whose end has not passed is restored as is
 (its remaining wall-clock time), whatever the age: a block survives a restart.
 """
@@ -22,6 +23,7 @@ from typing import Any
 import msgspec
 
 KEEP_CEILING_WEIGHT = 0.25
+PROBE_HOLD = 4  # probe intervals before the first probe above a restored ceiling
 
 
 class Learned(msgspec.Struct, kw_only=True):
@@ -83,6 +85,9 @@ def restore(shaper: Any, rec: Learned, *, now_mono: float, now_egress: float,
     if rec.ceiling is not None and w >= KEEP_CEILING_WEIGHT:
         shaper.ceiling = rec.ceiling
         shaper.limit = min(shaper.limit, max(shaper.min_limit, rec.ceiling - 1))
+        # a ceiling found by the previous run is trusted for a while: the first probe
+        # above it waits PROBE_HOLD probe intervals (then probing goes on as usual)
+        shaper.last_probe = now_mono + (PROBE_HOLD - 1) * shaper.p.probe_interval_s
     if rec.rate is not None and shaper.p.adaptive_rate:
         shaper.rate = max(0.5, rec.rate * w)
         shaper.last_rate_step = now_mono
