@@ -40,6 +40,9 @@ class ConnectionTasks:
 
         smtp = self.cfg.smtp
         tls = site.provider.tls if site.provider and site.provider.tls else smtp.tls
+        relay, port = site.relay, smtp.port
+        if relay is not None:  # a smarthost (engine/relay.py): its port, TLS and AUTH
+            port, tls = relay.port, self.cfg.routing.tls or tls
         last: ConnectFailed | None = None
         source_ip = smtp.source_ips[0] if smtp.source_ips else None
         ehlo_name = smtp.ehlo_name
@@ -48,9 +51,11 @@ class ConnectionTasks:
             ehlo_name = site.source.ehlo_for(site.label())
         for host, ip in mx_candidates(site, self.now()):
             try:
-                conn = await self._connect(ip, smtp.port, ehlo_name=ehlo_name, tls=tls,
+                conn = await self._connect(ip, port, ehlo_name=ehlo_name, tls=tls,
                                            server_hostname=host, source_ip=source_ip,
                                            timeouts=smtp)
+                if relay is not None and self.cfg.routing.auth_user:
+                    await self._relay_auth(conn)
                 return conn, host, ip
             except ConnectFailed as exc:
                 last = exc
@@ -67,6 +72,13 @@ class ConnectionTasks:
             reply, cls = local("connect_failed", "connect", "no address for any MX host")
             raise ConnectFailed("connect_failed", reply, cls)
         raise last
+
+    async def _relay_auth(self, conn) -> None:
+        from fastmta.smtp.relay import authenticate
+
+        r = self.cfg.routing
+        await authenticate(conn, r.auth_user, r.auth_password, r.auth_mechanism,
+                           allow_plaintext_loopback=r.auth_allow_plaintext_loopback)
 
     async def _connection(self, site: Site) -> None:
         from fastmta.smtp.transport import ConnectFailed

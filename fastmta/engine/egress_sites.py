@@ -52,6 +52,7 @@ class EgressSites:
         site = Site(base.name, base.hosts, shaper, params, prov)
         site.source = src
         site.base = base
+        site.relay = base.relay
         base.subs.append(site)
         rec = eg.recall(base.name, name) if eg.eg.memory else None
         if rec is not None and restore(shaper, rec, now_mono=now, now_egress=eg.clock.now(),

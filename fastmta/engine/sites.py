@@ -56,6 +56,7 @@ class Site:
         self.subs: list[Site] = []  # on a base site: its (site, source) sites
         self.memory = None  # the egress.memory.Learned record it started from
         self.flushed: tuple | None = None
+        self.relay = None  # engine.relay.Smarthost: deliver through this relay
 
     def label(self) -> str:
         return self.provider.name if self.provider else self.name

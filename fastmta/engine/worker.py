@@ -105,6 +105,10 @@ class Worker:
         self.egress = Egress(self.cfg)  # sources, pools, warm-up, memory (issue #17)
         self.egress.load(self.spool.egress_items(), time.time())
         self._pools: dict[int, str] = {}
+        from fastmta.engine.relay import Relays
+
+        self.relays = Relays(self.cfg.routing)  # [routing] smarthost(s)
+        self._relay_sites: dict[str, object] = {}
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static,
                                    commit_gate=self._commit_gate, egress=self.egress,
@@ -270,6 +274,8 @@ class Worker:
             d = it.domain
             if d in resolved or d in todo:
                 continue
+            if self.relays.active and self._relayed(d, resolved):
+                continue
             hit = memo.get(d)
             if hit is not None and hit[0] > now:
                 resolved[d] = hit[1]
@@ -302,9 +308,31 @@ class Worker:
             if mx.error is not None:
                 sched.fail_resolution(job, mx.error)
                 continue
+            if self.relays.active and mx.site and not mx.site.startswith("relay:"):
+                mx = self._relay_by_provider(mx)
             site = sched.site_for(mx)
+            if site.relay is None and mx.site.startswith("relay:"):
+                site.relay = self._relay_sites[mx.site]
             if not self.ops.intercept(site, job):  # ops hook: admin suspend / bounce
                 sched.enqueue(site, job)
+
+    def _relayed(self, domain: str, resolved: dict) -> bool:
+        """A domain routed to a smarthost without MX lookup (decided by its name)."""
+        decided, relay = self.relays.for_domain(domain)
+        if not decided and any("." not in k for k in self.relays.by_name):
+            return False  # a per-provider relay may apply: look the MX up first
+        if relay is None:
+            return False
+        self._relay_sites[relay.site] = relay
+        resolved[domain] = self.relays.mx(domain, relay)
+        return True
+
+    def _relay_by_provider(self, mx):
+        decided, relay = self.relays.for_provider(mx.provider)
+        if relay is None or (not decided and self.relays.for_domain(mx.domain)[0]):
+            return mx
+        self._relay_sites[relay.site] = relay
+        return self.relays.mx(mx.domain, relay)
 
     def heartbeat(self) -> dict:
         sched = self.scheduler
