@@ -45,6 +45,7 @@ def warm_key(source: str, group: str) -> bytes:
 
 
 CLOCK_KEY = b"C\x00clock"
+_SUSPENDED = Choice(None, reason="suspended")
 
 
 class Egress:
@@ -69,6 +70,7 @@ class Egress:
         self._dirty: dict[bytes, bytes | None] = {}
         self._dirty_warm: dict[bytes, WarmupState] = {}
         self.stats: Counter[str] = Counter()
+        self._chosen = {n: Choice(n) for n in self.model.sources}
 
     # ---------------------------------------------------------------- persistence
     def load(self, items: Iterable[tuple[bytes, bytes]], now_wall: float) -> None:
@@ -153,6 +155,12 @@ class Egress:
         sel = self.selectors.get(key)
         if sel is None:
             sel = self.selectors[key] = PoolSelector(pool.members, pool.overflow)
+            sel.capless = all(self._ramp(n, group).plan is None for n, _ in sel.wrr.members)
+        if sel.capless:  # the per-message fast path: no caps to count (warm sources)
+            name = sel.single if sel.single is not None else sel.wrr.pick(usable)
+            if name is None or (sel.single is not None and not usable(name)):
+                return _SUSPENDED
+            return self._chosen[name]
         now = self.clock.now()
 
         def has_room(name: str) -> bool:
@@ -179,6 +187,8 @@ class Egress:
         return self.clock.real_delay(egress_s)
 
     def give_back(self, source: str, group: str) -> None:
+        if self._ramp(source, group).plan is None:
+            return  # nothing was counted
         st = self.state(source, group)
         Ramp.give_back(st)
         self._touch(st)
