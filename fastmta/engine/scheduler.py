@@ -184,10 +184,6 @@ class Scheduler(ConnectionTasks, EgressSites):
         if self.draining:
             self.defer(job, 0, why="draining")
             return
-        if self.egress is not None and site.source is None:
-            site = self._route(site, job)  # the (site, source) site, or deferred
-            if site is None:
-                return
         bounce = site.shaper.bouncing(now)
         if bounce is not None:
             self._bounce_by_rule(job, bounce.rule)
@@ -196,6 +192,14 @@ class Scheduler(ConnectionTasks, EgressSites):
             self.defer(job, site.shaper.resume_at(now) - now + self.rng.uniform(0, 5),
                        why="suspended")
             return
+        if self.egress is not None and site.source is None:
+            site = self._route(site, job)  # the (site, source) site, or deferred
+            if site is None:
+                return
+            bounce = site.shaper.bouncing(now)
+            if bounce is not None:  # a provider rule fired at this source
+                self._bounce_by_rule(job, bounce.rule)
+                return
         if len(site.queue) >= max(1, site.params.ready_queue_size):
             # come back about when the queue has drained at the site's current pace
             pace = site.shaper.observed_rate(now)

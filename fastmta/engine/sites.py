@@ -57,6 +57,7 @@ class Site:
         self.memory = None  # the egress.memory.Learned record it started from
         self.flushed: tuple | None = None
         self.relay = None  # engine.relay.Smarthost: deliver through this relay
+        self.qkey = name  # its key in Scheduler.sites (name + source for a source site)
 
     def label(self) -> str:
         return self.provider.name if self.provider else self.name
