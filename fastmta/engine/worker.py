@@ -150,6 +150,8 @@ class Worker:
 
     async def _egress_flush(self) -> None:
         """Write the learned (site, source) state and warm-up counters that changed."""
+        if self.writer.paused or self.spool.full:
+            return  # the spool is full: results first; the state is written after
         try:
             recs = self.scheduler.egress_flush()
             if recs:
