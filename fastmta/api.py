@@ -262,17 +262,17 @@ class WorkerPool:
     # ------------------------------------------------------------ submitting
     def submit(self, recipients: Recipients, message: bytes | str | os.PathLike, *,
                mail_from: str = "", validity_s: float | None = None,
-               name: str = "", force: bool = False) -> DeliveryHandle:
+               name: str = "", force: bool = False, pool: str = "") -> DeliveryHandle:
         """Analyse and inject a delivery; returns its handle at once (sending starts as
         soon as workers run).  ``recipients``: a CSV/JSONL file path, or an iterable of
         addresses or of dicts (``email`` plus personalisation fields).  ``message``: the
         template (bytes, text, or a file path).  Recipients are durable (``pending``)
-        when this returns."""
+        when this returns.  ``pool``: the egress pool (default: by From domain)."""
         self.open()
         body = _message_bytes(message)
         findings = self._preflight(body, mail_from, force)
         analysis = asyncio.run(self._inject(recipients, body, mail_from=mail_from,
-                                            validity_s=validity_s, name=name))
+                                            validity_s=validity_s, name=name, pool=pool))
         h = DeliveryHandle(self, analysis.delivery_id, analysis)
         h.compliance = findings
         return h
@@ -292,7 +292,7 @@ class WorkerPool:
         return findings
 
     async def _inject(self, recipients: Recipients, body: bytes, *, mail_from: str,
-                      validity_s: float | None, name: str):
+                      validity_s: float | None, name: str, pool: str = ""):
         from fastmta.delivery import inject
         from fastmta.delivery.analysis import rows_from
         from fastmta.engine import entry as engine
@@ -300,7 +300,7 @@ class WorkerPool:
         if isinstance(recipients, str | os.PathLike):
             return await engine.inject_file(self.spool, self.cfg, recipients, body,
                                             mail_from=mail_from, validity_s=validity_s,
-                                            name=name)
+                                            name=name, pool=pool)
         it = iter(recipients)
         first = next(it, None)
         if first is None:
@@ -309,6 +309,10 @@ class WorkerPool:
         if isinstance(first, str):
             items = ({"email": e} for e in items)
         rows = list(rows_from(items))
+        if pool:
+            from fastmta.egress.model import build_model
+
+            build_model(self.cfg).pool_for("", pool)  # unknown pool: ConfigError now
         domains = {r.email.rpartition("@")[2].lower() for r in rows if "@" in r.email}
         from fastmta.dkim.signers import key_check
 
@@ -316,7 +320,7 @@ class WorkerPool:
         return await asyncio.to_thread(
             inject, self.spool, rows, body, mail_from=mail_from, validity_s=validity_s,
             cfg=self.cfg.delivery, shard_of=route, shards=self.cfg.engine.shards,
-            name=name or "api", dkim_has_key=key_check(self.cfg.dkim))
+            name=name or "api", dkim_has_key=key_check(self.cfg.dkim), pool=pool)
 
     def send(self, to: str | Iterable[str], message: bytes | str | os.PathLike, *,
              mail_from: str = "", fields: dict[str, str] | None = None,

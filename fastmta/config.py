@@ -55,7 +55,8 @@ class SmtpConfig(_Section):
 
     port: int = 25
     ehlo_name: str = "localhost"
-    source_ips: list[str] = msgspec.field(default_factory=list)  # at most one (no pools)
+    # several addresses = an implicit egress pool of equal weights (docs/egress.md)
+    source_ips: list[str] = msgspec.field(default_factory=list)
     tls: str = "opportunistic"  # none | opportunistic | required | verify
     connect_timeout_s: float = 60.0
     greeting_timeout_s: float = 300.0
@@ -80,12 +81,8 @@ class SmtpConfig(_Section):
                              "required, verify")
         if not 0 < self.port < 65536:
             raise ValueError(f"smtp port {self.port} out of range")
-        if len(self.source_ips) > 1:
-            # refused rather than using the first and ignoring the rest: providers limit
-            # per sender IP, and spreading one site's traffic over IPs needs per-IP
-            # shaping (IP pools), which is not implemented
-            raise ValueError("smtp source_ips: one address at most (IP pools are not "
-                             "implemented; run one fastmta per source IP)")
+        if len(set(self.source_ips)) != len(self.source_ips):
+            raise ValueError("smtp source_ips: an address is listed twice")
         for name in ("connect_timeout_s", "greeting_timeout_s", "command_timeout_s",
                      "data_init_timeout_s", "data_block_timeout_s", "data_done_timeout_s"):
             if getattr(self, name) <= 0:
@@ -341,6 +338,8 @@ class FeedbackConfig(_Section):
     @property
     def bounce_domain(self) -> str:
         return (self.domain or (self.domains[0] if self.domains else "")).lower()
+
+
 class ComplianceConfig(_Section):
     """Sender compliance (docs/compliance.md): pre-flight checks, send guards, MTA-STS."""
 
@@ -371,6 +370,99 @@ class ComplianceConfig(_Section):
                 raise ValueError(f"compliance {name} must be between 0 and 1")
         if self.complaint_rate_warn > self.complaint_rate_limit:
             raise ValueError("compliance complaint_rate_warn must be <= complaint_rate_limit")
+class EgressSourceOverride(_Section):
+    """Per-provider settings of one source (``[egress.sources.providers.NAME]``)."""
+
+    ehlo_name: str = ""
+    max_connections: int = 0  # 0 = the site's
+    msg_rate_per_s: float = 0.0  # 0 = the site's
+    warmup: bool | None = None  # None = the source's
+
+
+class EgressSource(_Section):
+    """One source address (``[[egress.sources]]``; KumoMTA egress source, PowerMTA VMTA)."""
+
+    name: str
+    source_ip: str = ""  # empty: the OS picks (no bind)
+    ehlo_name: str = ""  # empty: [smtp] ehlo_name
+    warmup: bool = False  # True: a new IP, its traffic follows the warm-up plan
+    plan: str = ""  # warm-up plan name (empty: [egress] warmup_plan)
+    first_send: str = ""  # ISO date the IP started sending (its age); empty = persisted
+    providers: dict[str, EgressSourceOverride] = msgspec.field(default_factory=dict)
+
+
+class EgressMember(_Section):
+    source: str
+    weight: float = 1.0  # 0 = excluded
+
+
+class EgressPool(_Section):
+    """A pool of sources with weights (``[[egress.pools]]``)."""
+
+    name: str
+    members: list[EgressMember] = msgspec.field(default_factory=list)
+    overflow: str = ""  # spill | defer (empty: [egress] overflow)
+
+
+class EgressRule(_Section):
+    """Pick a pool by the From domain (``[[egress.rules]]``; first match wins)."""
+
+    from_domain: str  # "example.com" (and its subdomains) or "*"
+    pool: str
+
+
+class WarmupPlanConfig(_Section):
+    """A warm-up plan given in the configuration (``[[egress.plans]]``)."""
+
+    name: str
+    description: str = ""
+    source: str = ""  # the published schedule it follows
+    daily: list[int] = msgspec.field(default_factory=list)  # cap per stage (day)
+    hourly_fraction: float = 0.125  # hourly cap = ceil(daily * this)
+    providers: dict[str, list[int]] = msgspec.field(default_factory=dict)  # own daily caps
+
+
+class EgressConfig(_Section):
+    """IP pools, sources, warm-up and the delivery memory (docs/egress.md)."""
+
+    sources: list[EgressSource] = msgspec.field(default_factory=list)
+    pools: list[EgressPool] = msgspec.field(default_factory=list)
+    rules: list[EgressRule] = msgspec.field(default_factory=list)
+    plans: list[WarmupPlanConfig] = msgspec.field(default_factory=list)
+    default_pool: str = ""  # empty: the first pool (or every source)
+    overflow: str = "spill"  # spill | defer: traffic above a cold source's cap
+    warmup_plan: str = "sparkpost"  # plan of sources with warmup = true
+    hold_throttle_pct: float = 2.0  # ramp holds above this throttle rate (% of attempts)
+    advance_fill_pct: float = 90.0  # ramp advances after a day at >= this % of the cap
+    time_factor: float = 1.0  # egress clock speed (tests and benches compress days)
+    time_origin: float = 0.0  # wall time where a compressed clock starts (0: persisted/now)
+    memory: bool = True  # persist and reload per (site, source) learned state
+    memory_half_life_s: float = 86400.0  # learned levels decay towards the start values
+    memory_forget_s: float = 14 * 86400.0  # older records are ignored
+    flush_s: float = 1.0  # how often a worker writes its learned state
+
+    def __post_init__(self) -> None:
+        if self.overflow not in ("spill", "defer"):
+            raise ValueError(f"egress overflow {self.overflow!r} is not spill or defer")
+        for p in self.pools:
+            if p.overflow not in ("", "spill", "defer"):
+                raise ValueError(f"egress pool {p.name}: overflow {p.overflow!r} is not "
+                                 "spill or defer")
+        if self.time_factor <= 0:
+            raise ValueError("egress time_factor must be > 0")
+
+
+class RoutingConfig(_Section):
+    """Where mail goes instead of the MX hosts (a smarthost relay)."""
+
+    smarthost: str = ""  # "host:port": every domain through this relay
+    # per domain or provider name: "host:port" ("" = MX lookups for that one)
+    smarthosts: dict[str, str] = msgspec.field(default_factory=dict)
+    auth_user: str = ""
+    auth_password: str = ""
+    auth_mechanism: str = ""  # PLAIN | LOGIN | "" (best offered)
+    auth_allow_plaintext_loopback: bool = False  # AUTH without TLS to a loopback relay
+    tls: str = ""  # empty: [smtp] tls
 
 
 class Config(_Section):
@@ -388,6 +480,8 @@ class Config(_Section):
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
     feedback: FeedbackConfig = msgspec.field(default_factory=FeedbackConfig)
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
+    egress: EgressConfig = msgspec.field(default_factory=EgressConfig)  # issue #17
+    routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)  # issue #17
 
 
 def _absolute_key_files(data: dict, base: Path) -> None:

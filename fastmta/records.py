@@ -57,6 +57,7 @@ class DeliveryRecord(_Rec, tag=1, kw_only=True):
     injected_line: int = 0  # last input line durably injected (resume point)
     source: str = ""  # recipients file, for the operator
     smtputf8: bool = False  # the template needs SMTPUTF8 (UTF-8 addresses in headers)
+    pool: str = ""  # egress pool (issue #17); empty: by From domain ([[egress.rules]])
 
 
 class Rcpt(_Rec, tag=2):

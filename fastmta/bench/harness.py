@@ -47,6 +47,7 @@ from fastmta.bench.profile import (
     load_profile,
     recipients,
 )
+from fastmta.bench.state import load_state, save_state, time_to_90pct_cap
 from fastmta.config import Config, DkimConfig, DkimKeyConfig
 from fastmta.delivery import inject
 from fastmta.delivery.recipients import Row
@@ -79,6 +80,7 @@ class BenchOptions:
     timeout_s: float = 1800.0
     seed: int = 1
     progress: object = None  # callable(dict) every ~second
+    state_dir: str | None = None  # --state: the delivery memory carried between runs
     extra: dict = field(default_factory=dict)
 
 
@@ -199,6 +201,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         from fastmta.sim.feedback import start_listener
 
         cfg, inbound = await start_listener(sim, cfg, spool)
+    state_loaded = load_state(spool, opts.state_dir) if opts.state_dir else 0
     sampler = ProcSampler().start()
     marks: list[tuple[int, float]] = []  # (line, wall ms when handed to the spool)
 
@@ -264,6 +267,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         await sampler.stop()
         raise
     await sampler.stop()
+    state_saved = save_state(spool, opts.state_dir) if opts.state_dir else 0
     cpu = sampler.cpu_by_role()
     engine_children_cpu = sampler.children_cpu_exact()  # workers, waited for by now
     rss = sampler.rss_peaks_mb()
@@ -349,6 +353,11 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
                                        p.behaviour.max_conn_per_ip
                                        for p in world.spec.providers):
         result["shaping"] = _goodput(world, prof, capped)
+        result["time_to_90pct_cap_s"] = time_to_90pct_cap(result["shaping"])
+    if opts.state_dir:
+        result["state"] = {"dir": opts.state_dir, "records_loaded": state_loaded,
+                           "records_saved": state_saved,
+                           "sites_restored": int(wstat.get("memory_restored", 0))}
     if opts.dkim:
         msgs = await sim.messages()
         signed = sum(1 for _f, _r, body in msgs if b"\ndkim-signature:" in

@@ -68,6 +68,9 @@ LOCAL_KINDS: dict[str, tuple] = {
     # STARTTLS required by policy but not offered, refused, or the handshake failed
     "tls_failed": (421, "4.7.10", 70, "soft", "unreachable", False, "retry",
                    "TLS not available"),
+    # a smarthost relay's AUTH could not be done (policy, mechanism) -- issue #17
+    "auth_failed": (454, "4.7.0", 70, "soft", "unreachable", False, "retry",
+                    "relay authentication not possible"),
     # the message exceeds the SIZE the server announced
     "too_large": (552, "5.3.4", 23, "hard", "refused", False, "bounce",
                   "message larger than the server accepts"),

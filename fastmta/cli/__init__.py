@@ -38,6 +38,7 @@ from fastmta.cli import (  # noqa: E402,F401
     classify,
     delivery,
     dkim,
+    egress,
     http,
     inbound,
     ops,

@@ -58,6 +58,13 @@ def print_bench(r: dict) -> None:
                         else "never")
                 e(f"  {'':<14} per minute {', '.join(f'{m:.0f}%' for m in s['minutes_pct_of_cap'])}"
                   f" of cap; >= 90% in every later minute from {conv}")
+    if r.get("time_to_90pct_cap_s") is not None or "state" in r:
+        st = r.get("state") or {}
+        e(f"memory: time to 90% of the hidden cap {r.get('time_to_90pct_cap_s')} s; "
+          f"throttle replies {r['throttle_replies']}"
+          + (f"; state {st['dir']}: {st['records_loaded']} records loaded, "
+             f"{st['sites_restored']} sites restored, {st['records_saved']} saved"
+             if st else ""))
     e("audit")
     e(f"  delivered {r['delivered']:,}  bounced {r['bounced']:,}  expired {r['expired']:,}  "
       f"pending {r['pending']}  lost {r['lost']}  duplicates {r['duplicates']}  "
@@ -71,6 +78,35 @@ def print_bench(r: dict) -> None:
           f"{'OK (each once)' if f['all_applied_once'] else 'MISMATCH'}")
     for p in r["audit_problems"]:
         e(f"    {p}")
+
+
+def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
+    from fastmta.bench.warmup import run_warmup
+    from fastmta.runtime import run
+
+    try:
+        r = run(run_warmup(sources, days, day_s, workers, timeout_s))
+    except (FastMTAError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(r, indent=1, sort_keys=True))
+    else:
+        e = click.echo
+        e(f"fastmta bench warmup: {r['sources']} sources, {r['days']} days of "
+          f"{r['day_s']} s, plan {r['plan']}; {r['messages']} messages")
+        for p in r["per_source"]:
+            caps = " ".join(f"{d['sent']}/{d['cap'] if d['cap'] is not None else '-'}"
+                            for d in p["days"])
+            e(f"  {p['source']} {p['provider']:<13} {'cold' if p['cold'] else 'warm'} "
+              f"stage {p['stage']}: sent/cap per day {caps}; throttles "
+              f"{p['throttle_replies']}, blocks {p['block_replies']}")
+        e(f"cap_violations {r['cap_violations']}  overflowed {r['overflowed']}  deferred "
+          f"{r['deferred']}  throttle replies {r['throttle_replies']} "
+          f"({r['throttle_pct_of_attempts']}% of attempts)")
+        e(f"audit: delivered {r['delivered']} bounced {r['bounced']} expired {r['expired']}"
+          f" pending {r['pending']} lost {r['lost']} -> {'OK' if r['audit_ok'] else 'FAILED'}")
+    if not r["audit_ok"] or r["cap_violations"]:
+        sys.exit(3)
 
 
 @main.command("bench")
@@ -103,11 +139,26 @@ def print_bench(r: dict) -> None:
 @click.option("--feedback", is_flag=True,
               help="VERP + the inbound listener; after the run the simulated providers send "
                    "async bounces (5%), complaints (0.5%), auto-replies (1%); audited")
+@click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
+              help="keep the delivery memory (learned per-site state) in DIR between runs")
+@click.option("--sources", type=int, default=4, show_default=True,
+              help="--profile warmup: loopback source addresses (1 warm, the rest new)")
+@click.option("--days", type=int, default=10, show_default=True,
+              help="--profile warmup: compressed days to run")
+@click.option("--day-seconds", type=float, default=12.0, show_default=True,
+              help="--profile warmup: real seconds per egress day")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
-              write_recipients, feedback, as_json) -> None:
-    """Benchmark the full engine against the simulated internet (loopback only)."""
+              write_recipients, feedback, state_dir, sources, days, day_seconds,
+              as_json) -> None:
+    """Benchmark the full engine against the simulated internet (loopback only).
+
+    ``--profile warmup --sources N --days D``: IP warm-up over D compressed days
+    (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory."""
+    if profile == "warmup":
+        _warmup(sources, days, day_seconds, workers, timeout_s, as_json)
+        return
     from fastmta import bench as b
     from fastmta.bench.profile import world_toml
     from fastmta.config import load_config
@@ -147,7 +198,7 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
                             else "rsa-sha256",
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
                             fixed_connections=fixed_connections, progress=progress,
-                            feedback=feedback)
+                            feedback=feedback, state_dir=state_dir)
         result = run(b.run_bench(opts))
         if not as_json and sys.stderr.isatty():
             sys.stderr.write("\n")

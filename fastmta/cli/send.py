@@ -146,12 +146,14 @@ def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: boo
 @click.option("--workers", type=int, default=None, help="worker processes (default: cores)")
 @click.option("--yes", is_flag=True, help="do not ask for confirmation")
 @click.option("--detach", is_flag=True, help="inject, start the engine in the background, exit")
+@click.option("--pool", default="", help="egress pool ([[egress.pools]]; default: by From "
+              "domain, [[egress.rules]])")
 @click.option("--json", "as_json", is_flag=True, help="print the final report as JSON")
 @click.option("--force", is_flag=True,
               help="send even when the compliance pre-flight finds errors (docs/compliance.md)")
 @click.option("-v", "--verbose", count=True)
 def send(recipients, message, mail_from, validity, config_path, spool_dir, workers, yes,
-         detach, as_json, force, verbose) -> None:
+         detach, pool, as_json, force, verbose) -> None:
     """Analyse, confirm and send a delivery; exits when every recipient is final."""
     from fastmta.delivery import Template, analyze, open_recipients
     from fastmta.engine import entry as engine
@@ -175,6 +177,9 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
                 "to finish, use another --spool, or queue this delivery with `fastmta "
                 "inject` for an engine started with `fastmta run --forever`")
         validity_s = parse_duration(validity) if validity else None
+        from fastmta.egress.model import build_model
+
+        build_model(cfg).pool_for("", pool)  # an unknown pool: refused before analysis
         body = Path(message).read_bytes()
         template = Template(body)
         spool = Spool.open(spool_path, cfg.spool)
@@ -207,7 +212,8 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
             raise click.Abort()
         t0 = time.monotonic()
         inj = asyncio.run(engine.inject_file(spool, cfg, recipients, body,
-                                             mail_from=mail_from, validity_s=validity_s))
+                                             mail_from=mail_from, validity_s=validity_s,
+                                             pool=pool))
         did = inj.delivery_id
         say(f"Delivery {did}: {inj.to_deliver} recipients pending "
                    f"({time.monotonic() - t0:.1f}s to inject)")

@@ -77,6 +77,7 @@ def inject(
     dkim_has_key: Callable[[str], bool] | None = None,
     delivery_id: int | None = None,
     parallel: bool | None = None,
+    pool: str = "",
 ) -> Analysis:
     """Create a delivery and stream its recipients into the spool (durable per batch).
 
@@ -104,6 +105,7 @@ def inject(
         rec = DeliveryRecord(
             name=name, mail_from=norm_from, created_ms=t0, expires_ms=t0 + int(validity_s * 1000),
             fields=template.fields, source=os.fspath(getattr(reader, "name", "")), smtputf8=template.smtputf8,
+            pool=pool,
         )
         delivery_id = spool.create_delivery(rec, template_bytes)
     a = Analysis(message_bytes=template.size, fields=template.fields, mail_from=norm_from,

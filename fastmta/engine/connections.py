@@ -34,17 +34,26 @@ class ConnectionTasks:
 
         smtp = self.cfg.smtp
         tls = site.provider.tls if site.provider and site.provider.tls else smtp.tls
+        relay, port = site.relay, smtp.port
+        if relay is not None:  # a smarthost (engine/relay.py): its port, TLS and AUTH
+            port, tls = relay.port, self.cfg.routing.tls or tls
         last: ConnectFailed | None = None
         source_ip = smtp.source_ips[0] if smtp.source_ips else None
         sts = getattr(site, "sts", None)  # MTA-STS policy of an mta-sts:<domain> site
+        ehlo_name = smtp.ehlo_name
+        if site.source is not None:  # egress: the (site, source) binds its address
+            source_ip = site.source.ip or None
+            ehlo_name = site.source.ehlo_for(site.label())
         for host, ip in mx_candidates(site, self.now()):
             try:
                 if sts is not None:
                     conn = await sts.connect(self._connect, host, ip, smtp, source_ip)
                 else:
-                    conn = await self._connect(ip, smtp.port, ehlo_name=smtp.ehlo_name,
-                                               tls=tls, server_hostname=host,
-                                               source_ip=source_ip, timeouts=smtp)
+                    conn = await self._connect(ip, port, ehlo_name=ehlo_name, tls=tls,
+                                               server_hostname=host, source_ip=source_ip,
+                                               timeouts=smtp)
+                if relay is not None and self.cfg.routing.auth_user:
+                    await self._relay_auth(conn)
                 return conn, host, ip
             except ConnectFailed as exc:
                 last = exc
@@ -61,6 +70,13 @@ class ConnectionTasks:
             reply, cls = local("connect_failed", "connect", "no address for any MX host")
             raise ConnectFailed("connect_failed", reply, cls)
         raise last
+
+    async def _relay_auth(self, conn) -> None:
+        from fastmta.smtp.relay import authenticate
+
+        r = self.cfg.routing
+        await authenticate(conn, r.auth_user, r.auth_password, r.auth_mechanism,
+                           allow_plaintext_loopback=r.auth_allow_plaintext_loopback)
 
     async def _connection(self, site: Site) -> None:
         from fastmta.smtp.transport import ConnectFailed
@@ -362,7 +378,9 @@ class ConnectionTasks:
                     site.throttled += 1
                     self.stats["throttled"] += 1
                 resume = shaper.on_block(now, cls.reason or "blocked")
-                not_before = self.now_ms() + int((resume - now) * 1000)
+                # with a source, only that source waits: the retry may take another
+                not_before = 0 if site.source is not None else \
+                    self.now_ms() + int((resume - now) * 1000)
                 self.soft(job, reply, cls, mx, not_before, source_ip)
                 close = True
                 continue

@@ -77,7 +77,7 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
                       message: bytes, *, mail_from: str = "",
                       validity_s: float | None = None, name: str = "",
                       fmt: str | None = None, shards: int | None = None,
-                      on_excluded=None, route_by_mx: bool = True):
+                      on_excluded=None, route_by_mx: bool = True, pool: str = ""):
     """Route and inject a recipients file; returns the delivery ``Analysis``."""
     from fastmta.delivery import inject, open_recipients
     from fastmta.delivery.injection import check_delivery_inputs
@@ -86,6 +86,10 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
     # everything that needs no recipient first: no DNS work for a delivery refused anyway
     check_delivery_inputs(message, mail_from=mail_from, validity_s=validity_s,
                           cfg=cfg.delivery)
+    if pool:  # an unknown egress pool is refused before anything is injected
+        from fastmta.egress.model import build_model
+
+        build_model(cfg).pool_for("", pool)
     has_key = key_check(cfg.dkim)
     if route_by_mx:
         route = await domain_router(recipient_domains(recipients, fmt), cfg)
@@ -100,7 +104,7 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
         return inject(spool, reader, message, mail_from=mail_from, validity_s=validity_s,
                       cfg=cfg.delivery, shard_of=route, shards=shards or cfg.engine.shards,
                       name=name or os.path.basename(os.fspath(recipients)),
-                      dkim_has_key=has_key, on_excluded=on_excluded)
+                      dkim_has_key=has_key, on_excluded=on_excluded, pool=pool)
     finally:
         reader.close()
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from fastmta.config import Config, ProviderConfig
 from fastmta.engine.connections import ConnectionTasks
+from fastmta.engine.egress_sites import EgressSites
 from fastmta.engine.providers import site_params, site_rules
 from fastmta.engine.rates import ProviderBudget
 from fastmta.engine.retry import RetryPolicy, next_attempt_ms
@@ -33,7 +34,7 @@ from fastmta.engine.sites import Job, Site
 from fastmta.records import Result, WorkItem
 
 
-class Scheduler(ConnectionTasks):
+class Scheduler(ConnectionTasks, EgressSites):
     """Runs the sites of one worker (see module docstring)."""
 
     def __init__(
@@ -47,6 +48,8 @@ class Scheduler(ConnectionTasks):
         rng: random.Random | None = None,
         is_static: Callable[[int], bool] | None = None,
         commit_gate: Callable[[], Awaitable[None]] | None = None,
+        egress=None,
+        pool_of: Callable[[int], str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
@@ -54,6 +57,8 @@ class Scheduler(ConnectionTasks):
         self.render = render
         self.is_static = is_static or (lambda did: False)
         self.commit_gate = commit_gate  # waits while too many results are not durable
+        self.egress = egress  # fastmta.egress.egress.Egress: sources per (site, source)
+        self.pool_of = pool_of or (lambda did: "")  # a delivery's explicit pool
         self.rng = rng or random.Random()
         if connect is None:
             from fastmta.smtp.transport import Connection
@@ -88,6 +93,8 @@ class Scheduler(ConnectionTasks):
         if site is not None:
             if mx.hosts:
                 site.hosts = list(mx.hosts)
+                for sub in site.subs:
+                    sub.hosts = site.hosts
             return site
         provider = match_provider([h.name for h in mx.hosts], self.providers)
         params = site_params(self.cfg.shaping, provider)
@@ -122,6 +129,8 @@ class Scheduler(ConnectionTasks):
         if self.unknown is not None and cls is not None and reply is not None:
             self.unknown.observe(reply.raw, reply.command, job.site.name if job.site else "",
                                  cls, res.time_ms)
+        if job.egress is not None and outcome in ("defer", "expired"):
+            self._release(job)  # it did not go: its warm-up room goes back
         job.done = True
         self.on_result(job, res)
 
@@ -187,6 +196,14 @@ class Scheduler(ConnectionTasks):
             self.defer(job, site.shaper.resume_at(now) - now + self.rng.uniform(0, 5),
                        why="suspended")
             return
+        if self.egress is not None and site.source is None:
+            site = self._route(site, job)  # the (site, source) site, or deferred
+            if site is None:
+                return
+            bounce = site.shaper.bouncing(now)
+            if bounce is not None:  # a provider rule fired at this source
+                self._bounce_by_rule(job, bounce.rule)
+                return
         if len(site.queue) >= max(1, site.params.ready_queue_size):
             # come back about when the queue has drained at the site's current pace
             pace = site.shaper.observed_rate(now)
@@ -220,6 +237,9 @@ class Scheduler(ConnectionTasks):
 
     def _flush_queue(self, site: Site, delay_s: float) -> None:
         """Defer everything queued for a site (suspended, or draining)."""
+        if site.source is not None and not self.draining:
+            self._reroute(site)  # a suspended source: the pool's others take its queue
+            return
         while site.queue:
             job = self._take(site)
             self.defer(job, delay_s + self.rng.uniform(0, min(5.0, delay_s / 10 + 0.01)),
@@ -275,7 +295,7 @@ class Scheduler(ConnectionTasks):
         for s in busy[:top]:
             st = s.shaper.status(now)
             st.update(active=s.active, queued=len(s.queue), throttled=s.throttled)
-            out[s.label() if s.provider else s.name] = st
+            out[s.key() if s.provider or s.source else s.name] = st
         return out
 
     def drain_queues(self) -> None:

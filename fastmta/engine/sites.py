@@ -17,7 +17,7 @@ from fastmta.records import WorkItem
 class Job:
     """A leased recipient in a site queue."""
 
-    __slots__ = ("item", "body", "requeues", "site", "done")
+    __slots__ = ("item", "body", "requeues", "site", "done", "egress")
 
     def __init__(self, item: WorkItem) -> None:
         self.item = item
@@ -25,6 +25,7 @@ class Job:
         self.requeues = 0
         self.site: Site | None = None
         self.done = False
+        self.egress: tuple[str, str] | None = None  # (source, group) holding warm-up room
 
 
 class Site:
@@ -49,9 +50,22 @@ class Site:
         self.throttled = 0
         self.msgs_cap = 0  # learned: the server ends sessions after this many messages
         self.rcpts_cap = 0  # learned: the server takes at most this many RCPTs
+        # egress (engine/egress_sites.py): a (site, source) site has its source set
+        self.source = None  # egress.model.Source
+        self.base: Site | None = None  # the MX site it belongs to
+        self.subs: list[Site] = []  # on a base site: its (site, source) sites
+        self.memory = None  # the egress.memory.Learned record it started from
+        self.flushed: tuple | None = None
+        self.relay = None  # engine.relay.Smarthost: deliver through this relay
+        self.qkey = name  # its key in Scheduler.sites (name + source for a source site)
 
     def label(self) -> str:
         return self.provider.name if self.provider else self.name
+
+    def key(self) -> str:
+        """Name in status displays: the label, with the source when it has one."""
+        label = self.label()
+        return f"{label}@{self.source.name}" if self.source is not None else label
 
 
 def mx_candidates(site: Site, now: float) -> list[tuple[str, str]]:

@@ -276,8 +276,12 @@ class Supervisor:
     async def run(self, until_done: Sequence[int] = (), *, forever: bool = False) -> int:
         """Run until the deliveries in ``until_done`` are final (or a signal, or, with
         ``forever``, only a signal).  Returns the number of worker restarts."""
+        from fastmta.egress.egress import Egress
+        from fastmta.engine.relay import Relays
         from fastmta.spool import Spool
 
+        Egress(self.cfg)  # issue #17: a bad [egress]/[routing] fails here, not in workers
+        Relays(self.cfg.routing)
         loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
         self._lock()

@@ -101,9 +101,19 @@ class Worker:
         self.resolver = Resolver(self.cfg.dns, self.cfg.smtp)
         providers = load_providers(self.cfg.providers,
                                    shipped=self.cfg.shaping.use_provider_defaults)
+        from fastmta.egress.egress import Egress
+
+        self.egress = Egress(self.cfg)  # sources, pools, warm-up, memory (issue #17)
+        self.egress.load(self.spool.egress_items(), time.time())
+        self._pools: dict[int, str] = {}
+        from fastmta.engine.relay import Relays
+
+        self.relays = Relays(self.cfg.routing)  # [routing] smarthost(s)
+        self._relay_sites: dict[str, object] = {}
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static,
-                                   commit_gate=self._commit_gate)
+                                   commit_gate=self._commit_gate, egress=self.egress,
+                                   pool_of=self._pool_of)
         from fastmta.engine.worker_ops import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
@@ -160,6 +170,23 @@ class Worker:
                 self._templates.clear()
             self._templates[did] = tpl
         return tpl
+
+    def _pool_of(self, did: int) -> str:
+        pool = self._pools.get(did)
+        if pool is None:
+            pool = self._pools[did] = self.spool.delivery(did).pool
+        return pool
+
+    async def _egress_flush(self) -> None:
+        """Write the learned (site, source) state and warm-up counters that changed."""
+        if self.writer.paused or self.spool.full:
+            return  # the spool is full: results first; the state is written after
+        try:
+            recs = self.scheduler.egress_flush()
+            if recs:
+                await self.writer.run(self.spool.egress_put, recs)
+        except Exception:  # pragma: no cover - the next beat tries again
+            log.exception("writing the egress state")
 
     def _is_static(self, did: int) -> bool:
         """True when the message has no personalisation: one body serves every
@@ -287,6 +314,8 @@ class Worker:
             d = it.domain
             if d in resolved or d in todo:
                 continue
+            if self.relays.active and self._relayed(d, resolved):
+                continue
             hit = memo.get(d)
             if hit is not None and hit[0] > now:
                 resolved[d] = hit[1]
@@ -322,11 +351,33 @@ class Worker:
             if mx.error is not None:
                 sched.fail_resolution(job, mx.error)
                 continue
+            if self.relays.active and mx.site and not mx.site.startswith("relay:"):
+                mx = self._relay_by_provider(mx)
             site = sched.site_for(mx)
             if sts is not None:
                 sts.bind(site, it.domain, mx)
+            if site.relay is None and mx.site.startswith("relay:"):
+                site.relay = self._relay_sites[mx.site]
             if not self.ops.intercept(site, job):  # ops hook: admin suspend / bounce
                 sched.enqueue(site, job)
+
+    def _relayed(self, domain: str, resolved: dict) -> bool:
+        """A domain routed to a smarthost without MX lookup (decided by its name)."""
+        decided, relay = self.relays.for_domain(domain)
+        if not decided and any("." not in k for k in self.relays.by_name):
+            return False  # a per-provider relay may apply: look the MX up first
+        if relay is None:
+            return False
+        self._relay_sites[relay.site] = relay
+        resolved[domain] = self.relays.mx(domain, relay)
+        return True
+
+    def _relay_by_provider(self, mx):
+        decided, relay = self.relays.for_provider(mx.provider)
+        if relay is None or (not decided and self.relays.for_domain(mx.domain)[0]):
+            return mx
+        self._relay_sites[relay.site] = relay
+        return self.relays.mx(mx.domain, relay)
 
     def heartbeat(self) -> dict:
         sched = self.scheduler
@@ -362,6 +413,8 @@ class Worker:
                     await self.writer.run(self.spool.renew_leases, self.owner)
                 except Exception:  # pragma: no cover - the next beat tries again
                     log.exception("renewing leases")
+            if not self.stop_now:
+                await self._egress_flush()
             if os.getppid() != self.spec.parent_pid:
                 log.warning("supervisor gone: stopping")
                 self.request("stop")
@@ -433,6 +486,7 @@ class Worker:
             await self._close()
 
     async def _close(self) -> None:
+        await self._egress_flush()
         try:
             await self.feedback.flush(self.writer, self.spool)
         except Exception:  # pragma: no cover - best effort at exit

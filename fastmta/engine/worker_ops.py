@@ -59,7 +59,8 @@ class WorkerOps:
         self.gen = -1
         self.suspensions: dict = {}
         self.bounces: dict = {}
-        self.applied: dict[str, str] = {}  # site name -> suspension key applied
+        self.applied: dict[str, str] = {}  # site queue key -> suspension key applied
+        self.qstate: dict[str, tuple] = {}  # site queue key -> last logged state
         self.events_written = 0
         self.dkim_s = 0.0
         self.dkim_n = 0
@@ -155,7 +156,18 @@ class WorkerOps:
                 "queue_ms_avg": so.queue_ms_sum // so.finals if so.finals else 0,
                 "queue_ms_max": so.queue_ms_max,
             }
-            if s is not None:
+            if s is not None and s.subs:  # issue #17: the sum of its (site, source) queues
+                subs = s.subs
+                rates = [x.shaper.msg_rate(now) for x in subs]
+                row.update(active=sum(x.active for x in subs),
+                           queued=sum(len(x.queue) for x in subs),
+                           throttles=sum(x.throttled for x in subs),
+                           limit=sum(x.shaper.connection_limit(now) for x in subs),
+                           rate=0.0 if None in rates else sum(rates),
+                           suspended=s.shaper.suspended(now) or
+                           all(x.shaper.suspended(now) for x in subs),
+                           admin_suspended=name in self.applied)
+            elif s is not None:
                 row.update(active=s.active, queued=len(s.queue),
                            limit=s.shaper.connection_limit(now),
                            rate=s.shaper.msg_rate(now) or 0.0,
@@ -176,9 +188,10 @@ class WorkerOps:
     def _apply_suspension(self, site) -> None:
         s = self._suspension_for(site)
         shaper = site.shaper
+        key = site.qkey  # a (site, source) queue has its own entry (issue #17)
         if s is None:
-            if site.name in self.applied:
-                del self.applied[site.name]
+            if key in self.applied:
+                del self.applied[key]
                 shaper.effects = [e for e in shaper.effects if e.rule != ADMIN_RULE]
                 self.w.scheduler.pump(site)
             return
@@ -186,8 +199,8 @@ class WorkerOps:
         keep = [e for e in shaper.effects if e.rule != ADMIN_RULE]
         keep.append(Effect(ADMIN_RULE, "suspend", 0.0, now + self.cfg.suspend_recheck_s))
         shaper.effects = keep
-        if site.name not in self.applied:
-            self.applied[site.name] = f"{s.kind}:{s.name}"
+        if key not in self.applied:
+            self.applied[key] = f"{s.kind}:{s.name}"
             self.w.scheduler._flush_queue(site, self.cfg.suspend_recheck_s)
 
     def _apply_bounce(self, site, order) -> None:
@@ -207,7 +220,7 @@ class WorkerOps:
             self.suspensions = {k: s for k, s in self.suspensions.items() if s.active(now_ms)}
         sched = self.w.scheduler
         for site in list(sched.sites.values()):
-            if self.suspensions or site.name in self.applied:
+            if self.suspensions or site.qkey in self.applied:
                 self._apply_suspension(site)
             order = self.bounces.get(site.name)
             if order is not None and order.active(now_ms) and site.queue:
@@ -220,17 +233,21 @@ class WorkerOps:
         t = int(time.time() * 1000)
         out = []
         idx = self.w.spec.index
-        for name, s in sched.sites.items():
+        for qkey, s in sched.sites.items():
+            if s.subs:
+                continue  # an MX site whose traffic goes through its (site, source) queues
             so = self._site(s)
+            name = s.name  # a (site, source) queue reports under its site (issue #17)
             susp = s.shaper.suspended(now)
             limit = s.shaper.connection_limit(now)
             rate = s.shaper.msg_rate(now) or 0.0
-            old_susp, old_limit, old_rate = so.state
-            if (susp, limit, rate) == so.state:
+            state = self.qstate.get(qkey, so.state)
+            old_susp, old_limit, old_rate = state
+            if (susp, limit, rate) == state:
                 continue
             rate_moved = abs(rate - old_rate) > 0.1 * max(old_rate, rate, 1e-9)
             if susp != old_susp:
-                admin = name in self.applied
+                admin = qkey in self.applied
                 reason = ("operator" if admin else s.shaper.suspend_reason or
                           ",".join(e.rule for e in s.shaper.effects if e.action == "suspend"))
                 until = 0 if admin or not susp else \
@@ -243,7 +260,7 @@ class WorkerOps:
                                      limit=limit, rate=rate, worker=idx))
             else:
                 continue
-            so.state = (susp, limit, rate)
+            so.state = self.qstate[qkey] = (susp, limit, rate)
         return out
 
     async def run(self) -> None:

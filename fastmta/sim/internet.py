@@ -203,6 +203,7 @@ class SimInternet:
     async def stats(self) -> dict:
         """Merged counters: connections, messages, replies (refusals by code)."""
         merged = {"connections": 0, "messages": 0, "replies": Counter(),
+                  "by_source": Counter(), "replies_by_source": Counter(),
                   "dns_queries": self.dns.queries if self.dns else 0, "mx_cpu_s": 0.0}
         for s in await self._all_stats():
             if self._procs:  # worker processes: their own CPU (in-process: not separable)
@@ -210,7 +211,10 @@ class SimInternet:
             merged["connections"] += s["connections"]
             merged["messages"] += s["messages"]
             merged["replies"].update(s["replies"])
-        merged["replies"] = dict(merged["replies"])
+            merged["by_source"].update(s.get("by_source", {}))
+            merged["replies_by_source"].update(s.get("replies_by_source", {}))
+        for k in ("replies", "by_source", "replies_by_source"):
+            merged[k] = dict(merged[k])
         return merged
 
     async def accepted(self) -> dict[str, int]:

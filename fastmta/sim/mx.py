@@ -36,6 +36,10 @@ class Stats:
         self.accepted: Counter[str] = Counter()  # recipient -> times accepted
         self.replies: Counter[str] = Counter()  # "550 5.1.1" -> count (refusals only)
         self.kept: list[tuple[str, list[str], bytes]] = []  # (from, rcpts, body un-stuffed)
+        # issue #17: "provider<TAB>sender ip<TAB>reputation day" -> accepted recipients,
+        # "provider<TAB>sender ip<TAB>550 5.7.1" -> refusals per sender IP
+        self.by_source: Counter[str] = Counter()
+        self.replies_by_source: Counter[str] = Counter()
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
@@ -44,6 +48,8 @@ class Stats:
             "messages": self.messages,
             "accepted": dict(self.accepted),
             "replies": dict(self.replies),
+            "by_source": dict(self.by_source),
+            "replies_by_source": dict(self.replies_by_source),
         }
         if with_messages:
             d["kept"] = [(f, r, m) for f, r, m in self.kept]
@@ -53,9 +59,10 @@ class Stats:
 class _ProviderState:
     """State shared by all hosts of one provider in this process."""
 
-    __slots__ = ("conns", "rate", "greylist", "rcpt_rate", "mails")
+    __slots__ = ("conns", "rate", "greylist", "rcpt_rate", "mails", "rep")
 
     def __init__(self) -> None:
+        self.rep = None  # sim.reputation.Reputation of a provider with reputation on
         self.conns: Counter[str] = Counter()  # sender ip -> open connections
         self.rate: dict[str, deque] = {}  # sender ip -> recent message times
         self.greylist: dict[tuple, float] = {}  # (ip, from, rcpt) -> first seen
@@ -81,6 +88,9 @@ class MxServer:
         self._names = {h.address: h.name.encode() for h in world.hosts.values()}
         self._ehlo_cache: dict[tuple, bytes] = {}
         self.port = 0
+        from fastmta.egress.clock import EgressClock
+
+        self.clock = EgressClock(world.spec.time_factor, world.spec.time_origin or time.time())
 
     def pstate(self, provider: str) -> _ProviderState:
         st = self._pstates.get(provider)

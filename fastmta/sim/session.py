@@ -315,6 +315,10 @@ class _Session(asyncio.Protocol):
             return R_TLS_READY
         return R_UNRECOGNISED
 
+    def _by_source(self, what: str) -> None:
+        name = self.prov.name if self.prov else ""
+        self.srv.stats.replies_by_source[f"{name}\t{self.peer_ip}\t{what}"] += 1
+
     def _reset(self) -> None:
         self.mail_from = None
         self.rcpts = []
@@ -333,8 +337,9 @@ class _Session(asyncio.Protocol):
         if beh.max_msgs_per_conn and self.nmsg >= beh.max_msgs_per_conn:
             self.mode = _CLOSED
             return R_TOO_MANY_MSG
-        if beh.block:
+        if beh.block or (beh.block_ips and self.peer_ip in beh.block_ips):
             self.srv.stats.replies["550 5.7.1"] += 1
+            self._by_source("550 5.7.1")
             return R_BLOCK % self.peer_ip.encode()
         if beh.transient_421_every:
             self.pstate.mails += 1
@@ -342,6 +347,19 @@ class _Session(asyncio.Protocol):
                 self.srv.stats.replies["421 4.3.0"] += 1
                 self.mode = _CLOSED
                 return R_TRANSIENT_421
+        if beh.reputation:
+            rep = self.pstate.rep
+            if rep is None:
+                from fastmta.sim.reputation import Reputation
+
+                rep = self.pstate.rep = Reputation(beh, self.srv.clock)
+            refusal = rep.check(self.peer_ip, time.monotonic())
+            if refusal is not None:
+                key = _key(refusal)
+                self.srv.stats.replies[key] += 1
+                self._by_source(key)
+                self.mode = _CLOSED
+                return refusal
         if beh.max_msgs_per_min_per_ip:
             q = self.pstate.rate.setdefault(self.peer_ip, deque())
             now = time.monotonic()
@@ -468,6 +486,10 @@ class _Session(asyncio.Protocol):
         get = acc.get
         for r in self.rcpts:
             acc[r] = get(r, 0) + 1  # (Counter's += calls __missing__ in Python)
+        rep = self.pstate.rep
+        day = rep.accepted(self.peer_ip, len(self.rcpts)) if rep is not None else 0
+        name = self.prov.name if self.prov else ""
+        st.by_source[f"{name}\t{self.peer_ip}\t{day}"] += len(self.rcpts)
         if self.beh.keep_messages or srv.keep_messages:
             st.kept.append((self.mail_from or "", list(self.rcpts), body))
         self.nmsg += 1

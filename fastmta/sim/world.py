@@ -70,12 +70,23 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     garbage: bool = False  # answers MAIL with bytes that are not SMTP
     rcpt_reply: str = ""  # refuse every RCPT with this one-line reply ("550 5.1.1 ...")
     keep_messages: bool = False  # keep accepted messages (for tests)
+    # added by issue #17: per source IP behaviour (sim/reputation.py)
+    block_ips: list[str] = msgspec.field(default_factory=list)  # 550 5.7.1 for these IPs
+    reputation: bool = False  # per-IP allowances growing with clean days
+    rep_cold_daily: int = 250  # recipients a day from an unknown IP
+    rep_hourly_fraction: float = 0.25  # of the daily allowance per hour
+    rep_growth: float = 2.5  # allowance factor per clean day
+    rep_burst_fraction: float = 0.0  # > this x daily allowance within 60 s from a cold IP
+    rep_warm_ips: list[str] = msgspec.field(default_factory=list)  # known good: no limits
+    rep_warm_daily: int = 50000  # IPs allowed this much a day are not "cold" any more
+    rep_block_s: float = 4 * 3600.0  # egress seconds
 
     @property
     def stateful(self) -> bool:
         """Needs one process to see all its connections (limits, rates, greylisting)."""
         return bool(self.greylist_s or self.max_conn_per_ip or self.max_msgs_per_min_per_ip
-                    or self.max_msgs_per_rcpt or self.transient_421_every)
+                    or self.max_msgs_per_rcpt or self.transient_421_every
+                    or self.reputation)
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -113,6 +124,8 @@ class WorldSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     dns_port: int = 5353
     first_address: str = "127.0.1.1"
     greylist_default_s: float = 1.0  # for the "greylist" magic local part
+    time_factor: float = 1.0  # the reputation clock (same compression as [egress])
+    time_origin: float = 0.0  # its origin (wall seconds; 0 = when the sim starts)
     providers: list[Provider] = msgspec.field(default_factory=list)
     records: list[Record] = msgspec.field(default_factory=list)  # extra zone data
     servfail_names: list[str] = msgspec.field(default_factory=list)  # any type -> SERVFAIL

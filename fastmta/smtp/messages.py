@@ -54,6 +54,7 @@ class State(IntEnum):
     QUIT = 9
     CLOSED = 10
     BROKEN = 11
+    AUTH = 12  # an AUTH exchange is under way (RFC 4954)
 
 
 # ---------------------------------------------------------------------------- values
@@ -293,6 +294,17 @@ class Hello(Event):
     @property
     def ok(self) -> bool:
         return self.reply.code == 250
+
+
+@dataclass(slots=True, eq=False)
+class AuthReply(Event):
+    """A reply in an AUTH exchange: 334 (send the next response), 235 (done), or a failure."""
+
+    reply: Reply
+
+    @property
+    def ok(self) -> bool:
+        return self.reply.code == 235
 
 
 @dataclass(slots=True, eq=False)

@@ -1,16 +1,15 @@
 """Sans-IO SMTP client state machine (no sockets, no clock, no asyncio).
 
 Use it like h11: feed received bytes with ``receive_data(data) -> list[Event]``, call
-commands (``ehlo``, ``starttls``, ``send``, ``rset``, ``quit``) and write out whatever
-``data_to_send()`` returns.  The values and events it speaks are in
-``fastmta.smtp.messages``.  The transport (``fastmta.smtp.transport``) is a thin asyncio
-shell around this class; tests drive it directly with scripted server bytes.
+commands (``ehlo``, ``starttls``, ``auth``, ``send``, ``rset``, ``quit``) and write out
+``data_to_send()``.  Values and events: ``fastmta.smtp.messages``; SASL: ``smtp.auth``.
 
 States and moves::
 
     GREETING --220--> GREETED --ehlo()--> EHLO --250--> READY
                                            \\--5xx--> HELO --250--> READY
     READY --starttls()--> STARTTLS --220--> TLS --tls_established()--> GREETED
+    READY --auth(line)--> AUTH --334: auth(next)-- / 235 or failure --> READY
     READY --send(env)--> TXN (MAIL/RCPT*/DATA, body after 354, reply to the dot)
     TXN --all done--> READY (or RSET while a RSET after a failed transaction is pending)
     any --421 / unsolicited reply--> CLOSED;  QUIT answered --> CLOSED
@@ -21,10 +20,9 @@ flight.  With PIPELINING (RFC 2920) MAIL, every RCPT and DATA go out in one writ
 the next queued transaction's commands follow its predecessor's body in the same write;
 without it everything is lock-step.  A transaction that fails before the body is sent is
 followed by RSET (our own RSETs produce no event).  With ``chunking=True`` and a server
-offering CHUNKING + PIPELINING, transactions use ``BDAT n LAST`` (RFC 3030) and go out
-back to back without waiting (see ``_pump_bdat``).  Each RCPT reply is kept; each reply
-carries the command it answers (the reply to the message content is tagged ``dot``,
-after DATA's "." or BDAT LAST alike).
+offering CHUNKING + PIPELINING, transactions use ``BDAT n LAST`` (RFC 3030) back to back
+(``_pump_bdat``).  Each reply carries the command it answers (the reply to the content
+is tagged ``dot``, after DATA's "." or BDAT LAST alike).
 
 Nothing here raises on peer misbehaviour: garbage or an over-size reply becomes a
 ``ConnectionFailed`` event (state BROKEN) and every unfinished transaction completes with
@@ -40,6 +38,7 @@ from fastmta.classify.outcome import Classification, local
 from fastmta.core import Reply, ReplyParser
 from fastmta.errors import LocalProtocolError, RemoteProtocolError
 from fastmta.smtp.messages import (
+    AuthReply,
     Capabilities,
     ConnectionFailed,
     Envelope,
@@ -105,8 +104,7 @@ class ClientProtocol:
         self._parser = ReplyParser(max_line, max_reply)
         self._parser.expect("connect")
         self._pending: deque = deque([("connect", None, 0)])
-        # replies matched so far, and how many commands had been handed to the caller
-        # (data_to_send) -- a reply beyond that answers a command not yet on the wire
+        # replies matched, commands handed out (a reply beyond: to a command not sent)
         self._replied = 0
         self._flushed = 1  # the greeting needs no command
         self._violation = ""  # set by a handler: the reply broke the protocol
@@ -148,7 +146,7 @@ class ClientProtocol:
         return self.use_chunking and self.use_pipelining and c.chunking and c.pipelining
 
     def _cmd(self, kind: str, line: bytes, txn: _Txn | None = None, index: int = 0) -> None:
-        if self.state >= State.CLOSED:
+        if self.state in (State.CLOSED, State.BROKEN):
             return
         self._out.append(line)
         self._parser.expect(kind)
@@ -196,6 +194,12 @@ class ClientProtocol:
         self.tls = True
         self.capabilities = Capabilities()
         self.state = State.GREETED
+
+    def auth(self, line: bytes) -> None:
+        """Send an AUTH command or the next SASL response (``fastmta.smtp.auth``)."""
+        self._require(State.READY, State.AUTH)
+        self.state = State.AUTH
+        self._cmd("auth", line)
 
     def rset(self) -> None:
         self._require(State.READY)
@@ -408,8 +412,7 @@ class ClientProtocol:
                 if ok:
                     self._send_body(txn)
                 else:
-                    # RFC 2920: a 354 although nothing was accepted; end the empty
-                    # message at once and throw the transaction away.
+                    # RFC 2920: 354 though nothing was accepted: end the empty message
                     txn.body = b".\r\n"
                     txn.discard = True
                     self._send_body(txn)
@@ -472,7 +475,7 @@ class ClientProtocol:
             return
         self._replied += 1
         kind, txn, index = self._pending.popleft()
-        if 300 <= reply.code < 400 and kind != "data":
+        if 300 <= reply.code < 400 and kind not in ("data", "auth"):
             self._violation = f"{reply.code} reply to {kind.upper()}"
             return
         if reply.code == 421 and kind not in ("quit",):
@@ -507,6 +510,9 @@ class ClientProtocol:
             else:
                 self.state = State.READY
             self._events.append(StartTls(reply))
+        elif kind == "auth":
+            self.state = State.AUTH if reply.code == 334 else State.READY
+            self._events.append(AuthReply(reply))
         elif kind == "rset_auto":
             # our own RSET after a failed transaction: no event, just carry on
             if self.state == _RSET:
@@ -578,12 +584,9 @@ class ClientProtocol:
         return self.pending_events()
 
     def connection_lost(self, kind: str = "connection_lost", detail: str = "") -> list[Event]:
-        """The transport lost the connection (EOF, reset, timeout, TLS error).
-
-        Returns the events that complete every unfinished transaction (with a synthetic
-        reply classified as ``kind``) and a final ``ConnectionFailed``.  Nothing is
-        returned when the connection had already ended cleanly (QUIT/421 answered).
-        """
+        """The transport lost the connection (EOF, reset, timeout, TLS error): the events
+        completing every unfinished transaction (synthetic reply classified as ``kind``)
+        and a final ``ConnectionFailed``; none after a clean end (QUIT/421 answered)."""
         if self.state == State.BROKEN:
             return self.pending_events()
         if self.state == State.CLOSED and not self._pending:

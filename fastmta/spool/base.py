@@ -46,6 +46,7 @@ _DBS = (
     "control",  # operator controls (fastmta.ops.admin), see spool/controls.py
     "inbound",  # inbound feedback mail and its effects (schema 2), see spool/inbound.py
     "unknown",  # replies no rule recognised, by template (spool/unknown.py)
+    "egress",  # learned (site, source) state and warm-up counters, spool/egress_state.py
 )
 MAX_DBS = 16
 _REPLY_MAX = 500  # reply text kept per recipient / event

@@ -25,6 +25,7 @@ from fastmta.spool import keys as K
 from fastmta.spool.base import _MAX_VALIDITY_MS, SpoolBase, clock_ms
 from fastmta.spool.commit import CommitMixin
 from fastmta.spool.controls import ControlsMixin
+from fastmta.spool.egress_state import EgressStateMixin
 from fastmta.spool.errors import DeliveryNotFound, SpoolError
 from fastmta.spool.expiry import ExpiryMixin
 from fastmta.spool.inbound import InboundMixin
@@ -36,9 +37,8 @@ from fastmta.spool.reading import ReadingMixin
 __all__ = ["Spool"]
 
 
-class Spool(ControlsMixin, InjectMixin, CommitMixin, LeaseMixin, ExpiryMixin, InboundMixin,
-            QuarantineMixin,
-            ReadingMixin, SpoolBase):
+class Spool(EgressStateMixin, ControlsMixin, InjectMixin, CommitMixin, LeaseMixin,
+            ExpiryMixin, InboundMixin, QuarantineMixin, ReadingMixin, SpoolBase):
     """Handle on one spool directory.  Use ``Spool.open``; never share across processes."""
 
     # ------------------------------------------------------------------ deliveries

@@ -30,10 +30,15 @@ def test_dkim_where_inject_is_refused_not_ignored(tmp_path):
     assert load_config(path).dkim.where == "send"
 
 
-def test_more_than_one_source_ip_is_refused_not_ignored(tmp_path):
+def test_several_source_ips_form_a_pool_and_duplicates_are_refused(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text('[smtp]\nsource_ips = ["127.0.0.2", "127.0.0.3"]\n')
-    with pytest.raises(ConfigError, match="IP pools are not implemented"):
+    from fastmta.egress.model import build_model
+
+    pool = build_model(load_config(path)).pools["default"]  # issue #17: an implicit pool
+    assert pool.members == (("127.0.0.2", 1.0), ("127.0.0.3", 1.0))
+    path.write_text('[smtp]\nsource_ips = ["127.0.0.2", "127.0.0.2"]\n')
+    with pytest.raises(ConfigError, match="listed twice"):
         load_config(path)
     path.write_text('[smtp]\nsource_ips = ["127.0.0.2"]\n')
     assert load_config(path).smtp.source_ips == ["127.0.0.2"]

@@ -1,0 +1,171 @@
+"""Pure egress policy: weighted spread, warm-up caps with spill/defer, the ramp, the
+memory's decay (no sockets; an injected clock)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import msgspec
+import pytest
+
+from fastmta.config import (
+    Config,
+    EgressConfig,
+    EgressMember,
+    EgressPool,
+    EgressRule,
+    EgressSource,
+    ShapingConfig,
+    WarmupPlanConfig,
+)
+from fastmta.egress.clock import DAY_S, HOUR_S, ManualClock
+from fastmta.egress.egress import Egress
+from fastmta.egress.memory import restore, snapshot, weight
+from fastmta.egress.plans import load_plans
+from fastmta.egress.selector import PoolSelector, SmoothWrr
+from fastmta.egress.warmup import ADVANCE, HOLD, IDLE, STEP_BACK, Ramp, WarmupState
+from fastmta.engine.shaping import SiteShaper
+from fastmta.errors import ConfigError
+
+PLAN = WarmupPlanConfig(name="test", daily=[80, 160, 320], hourly_fraction=0.25)
+
+
+def egress_cfg(overflow="spill", cold=("c",), warm=("w1", "w2"), weights=None) -> Config:
+    names = list(cold) + list(warm)
+    weights = weights or {n: 1.0 for n in names}
+    sources = [EgressSource(name=n, source_ip=f"127.0.0.{i + 2}", warmup=n in cold,
+                            plan="test") for i, n in enumerate(names)]
+    pool = EgressPool(name="main", members=[EgressMember(source=n, weight=weights[n])
+                                            for n in names])
+    return Config(egress=EgressConfig(sources=sources, pools=[pool], plans=[PLAN],
+                                      overflow=overflow,
+                                      rules=[EgressRule(from_domain="news.example",
+                                                        pool="main")]))
+
+
+def test_smooth_wrr_is_exact_within_one():
+    wrr = SmoothWrr([("a", 5), ("b", 3), ("c", 2)])
+    seen = Counter()
+    for i in range(1, 1001):
+        seen[wrr.pick()] += 1
+        for name, w in (("a", 5), ("b", 3), ("c", 2)):
+            assert abs(seen[name] - i * w / 10) <= 1.0
+    assert seen == {"a": 500, "b": 300, "c": 200}
+
+
+def test_weighted_spread_skips_a_suspended_member():
+    sel = PoolSelector([("a", 2), ("b", 1), ("c", 1)])
+    seen = Counter(sel.choose(lambda n: n != "b", lambda n: True).source for _ in range(900))
+    assert seen["b"] == 0
+    assert seen["a"] == 600 and seen["c"] == 300  # the others keep their 2:1 ratio
+
+
+@pytest.mark.parametrize("overflow", ["spill", "defer"])
+def test_warmup_caps_never_exceeded(overflow):
+    clock = ManualClock(10 * DAY_S)
+    eg = Egress(egress_cfg(overflow), clock=clock)
+    pool = eg.pool_for("x@news.example")
+    got = Counter()
+    waits = 0
+    for _ in range(30):  # 30 hours, 300 messages an hour
+        for _ in range(300):
+            ch = eg.select(pool, "gmail", lambda n: True)
+            if ch.source is None:
+                waits += 1
+                assert ch.capped == "c" and eg.wait_s("c", "gmail") > 0
+            else:
+                got[ch.source] += 1
+        st = eg.state("c", "gmail")
+        daily, hourly = eg._ramp("c", "gmail").caps(st)
+        assert st.used_hour <= hourly and st.used_day <= daily  # never above a cap
+        clock.advance(HOUR_S)
+    # day 10 at stage 1 (80/day, 20/h) filled its cap cleanly: day 11 at stage 2 (160)
+    assert eg.state("c", "gmail").stage == 2
+    assert got["c"] == 80 + 160  # both days exactly at their daily cap
+    if overflow == "spill":
+        assert waits == 0 and eg.stats["overflowed"] > 0
+        assert abs(got["w1"] - got["w2"]) <= 1  # overflow shared by weight
+    else:
+        assert eg.stats["overflowed"] == 0 and waits == eg.stats["deferred"] > 0
+        assert got["w1"] == got["w2"] == 30 * 100  # the warm ones keep exactly their share
+
+
+def test_give_back_returns_room():
+    clock = ManualClock(0.0)
+    eg = Egress(egress_cfg("defer", warm=()), clock=clock)
+    pool = eg.pool_for("a@news.example")
+    for _ in range(20):
+        assert eg.select(pool, "p", lambda n: True).source == "c"
+    assert eg.select(pool, "p", lambda n: True).source is None
+    eg.give_back("c", "p")
+    assert eg.select(pool, "p", lambda n: True).source == "c"
+
+
+def ramp() -> tuple[Ramp, WarmupState]:
+    plan = load_plans([PLAN])["test"]
+    return Ramp(plan, hold_throttle_pct=2.0, advance_fill_pct=90.0), \
+        WarmupState(source="c", provider="gmail")
+
+
+def run_day(r: Ramp, st: WarmupState, day: int, used: int, throttles=0, blocks=0):
+    t = day * DAY_S
+    r.roll(st, t)
+    for _ in range(used):
+        Ramp.take(st, t)
+    Ramp.feedback(st, attempts=used + throttles, throttles=throttles, blocks=blocks)
+    return r.roll(st, t + DAY_S)
+
+
+def test_ramp_advances_only_after_a_clean_full_day():
+    r, st = ramp()
+    assert run_day(r, st, 0, 80) == ADVANCE and st.stage == 2
+    assert run_day(r, st, 1, 100) == HOLD and st.stage == 2  # 100 < 90% of 160
+    assert run_day(r, st, 2, 0) == IDLE and st.stage == 2  # no traffic: not a send-day
+    assert st.send_days == 2
+
+
+def test_ramp_holds_on_throttles_and_steps_back_after_a_block():
+    r, st = ramp()
+    run_day(r, st, 0, 80)
+    assert run_day(r, st, 1, 160, throttles=10) == HOLD and st.stage == 2  # 5.9% > 2%
+    assert run_day(r, st, 2, 160, blocks=1) == STEP_BACK and st.stage == 1
+    assert run_day(r, st, 3, 80, throttles=1) == ADVANCE  # 1.2% <= 2%: clean enough
+    assert r.status(st, 4 * DAY_S)["daily_cap"] == 160
+
+
+def test_plan_end_means_warm_and_config_errors():
+    r, st = ramp()
+    for d, used in enumerate((80, 160, 320)):
+        run_day(r, st, d, used)
+    assert r.caps(st) is None and r.room(st, 5 * DAY_S) is None
+    eg = egress_cfg().egress
+    bad = msgspec.structs.replace(eg.sources[0], plan="nope")
+    cfg = Config(egress=msgspec.structs.replace(eg, sources=[bad, *eg.sources[1:]]))
+    with pytest.raises(ConfigError, match="unknown warm-up plan"):
+        Egress(cfg)
+    with pytest.raises(ConfigError, match="unknown source"):
+        Egress(Config(egress=EgressConfig(pools=[EgressPool(
+            name="p", members=[EgressMember(source="x")])], sources=[EgressSource(name="a")])))
+
+
+def test_memory_restores_with_decay_and_keeps_a_suspension():
+    p = ShapingConfig(initial_connections=2, max_connections=32)
+    sh = SiteShaper(p, now=100.0)
+    sh.limit, sh.ceiling, sh.rate = 10, 11, 80.0
+    sh.on_block(100.0, "blocked")  # suspended for 60 s
+    rec = snapshot(sh, site="s", source="a", provider="p", now_mono=100.0, now_egress=0.0,
+                   now_wall=1000.0)
+    assert rec.suspended_until_wall == pytest.approx(1060.0)
+    fresh = SiteShaper(p, now=5.0)
+    assert restore(fresh, rec, now_mono=5.0, now_egress=0.0, now_wall=1010.0,
+                   half_life_s=DAY_S, forget_s=14 * DAY_S)
+    assert fresh.limit == 10 and fresh.ceiling == 11 and fresh.rate == 80.0
+    assert fresh.suspended(5.0) and fresh.resume_at(5.0) == pytest.approx(55.0)
+    old = SiteShaper(p, now=5.0)
+    restore(old, rec, now_mono=5.0, now_egress=DAY_S, now_wall=2000.0,
+            half_life_s=DAY_S, forget_s=14 * DAY_S)
+    assert old.limit == 6 and old.rate == pytest.approx(40.0)  # half-way back: w = 0.5
+    assert not old.suspended(5.0)  # its end has passed
+    assert not restore(SiteShaper(p), rec, now_mono=0.0, now_egress=15 * DAY_S,
+                       now_wall=0.0, half_life_s=DAY_S, forget_s=14 * DAY_S)
+    assert weight(2 * DAY_S, DAY_S) == 0.25
