@@ -142,6 +142,7 @@ class EngineConfig(_Section):
 
     workers: int = 0  # 0 = one per core
     shards: int = 64
+    spread_sites: bool = True  # every worker leases every shard; site limits held node-wide
 
 
 class ShapingRule(_Section, kw_only=True):
@@ -312,6 +313,22 @@ class OpsConfig(_Section):
             raise ValueError("ops metrics_token is required when metrics_host is not loopback")
 
 
+class ClusterConfig(_Section):
+    """Limits shared by several nodes through Redis (docs/scale.md; off when no URL)."""
+
+    redis_url: str = ""  # e.g. "redis://127.0.0.1:6379/0"
+    node: str = ""  # this node's name (default: the host name)
+    lease_ttl_s: float = 30.0  # a connection lease lives this long without renewal
+    token_batch_s: float = 0.05  # rate tokens taken per Redis call: this much of the rate
+    timeout_s: float = 0.2  # a Redis call slower than this counts as an outage
+    retry_s: float = 1.0  # how often a degraded node tries Redis again
+    prefix: str = "fm"  # key prefix (several clusters on one Redis)
+
+    def __post_init__(self) -> None:
+        if self.lease_ttl_s < 3:
+            raise ValueError("cluster lease_ttl_s must be >= 3")
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -325,6 +342,7 @@ class Config(_Section):
     classify: ClassifyConfig = msgspec.field(default_factory=ClassifyConfig)
     dkim: DkimConfig = msgspec.field(default_factory=DkimConfig)
     ops: OpsConfig = msgspec.field(default_factory=OpsConfig)
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
 
 def _absolute_key_files(data: dict, base: Path) -> None:
