@@ -107,6 +107,7 @@ def _config(path: str | None, spool: str | None, workers: int | None) -> tuple[C
 def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: bool,
                     extra=None) -> float:
     """Run the supervisor with progress until ``dids`` are final; returns elapsed s."""
+    from fastmta.cluster.node import worker_target
     from fastmta.engine import entry as engine
 
     printer = None if quiet else ProgressPrinter()
@@ -115,9 +116,11 @@ def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: boo
     async def go():
         if extra is not None:
             async with extra:
-                await engine.run(cfg, spool_path, dids, progress=printer)
+                await engine.run(cfg, spool_path, dids, progress=printer,
+                                 worker_target=worker_target(cfg))
         else:
-            await engine.run(cfg, spool_path, dids, progress=printer)
+            await engine.run(cfg, spool_path, dids, progress=printer,
+                                 worker_target=worker_target(cfg))
 
     try:
         asyncio.run(go())
@@ -226,6 +229,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
 @click.option("-v", "--verbose", count=True)
 def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
     """Run the engine on a spool (resumes deliveries after a crash or a stop)."""
+    from fastmta.cluster.node import worker_target
     from fastmta.engine import entry as engine
     from fastmta.spool import Spool
 
@@ -235,7 +239,7 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
         spool = Spool.open(spool_path, cfg.spool)
         dids = [d.id for d in spool.deliveries() if d.state in ("active", "injecting")]
         if forever:
-            asyncio.run(engine.run(cfg, spool_path, [], forever=True,
+            asyncio.run(engine.run(cfg, spool_path, [], forever=True, worker_target=worker_target(cfg),
                                    progress=ProgressPrinter(every_s=30)))
             return
         if not dids:
@@ -269,6 +273,7 @@ def run_cmd(config_path, spool_dir, workers, forever, verbose) -> None:
 def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbose) -> None:
     """Send a sample delivery to a simulated internet started on loopback (its DNS server
     in this process, its MX hosts in --sim-procs processes)."""
+    from fastmta.cluster.node import worker_target
     from fastmta.engine import entry as engine
     from fastmta.sim import SimInternet
     from fastmta.spool import Spool
@@ -312,7 +317,8 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, verbo
                         first_final["sent"] = k.get("sent", 0)
 
                 try:
-                    await engine.run(cfg, spool_path, [inj.delivery_id], progress=progress)
+                    await engine.run(cfg, spool_path, [inj.delivery_id], progress=progress,
+                                     worker_target=worker_target(cfg))
                 finally:
                     printer.finish()
                 elapsed = time.monotonic() - t0

@@ -333,7 +333,7 @@ class ConnectionTasks:
                     self.soft(job, reply, cls, mx, source_ip=source_ip)
                     close = True
                     continue
-                shaper.on_throttle(now, kind, site.active)
+                shaper.on_throttle(now, kind, site.in_use())
                 if code == 421:
                     close = True
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
@@ -364,7 +364,7 @@ class ConnectionTasks:
                 close = True
         if sent:
             before = shaper.limit
-            shaper.on_success(now, sent, site.active)
+            shaper.on_success(now, sent, site.in_use())
             if shaper.limit > before:
                 self.pump(site)  # the limit grew: open the next connection now
         elif answered:

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import mmap
+import os
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from multiprocessing import shared_memory
 
 from fastmta.engine.limits import Learned, Limits
 
@@ -38,27 +40,42 @@ def key_hash(key: str) -> int:
 class NodeTable:
     """The shared-memory table (owned by the supervisor, opened by the workers)."""
 
-    def __init__(self, shm: shared_memory.SharedMemory, owner: bool) -> None:
-        self.shm = shm
+    SIZE = SLOTS * STRIDE * 8
+
+    def __init__(self, path: str, owner: bool) -> None:
+        # a file mapped shared (in /dev/shm when there is one): the supervisor creates and
+        # removes it; workers map it by name (multiprocessing.shared_memory would have
+        # each spawned worker's resource tracker claim it)
+        self.path = path
         self.owner = owner
-        self.q = shm.buf.cast("q")
-        self.d = shm.buf.cast("d")
+        fd = os.open(path, os.O_RDWR)
+        try:
+            self.mm = mmap.mmap(fd, self.SIZE, mmap.MAP_SHARED)
+        finally:
+            os.close(fd)
+        view = memoryview(self.mm)
+        self.q = view.cast("q")
+        self.d = view.cast("d")
+        view.release()
         self._slots: dict[str, int] = {}
 
     @classmethod
     def create(cls) -> NodeTable:
-        shm = shared_memory.SharedMemory(create=True, size=SLOTS * STRIDE * 8)
-        return cls(shm, owner=True)
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        fd, path = tempfile.mkstemp(prefix="fastmta-node-", dir=base)
+        try:
+            os.ftruncate(fd, cls.SIZE)
+        finally:
+            os.close(fd)
+        return cls(path, owner=True)
 
     @classmethod
     def attach(cls, name: str) -> NodeTable:
-        # track=False: the supervisor owns the segment, a worker exiting must not unlink it
-        shm = shared_memory.SharedMemory(name=name, track=False)
-        return cls(shm, owner=False)
+        return cls(name, owner=False)
 
     @property
     def name(self) -> str:
-        return self.shm.name
+        return self.path
 
     def slot(self, key: str) -> int:
         """Base index of ``key``'s slot (claimed on first use; caller holds the lock)."""
@@ -96,9 +113,12 @@ class NodeTable:
     def close(self) -> None:
         self.q.release()
         self.d.release()
-        self.shm.close()
+        self.mm.close()
         if self.owner:
-            self.shm.unlink()
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
 
 class ShmLimits(Limits):

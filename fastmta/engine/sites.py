@@ -53,6 +53,14 @@ class Site:
     def label(self) -> str:
         return self.provider.name if self.provider else self.name
 
+    def in_use(self) -> int:
+        """Connections counted for the site's adaptive limit: this worker's, or the
+        whole limit when the site's shared budget (engine/limits.py) said it is full."""
+        budget = self.shaper.provider
+        if getattr(budget, "denied", False):
+            return max(self.active, self.shaper.limit)
+        return self.active
+
 
 def mx_candidates(site: Site, now: float) -> list[tuple[str, str]]:
     """(host, ip) in MX preference order, equal preferences rotated, down hosts last."""
