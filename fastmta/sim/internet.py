@@ -170,6 +170,7 @@ class SimInternet:
     async def stats(self) -> dict:
         """Merged counters: connections, messages, replies (refusals by code)."""
         merged = {"connections": 0, "messages": 0, "replies": Counter(),
+                  "peak_connections": Counter(),
                   "dns_queries": self.dns.queries if self.dns else 0, "mx_cpu_s": 0.0}
         for s in await self._all_stats():
             if self._procs:  # worker processes: their own CPU (in-process: not separable)
@@ -177,7 +178,11 @@ class SimInternet:
             merged["connections"] += s["connections"]
             merged["messages"] += s["messages"]
             merged["replies"].update(s["replies"])
+            # per provider: the sum over processes of each one's peak (an upper bound of
+            # the true peak when a provider's hosts are served by several processes)
+            merged["peak_connections"].update(s.get("peak_connections", {}))
         merged["replies"] = dict(merged["replies"])
+        merged["peak_connections"] = dict(merged["peak_connections"])
         return merged
 
     async def accepted(self) -> dict[str, int]:

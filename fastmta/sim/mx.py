@@ -36,6 +36,8 @@ class Stats:
         self.accepted: Counter[str] = Counter()  # recipient -> times accepted
         self.replies: Counter[str] = Counter()  # "550 5.1.1" -> count (refusals only)
         self.kept: list[tuple[str, list[str], bytes]] = []  # (from, rcpts, body un-stuffed)
+        self.open: Counter[str] = Counter()  # provider -> connections open now
+        self.peak: Counter[str] = Counter()  # provider -> most connections open at once
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
@@ -44,6 +46,7 @@ class Stats:
             "messages": self.messages,
             "accepted": dict(self.accepted),
             "replies": dict(self.replies),
+            "peak_connections": dict(self.peak),
         }
         if with_messages:
             d["kept"] = [(f, r, m) for f, r, m in self.kept]
