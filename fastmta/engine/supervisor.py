@@ -196,6 +196,9 @@ class Supervisor:
     def _on_beat(self, slot: _Slot) -> None:
         pipe = slot.pipe
         try:
+            # the event loop may have made the fd non-blocking: a heartbeat that arrives
+            # in two parts would then fail with EAGAIN and detach a healthy worker
+            os.set_blocking(pipe.fileno(), True)
             while pipe.poll():
                 beat = msgspec.msgpack.decode(pipe.recv_bytes())
                 slot.beat = beat
