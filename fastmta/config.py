@@ -142,7 +142,7 @@ class EngineConfig(_Section):
 
     workers: int = 0  # 0 = one per core
     shards: int = 64
-    spread_sites: bool = True  # every worker leases every shard; site limits held node-wide
+    spread_sites: bool = False  # every worker leases every shard; site limits held node-wide
 
 
 class ShapingRule(_Section, kw_only=True):
