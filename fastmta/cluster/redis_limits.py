@@ -36,6 +36,7 @@ from fastmta.engine.limits import Learned, Limits, LocalLimits, Rate, share_of
 log = logging.getLogger("fastmta.cluster")
 
 LIBRARY = (Path(__file__).with_name("limits.lua")).read_text()
+GRACE_S = 1.0  # an outage: seconds without new leases while nodes shed their excess
 _ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
@@ -77,6 +78,10 @@ class RedisLimits(Limits):
         self.readopted = 0  # leases re-created in Redis (restart or outage adoption)
         self._next_renew = 0.0
         self._next_retry = 0.0
+        # after an outage: until every node has put its leases back in Redis (each
+        # retries every retry_s), a lease must fit the local share too
+        self._settle_until = 0.0
+        self._grace_until = 0.0  # after the switch: no new lease while nodes shed excess
         self._sig_id = "$"
         self._sig_keys: set[str] | None = None
         try:
@@ -109,6 +114,7 @@ class RedisLimits(Limits):
             return
         self.degraded = True
         self.degraded_since = time.time()
+        self._grace_until = time.monotonic() + GRACE_S
         self.outages += 1
         self._next_retry = time.monotonic() + self.cfg.retry_s
         # the leases held count against the local share from now on
@@ -122,11 +128,10 @@ class RedisLimits(Limits):
     def _recover(self) -> None:
         self._connect()
         self.degraded = False
+        self._settle_until = time.monotonic() + 2 * self.cfg.retry_s + 1.0
+        # the leases keep their local count until released: it is what the settle
+        # period checks new leases against
         self._renew(force=True)
-        for ls in self.leases.values():
-            if ls.local is not None:  # counted in Redis now: the local count can go
-                self.fallback.release(ls.local)
-                ls.local = None
         log.warning("cluster: Redis is back after %.1f s; node %s uses the shared limits",
                     time.time() - self.degraded_since, self.node)
 
@@ -138,6 +143,11 @@ class RedisLimits(Limits):
     def acquire(self, keys, limits):
         keys = tuple(keys)
         if not self.degraded:
+            local = None
+            if time.monotonic() < self._settle_until:
+                local = self.fallback.acquire(keys, self._share(limits))
+                if local is None:
+                    return None
             lease = uuid.uuid4().hex
             zkeys = [self.k("c", k) for k in keys]
             try:
@@ -145,12 +155,18 @@ class RedisLimits(Limits):
                 ok, _ = self.r.fcall("fm_acquire", len(zkeys), *zkeys,
                                      int(self.cfg.lease_ttl_s * 1000), lease, *limits)
             except _ERRORS as exc:
+                if local is not None:
+                    self.fallback.release(local)
                 self._degrade(exc)
             else:
                 if not ok:
+                    if local is not None:
+                        self.fallback.release(local)
                     return None
-                self.leases[lease] = _Lease(keys, None, True)
+                self.leases[lease] = _Lease(keys, local, True)
                 return lease
+        if time.monotonic() < self._grace_until:
+            return None  # nodes above their share close the excess first (cap)
         local = self.fallback.acquire(keys, self._share(limits))
         if local is None:
             return None
@@ -176,8 +192,8 @@ class RedisLimits(Limits):
         now = time.monotonic()
         if not force and now < self._next_renew:
             return
-        self._next_renew = now + self.cfg.lease_ttl_s / 3
-        self._member()
+        self._next_renew = now + min(1.0, self.cfg.lease_ttl_s / 3)
+        self._member()  # every second: the shares of an outage need the current members
         if not self.leases:
             return
         keys, ids = [], []
@@ -192,6 +208,13 @@ class RedisLimits(Limits):
             self.readopted += int(added)
         for ls in self.leases.values():
             ls.in_redis = True
+
+    def cap(self, key: str, limit: int) -> int | None:
+        """On the local share: keep at most this node's share of ``key``'s connections
+        for this process (the connections above it close at their next flight)."""
+        if not self.degraded:
+            return None
+        return self._share([limit])[0]
 
     def tick(self) -> None:
         try:

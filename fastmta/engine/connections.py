@@ -133,7 +133,7 @@ class ConnectionTasks:
                 self.soft(job, exc.reply, cls)
 
     def _limit_exceeded(self, site: Site) -> bool:
-        return site.active > site.shaper.connection_limit(self.now())
+        return site.active > site.shaper.connection_limit(self.now()) or site.over_share()
 
     async def _next_flight(self, site: Site, conn, idle_s: float) -> list[list[Job]] | None:
         """Up to FLIGHT transactions of jobs (identical bodies grouped); None = close."""

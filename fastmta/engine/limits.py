@@ -88,6 +88,12 @@ class Limits:
         """What others published since the last call (about ``keys``, or all)."""
         raise NotImplementedError
 
+    def cap(self, key: str, limit: int) -> int | None:
+        """The most connections this process may keep to ``key`` right now when that is
+        less than what it was granted (a cluster node on its local share during an
+        outage); None: no constraint."""
+        return None
+
     def tick(self) -> None:
         """Periodic upkeep (lease renewal, membership, reconnection)."""
 
@@ -201,6 +207,7 @@ class SharedBudget:
         self.pending: str | None = None  # a lease granted by may_open, not yet used
         self.leases: list[str] = []
         self.denied = False  # the last may_open was refused (someone else must free one)
+        self.share: int | None = None  # keep at most this many (Limits.cap; sync loop)
         self.cells = 0
         self.cells_until = 0.0
         self.active = 0

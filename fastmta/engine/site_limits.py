@@ -76,6 +76,7 @@ def sync(sched, limits: Limits) -> None:
             continue
         by_key[budget.key] = site
         _publish(limits, budget, site.shaper, now)
+        budget.share = limits.cap(budget.key, site.shaper.connection_limit(now))
     for key, learned in limits.signals(by_key):
         site = by_key.get(key)
         if site is None:

@@ -53,6 +53,12 @@ class Site:
     def label(self) -> str:
         return self.provider.name if self.provider else self.name
 
+    def over_share(self) -> bool:
+        """More connections than the shared limits let this worker keep now (a cluster
+        node on its local share during a Redis outage): one should close."""
+        share = getattr(self.shaper.provider, "share", None)
+        return share is not None and self.active > share
+
     def in_use(self) -> int:
         """Connections counted for the site's adaptive limit: this worker's, or the
         whole limit when the site's shared budget (engine/limits.py) said it is full."""
