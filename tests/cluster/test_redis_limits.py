@@ -7,7 +7,7 @@ import time
 import pytest
 import redis
 
-from fastmta.cluster.redis_limits import RedisLimits
+from fastmta.cluster.redis_limits import GRACE_S, RedisLimits
 from fastmta.cluster.server import RedisServer
 from fastmta.config import ClusterConfig
 from fastmta.engine.limits import LocalLimits, share_of
@@ -121,6 +121,9 @@ def test_redis_killed_then_restarted(srv):
     assert a.acquire(["site:s"], [6]) is None and a.degraded
     assert a.status()["degraded"] is True and a.status()["outages"] == 1
     # b: no lease yet, gets its share (2) and no more; rates run on the share too
+    assert b.acquire(["site:s"], [6]) is None and b.degraded  # the switch: a grace period
+    time.sleep(GRACE_S + 0.05)  # while nodes above their share close the excess
+    assert b.cap("site:s", 6) == 2
     got = [b.acquire(["site:s"], [6]) for _ in range(3)]
     assert got.count(None) == 1
     assert b.take(["site:s"], [(30, 1)], 1) == 0.0  # 10/s share
