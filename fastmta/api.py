@@ -183,8 +183,10 @@ class WorkerPool:
 
         self._error = None
         self._ready.clear()
+        from fastmta.cluster.node import worker_target
+
         self.supervisor = Supervisor(self.cfg, self.spool_path, workers=self.workers,
-                                     title=False)
+                                     title=False, worker_target=worker_target(self.cfg))
         self._events_from = self.spool.last_event_seq()
         self._thread = threading.Thread(target=self._run, name="fastmta-pool", daemon=True)
         self._thread.start()

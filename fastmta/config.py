@@ -139,6 +139,7 @@ class EngineConfig(_Section):
 
     workers: int = 0  # 0 = one per core
     shards: int = 64
+    spread_sites: bool = False  # every worker leases every shard; site limits held node-wide
 
 
 class ShapingRule(_Section, kw_only=True):
@@ -465,6 +466,22 @@ class RoutingConfig(_Section):
     tls: str = ""  # empty: [smtp] tls
 
 
+class ClusterConfig(_Section):
+    """Limits shared by several nodes through Redis (docs/scale.md; off when no URL)."""
+
+    redis_url: str = ""  # e.g. "redis://127.0.0.1:6379/0"
+    node: str = ""  # this node's name (default: the host name)
+    lease_ttl_s: float = 30.0  # a connection lease lives this long without renewal
+    token_batch_s: float = 0.05  # rate tokens taken per Redis call: this much of the rate
+    timeout_s: float = 0.2  # a Redis call slower than this counts as an outage
+    retry_s: float = 1.0  # how often a degraded node tries Redis again
+    prefix: str = "fm"  # key prefix (several clusters on one Redis)
+
+    def __post_init__(self) -> None:
+        if self.lease_ttl_s < 3:
+            raise ValueError("cluster lease_ttl_s must be >= 3")
+
+
 class Config(_Section):
     """The whole configuration file."""
 
@@ -482,6 +499,7 @@ class Config(_Section):
     compliance: ComplianceConfig = msgspec.field(default_factory=ComplianceConfig)
     egress: EgressConfig = msgspec.field(default_factory=EgressConfig)  # issue #17
     routing: RoutingConfig = msgspec.field(default_factory=RoutingConfig)  # issue #17
+    cluster: ClusterConfig = msgspec.field(default_factory=ClusterConfig)
 
 
 def _absolute_key_files(data: dict, base: Path) -> None:

@@ -348,6 +348,12 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         "anon_peak_mb_by_role": {key: round(v, 1) for key, v in anon.items()},
         "by_provider": audit["by_provider"],
         "engine_stats": dict(wstat),
+        # each worker's share of the deliveries (a spread site: every worker carries it)
+        "delivered_by_worker": [int(s.get("sent", 0)) for s in worker_stats],
+        # the sim's view: most connections open at once per provider (= per MX site in
+        # the bench worlds), summed over the sim processes serving it
+        "peak_connections_by_site": sink_stats.get("peak_connections", {}),
+        "limits": _limits_summary(sup, sent),
     }
     if prof.name == "throttled" or any(p.behaviour.max_msgs_per_min_per_ip or
                                        p.behaviour.max_conn_per_ip
@@ -375,6 +381,17 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
             result["audit_problems"].append(f"feedback: not every report applied once: {fb}")
     result.update(opts.extra)
     return result
+
+
+def _limits_summary(sup, delivered: int) -> dict:
+    """Scope of the shared limits and their cost: backend round trips per delivery."""
+    st = [w.get("limits") or {} for w in sup.workers_status()]
+    rts = sum(int(x.get("round_trips", 0)) for x in st)
+    return {"scope": next((x.get("scope") for x in st if x.get("scope")), "worker"),
+            "round_trips": rts,
+            "round_trips_per_msg": round(rts / delivered, 4) if delivered else 0.0,
+            "degraded_workers": sum(1 for x in st if x.get("degraded")),
+            "outages": sum(int(x.get("outages", 0)) for x in st)}
 
 
 def _with_dkim(cfg: Config, where: str, algorithm: str = "rsa-sha256") -> Config:

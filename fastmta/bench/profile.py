@@ -104,7 +104,7 @@ def expand(prof: BenchProfile, domains: int, sites: int) -> World:
     fixed = [p for p in spec.providers if p is not tail]
     fixed_domains = sum(_ndomains(p) for p in fixed)
     fixed_sites = sum(1 for p in fixed if p.dns in ("mx", "cname", "cname-partial", "slow"))
-    k = max(1, sites - fixed_sites)
+    k = max(1, min(sites - fixed_sites, domains - fixed_domains))  # no site without a domain
     rest = max(k, domains - fixed_domains)
     copies = []
     for i in range(k):

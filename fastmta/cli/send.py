@@ -113,6 +113,7 @@ def _config(path: str | None, spool: str | None, workers: int | None) -> tuple[C
 def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: bool,
                     extra=None) -> float:
     """Run the supervisor with progress until ``dids`` are final; returns elapsed s."""
+    from fastmta.cluster.node import worker_target
     from fastmta.engine import entry as engine
 
     printer = None if quiet else ProgressPrinter()
@@ -121,9 +122,11 @@ def _run_until_done(cfg: Config, spool_path: str, dids: list[int], *, quiet: boo
     async def go():
         if extra is not None:
             async with extra:
-                await engine.run(cfg, spool_path, dids, progress=printer)
+                await engine.run(cfg, spool_path, dids, progress=printer,
+                                 worker_target=worker_target(cfg))
         else:
-            await engine.run(cfg, spool_path, dids, progress=printer)
+            await engine.run(cfg, spool_path, dids, progress=printer,
+                                 worker_target=worker_target(cfg))
 
     try:
         asyncio.run(go())
@@ -254,6 +257,7 @@ def send(recipients, message, mail_from, validity, config_path, spool_dir, worke
 @click.option("-v", "--verbose", count=True)
 def run_cmd(config_path, spool_dir, workers, forever, http_listen, token, verbose) -> None:
     """Run the engine on a spool (resumes deliveries after a crash or a stop)."""
+    from fastmta.cluster.node import worker_target
     from fastmta.engine import entry as engine
     from fastmta.spool import Spool
 
@@ -270,7 +274,7 @@ def run_cmd(config_path, spool_dir, workers, forever, http_listen, token, verbos
             forever = True
         dids = [d.id for d in spool.deliveries() if d.state in ("active", "injecting")]
         if forever:
-            asyncio.run(engine.run(cfg, spool_path, [], forever=True,
+            asyncio.run(engine.run(cfg, spool_path, [], forever=True, worker_target=worker_target(cfg),
                                    progress=ProgressPrinter(every_s=30)))
             return
         if not dids:
@@ -320,6 +324,7 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
     in this process, its MX hosts in --sim-procs processes).  The demo sender is a
     compliant bulk sender (DKIM, SPF, DMARC, reverse DNS, one-click unsubscribe) and
     passes its own pre-flight; bigmail.test publishes an MTA-STS enforce policy."""
+    from fastmta.cluster.node import worker_target
     from fastmta.engine import entry as engine
     from fastmta.sim import SimInternet
     from fastmta.spool import Spool
@@ -392,7 +397,8 @@ def demo(count, domains, workers, spool_dir, validity, sim_procs, as_json, feedb
                         first_final["sent"] = k.get("sent", 0)
 
                 try:
-                    await engine.run(cfg, spool_path, [inj.delivery_id], progress=progress)
+                    await engine.run(cfg, spool_path, [inj.delivery_id], progress=progress,
+                                     worker_target=worker_target(cfg))
                 finally:
                     printer.finish()
                 elapsed = time.monotonic() - t0

@@ -148,7 +148,7 @@ class ConnectionTasks:
                 self.soft(job, exc.reply, cls)
 
     def _limit_exceeded(self, site: Site) -> bool:
-        return site.active > site.shaper.connection_limit(self.now())
+        return site.active > site.shaper.connection_limit(self.now()) or site.over_share()
 
     async def _next_flight(self, site: Site, conn, idle_s: float) -> list[list[Job]] | None:
         """Up to FLIGHT transactions of jobs (identical bodies grouped); None = close."""
@@ -356,7 +356,7 @@ class ConnectionTasks:
             if decision.kind == "throttle":
                 site.throttled += 1
                 self.stats["throttled"] += 1
-                shaper.on_throttle(now, decision.shaper_kind, site.active)
+                shaper.on_throttle(now, decision.shaper_kind, site.in_use())
                 close = close or decision.close
                 if job.requeues < MAX_INMEMORY_REQUEUES and not shaper.suspended(now):
                     job.requeues += 1
@@ -392,7 +392,7 @@ class ConnectionTasks:
                 close = True
         if sent:
             before = shaper.limit
-            shaper.on_success(now, sent, site.active)
+            shaper.on_success(now, sent, site.in_use())
             if shaper.limit > before:
                 self.pump(site)  # the limit grew: open the next connection now
         elif answered:

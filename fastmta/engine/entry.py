@@ -112,9 +112,11 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
 async def run(cfg: Config, spool_path: str | os.PathLike[str],
               delivery_ids: Sequence[int] = (), *, workers: int | None = None,
               progress: Callable[[Progress], None] | None = None,
-              forever: bool = False) -> Supervisor:
-    """Run the worker pool until the deliveries are final; returns the supervisor."""
-    sup = Supervisor(cfg, spool_path, workers=workers, progress=progress)
+              forever: bool = False, worker_target=None) -> Supervisor:
+    """Run the worker pool until the deliveries are final; returns the supervisor.
+    ``worker_target``: the workers' entry point (``cluster.node.worker_target``)."""
+    sup = Supervisor(cfg, spool_path, workers=workers, progress=progress,
+                     worker_target=worker_target)
     inbound = await _start_inbound(cfg, spool_path)
     try:
         await sup.run(list(delivery_ids), forever=forever)

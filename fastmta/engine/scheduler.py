@@ -25,11 +25,13 @@ from typing import Any
 from fastmta.config import Config, ProviderConfig
 from fastmta.engine.connections import ConnectionTasks
 from fastmta.engine.egress_sites import EgressSites
+from fastmta.engine.limits import Limits
 from fastmta.engine.providers import site_params, site_rules
 from fastmta.engine.rates import ProviderBudget
 from fastmta.engine.retry import RetryPolicy, next_attempt_ms
 from fastmta.engine.routing import match_provider
 from fastmta.engine.shaping import SiteShaper
+from fastmta.engine.site_limits import make_budget, start_from_learned
 from fastmta.engine.sites import Job, Site
 from fastmta.records import Result, WorkItem
 
@@ -50,6 +52,7 @@ class Scheduler(ConnectionTasks, EgressSites):
         commit_gate: Callable[[], Awaitable[None]] | None = None,
         egress=None,
         pool_of: Callable[[int], str] | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.cfg = cfg
         self.providers = list(providers)
@@ -59,6 +62,7 @@ class Scheduler(ConnectionTasks, EgressSites):
         self.commit_gate = commit_gate  # waits while too many results are not durable
         self.egress = egress  # fastmta.egress.egress.Egress: sources per (site, source)
         self.pool_of = pool_of or (lambda did: "")  # a delivery's explicit pool
+        self.limits = limits  # node/cluster scope limits (engine/limits.py); None = own
         self.rng = rng or random.Random()
         if connect is None:
             from fastmta.smtp.transport import Connection
@@ -99,14 +103,23 @@ class Scheduler(ConnectionTasks, EgressSites):
         provider = match_provider([h.name for h in mx.hosts], self.providers)
         params = site_params(self.cfg.shaping, provider)
         budget = None
-        if provider is not None and (provider.provider_max_connections
+        if self.limits is not None:
+            # the site's (and provider's) limits are held above this worker
+            shaper = SiteShaper(params, site_rules(self.cfg.shaping, provider), None,
+                                self.now())
+            shared = make_budget(self.limits, mx.site, shaper, provider,
+                                 self.cfg.cluster.token_batch_s)
+            start_from_learned(self.limits, shared, shaper, self.now())
+        elif provider is not None and (provider.provider_max_connections
                                      or provider.provider_msg_rate_per_s):
             budget = self.budgets.get(provider.name)
             if budget is None:
                 budget = ProviderBudget(provider.name, provider.provider_max_connections,
                                         provider.provider_msg_rate_per_s)
                 self.budgets[provider.name] = budget
-        shaper = SiteShaper(params, site_rules(self.cfg.shaping, provider), budget, self.now())
+        if self.limits is None:
+            shaper = SiteShaper(params, site_rules(self.cfg.shaping, provider), budget,
+                                self.now())
         site = Site(mx.site, list(mx.hosts), shaper, params, provider)
         self.sites[mx.site] = site
         return site

@@ -67,6 +67,20 @@ class Site:
         label = self.label()
         return f"{label}@{self.source.name}" if self.source is not None else label
 
+    def over_share(self) -> bool:
+        """More connections than the shared limits let this worker keep now (a cluster
+        node on its local share during a Redis outage): one should close."""
+        share = getattr(self.shaper.provider, "share", None)
+        return share is not None and self.active > share
+
+    def in_use(self) -> int:
+        """Connections counted for the site's adaptive limit: this worker's, or the
+        whole limit when the site's shared budget (engine/limits.py) said it is full."""
+        budget = self.shaper.provider
+        if getattr(budget, "denied", False):
+            return max(self.active, self.shaper.limit)
+        return self.active
+
 
 def mx_candidates(site: Site, now: float) -> list[tuple[str, str]]:
     """(host, ip) in MX preference order, equal preferences rotated, down hosts last."""

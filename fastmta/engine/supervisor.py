@@ -106,7 +106,8 @@ class Supervisor:
     def __init__(self, cfg: Config, spool_path: str | os.PathLike, *,
                  workers: int | None = None, heartbeat_timeout_s: float = 30.0,
                  progress: Callable[[Progress], None] | None = None,
-                 progress_s: float = 0.5, title: bool = True) -> None:
+                 progress_s: float = 0.5, title: bool = True,
+                 worker_target: Callable | None = None) -> None:
         self.cfg = cfg
         self.spool_path = str(spool_path)
         n = workers or cfg.engine.workers or default_workers()
@@ -116,9 +117,24 @@ class Supervisor:
         self.progress_s = progress_s
         self.maintenance_s = 5.0
         self.title = title
-        self.slots = [_Slot(i, s) for i, s in enumerate(assign_shards(cfg.engine.shards,
-                                                                       self.n))]
         self.ctx = mp.get_context("spawn")
+        # spread sites: every worker leases every shard, a site's limits are held for the
+        # node in shared memory (engine/node_limits.py); a cluster target injects Redis
+        self.worker_target = worker_target or worker_main
+        self.spread = cfg.engine.spread_sites and (self.n > 1 or worker_target is not None)
+        self.node_table = None
+        self.node_lock = None
+        if self.spread:
+            from fastmta.engine.node_limits import MAX_WORKERS, NodeTable
+
+            self.n = min(self.n, MAX_WORKERS)
+            self.node_table = NodeTable.create()
+            self.node_lock = self.ctx.Lock()
+            shards = list(range(cfg.engine.shards))
+            self.slots = [_Slot(i, shards) for i in range(self.n)]
+        else:
+            self.slots = [_Slot(i, s) for i, s in
+                          enumerate(assign_shards(cfg.engine.shards, self.n))]
         self.draining = False
         self.stopping = False
         self.restarts = 0
@@ -159,11 +175,13 @@ class Supervisor:
         return WorkerSpec(index=slot.index, shards=slot.shards,
                           config=msgspec.to_builtins(self.cfg),
                           spool_path=self.spool_path, parent_pid=os.getpid(),
-                          drain_timeout_s=30.0)
+                          drain_timeout_s=30.0,
+                          node_table=self.node_table.name if self.node_table else "")
 
     def _start(self, slot: _Slot) -> None:
         parent, child = self.ctx.Pipe()
-        proc = self.ctx.Process(target=worker_main, args=(self._spec(slot), child),
+        proc = self.ctx.Process(target=self.worker_target,
+                                args=(self._spec(slot), child, self.node_lock),
                                 name=f"fastmta-worker-{slot.index}", daemon=False)
         proc.start()
         child.close()
@@ -178,6 +196,9 @@ class Supervisor:
     def _on_beat(self, slot: _Slot) -> None:
         pipe = slot.pipe
         try:
+            # the event loop may have made the fd non-blocking: a heartbeat that arrives
+            # in two parts would then fail with EAGAIN and detach a healthy worker
+            os.set_blocking(pipe.fileno(), True)
             while pipe.poll():
                 beat = msgspec.msgpack.decode(pipe.recv_bytes())
                 slot.beat = beat
@@ -211,6 +232,8 @@ class Supervisor:
         proc = slot.proc
         code = proc.exitcode if proc is not None else None
         self._detach(slot)
+        if self.node_table is not None:  # its connections no longer count for the node
+            self.node_table.reclaim(slot.index, self.node_lock)
         try:
             n = self.spool.recover_leases(owner=slot.owner)
         except Exception:  # pragma: no cover
@@ -378,6 +401,9 @@ class Supervisor:
             self.spool.recover_leases(owner=None)
         if self.ops is not None:
             self.ops.stop()  # ops hook: final status, exporters caught up
+        if self.node_table is not None:
+            self.node_table.close()
+            self.node_table = None
         if self._lock_file is not None:
             self._lock_file.close()
             self._lock_file = None

@@ -53,6 +53,7 @@ class WorkerSpec(msgspec.Struct, kw_only=True):
     lease_batch: int = 1000
     poll_s: float = 0.25
     drain_timeout_s: float = 30.0
+    node_table: str = ""  # shared-memory table of the node's limits (spread sites)
 
 
 def owner_name(index: int, pid: int) -> str:
@@ -63,9 +64,12 @@ def owner_name(index: int, pid: int) -> str:
 class Worker:
     """The asyncio side of a worker process."""
 
-    def __init__(self, spec: WorkerSpec, pipe=None) -> None:
+    def __init__(self, spec: WorkerSpec, pipe=None, lock=None, limits_factory=None) -> None:
         self.spec = spec
         self.pipe = pipe
+        self.node_lock = lock  # guards the node's limits table (with spec.node_table)
+        self.limits_factory = limits_factory  # (cfg, node Limits | None) -> Limits
+        self.limits = None
         self.cfg: Config = msgspec.convert(spec.config, Config)
         self.owner = owner_name(spec.index, os.getpid())
         self.inflight = 0
@@ -110,10 +114,11 @@ class Worker:
 
         self.relays = Relays(self.cfg.routing)  # [routing] smarthost(s)
         self._relay_sites: dict[str, object] = {}
+        self.limits = self._open_limits()
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static,
                                    commit_gate=self._commit_gate, egress=self.egress,
-                                   pool_of=self._pool_of)
+                                   pool_of=self._pool_of, limits=self.limits)
         from fastmta.engine.worker_ops import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
@@ -146,6 +151,28 @@ class Worker:
                 self.sts = StsGate(self.cfg, self.spec.spool_path)
             except ValueError as exc:
                 log.warning("MTA-STS disabled: %s", exc)
+
+    def _open_limits(self):
+        """The node's shared limits (spread sites) and/or the cluster's (injected)."""
+        node = None
+        if self.spec.node_table and self.node_lock is not None:
+            from fastmta.engine.node_limits import NodeTable, ShmLimits
+
+            node = ShmLimits(NodeTable.attach(self.spec.node_table), self.node_lock,
+                             self.spec.index)
+        if self.limits_factory is not None:
+            return self.limits_factory(self.cfg, node)
+        return node
+
+    async def _limits_loop(self) -> None:
+        from fastmta.engine.site_limits import SYNC_S, sync
+
+        while not self._done.is_set():
+            try:
+                sync(self.scheduler, self.limits)
+            except Exception:  # pragma: no cover - the next round tries again
+                log.exception("syncing shared limits")
+            await asyncio.sleep(SYNC_S)
 
     def _open_dkim(self) -> None:
         """Load the DKIM keys once; messages are signed at send time (docs/dkim.md)."""
@@ -394,7 +421,15 @@ class Worker:
             "spool_full": self.writer.paused or self.spool.full or "",
             "draining": self.draining,
             "ops": self.ops.snapshot(),  # ops hook
+            "limits": self._limits_status(),
         }
+
+    def _limits_status(self) -> dict:
+        if self.limits is None:
+            return {}
+        st = self.limits.status()
+        st["round_trips"] = st.get("round_trips", st.get("ops", 0))
+        return st
 
     async def _heartbeat_loop(self) -> None:
         enc = msgspec.msgpack.Encoder()
@@ -459,6 +494,7 @@ class Worker:
         hb = loop.create_task(self._heartbeat_loop())
         fetch = loop.create_task(self._fetch_loop())
         ops = loop.create_task(self.ops.run())  # ops hook
+        lim = loop.create_task(self._limits_loop()) if self.limits is not None else None
         try:
             while not self.draining:
                 await self._wake.wait()
@@ -481,6 +517,8 @@ class Worker:
         finally:
             fetch.cancel()
             ops.cancel()
+            if lim is not None:
+                lim.cancel()
             self._done.set()
             await asyncio.gather(hb, return_exceptions=True)
             await self._close()
@@ -491,6 +529,11 @@ class Worker:
             await self.feedback.flush(self.writer, self.spool)
         except Exception:  # pragma: no cover - best effort at exit
             log.exception("recording unknown replies")
+        if self.limits is not None:
+            try:
+                self.limits.close()  # every lease still held goes back
+            except Exception:  # pragma: no cover - leases expire by themselves
+                log.exception("releasing shared limits")
         try:
             await self.writer.close()
         except Exception:  # pragma: no cover - best effort at exit
@@ -508,7 +551,7 @@ class Worker:
                 pass
 
 
-def worker_main(spec: WorkerSpec, pipe=None) -> None:
+def worker_main(spec: WorkerSpec, pipe=None, lock=None, limits_factory=None) -> None:
     """Entry point of a spawned worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -520,8 +563,8 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
     logging.basicConfig(level=os.environ.get("FASTMTA_LOG_LEVEL", "WARNING"),
                         format=f"%(asctime)s worker {spec.index} %(levelname)s %(message)s")
     # a shared lock tells a restarted supervisor that workers of a dead one still run
-    lock = open(Path(spec.spool_path) / WORKERS_LOCK, "a+")  # noqa: SIM115
-    fcntl.flock(lock, fcntl.LOCK_SH)
+    workers_lock = open(Path(spec.spool_path) / WORKERS_LOCK, "a+")  # noqa: SIM115
+    fcntl.flock(workers_lock, fcntl.LOCK_SH)
     from fastmta.runtime import run
 
     prof_dir = os.environ.get("FASTMTA_PROFILE_DIR")  # developer aid: cProfile per worker
@@ -531,10 +574,10 @@ def worker_main(spec: WorkerSpec, pipe=None) -> None:
 
             prof = cProfile.Profile()
             try:
-                prof.runcall(run, Worker(spec, pipe).run())
+                prof.runcall(run, Worker(spec, pipe, lock, limits_factory).run())
             finally:
                 prof.dump_stats(str(Path(prof_dir) / f"worker-{spec.index}-{os.getpid()}.prof"))
         else:
-            run(Worker(spec, pipe).run())
+            run(Worker(spec, pipe, lock, limits_factory).run())
     finally:
-        lock.close()
+        workers_lock.close()

@@ -204,6 +204,7 @@ class SimInternet:
         """Merged counters: connections, messages, replies (refusals by code)."""
         merged = {"connections": 0, "messages": 0, "replies": Counter(),
                   "by_source": Counter(), "replies_by_source": Counter(),
+                  "peak_connections": Counter(),
                   "dns_queries": self.dns.queries if self.dns else 0, "mx_cpu_s": 0.0}
         for s in await self._all_stats():
             if self._procs:  # worker processes: their own CPU (in-process: not separable)
@@ -213,7 +214,10 @@ class SimInternet:
             merged["replies"].update(s["replies"])
             merged["by_source"].update(s.get("by_source", {}))
             merged["replies_by_source"].update(s.get("replies_by_source", {}))
-        for k in ("replies", "by_source", "replies_by_source"):
+            # per provider: the sum over processes of each one's peak (an upper bound of
+            # the true peak when a provider's hosts are served by several processes)
+            merged["peak_connections"].update(s.get("peak_connections", {}))
+        for k in ("replies", "by_source", "replies_by_source", "peak_connections"):
             merged[k] = dict(merged[k])
         return merged
 

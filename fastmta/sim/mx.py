@@ -40,6 +40,8 @@ class Stats:
         # "provider<TAB>sender ip<TAB>550 5.7.1" -> refusals per sender IP
         self.by_source: Counter[str] = Counter()
         self.replies_by_source: Counter[str] = Counter()
+        self.open: Counter[str] = Counter()  # provider -> connections open now
+        self.peak: Counter[str] = Counter()  # provider -> most connections open at once
 
     def to_dict(self, with_messages: bool = False) -> dict:
         d = {
@@ -50,6 +52,7 @@ class Stats:
             "replies": dict(self.replies),
             "by_source": dict(self.by_source),
             "replies_by_source": dict(self.replies_by_source),
+            "peak_connections": dict(self.peak),
         }
         if with_messages:
             d["kept"] = [(f, r, m) for f, r, m in self.kept]

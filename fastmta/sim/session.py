@@ -85,10 +85,11 @@ class _Session(asyncio.Protocol):
     __slots__ = ("srv", "tr", "beh", "prov", "pstate", "peer_ip", "host_ip", "mode", "buf",
                  "scan", "mail_from", "rcpts", "fates", "nmsg", "ehlo", "pending_out",
                  "delay_until", "tls", "bdat_left", "bdat_last", "bdat_bad", "chunks",
-                 "bdat_size")
+                 "bdat_size", "pname")
 
     def __init__(self, srv: MxServer) -> None:
         self.srv = srv
+        self.pname = ""
         self.tr: asyncio.Transport | None = None
         self.mode = _CMD
         self.buf = bytearray()
@@ -120,6 +121,11 @@ class _Session(asyncio.Protocol):
         self.prov: Provider | None = prov
         self.beh: Behaviour = prov.behaviour if prov else srv.default_behaviour
         self.pstate = srv.pstate(prov.name if prov else "")
+        pname = self.pname = prov.name if prov else ""
+        st = srv.stats
+        st.open[pname] += 1
+        if st.open[pname] > st.peak[pname]:
+            st.peak[pname] = st.open[pname]
         beh = self.beh
         if beh.max_conn_per_ip:
             self.pstate.conns[self.peer_ip] += 1
@@ -145,6 +151,7 @@ class _Session(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self.mode = _CLOSED
         self.srv.open_sessions.discard(self)
+        self.srv.stats.open[self.pname] -= 1
         if self.beh.max_conn_per_ip:
             c = self.pstate.conns
             c[self.peer_ip] -= 1

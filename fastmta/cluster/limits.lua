@@ -1,0 +1,130 @@
+#!lua name=fastmta
+-- fastmta's shared limits (docs/scale.md).  Every score and expiry is computed from the
+-- server's TIME in microseconds (no node clock), and every admission checks all the
+-- limits it is given before charging any of them (no tokens drained by a later denial).
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+local function num(x)
+  return string.format('%.0f', x)
+end
+
+-- Connection leases.  KEYS: one ZSET per limit (members = lease ids, score = expiry).
+-- ARGV: ttl_ms, lease id, then one limit per key (-1: count without a limit).
+-- Returns {1, 0} (granted) or {0, ms until the earliest lease of the full key expires}.
+local function acquire(keys, args)
+  local now = now_us()
+  local ttl = tonumber(args[1]) * 1000
+  local id = args[2]
+  for i, k in ipairs(keys) do
+    redis.call('ZREMRANGEBYSCORE', k, '-inf', num(now))
+    local lim = tonumber(args[2 + i])
+    if lim >= 0 and redis.call('ZSCORE', k, id) == false
+        and redis.call('ZCARD', k) >= lim then
+      local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+      local wait = 1000
+      if first[2] then wait = math.max(1, math.floor((tonumber(first[2]) - now) / 1000)) end
+      return {0, wait}
+    end
+  end
+  local exp = num(now + ttl)
+  for _, k in ipairs(keys) do
+    redis.call('ZADD', k, exp, id)
+    redis.call('PEXPIRE', k, 2 * tonumber(args[1]))
+  end
+  return {1, 0}
+end
+
+-- Renewal (also re-creates leases lost by a Redis restart, and adopts leases taken on a
+-- local share during an outage).  KEYS[i] pairs with ARGV[i + 1] (a lease id).
+-- Returns how many leases had to be re-created.
+local function renew(keys, args)
+  local now = now_us()
+  local ttl = tonumber(args[1])
+  local exp = num(now + ttl * 1000)
+  local added = 0
+  for i, k in ipairs(keys) do
+    added = added + redis.call('ZADD', k, exp, args[i + 1])
+    redis.call('PEXPIRE', k, 2 * ttl)
+  end
+  return added
+end
+
+-- Release.  KEYS: the lease's ZSETs; ARGV[1]: the lease id.
+local function release(keys, args)
+  local n = 0
+  for _, k in ipairs(keys) do n = n + redis.call('ZREM', k, args[1]) end
+  return n
+end
+
+-- GCRA over several buckets at once.  KEYS: one TAT string per bucket.  ARGV: n (cells),
+-- then per key: emission interval (us), tolerance (us).  All conform -> all charged,
+-- returns {1, 0}; else nothing charged, returns {0, us to wait}.
+local function take(keys, args)
+  local now = now_us()
+  local n = tonumber(args[1])
+  local new = {}
+  local wait = 0
+  for i, k in ipairs(keys) do
+    local interval = tonumber(args[2 * i])
+    local tol = tonumber(args[2 * i + 1])
+    local tat = tonumber(redis.call('GET', k) or '0')
+    if tat < now then tat = now end
+    local allow_at = tat + interval * (n - 1) - tol
+    if allow_at > now and allow_at - now > wait then wait = allow_at - now end
+    new[i] = tat + interval * n
+  end
+  if wait > 0 then return {0, num(wait)} end
+  for i, k in ipairs(keys) do
+    redis.call('SET', k, num(new[i]), 'PX', math.floor((new[i] - now) / 1000) + 1000)
+  end
+  return {1, 0}
+end
+
+-- A learned limit or a suspension, seen by one node, for all.  KEYS[1]: the site's state
+-- hash, KEYS[2]: the signal stream.  ARGV: site key, field ('limit'|'rate'|'suspend'),
+-- value (suspend: seconds from now), ttl_s of the state.
+local function signal(keys, args)
+  local now = now_us()
+  local field, value = args[2], tonumber(args[3])
+  if field == 'suspend' then
+    local untl = now + value * 1000000
+    local cur = tonumber(redis.call('HGET', keys[1], 'suspend') or '0')
+    if untl <= cur then return 0 end
+    redis.call('HSET', keys[1], 'suspend', num(untl))
+    value = untl
+  else
+    redis.call('HSET', keys[1], field, tostring(value), field .. '_at', num(now))
+  end
+  redis.call('EXPIRE', keys[1], tonumber(args[4]))
+  redis.call('XADD', keys[2], 'MAXLEN', '~', '10000', '*', 'k', args[1], 'f', field,
+             'v', tostring(value))
+  return 1
+end
+
+-- Membership: ZADD node now; drop nodes unseen for ARGV[2] ms; returns {now_us, nodes}.
+local function member(keys, args)
+  local now = now_us()
+  redis.call('ZADD', keys[1], num(now), args[1])
+  redis.call('ZREMRANGEBYSCORE', keys[1], '-inf', num(now - tonumber(args[2]) * 1000))
+  return {num(now), redis.call('ZRANGE', keys[1], 0, -1)}
+end
+
+-- Server time (us) and the state hashes of KEYS.
+local function state(keys, args)
+  local out = {num(now_us())}
+  for _, k in ipairs(keys) do table.insert(out, redis.call('HGETALL', k)) end
+  return out
+end
+
+redis.register_function('fm_acquire', acquire)
+redis.register_function('fm_renew', renew)
+redis.register_function('fm_release', release)
+redis.register_function('fm_take', take)
+redis.register_function('fm_signal', signal)
+redis.register_function('fm_member', member)
+redis.register_function{function_name = 'fm_state', callback = state,
+                        flags = {'no-writes'}}

@@ -1,0 +1,329 @@
+"""Limits shared by several nodes through Redis, degrading to this node's share.
+
+``RedisLimits`` implements ``engine.limits.Limits`` with the Redis Function library in
+``limits.lua`` (loaded with ``FUNCTION LOAD REPLACE`` on connect): connection leases are
+members of one ZSET per key with a short TTL (``lease_ttl_s``, 30 s) renewed every TTL/3
+by ``tick``; rate cells come from a GCRA over all the keys of a send at once, in batches;
+learned limits and suspensions are a hash per key plus one signal stream.  Every score
+is the server's ``TIME`` (microseconds).
+
+Outage policy (``degraded``): a Redis error or a call slower than ``timeout_s`` switches
+this process to its ``fallback`` (the node's ``ShmLimits`` or a ``LocalLimits``) with
+this node's *share* of each limit (``limits.share_of``: limit / nodes seen last, the
+shares summing to the limit), after registering the leases it holds there, so the share
+is never exceeded.  ``tick`` tries Redis again every ``retry_s``; on success the leases
+taken meanwhile are added to Redis (``fm_renew`` re-creates missing members, which also
+repairs a Redis that restarted empty) and shared limits apply again.  Leases are never
+leaked: a released lease is removed where it lives, and a lease this process stops
+renewing (it died) expires within the TTL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import redis
+
+from fastmta.config import ClusterConfig
+from fastmta.engine.limits import Learned, Limits, LocalLimits, Rate, share_of
+
+log = logging.getLogger("fastmta.cluster")
+
+LIBRARY = (Path(__file__).with_name("limits.lua")).read_text()
+GRACE_S = 1.0  # an outage: seconds without new leases while nodes shed their excess
+_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class _Lease:
+    __slots__ = ("keys", "local", "in_redis")
+
+    def __init__(self, keys: tuple[str, ...], local: str | None, in_redis: bool) -> None:
+        self.keys = keys
+        self.local = local  # lease id in the fallback (taken or registered during an outage)
+        self.in_redis = in_redis
+
+
+def node_name(cfg: ClusterConfig) -> str:
+    return cfg.node or socket.gethostname()
+
+
+class RedisLimits(Limits):
+    """``Limits`` in Redis for one process of node ``cfg.node`` (see module docstring)."""
+
+    scope = "cluster"
+
+    def __init__(self, cfg: ClusterConfig, fallback: Limits | None = None,
+                 client: redis.Redis | None = None) -> None:
+        self.cfg = cfg
+        self.node = node_name(cfg)
+        self.p = cfg.prefix
+        self.fallback = fallback or LocalLimits()
+        self.r = client or redis.Redis.from_url(
+            cfg.redis_url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s,
+            retry_on_timeout=False, health_check_interval=0)
+        self.pid = os.getpid()
+        self.leases: dict[str, _Lease] = {}
+        self.nodes: list[str] = [self.node]
+        self.degraded = False
+        self.degraded_since = 0.0
+        self.outages = 0
+        self.round_trips = 0
+        self.errors = 0
+        self.readopted = 0  # leases re-created in Redis (restart or outage adoption)
+        self._next_renew = 0.0
+        self._next_retry = 0.0
+        # after an outage: until every node has put its leases back in Redis (each
+        # retries every retry_s), a lease must fit the local share too
+        self._settle_until = 0.0
+        self._grace_until = 0.0  # after the switch: no new lease while nodes shed excess
+        self._sig_id = "$"
+        self._sig_keys: set[str] | None = None
+        try:
+            self._connect()
+        except _ERRORS as exc:
+            self._degrade(exc)
+
+    # ------------------------------------------------------------------ plumbing
+    def k(self, kind: str, key: str) -> str:
+        return f"{self.p}:{kind}:{key}"
+
+    def _connect(self) -> None:
+        self.round_trips += 1
+        self.r.function_load(LIBRARY, replace=True)
+        self._member()
+        if self._sig_id == "$":
+            self.round_trips += 1
+            last = self.r.xrevrange(self.k("sig", "all"), count=1)
+            self._sig_id = last[0][0].decode() if last else "0-0"
+
+    def _member(self) -> None:
+        self.round_trips += 1
+        _, nodes = self.r.fcall("fm_member", 1, self.k("members", "all"), self.node,
+                                int(self.cfg.lease_ttl_s * 1000))
+        self.nodes = sorted(n.decode() for n in nodes) or [self.node]
+
+    def _degrade(self, exc: BaseException) -> None:
+        self.errors += 1
+        if self.degraded:
+            return
+        self.degraded = True
+        self.degraded_since = time.time()
+        self._grace_until = time.monotonic() + GRACE_S
+        self.outages += 1
+        self._next_retry = time.monotonic() + self.cfg.retry_s
+        # the leases held count against the local share from now on
+        for ls in self.leases.values():
+            if ls.local is None:
+                ls.local = self.fallback.acquire(ls.keys, [-1] * len(ls.keys))
+        log.warning("cluster: Redis unreachable (%s); node %s sends on its share "
+                    "(1/%d of each limit) until it is back", exc, self.node,
+                    len(self.nodes))
+
+    def _recover(self) -> None:
+        self._connect()
+        self.degraded = False
+        self._settle_until = time.monotonic() + 2 * self.cfg.retry_s + 1.0
+        # the leases keep their local count until released: it is what the settle
+        # period checks new leases against
+        self._renew(force=True)
+        log.warning("cluster: Redis is back after %.1f s; node %s uses the shared limits",
+                    time.time() - self.degraded_since, self.node)
+
+    def _share(self, limits: Sequence[int]) -> list[int]:
+        return [int(share_of(lim, self.nodes, self.node, True)) if lim >= 0 else lim
+                for lim in limits]
+
+    # ------------------------------------------------------------------ leases
+    def acquire(self, keys, limits):
+        keys = tuple(keys)
+        if not self.degraded:
+            local = None
+            if time.monotonic() < self._settle_until:
+                local = self.fallback.acquire(keys, self._share(limits))
+                if local is None:
+                    return None
+            lease = uuid.uuid4().hex
+            zkeys = [self.k("c", k) for k in keys]
+            try:
+                self.round_trips += 1
+                ok, _ = self.r.fcall("fm_acquire", len(zkeys), *zkeys,
+                                     int(self.cfg.lease_ttl_s * 1000), lease, *limits)
+            except _ERRORS as exc:
+                if local is not None:
+                    self.fallback.release(local)
+                self._degrade(exc)
+            else:
+                if not ok:
+                    if local is not None:
+                        self.fallback.release(local)
+                    return None
+                self.leases[lease] = _Lease(keys, local, True)
+                return lease
+        if time.monotonic() < self._grace_until:
+            return None  # nodes above their share close the excess first (cap)
+        local = self.fallback.acquire(keys, self._share(limits))
+        if local is None:
+            return None
+        lease = uuid.uuid4().hex
+        self.leases[lease] = _Lease(keys, local, False)
+        return lease
+
+    def release(self, lease):
+        ls = self.leases.pop(lease, None)
+        if ls is None:
+            return
+        if ls.local is not None:
+            self.fallback.release(ls.local)
+        if ls.in_redis and not self.degraded:
+            try:
+                self.round_trips += 1
+                self.r.fcall("fm_release", len(ls.keys), *[self.k("c", k) for k in ls.keys],
+                             lease)
+            except _ERRORS as exc:
+                self._degrade(exc)  # not renewed any more: it expires within the TTL
+
+    def _renew(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now < self._next_renew:
+            return
+        self._next_renew = now + min(1.0, self.cfg.lease_ttl_s / 3)
+        self._member()  # every second: the shares of an outage need the current members
+        if not self.leases:
+            return
+        keys, ids = [], []
+        for lid, ls in self.leases.items():
+            for k in ls.keys:
+                keys.append(self.k("c", k))
+                ids.append(lid)
+        self.round_trips += 1
+        added = self.r.fcall("fm_renew", len(keys), *keys, int(self.cfg.lease_ttl_s * 1000),
+                             *ids)
+        if added:
+            self.readopted += int(added)
+        for ls in self.leases.values():
+            ls.in_redis = True
+
+    def cap(self, key: str, limit: int) -> int | None:
+        """On the local share: keep at most this node's share of ``key``'s connections
+        for this process (the connections above it close at their next flight)."""
+        if not self.degraded:
+            return None
+        return self._share([limit])[0]
+
+    def tick(self) -> None:
+        try:
+            if self.degraded:
+                if time.monotonic() >= self._next_retry:
+                    self._next_retry = time.monotonic() + self.cfg.retry_s
+                    self._recover()
+            else:
+                self._renew()
+        except _ERRORS as exc:
+            self._degrade(exc)
+
+    # ------------------------------------------------------------------ rates
+    def take(self, keys: Sequence[str], rates: Sequence[Rate], n: int) -> float:
+        if not self.degraded:
+            args: list = [n]
+            for rate, burst in rates:
+                interval = 1e6 / rate
+                args += [int(interval), int(interval * (max(1, burst) - 1))]
+            try:
+                self.round_trips += 1
+                ok, wait_us = self.r.fcall("fm_take", len(keys),
+                                           *[self.k("r", k) for k in keys], *args)
+            except _ERRORS as exc:
+                self._degrade(exc)
+            else:
+                return 0.0 if ok else max(1e-3, int(wait_us) / 1e6)
+        shared = [(share_of(r, self.nodes, self.node, False), b) for r, b in rates]
+        return self.fallback.take([f"share:{k}" for k in keys], shared, n)
+
+    # ------------------------------------------------------------------ learning
+    def publish(self, key, *, limit=None, rate=None, suspend_s=0.0):
+        self.fallback.publish(key, limit=limit, rate=rate, suspend_s=suspend_s)
+        if self.degraded:
+            return
+        ttl = 3600
+        try:
+            for field, value in (("limit", limit), ("rate", rate),
+                                 ("suspend", suspend_s if suspend_s > 0 else None)):
+                if value is None:
+                    continue
+                self.round_trips += 1
+                self.r.fcall("fm_signal", 2, self.k("s", key), self.k("sig", "all"), key,
+                             field, value, ttl)
+        except _ERRORS as exc:
+            self._degrade(exc)
+
+    @staticmethod
+    def _decode(now_us: int, fields: dict) -> Learned:
+        susp = float(fields.get("suspend", 0) or 0)
+        return Learned(limit=int(float(fields["limit"])) if "limit" in fields else None,
+                       rate=float(fields["rate"]) if "rate" in fields else None,
+                       suspend_s=max(0.0, (susp - now_us) / 1e6) if susp else 0.0)
+
+    def learned(self, key):
+        if self.degraded:
+            return self.fallback.learned(key)
+        try:
+            self.round_trips += 1
+            now_us, flat = self.r.fcall_ro("fm_state", 1, self.k("s", key))
+        except _ERRORS as exc:
+            self._degrade(exc)
+            return self.fallback.learned(key)
+        fields = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        return self._decode(int(now_us), fields) if fields else None
+
+    def signals(self, keys: Iterable[str]) -> list[tuple[str, Learned]]:
+        """New entries of the signal stream (one round trip), for any key."""
+        if self.degraded:
+            return self.fallback.signals(keys)
+        try:
+            self.round_trips += 1
+            got = self.r.xread({self.k("sig", "all"): self._sig_id}, count=1000)
+            if not got:
+                return []
+            self.round_trips += 1
+            now_us = self.r.time()
+        except _ERRORS as exc:
+            self._degrade(exc)
+            return []
+        now = now_us[0] * 1_000_000 + now_us[1]
+        out = []
+        for mid, f in got[0][1]:
+            self._sig_id = mid.decode()
+            key, field, value = f[b"k"].decode(), f[b"f"].decode(), f[b"v"].decode()
+            if field == "suspend":
+                out.append((key, Learned(suspend_s=max(0.0, (float(value) - now) / 1e6))))
+            elif field == "limit":
+                out.append((key, Learned(limit=int(float(value)))))
+            elif field == "rate":
+                out.append((key, Learned(rate=float(value))))
+        return out
+
+    # ------------------------------------------------------------------ status
+    def held(self):
+        return len(self.leases)
+
+    def status(self):
+        return {"scope": self.scope, "node": self.node, "degraded": self.degraded,
+                "degraded_s": round(time.time() - self.degraded_since, 1)
+                if self.degraded else 0.0,
+                "outages": self.outages, "errors": self.errors, "nodes": len(self.nodes),
+                "leases": self.held(), "round_trips": self.round_trips,
+                "readopted": self.readopted}
+
+    def close(self):
+        for lease in list(self.leases):
+            self.release(lease)
+        try:
+            self.r.close()
+        except _ERRORS:
+            pass
