@@ -39,7 +39,8 @@ class ConnectionTasks:
             port, tls = relay.port, self.cfg.routing.tls or tls
         last: ConnectFailed | None = None
         source_ip = smtp.source_ips[0] if smtp.source_ips else None
-        sts = getattr(site, "sts", None)  # MTA-STS policy of an mta-sts:<domain> site
+        # MTA-STS policy of an mta-sts:<domain> site (bound on the base site of a source)
+        sts = getattr(site, "sts", None) or getattr(getattr(site, "base", None), "sts", None)
         ehlo_name = smtp.ehlo_name
         if site.source is not None:  # egress: the (site, source) binds its address
             source_ip = site.source.ip or None

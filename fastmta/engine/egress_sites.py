@@ -47,6 +47,8 @@ class EgressSites:
             if budget is None:
                 budget = self.budgets[bkey] = ProviderBudget(
                     prov.name, prov.provider_max_connections, prov.provider_msg_rate_per_s)
+        if self.limits is not None:  # node/cluster limits: every source shares the site's
+            budget = base.shaper.provider
         now = self.now()
         shaper = SiteShaper(params, site_rules(self.cfg.shaping, prov), budget, now)
         site = Site(base.name, base.hosts, shaper, params, prov)
