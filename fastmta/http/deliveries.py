@@ -112,9 +112,8 @@ async def create(request: Request) -> Response:
         ctx.drafts.discard_tmp(tmp)
         raise
     try:
-        if params["pool"]:
-            raise ApiError(422, "unknown_pool", f"no IP pool {params['pool']!r}: IP pools "
-                           "are not configured on this server ([smtp] source_ips)")
+        if params["pool"]:  # an unknown egress pool: refused before anything is created
+            _check_pool(ctx, params["pool"])
         if params["on_invalid"] not in ("", "reject", "exclude"):
             raise ApiError(400, "bad_parameter", "on_invalid must be reject or exclude")
         validity_s = None
@@ -130,6 +129,7 @@ async def create(request: Request) -> Response:
             validity_s=validity_s, on_invalid=params["on_invalid"])
         meta = {"draft_id": draft_id, "format": fmt, "mail_from": mail_from,
                 "validity_s": validity_s, "name": params["name"] or fname or "http",
+                "pool": params["pool"],
                 "filename": fname, "analysis": analysis}
         ctx.drafts.publish(draft_id, tmp, meta)
     except BaseException:
@@ -139,6 +139,16 @@ async def create(request: Request) -> Response:
         return await _confirm(ctx, draft_id)
     return JSONResponse({**meta, "confirm": f"/api/v1/drafts/{draft_id}/confirm"},
                         status_code=201)
+
+
+def _check_pool(ctx: Context, pool: str) -> None:
+    from fastmta.egress.model import build_model
+    from fastmta.errors import ConfigError
+
+    try:
+        build_model(ctx.cfg).pool_for("", pool)
+    except ConfigError as exc:
+        raise ApiError(422, "unknown_pool", str(exc), pool=pool) from None
 
 
 async def _confirm(ctx: Context, draft_id: str) -> Response:
@@ -151,7 +161,7 @@ async def _confirm(ctx: Context, draft_id: str) -> Response:
             return asyncio.run(engine.inject_file(
                 ctx.spool, ctx.cfg, p / f"recipients.{meta['format']}", body,
                 mail_from=meta["mail_from"], validity_s=meta["validity_s"],
-                name=meta["name"], fmt=meta["format"]))
+                name=meta["name"], fmt=meta["format"], pool=meta.get("pool", "")))
 
         inj = await asyncio.to_thread(go)
         ctx.drafts.finish(draft_id, inj.delivery_id)
@@ -226,6 +236,16 @@ async def report(request: Request) -> Response:
     ctx = ctx_of(request)
     r = await asyncio.to_thread(build_report, ctx.spool, did_of(request))
     return Response(msgspec.json.encode(r), media_type="application/json")
+
+
+async def timeline(request: Request) -> Response:
+    """GET /api/v1/deliveries/{id}/timeline?step=S: the delivery's past for the charts
+    (outcomes per interval, status over time), from the spool's event log."""
+    check_query(request, {"step"})
+    ctx = ctx_of(request)
+    step = query_int(request, "step", 0, 0, 86400)
+    res = await asyncio.to_thread(ctx.timelines.of, did_of(request), step)
+    return Response(msgspec.json.encode(res), media_type="application/json")
 
 
 async def recipients(request: Request) -> Response:
