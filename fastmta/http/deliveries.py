@@ -258,11 +258,17 @@ async def recipients(request: Request) -> Response:
         raise ApiError(400, "bad_parameter", f"status must be one of {sorted(STATUSES)}",
                        parameter="status")
     did = did_of(request)
-    res = await asyncio.to_thread(
-        page, ctx.spool, did, status=status, reason=qp.get("reason", ""),
-        domain=qp.get("domain", ""), q=qp.get("q", ""),
-        cursor=query_int(request, "cursor", 0, 0, 2**32 - 1),
-        limit=query_int(request, "limit", 50, 1, 1000))
+    kw = {"status": status, "reason": qp.get("reason", ""), "domain": qp.get("domain", ""),
+          "q": qp.get("q", ""), "cursor": query_int(request, "cursor", 0, 0, 2**32 - 1),
+          "limit": query_int(request, "limit", 50, 1, 1000)}
+
+    def go():
+        idx = None  # a big delivery and an indexable filter: the recipients index
+        if (kw["status"] or kw["reason"] or kw["domain"]) and ctx.rcpt_indexes.wanted(did):
+            idx = ctx.rcpt_indexes.get(did)
+        return page(ctx.spool, did, index=idx, **kw)
+
+    res = await asyncio.to_thread(go)
     return Response(msgspec.json.encode(res), media_type="application/json")
 
 
