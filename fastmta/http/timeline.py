@@ -12,6 +12,7 @@ pruned (``fastmta events prune``): history then starts at the oldest event kept.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +20,7 @@ from fastmta.records import AttemptEvent, DeliveryEvent, FeedbackEvent, Status
 
 MAX_BUCKETS = 4096
 MAX_POINTS = 1200  # points per answer (buckets merged for longer spans)
+UPDATE_BUDGET_S = 0.25  # log reading per request
 #: bucket columns: outcome counts in the interval, then "received" (reception events)
 COLS = ("sent", "failed", "soft", "deferred", "received")
 _OUTCOME_COL = {"sent": 0, "hard": 1, "canceled": 1, "expired": 1, "soft": 2, "defer": 3}
@@ -119,19 +121,28 @@ class Timelines:
         self.series: dict[int, Series] = {}
         self._lock = threading.Lock()
 
-    def update(self) -> int:
-        """Read the events appended since the last call; returns the last seq seen."""
+    def update(self, budget_s: float | None = UPDATE_BUDGET_S) -> tuple[int, bool]:
+        """Read the events appended since the last call, for at most ``budget_s``
+        (a first call on a long log continues on the next ones); returns the last seq
+        seen and whether the log's end was reached."""
+        deadline = time.perf_counter() + budget_s if budget_s else None
         with self._lock:
-            for seq, ev in self.spool.events(since=self.last_seq):
+            n = 0
+            for seq, ev in self.spool.events(since=self.last_seq, chunk=2000):
                 apply_event(self.series, ev)
                 self.last_seq = seq
-            return self.last_seq
+                n += 1
+                if deadline is not None and not n & 1023 and time.perf_counter() > deadline:
+                    return self.last_seq, False
+            return self.last_seq, True
 
     def of(self, did: int, step: int = 0) -> dict[str, Any]:
-        """One delivery's chart data (blocking: call it in a thread)."""
+        """One delivery's chart data (blocking: call it in a thread); ``complete`` false
+        while the server is still reading a long log (the next call continues)."""
         self.spool.delivery(did)  # DeliveryNotFound -> 404
-        seq = self.update()
+        seq, complete = self.update()
         with self._lock:
             s = self.series.get(did) or Series()
             pts = s.points(step)
-        return {"delivery_id": did, "last_seq": seq, "columns": list(COLS), **pts}
+        return {"delivery_id": did, "last_seq": seq, "complete": complete,
+                "columns": list(COLS), **pts}

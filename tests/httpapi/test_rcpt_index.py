@@ -134,3 +134,26 @@ def test_the_api_uses_the_index_for_a_big_delivery(filled):
             assert small["indexed"] is False  # no indexable filter: the scan
     finally:
         srv.stop()
+
+
+def test_timeline_reads_a_long_log_in_bounded_steps(filled):
+    """(The timeline shares this spool fixture.)  A tiny budget: each call reads a part
+    of the log, says so, and the calls converge to the whole log's counts."""
+    from fastmta.http.timeline import Timelines
+
+    _cfg, spool, did, _ = filled
+    whole = Timelines(spool).of(did)
+    assert whole["complete"] and whole["last_seq"] == spool.last_event_seq()
+    t = Timelines(spool)
+    seen, calls = [], 0
+    while True:
+        seq, done = t.update(budget_s=1e-9)
+        seen.append(seq)
+        calls += 1
+        if done:
+            break
+        assert calls < 100
+    assert calls > 1 and seen == sorted(seen) and seen[-1] == whole["last_seq"]
+    part = t.of(did)
+    assert {k: part[k] for k in ("sent", "failed", "soft", "received", "t")} == \
+        {k: whole[k] for k in ("sent", "failed", "soft", "received", "t")}
