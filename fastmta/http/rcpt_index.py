@@ -45,7 +45,6 @@ class DeliveryIndex:
         self.soft = bytearray()
         self.reasons: dict[str, int] = {"": 0}
         self.domains: dict[str, array] = {}
-        self.domain_of: dict[int, str] = {}  # only ids whose domain is unusual (none)
 
     def _rid(self, s: str) -> int:
         r = self.reasons.get(s)
