@@ -26,7 +26,8 @@ from array import array
 from bisect import bisect_left
 from collections.abc import Iterator
 
-from fastmta.records import AttemptEvent, DeliveryEvent, FeedbackEvent, Rcpt, Status
+from fastmta.http.timeline import DELIVERY_TAG, head
+from fastmta.records import Rcpt, Status
 
 NONE = 255  # status byte of an id without a record
 OTHER = 255  # reason byte: a reason past the first 254 distinct ones
@@ -188,12 +189,13 @@ class RecipientIndexes:
         grown = False
         n = 0
         done = True
-        for s, ev in self.spool.events(since=seq, chunk=2000):
-            if getattr(ev, "delivery_id", None) == did:
-                if isinstance(ev, AttemptEvent | FeedbackEvent):
-                    touched.add(ev.rcpt_id)
-                elif isinstance(ev, DeliveryEvent) and ev.kind == "received":
-                    grown = True
+        for s, raw in self.spool.events_raw(since=seq, chunk=2000):
+            tag, h = head(raw)  # leading fields only: no reply text decoded
+            if h is not None and h.delivery_id == did:
+                if tag == DELIVERY_TAG:
+                    grown = grown or h.kind == "received"
+                else:  # an attempt or feedback names its recipient
+                    touched.add(h.rcpt_id)
             seq = s
             n += 1
             if not n & 1023 and time.perf_counter() > deadline:

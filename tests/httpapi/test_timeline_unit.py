@@ -3,8 +3,16 @@ zero fill, merged steps, bounded memory, async bounces.  No spool, no sockets.""
 
 from __future__ import annotations
 
+import msgspec
+
 from fastmta.http import timeline as tl
-from fastmta.records import AttemptEvent, DeliveryEvent, FeedbackEvent, Status
+from fastmta.records import (
+    AttemptEvent,
+    DeliveryEvent,
+    FeedbackEvent,
+    QuarantineEvent,
+    Status,
+)
 
 T0 = 1_700_000_000_000  # ms
 
@@ -61,3 +69,27 @@ def test_memory_is_bounded_on_a_long_campaign():
     assert len(p["t"]) <= tl.MAX_POINTS
     assert sum(p["sent"]) == len(range(0, days * 86400, 7))  # nothing lost by merging
     assert all(b - a == p["step_s"] for a, b in zip(p["t"], p["t"][1:], strict=False))
+
+
+def test_raw_heads_count_like_the_decoded_records():
+    """``apply_raw`` (prefix decoding of the stored bytes) == ``apply_event``, for every
+    record kind, whatever the field values (the heads follow the records' layout)."""
+    enc = msgspec.msgpack.Encoder()
+    evs = [DeliveryEvent(ts_ms=T0, delivery_id=1, kind="received", count=7, text="x" * 300),
+           DeliveryEvent(ts_ms=T0, delivery_id=1, kind="paused"),
+           FeedbackEvent(ts_ms=T0 + 9000, kind="bounce_async", delivery_id=1, rcpt_id=2,
+                         email="a@b.example", status=Status.FAILED, reason="r", text="t"),
+           FeedbackEvent(ts_ms=T0 + 9000, kind="complaint", delivery_id=1, rcpt_id=2),
+           QuarantineEvent(ts_ms=T0, address="a@b.example", kind="quarantined")]
+    for i, o in enumerate(["sent", "hard", "soft", "defer", "expired", "canceled", "sent"]):
+        evs.append(AttemptEvent(T0 + i * 1500, 1 + i % 2, i, f"u{i}@b.example", o,
+                                Status.SENT, 1, 250, "2.0.0", 10, "hard", "why",
+                                "250 " + "y" * 500, "mx", "127.0.0.5", "TLSv1.3"))
+    a: dict = {}
+    b: dict = {}
+    for ev in evs:
+        tl.apply_event(a, ev)
+        tl.apply_raw(b, enc.encode(ev))
+    assert a.keys() == b.keys() == {1, 2}
+    for did in a:
+        assert a[did].buckets == b[did].buckets and a[did].buckets
