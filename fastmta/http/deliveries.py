@@ -29,6 +29,7 @@ from fastmta.ops.report import (
     log_rows,
     write_log,
 )
+from fastmta.spool.errors import DeliveryNotFound
 
 CREATE_FIELDS = {"recipients", "message", "from", "mail_from", "validity", "name", "pool",
                  "format", "on_invalid", "confirm"}
@@ -263,6 +264,11 @@ async def recipients(request: Request) -> Response:
           "limit": query_int(request, "limit", 50, 1, 1000)}
 
     def go():
+        try:
+            ctx.spool.delivery(did)
+        except DeliveryNotFound:
+            ctx.rcpt_indexes.forget(did)  # purged: its index goes too
+            raise
         idx = None  # a big delivery and an indexable filter: the recipients index
         if (kw["status"] or kw["reason"] or kw["domain"]) and ctx.rcpt_indexes.wanted(did):
             idx = ctx.rcpt_indexes.get(did)

@@ -144,7 +144,10 @@ class RecipientIndexes:
 
     # ------------------------------------------------------------------ building
     def wanted(self, did: int) -> bool:
-        """Worth an index: a big delivery (the spool's ``recipients`` KPI)."""
+        """Worth an index: one exists or is being built, or a big delivery (the spool's
+        ``recipients`` KPI, read only until then)."""
+        if did in self.ready or did in self.building:
+            return True
         return self.spool.kpis(did).get("recipients", 0) >= self.min_recipients
 
     def get(self, did: int, budget_s: float = CATCHUP_BUDGET_S) -> DeliveryIndex | None:
