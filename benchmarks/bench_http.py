@@ -9,7 +9,12 @@ million recipients.
    Chromium is the operator's browser, not fastmta: its CPU is measured and printed apart.
 2. **Recipients**: a 1,000,000-recipient delivery (2 % failed ``user_unknown``, results
    committed through the spool), then filtered pages through the real HTTP server:
-   ``status=failed``, ``reason``, ``domain``, ``q``, and from a cursor half-way.
+   ``status=failed``, ``reason`` (common and 0.01 %), ``domain`` (0.1 %, alone and with
+   ``status``), ``q``, and from a cursor half-way; the recipients index
+   (``fastmta.http.rcpt_index``) is waited for first, and its build time printed.
+   ``--timeline``: then half the recipients are committed sent (~500k events) and the
+   charts' timeline is read through the server: calls until it has read the whole log,
+   then the cost of a refresh.
 
     python benchmarks/bench_http.py [--recipients 100000] [--pairs 2] [--rcpt-million 1000000]
 
@@ -187,7 +192,66 @@ async def overhead(args) -> dict:
             "chromium": med("on", "chromium_cpu_s"), "runs": runs}
 
 
-def recipients_bench(n: int) -> dict:
+def wait_index(url: str, did: int) -> float | None:
+    """Seconds from the first filtered query until the recipients index answers (None:
+    a server without the index)."""
+    t = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=30) as c:
+        for _ in range(600):  # bounded: 600 x 0.1 s
+            body = c.get(f"/api/v1/deliveries/{did}/recipients",
+                         params={"status": "failed", "limit": 1}).json()
+            if body.get("indexed") is None:
+                return None
+            if body["indexed"]:
+                return time.perf_counter() - t
+            time.sleep(0.1)
+    raise RuntimeError("the recipients index was not ready after 60 s")
+
+
+def timeline_bench(spool, url: str, did: int, n: int) -> dict:
+    """Every other recipient sent (events in the log for ~all of them), then the charts'
+    timeline through the server: calls until it has read the whole log (each bounded),
+    then the p50 / p95 of a refresh (no new events)."""
+    from fastmta.records import Result
+    from fastmta.spool.keys import pack_rcpt
+
+    t = time.perf_counter()
+    batch = []
+    for rid in range(1, n, 2):
+        batch.append(Result(key=pack_rcpt(did, rid), outcome="sent", code=250,
+                            time_ms=int(time.time() * 1000)))
+        if len(batch) == 5000:
+            spool.commit(batch)
+            batch = []
+    if batch:
+        spool.commit(batch)
+    commit_s = time.perf_counter() - t
+    events = spool.last_event_seq()
+    with httpx.Client(base_url=url, timeout=60) as c:
+        t = time.perf_counter()
+        first_ms = None
+        calls = 0
+        while calls < 1000:  # bounded
+            calls += 1
+            t1 = time.perf_counter()
+            body = c.get(f"/api/v1/deliveries/{did}/timeline").json()
+            if first_ms is None:
+                first_ms = (time.perf_counter() - t1) * 1000
+            if body.get("complete", True):
+                break
+        catch_up_s = time.perf_counter() - t
+        times = []
+        for _ in range(20):
+            t1 = time.perf_counter()
+            c.get(f"/api/v1/deliveries/{did}/timeline")
+            times.append((time.perf_counter() - t1) * 1000)
+        times.sort()
+    return {"events": events, "commit_s": commit_s, "calls": calls, "first_ms": first_ms,
+            "catch_up_s": catch_up_s, "p50_ms": times[10], "p95_ms": times[18],
+            "sent": sum(body["sent"]), "points": len(body["t"])}
+
+
+def recipients_bench(n: int, with_timeline: bool = False) -> dict:
     from fastmta.config import Config
     from fastmta.engine import entry as engine
     from fastmta.records import Result
@@ -209,9 +273,11 @@ def recipients_bench(n: int) -> dict:
         did = a.delivery_id
         batch = []
         for rid in range(0, n, 50):  # 2 % hard bounces, spread over the delivery
+            rare = rid % 10_000 == 0  # 0.01 %: a rare reason
             batch.append(Result(key=pack_rcpt(did, rid), outcome="hard", code=550,
-                                enhanced="5.1.1", bounce_class=10, type="hard",
-                                reason="user_unknown", reply="550 5.1.1 unknown user",
+                                enhanced="5.7.1" if rare else "5.1.1", bounce_class=10,
+                                type="hard", reason="policy_block" if rare else
+                                "user_unknown", reply="550 5.1.1 unknown user",
                                 time_ms=int(time.time() * 1000)))
             if len(batch) == 2000:
                 spool.commit(batch)
@@ -219,10 +285,13 @@ def recipients_bench(n: int) -> dict:
         if batch:
             spool.commit(batch)
         srv = HttpServer(cfg, spool_path, "127.0.0.1:0", token="bench").start()
+        index_s = wait_index(srv.url, did)
         queries = {
             "status=failed": {"status": "failed"},
             "reason=user_unknown": {"reason": "user_unknown"},
             "domain (0.1 %)": {"domain": "d7.example"},
+            "domain (0.1 %) + failed": {"domain": "d0.example", "status": "failed"},
+            "reason (0.01 %)": {"reason": "policy_block"},
             "q=user12345": {"q": "user12345"},
             "failed from cursor n/2": {"status": "failed", "cursor": n // 2},
             "no filter": {},
@@ -239,9 +308,12 @@ def recipients_bench(n: int) -> dict:
                     counts.append((body["count"], body["scanned"]))
                 times.sort()
                 out[name] = {"p50_ms": times[10], "p95_ms": times[18], "max_ms": times[-1],
-                             "items": counts[0][0], "scanned": counts[0][1]}
+                             "items": counts[0][0], "scanned": counts[0][1],
+                             "indexed": body.get("indexed")}
+        timeline = timeline_bench(spool, srv.url, did, n) if with_timeline else None
         srv.stop()
-        return {"recipients": n, "inject_s": inject_s, "queries": out}
+        return {"recipients": n, "inject_s": inject_s, "index_s": index_s, "queries": out,
+                "timeline": timeline}
     finally:
         Spool.close_all()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -254,6 +326,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--rcpt-million", type=int, default=1_000_000)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also: the charts' timeline on the 1M delivery's event log")
     ap.add_argument("--serve", action="store_true",
                     help="a third mode: `fastmta serve` as its own process (exact CPU)")
     ap.add_argument("--json", action="store_true")
@@ -274,13 +348,23 @@ def main() -> None:
                  f"{100 * o['serve_cpu'] / o['cpu_off']:.1f}% of the send's CPU (off)"
                  if o["serve_cpu"] is not None else ""))
     if args.rcpt_million:
-        r = recipients_bench(args.rcpt_million)
+        r = recipients_bench(args.rcpt_million, args.timeline)
         res["recipients"] = r
         print(f"recipients endpoint on {r['recipients']:,} recipients (injected in "
-              f"{r['inject_s']:.0f}s), limit 50:")
+              f"{r['inject_s']:.0f}s), limit 50; recipients index "
+              + (f"ready {r['index_s']:.2f}s after the first filtered query:"
+                 if r["index_s"] is not None else "absent:"))
         for name, q in r["queries"].items():
             print(f"  {name:24} p50 {q['p50_ms']:6.1f} ms  p95 {q['p95_ms']:6.1f} ms  max "
-                  f"{q['max_ms']:6.1f} ms  ({q['items']} items, {q['scanned']} scanned)")
+                  f"{q['max_ms']:6.1f} ms  ({q['items']} items, {q['scanned']} scanned"
+                  + (", indexed)" if q["indexed"] else ")"))
+        tl = r["timeline"]
+        if tl:
+            print(f"timeline on {tl['events']:,} events ({tl['sent']:,} sent committed in "
+                  f"{tl['commit_s']:.0f}s): whole log read after {tl['calls']} calls in "
+                  f"{tl['catch_up_s']:.2f}s (first answer {tl['first_ms']:.0f} ms); then a "
+                  f"refresh p50 {tl['p50_ms']:.1f} ms p95 {tl['p95_ms']:.1f} ms "
+                  f"({tl['points']} points)")
     res["load_after"] = os.getloadavg()
     print(f"load average before {res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f}")
     if args.json:

@@ -122,10 +122,10 @@ class Worker:
         from fastmta.engine.worker_ops import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
-        from fastmta.engine.feedback_loop import FeedbackLoop
+        from fastmta.engine.unknown_replies import UnknownReplyLoop
 
-        self.feedback = FeedbackLoop(self.cfg.classify.rules_file)  # operator rules, unknown replies
-        self.scheduler.unknown = self.feedback.unknown
+        self.unknown_replies = UnknownReplyLoop(self.cfg.classify.rules_file)  # rules, unknown replies
+        self.scheduler.unknown = self.unknown_replies.unknown
         self._open_dkim()
         self._open_feedback()
         self._open_sts()
@@ -436,9 +436,9 @@ class Worker:
         renew_every = max(1.0, self.cfg.spool.lease_s / 3)
         last_renew = time.monotonic()
         while not self._done.is_set():
-            self.feedback.check_rules()
+            self.unknown_replies.check_rules()
             try:
-                await self.feedback.flush(self.writer, self.spool)
+                await self.unknown_replies.flush(self.writer, self.spool)
             except Exception:  # pragma: no cover - a full spool: the next beat tries again
                 log.exception("recording unknown replies")
             if time.monotonic() - last_renew >= renew_every and not self.stop_now:
@@ -526,7 +526,7 @@ class Worker:
     async def _close(self) -> None:
         await self._egress_flush()
         try:
-            await self.feedback.flush(self.writer, self.spool)
+            await self.unknown_replies.flush(self.writer, self.spool)
         except Exception:  # pragma: no cover - best effort at exit
             log.exception("recording unknown replies")
         if self.limits is not None:

@@ -18,6 +18,7 @@ from fastmta.http import admin as adm
 from fastmta.http import deliveries as dlv
 from fastmta.http import errors, sse
 from fastmta.http.context import Context
+from fastmta.http.egress_api import egress
 from fastmta.http.errors import ApiError, error_response
 from fastmta.http.openapi import spec
 
@@ -99,6 +100,7 @@ def routes() -> list:
         Route(f"{v}/deliveries/{{did}}", dlv.one, methods=["GET"]),
         Route(f"{v}/deliveries/{{did}}/report", dlv.report, methods=["GET"]),
         Route(f"{v}/deliveries/{{did}}/recipients", dlv.recipients, methods=["GET"]),
+        Route(f"{v}/deliveries/{{did}}/timeline", dlv.timeline, methods=["GET"]),
         Route(f"{v}/deliveries/{{did}}/export.{{fmt}}", dlv.export, methods=["GET"]),
         Route(f"{v}/deliveries/{{did}}/{{action}}", dlv.action, methods=["POST"]),
         Route(f"{v}/messages", adm.message, methods=["POST"]),
@@ -109,10 +111,12 @@ def routes() -> list:
         Route(f"{v}/admin/suspensions", adm.suspensions, methods=["GET"]),
         Route(f"{v}/sites", adm.sites, methods=["GET"]),
         Route(f"{v}/status", adm.status, methods=["GET"]),
+        Route(f"{v}/egress", egress, methods=["GET"]),
         Route(f"{v}/events", sse.events, methods=["GET"]),
         Route("/", _page("index.html"), methods=["GET"]),
         Route("/deliveries/{did:int}", _page("delivery.html"), methods=["GET"]),
         Route("/sites", _page("sites.html"), methods=["GET"]),
+        Route("/egress", _page("egress.html"), methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

@@ -10,6 +10,8 @@ from fastmta.api import WorkerPool
 from fastmta.config import Config
 from fastmta.http.auth import Policy
 from fastmta.http.drafts import Drafts
+from fastmta.http.rcpt_index import RecipientIndexes
+from fastmta.http.timeline import Timelines
 
 DEFAULT_MAX_UPLOAD = 512 * 1024 * 1024
 
@@ -23,12 +25,16 @@ class Context:
     sse_poll_s: float = 0.25
     pool: WorkerPool = field(init=False)
     drafts: Drafts = field(init=False)
+    timelines: Timelines = field(init=False)
+    rcpt_indexes: RecipientIndexes = field(init=False)
     stopping: asyncio.Event | None = None
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.pool = WorkerPool(self.cfg, spool=self.spool_path).open()
         self.drafts = Drafts(self.spool_path)
+        self.timelines = Timelines(self.pool.spool)
+        self.rcpt_indexes = RecipientIndexes(self.pool.spool)
 
     @property
     def spool(self):

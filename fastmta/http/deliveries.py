@@ -29,6 +29,7 @@ from fastmta.ops.report import (
     log_rows,
     write_log,
 )
+from fastmta.spool.errors import DeliveryNotFound
 
 CREATE_FIELDS = {"recipients", "message", "from", "mail_from", "validity", "name", "pool",
                  "format", "on_invalid", "confirm"}
@@ -112,9 +113,8 @@ async def create(request: Request) -> Response:
         ctx.drafts.discard_tmp(tmp)
         raise
     try:
-        if params["pool"]:
-            raise ApiError(422, "unknown_pool", f"no IP pool {params['pool']!r}: IP pools "
-                           "are not configured on this server ([smtp] source_ips)")
+        if params["pool"]:  # an unknown egress pool: refused before anything is created
+            _check_pool(ctx, params["pool"])
         if params["on_invalid"] not in ("", "reject", "exclude"):
             raise ApiError(400, "bad_parameter", "on_invalid must be reject or exclude")
         validity_s = None
@@ -130,6 +130,7 @@ async def create(request: Request) -> Response:
             validity_s=validity_s, on_invalid=params["on_invalid"])
         meta = {"draft_id": draft_id, "format": fmt, "mail_from": mail_from,
                 "validity_s": validity_s, "name": params["name"] or fname or "http",
+                "pool": params["pool"],
                 "filename": fname, "analysis": analysis}
         ctx.drafts.publish(draft_id, tmp, meta)
     except BaseException:
@@ -139,6 +140,16 @@ async def create(request: Request) -> Response:
         return await _confirm(ctx, draft_id)
     return JSONResponse({**meta, "confirm": f"/api/v1/drafts/{draft_id}/confirm"},
                         status_code=201)
+
+
+def _check_pool(ctx: Context, pool: str) -> None:
+    from fastmta.egress.model import build_model
+    from fastmta.errors import ConfigError
+
+    try:
+        build_model(ctx.cfg).pool_for("", pool)
+    except ConfigError as exc:
+        raise ApiError(422, "unknown_pool", str(exc), pool=pool) from None
 
 
 async def _confirm(ctx: Context, draft_id: str) -> Response:
@@ -151,7 +162,7 @@ async def _confirm(ctx: Context, draft_id: str) -> Response:
             return asyncio.run(engine.inject_file(
                 ctx.spool, ctx.cfg, p / f"recipients.{meta['format']}", body,
                 mail_from=meta["mail_from"], validity_s=meta["validity_s"],
-                name=meta["name"], fmt=meta["format"]))
+                name=meta["name"], fmt=meta["format"], pool=meta.get("pool", "")))
 
         inj = await asyncio.to_thread(go)
         ctx.drafts.finish(draft_id, inj.delivery_id)
@@ -228,6 +239,16 @@ async def report(request: Request) -> Response:
     return Response(msgspec.json.encode(r), media_type="application/json")
 
 
+async def timeline(request: Request) -> Response:
+    """GET /api/v1/deliveries/{id}/timeline?step=S: the delivery's past for the charts
+    (outcomes per interval, status over time), from the spool's event log."""
+    check_query(request, {"step"})
+    ctx = ctx_of(request)
+    step = query_int(request, "step", 0, 0, 86400)
+    res = await asyncio.to_thread(ctx.timelines.of, did_of(request), step)
+    return Response(msgspec.json.encode(res), media_type="application/json")
+
+
 async def recipients(request: Request) -> Response:
     """GET /api/v1/deliveries/{id}/recipients: filtered page + cursor."""
     check_query(request, {"status", "reason", "domain", "q", "cursor", "limit"})
@@ -238,11 +259,22 @@ async def recipients(request: Request) -> Response:
         raise ApiError(400, "bad_parameter", f"status must be one of {sorted(STATUSES)}",
                        parameter="status")
     did = did_of(request)
-    res = await asyncio.to_thread(
-        page, ctx.spool, did, status=status, reason=qp.get("reason", ""),
-        domain=qp.get("domain", ""), q=qp.get("q", ""),
-        cursor=query_int(request, "cursor", 0, 0, 2**32 - 1),
-        limit=query_int(request, "limit", 50, 1, 1000))
+    kw = {"status": status, "reason": qp.get("reason", ""), "domain": qp.get("domain", ""),
+          "q": qp.get("q", ""), "cursor": query_int(request, "cursor", 0, 0, 2**32 - 1),
+          "limit": query_int(request, "limit", 50, 1, 1000)}
+
+    def go():
+        try:
+            ctx.spool.delivery(did)
+        except DeliveryNotFound:
+            ctx.rcpt_indexes.forget(did)  # purged: its index goes too
+            raise
+        idx = None  # a big delivery and an indexable filter: the recipients index
+        if (kw["status"] or kw["reason"] or kw["domain"]) and ctx.rcpt_indexes.wanted(did):
+            idx = ctx.rcpt_indexes.get(did)
+        return page(ctx.spool, did, index=idx, **kw)
+
+    res = await asyncio.to_thread(go)
     return Response(msgspec.json.encode(res), media_type="application/json")
 
 

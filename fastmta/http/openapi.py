@@ -74,6 +74,9 @@ def spec() -> dict[str, Any]:
         "/api/v1/deliveries/{did}": {"get": _op("Status of one delivery", params=[did])},
         "/api/v1/deliveries/{did}/report": {"get": _op(
             "The report (same JSON as `fastmta report --json`)", params=[did])},
+        "/api/v1/deliveries/{did}/timeline": {"get": _op(
+            "The delivery's past for charts: outcomes per interval, status over time "
+            "(from the event log)", params=[did, _q("step", "seconds per point", "integer")])},
         "/api/v1/deliveries/{did}/recipients": {"get": _op(
             "Recipients filtered, by cursor (bounded scan per request)", params=[
                 did, _q("status", "pending|sent|failed|ignored|excluded"),
@@ -101,6 +104,9 @@ def spec() -> dict[str, Any]:
                                      params=[_q("provider", "provider name"),
                                              _q("q", "substring of the site")])},
         "/api/v1/status": {"get": _op("The running pool's status snapshot")},
+        "/api/v1/egress": {"get": _op(
+            "Sources and IP warm-up (same JSON as `fastmta egress status --json`)",
+            params=[_q("source", "one source's name")])},
         "/api/v1/events": {"get": _op(
             "Server-Sent Events, resumable by sequence number", content="text/event-stream",
             params=[_q("since", "last seq seen (or the Last-Event-ID header)", "integer"),

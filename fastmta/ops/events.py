@@ -66,6 +66,7 @@ class _Attempt(_Ev):
     reply: str = ""
     mx: str = ""
     source_ip: str = ""
+    tls: str = ""  # TLS protocol and cipher of the session ("" = plain text)
 
 
 class Delivery(_Attempt, tag="delivery"):
@@ -196,7 +197,7 @@ _JSON_DECODER = msgspec.json.Decoder(OpsEvent)
 def _attempt(cls: type, seq: int, ev: AttemptEvent, **extra) -> _Attempt:
     return cls(seq=seq, ts_ms=ev.ts_ms, delivery_id=ev.delivery_id, rcpt_id=ev.rcpt_id,
                email=ev.email, attempt=ev.attempt, code=ev.code, enhanced=ev.enhanced,
-               reply=ev.reply, mx=ev.mx, source_ip=ev.source_ip, **extra)
+               reply=ev.reply, mx=ev.mx, source_ip=ev.source_ip, tls=ev.tls, **extra)
 
 
 def from_stored(seq: int, ev: object) -> OpsEvent | None:

@@ -163,6 +163,24 @@ class ReadingMixin(SpoolBase):
                 return
             start = batch[-1][0] + 1
 
+    def events_raw(self, since: int = 0, *, chunk: int = 5000
+                   ) -> Iterator[tuple[int, bytes]]:
+        """``events`` undecoded: ``(seq, msgpack bytes)`` after ``since``, for readers that
+        decode only the fields they need (the dashboard's timeline)."""
+        start = since + 1
+        while True:
+            with self._read() as txn:
+                cur = txn.cursor(db=self._db["events"])
+                ok = cur.set_range(K.pack_u64(start))
+                batch = []
+                while ok and len(batch) < chunk:
+                    batch.append((K.unpack_u64(cur.key())[0], bytes(cur.value())))
+                    ok = cur.next()
+            yield from batch
+            if len(batch) < chunk:
+                return
+            start = batch[-1][0] + 1
+
     def prune_events(self, before_seq: int, *, chunk: int = 50_000) -> int:
         """Delete events with sequence number < ``before_seq`` (after they were exported);
         the per-recipient state keeps the last outcome of every recipient."""

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 
 import msgspec
 from cryptography.hazmat.primitives import serialization as ser
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from fastmta.config import Config, DkimConfig, DkimKeyConfig
-from fastmta.sim import SimInternet
 from fastmta.sim.config import sender_records, sim_config
 from fastmta.sim.world import Provider, Record, World, WorldSpec
+from sim_fixtures import SimThread  # noqa: F401  (re-exported for the conftest)
 
 GOOD_HOST = "mta.good.example"
 
@@ -66,25 +64,6 @@ def compliance_world(dkim_record: str) -> World:
     spec = WorldSpec(name="compliance", providers=[Provider(name="rcpt", domains=["rcpt.test"])],
                      records=zones(dkim_record), servfail_names=["_dmarc.dnsfail.example"])
     return World(spec)
-
-
-class SimThread:
-    """A ``SimInternet`` on its own loop in a daemon thread (blocking DNS can use it)."""
-
-    def __init__(self, world: World) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.sim = SimInternet(world)
-        self.call(self.sim.start(), 60)
-
-    def call(self, coro, timeout: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.call(self.sim.stop(), 60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def config(sim: SimThread, key_file: str, *, source_ips=("127.0.0.1",),

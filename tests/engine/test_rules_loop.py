@@ -20,9 +20,9 @@ from fastmta.classify.templates import UnknownReplies, template
 from fastmta.cli import main
 from fastmta.delivery import Template
 from fastmta.dns.resolver import MxHost, MxResult
-from fastmta.engine.feedback_loop import FeedbackLoop
 from fastmta.engine.scheduler import Scheduler
 from fastmta.engine.sites import Job
+from fastmta.engine.unknown_replies import UnknownReplyLoop
 from fastmta.records import WorkItem
 from fastmta.sim import SimInternet
 from fastmta.sim.world import Provider, World, WorldSpec
@@ -115,7 +115,7 @@ def test_cli_test_and_add_then_workers_reload(tmp_path, monkeypatch):
     assert rep["after"].get("frozen-mailbox (class 10 hard)") == 10
     assert all(e["after"]["rule"] == "frozen-mailbox" for e in rep["examples"])
     # a worker running with the (not yet existing) operator file
-    loop = FeedbackLoop()
+    loop = UnknownReplyLoop()
     text = "550 5.9.1 Mailbox a@b.example frozen by provider policy ref 123abc456def"
     assert core.classify(text, "rcpt").rule != "frozen-mailbox"
     res = run.invoke(main, ["rules", "add", str(cand)])

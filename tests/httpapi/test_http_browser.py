@@ -4,9 +4,6 @@ engine and simulated internet."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 from http_helpers import HOSTILE, TOKEN, cli_report, csv_text, upload, wait_for
 from ops_helpers import domains_of, recipients
@@ -14,40 +11,10 @@ from ops_helpers import domains_of, recipients
 from fastmta import WorkerPool
 from fastmta.ops.admin import read_status
 
-CHROMIUM = os.environ.get("FASTMTA_CHROMIUM", "/usr/bin/chromium")
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = [pytest.mark.timeout(180),
-              pytest.mark.skipif(not shutil.which(CHROMIUM),
-                                 reason=f"{CHROMIUM} not installed (apt-get install chromium)")]
+pytestmark = [pytest.mark.timeout(180)]  # browser and page: conftest.py
 
 KPIS = ["to_deliver", "success_pct", "sent", "pending", "failed", "failed_hard",
         "failed_expired", "soft_bounces", "excluded", "recipients", "attempts", "deferrals"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    pw = playwright_api.sync_playwright().start()
-    b = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-    try:
-        yield b
-    finally:
-        b.close()
-        pw.stop()
-
-
-@pytest.fixture
-def page(browser):
-    # bypass_csp: the escaping itself is under test, not the CSP behind it (and
-    # Playwright's wait_for_function needs eval)
-    ctx = browser.new_context(viewport={"width": 1280, "height": 1000}, bypass_csp=True)
-    p = ctx.new_page()
-    errors: list[str] = []
-    p.on("pageerror", lambda e: errors.append(str(e)))
-    p.errors = errors
-    try:
-        yield p
-    finally:
-        ctx.close()
 
 
 def tiles(page) -> dict[str, str]:

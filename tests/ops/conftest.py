@@ -1,34 +1,10 @@
-"""Fixtures for the operations tests (helpers in ops_helpers.py)."""
+"""Fixtures for the operations tests (helpers in ops_helpers.py, the shared fixtures in
+tests/sim_fixtures.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from ops_helpers import ops_world
 
-import pytest
-from ops_helpers import SimThread, ops_world
+from sim_fixtures import sim_fixtures
 
-from fastmta.sim.world import World
-from fastmta.spool import Spool
-
-
-@pytest.fixture(scope="module")
-def world() -> World:
-    return ops_world()
-
-
-@pytest.fixture(scope="module")
-def sim(world) -> Iterator[SimThread]:
-    s = SimThread(world)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-@pytest.fixture
-def spool_dir(tmp_path) -> Iterator[str]:
-    path = str(tmp_path / "spool")
-    try:
-        yield path
-    finally:
-        Spool.close_all()
+world, sim, spool_dir = sim_fixtures(ops_world)

@@ -1,18 +1,15 @@
-"""Helpers for the operations tests: one simulated internet per module, run on its own
-event loop in a background thread (the pool API under test is synchronous), a helper
-that builds a loopback-only config, and message/recipient helpers."""
+"""Helpers for the operations tests: the world of their simulated internet (run by
+``sim_fixtures.SimThread``: the pool API under test is synchronous), a helper that builds
+a loopback-only config, and message/recipient helpers."""
 
 from __future__ import annotations
-
-import asyncio
-import threading
 
 import msgspec
 
 from fastmta.config import Config, ProviderConfig
-from fastmta.sim import SimInternet
 from fastmta.sim.config import sim_config
 from fastmta.sim.world import Behaviour, Provider, World, WorldSpec
+from sim_fixtures import SimThread
 
 MESSAGE = (
     "From: Sender <news@sender.example>\n"
@@ -34,35 +31,6 @@ def ops_world() -> World:
         Provider(name="blocker", generate=1, behaviour=Behaviour(block=True)),
         Provider(name="nxdomain", generate=1, dns="nxdomain"),
     ]))
-
-
-class SimThread:
-    """A ``SimInternet`` on its own loop in a daemon thread."""
-
-    def __init__(self, world: World) -> None:
-        self.world = world
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.sim = SimInternet(world)
-        self.call(self.sim.start(), 60)
-
-    def call(self, coro, timeout: float = 30.0):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def accepted(self) -> dict[str, int]:
-        return self.call(self.sim.accepted())
-
-    def stats(self) -> dict:
-        return self.call(self.sim.stats())
-
-    def reset(self) -> None:
-        self.call(self.sim.reset())
-
-    def close(self) -> None:
-        self.call(self.sim.stop(), 60)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
 
 
 def make_config(sim: SimThread, *, validity_s: float = 20.0, retry_s: float = 1.0,

@@ -6,9 +6,9 @@
   $("#did").textContent = did;
   $("#export").setAttribute("href", "/api/v1/deliveries/" + did + "/export.csv");
 
-  // ---- charts (uPlot, vendored): throughput from successive reports, status over time
+  // ---- charts (uPlot, vendored): the delivery's whole past from the spool's event log
+  // (GET .../timeline), re-read after each live update: throughput and status over time
   const W = Math.min(600, Math.max(320, (window.innerWidth - 80) / 2));
-  const hist = {t: [], rate: [], sent: [], failed: [], pending: []};
   const rateChart = new uPlot({width: W, height: 200, scales: {x: {time: true}},
     series: [{}, {label: "msgs/s", stroke: "#2f7de1", fill: "#2f7de122"}],
     axes: [{}, {size: 60}]}, [[], []], $("#chart-rate"));
@@ -16,7 +16,22 @@
     series: [{}, {label: "sent", stroke: "#1a7f37"}, {label: "failed", stroke: "#b42318"},
              {label: "pending", stroke: "#9a6700"}], axes: [{}, {size: 70}]},
     [[], [], [], []], $("#chart-status"));
-  let prev = null;
+  const sum = (a) => a.reduce((x, y) => x + y, 0);
+
+  async function charts() {
+    const t = await api("/deliveries/" + did + "/timeline");
+    rateChart.setData([t.t, t.rate]);
+    statusChart.setData([t.t, t.cum_sent, t.cum_failed, t.pending]);
+    const last = t.t.length - 1;
+    for (const [node, attrs] of [[$("#chart-rate"), {points: t.t.length, step: t.step_s,
+        "first-ts": t.t[0] ?? "", "total-sent": sum(t.sent), "total-failed": sum(t.failed),
+        "peak-rate": t.rate.length ? Math.max(...t.rate) : 0}],
+      [$("#chart-status"), {points: t.t.length, "last-sent": last >= 0 ? t.cum_sent[last] : 0,
+        "last-failed": last >= 0 ? t.cum_failed[last] : 0,
+        "last-pending": last >= 0 ? t.pending[last] : 0}]])
+      for (const [k, v] of Object.entries(attrs)) node.setAttribute("data-" + k, String(v));
+    $("#chart-rate").parentNode.setAttribute("data-seq", String(t.last_seq));
+  }
 
   function table(tbody, entries, head) {
     tbody.replaceChildren(...(entries.length ? entries : [["(none)", ""]]).map(([k, v]) =>
@@ -43,16 +58,6 @@
         el("td", {class: "num", text: fmt(x.sent)}), el("td", {class: "num", text: fmt(x.failed)}),
         el("td", {class: "num", text: fmt(x.pending)}),
         el("td", {class: "num", text: x.success_pct.toFixed(2)}))));
-    const now = Date.now() / 1000, done = r.sent + r.failed;
-    if (prev && now > prev.t) {
-      hist.t.push(now);
-      hist.rate.push(Math.max(0, (done - prev.done) / (now - prev.t)));
-      hist.sent.push(r.sent); hist.failed.push(r.failed); hist.pending.push(r.pending);
-      for (const k of Object.keys(hist)) if (hist[k].length > 600) hist[k].shift();
-      rateChart.setData([hist.t, hist.rate]);
-      statusChart.setData([hist.t, hist.sent, hist.failed, hist.pending]);
-    }
-    prev = {t: now, done};
   }
 
   let reportSeq = 0;
@@ -60,6 +65,7 @@
     const n = ++reportSeq;
     const r = await api("/deliveries/" + did + "/report");
     if (n === reportSeq) show(r);
+    await charts();
     document.body.setAttribute("data-loaded", "1");
   }
   const later = FM.throttle(refresh, 1000);

@@ -28,7 +28,7 @@ def _fallbacks() -> frozenset:
                      + ["default"])
 
 
-class FeedbackLoop:
+class UnknownReplyLoop:
     """Operator rules kept current, unknown replies aggregated (see module docstring)."""
 
     def __init__(self, rules_file: str = "") -> None:
