@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -177,8 +178,20 @@ def _sampled(cmd: list[str], args, t0: float, curve: list, timeout_s: float) -> 
     except subprocess.TimeoutExpired:
         rc = -9
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # out of time: stop it (twice = at once), then the tree
+            pids = tree(proc.pid)
+            for _ in range(2):
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(20)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                except OSError:
+                    pass
             proc.wait(10)
     return rc, time.monotonic() - start
 
@@ -223,6 +236,7 @@ def engine_run(args, workdir: Path) -> dict:
         "inject_per_s": round(n / inject_s) if inject_s else 0,
         "run_rc": rc_run, "drain_s": round(drain_s, 1),
         "drain_per_s": round(k.get("sent", 0) / drain_s) if drain_s else 0,
+        "drain_complete": rc_run == 0 and not k.get("pending", 0),
         "sent": k.get("sent", 0), "failed": k.get("failed", 0),
         "pending": k.get("pending", 0),
         "spool_bytes_after_inject": bytes_injected,
