@@ -213,9 +213,9 @@ def phase_commit(spool_dir: str, shards: list[int], group: int, loop: str, q, ba
 
 
 def phase_writer_path(spool_dir: str, shards: list[int], group: int, commit_batch: int | None,
-                      q, barrier) -> None:
+                      lease_batch: int, q, barrier) -> None:
     """Result commits the way the engine's worker makes them: a fetch task leases
-    1,000 items at a time through the writer (up to 10,000 in flight, ``WorkerSpec``);
+    ``lease_batch`` (1,000) items at a time through the writer (up to 10,000 in flight, ``WorkerSpec``);
     a sender task hands the results over in groups of ``group`` per loop iteration with
     ``ResultWriter.hand`` (one callback per group, no future), and waits at the gate
     while ``2 x commit_batch`` results are not yet durable (``Worker.max_uncommitted``).
@@ -249,7 +249,8 @@ def phase_writer_path(spool_dir: str, shards: list[int], group: int, commit_batc
                     while st["inflight"] > 10_000 - 250:
                         moved.clear()
                         await moved.wait()
-                    items = await w.run(sp.lease, shards, owner, min(1000, 10_000 - st["inflight"]))
+                    items = await w.run(sp.lease, shards, owner,
+                                        min(lease_batch, 10_000 - st["inflight"]))
                     if not items:
                         st["eof"] = True
                         got.set()
@@ -292,7 +293,7 @@ def phase_writer_path(spool_dir: str, shards: list[int], group: int, commit_batc
             return {"results": st["done"], "seconds": round(time.perf_counter() - t0, 2),
                     "cpu": _cpu() - c0, "commits": w.commits,
                     "merged_batches": getattr(w, "merged_batches", 0),
-                    "merged_leases": w.merged_leases, "gate": gate}
+                    "merged_leases": w.merged_leases, "gate": gate, "lease_batch": lease_batch}
 
     import uvloop
 
@@ -404,9 +405,10 @@ def commit_phases(args, work: str, report: dict) -> None:
     make_csv(csv_path, args.commit_n)
     halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
     runs = [  # (name, phase, processes, per-process args, separate envs)
-        ("writer_path_1proc", phase_writer_path, 1, [(list(range(64)), 64, args.commit_batch)], False),
+        ("writer_path_1proc", phase_writer_path, 1,
+         [(list(range(64)), 64, args.commit_batch, args.lease_batch)], False),
         ("writer_path_2proc_one_env", phase_writer_path, 2,
-         [(h, 64, args.commit_batch) for h in halves], False),
+         [(h, 64, args.commit_batch, args.lease_batch) for h in halves], False),
         ("cycle_1proc_no_loop", phase_cycle, 1, [(list(range(64)),)], False),
         ("commits_1proc_asyncio_submit", phase_commit, 1, [(list(range(64)), 1, "asyncio")], False),
         ("commits_1proc_uvloop_submit", phase_commit, 1, [(list(range(64)), 1, "uvloop")], False),
@@ -461,6 +463,8 @@ def main() -> None:
                     help="commit runs to do (default: all)")
     ap.add_argument("--commit-batch", type=int, default=None,
                     help="writer_path runs: ResultWriter commit_batch (default: [spool] commit_batch)")
+    ap.add_argument("--lease-batch", type=int, default=1000,
+                    help="writer_path runs: items per lease (WorkerSpec.lease_batch)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from fastmta.config import SpoolConfig
