@@ -81,7 +81,7 @@ class Worker:
         self.stop_now = False
         self._room = asyncio.Event()
         self._done = asyncio.Event()
-        self._pending: set[asyncio.Future] = set()
+        self._settled = asyncio.Event()  # set when no result waits for its commit
         # results accepted by a server but not yet durable are the only ones a crash
         # can duplicate: keep them bounded (flights wait at the gate beyond this)
         self.max_uncommitted = 2 * self.cfg.spool.commit_batch
@@ -267,25 +267,25 @@ class Worker:
         batch, self._outbox = self._outbox, []
         if not batch:
             return
-        fut = asyncio.ensure_future(self.writer.submit_many([r for _, r in batch]))
-        self._pending.add(fut)
+        # one callback per group, no future or task (the writer calls it once the
+        # transaction holding the group is durable)
         self._uncommitted += len(batch)
         shards = [s for s, _ in batch]
-        fut.add_done_callback(lambda f: self._committed(f, shards))
+        self.writer.hand([r for _, r in batch], lambda exc: self._committed(exc, shards))
 
-    def _committed(self, fut: asyncio.Future, shards: list[int]) -> None:
-        self._pending.discard(fut)
+    def _committed(self, exc: BaseException | None, shards: list[int]) -> None:
         self._uncommitted -= len(shards)
         if self._uncommitted < self.max_uncommitted:
             self._below.set()
+            if not self._uncommitted:
+                self._settled.set()
         self.inflight -= len(shards)
         for shard in shards:
             self.per_shard[shard] -= 1
-        if fut.cancelled() or fut.exception() is not None:
+        if exc is not None:
             # not durable: the lease stays; recovery gives the recipient back later
             self.commit_errors += len(shards)
-            if not fut.cancelled():
-                log.error("commit failed: %s", fut.exception())
+            log.error("commit failed: %s", exc)
         self._room.set()
 
     # ----------------------------------------------------------------- loops
@@ -512,8 +512,12 @@ class Worker:
             await asyncio.wait_for(fetch, 30.0)
             await sched.stop()
             self._flush_outbox()
-            if self._pending:
-                await asyncio.wait(set(self._pending), timeout=30.0)
+            if self._uncommitted:
+                self._settled.clear()
+                try:
+                    await asyncio.wait_for(self._settled.wait(), 30.0)
+                except TimeoutError:
+                    log.error("%d results still not committed at exit", self._uncommitted)
         finally:
             fetch.cancel()
             ops.cancel()

@@ -54,7 +54,19 @@ _U32MAX = 0xFFFFFFFF
 _MAX_VALIDITY_MS = int(3.5 * 86400 * 1000)
 
 _MADV_DONTNEED = 4
-_TRIM_RECORDS = 1_000
+_TRIM_RECORDS = 1_000  # look at the mapped spool pages this often (records handled)
+_TRIM_MAPPED_BYTES = 32 * 1024 * 1024  # unmap once this much more file memory is mapped
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def _mapped_file_bytes() -> int:
+    """Resident file-backed + shared memory of this process (``/proc/self/statm``
+    field 3), 0 where unsupported: one small read, no /proc/self/maps walk."""
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[2]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def _load_madvise() -> Callable[[int, int, int], int] | None:
@@ -169,6 +181,7 @@ class SpoolBase:
         self.on_full: list[Callable[[str], None]] = []
         self._rotate = 0
         self._touched_since_trim = 0
+        self._mapped_base = _mapped_file_bytes()  # libraries etc., before any spool page
         with env.begin(write=True) as txn:
             for name in _DBS:
                 # seen: key = delivery id, sorted fixed-size duplicates = address digests
@@ -355,16 +368,20 @@ class SpoolBase:
         return rec
 
     def _maybe_trim(self, n: int) -> None:
-        """Reading records maps file pages; unmap them every ``_TRIM_RECORDS`` records
-        (flat RSS).  Recipients of one shard are spread over the spool, so each record
-        handled maps a page or two (~8 KB measured on a 1M-recipient spool, copy-on-write
-        copies included): between trims a process maps ~8 MB whatever the spool size.
-        Trimming every 1,000 records costs ~1-2 us per record (the /proc/self/maps read,
-        the madvise and the re-faulted hot pages): ``benchmarks/bench_trim.py``."""
+        """Reading records maps file pages; unmap them once the process maps
+        ``_TRIM_MAPPED_BYTES`` (32 MB) more file memory than at open (flat RSS).
+        Recipients of one shard are spread over the spool, so each record handled maps
+        a page or two (~8 KB measured on a 1M-recipient spool): unmapping after a fixed
+        count of records (1,000, before) re-faulted the hot pages at every commit and
+        cost ~25% of the writer's CPU (``bench_spool.py`` writer_path: 35k -> 46k
+        results per CPU-second); the mapped size is checked every ``_TRIM_RECORDS``
+        records instead (``/proc/self/statm``, a few us), ``benchmarks/bench_trim.py``."""
         self._touched_since_trim += n
         if self._touched_since_trim >= _TRIM_RECORDS:
             self._touched_since_trim = 0
-            self.trim_rss()
+            mapped = _mapped_file_bytes()
+            if not mapped or mapped - self._mapped_base >= _TRIM_MAPPED_BYTES:
+                self.trim_rss()
 
     # ------------------------------------------------------------------ KPIs / events
     @staticmethod

@@ -21,7 +21,7 @@ def test_group_commit_resolves_when_durable(spool):
                                    for i in items))
             # every awaited result is already committed when its future resolves
             assert spool.kpis(did)["sent"] == 500
-            assert w.committed == 500 and 5 <= w.commits <= 10
+            assert w.committed == 500 and 2 <= w.commits <= 10  # batches of 100, merged up to 400
             # a single result is not held longer than the window
             more = await w.run(spool.lease, [0, 1], "w", 1)
             assert more == []
@@ -78,3 +78,75 @@ def test_backpressure_with_a_small_queue(spool):
 
     asyncio.run(asyncio.wait_for(run(), 30))
     assert spool.kpis(did)["sent"] == 200
+
+
+def test_hand_calls_back_once_per_group_once_durable(spool):
+    did = make_delivery(spool, 300, shards=1)
+    seen: list[tuple[int, int, object]] = []
+
+    async def run():
+        async with ResultWriter(spool, commit_batch=64, commit_window_ms=5) as w:
+            items = await w.run(spool.lease, [0], "w", 300)
+            done = asyncio.Event()
+            groups = [items[i:i + 50] for i in range(0, 300, 50)]
+
+            def cb(n):
+                def f(exc):
+                    # at callback time the group is in the spool (durable), not before
+                    seen.append((n, spool.kpis(did).get("sent", 0), exc))
+                    if len(seen) == len(groups):
+                        done.set()
+                return f
+
+            handed = 0
+            for g in groups:
+                handed += len(g)
+                w.hand([Result(key=i.key, outcome="sent", code=250) for i in g], cb(handed))
+                assert w.outstanding <= handed
+            await done.wait()
+            assert w.outstanding == 0
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert len(seen) == 6 and all(exc is None for _, _, exc in seen)
+    assert all(sent >= handed for handed, sent, _ in seen)
+    assert spool.kpis(did)["sent"] == 300
+
+
+def test_batches_waiting_for_the_thread_merge_into_one_commit(spool):
+    import threading
+
+    did = make_delivery(spool, 100, shards=1)
+    gate = threading.Event()
+
+    async def run():
+        async with ResultWriter(spool, commit_batch=10, commit_window_ms=1000) as w:
+            items = await w.run(spool.lease, [0], "w", 100)
+            blocked = asyncio.ensure_future(w.run(gate.wait, 10))  # the thread is busy
+            futs = [asyncio.ensure_future(w.submit_many(
+                [Result(key=i.key, outcome="sent", code=250) for i in items[k:k + 10]]))
+                for k in range(0, 100, 10)]
+            await asyncio.sleep(0)  # every group is a full batch: all handed off, queued
+            assert w.commits == 0
+            gate.set()
+            assert await blocked is True
+            await asyncio.gather(*futs)
+            # commit_max = 4 x commit_batch: 10 queued batches in 3 transactions
+            assert w.commits == 3 and w.merged_batches == 7 and w.committed == 100
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert spool.kpis(did)["sent"] == 100
+
+
+def test_hand_reports_a_failed_commit(spool):
+    make_delivery(spool, 1)
+    got: list = []
+
+    async def run():
+        async with ResultWriter(spool) as w:
+            ev = asyncio.Event()
+            w.hand([Result(key=b"\0\0\0\1\0\0\0\0", outcome="bogus")],
+                   lambda exc: (got.append(exc), ev.set()))
+            await ev.wait()
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert len(got) == 1 and "bogus" in str(got[0])
