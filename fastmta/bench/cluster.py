@@ -132,6 +132,15 @@ TOP_LEVEL = ("cmdstat_fcall", "cmdstat_fcall_ro", "cmdstat_xread", "cmdstat_xrev
              "cmdstat_function|load")
 
 
+def node_spec(opts, cfg: Config, workdir: str, index: int, nodes: int) -> dict:
+    """The spec of node ``index`` of ``nodes`` (``fastmta.bench.node``)."""
+    return {"config": msgspec.to_builtins(cfg), "spool": os.path.join(workdir,
+                                                                      f"spool{index}"),
+            "workers": opts.workers or 1, "profile": opts.profile, "domains": opts.domains,
+            "sites": opts.sites, "messages": opts.messages, "nodes": nodes, "index": index,
+            "size": opts.size, "seed": opts.seed, "timeout_s": opts.timeout_s}
+
+
 def redis_calls(url: str) -> Counter:
     """Calls per command executed by the Redis server so far (``INFO commandstats``),
     plus ``_round_trips`` (client commands) and ``_all`` (with those inside Functions)."""
@@ -172,12 +181,8 @@ async def nodes_pass(opts, prof, world, nodes: int, redis_url: str, workdir: str
         base = bench_config(sim, opts, prof)
         calls0 = redis_calls(redis_url) if redis_url else Counter()
         for i in range(nodes):
-            cfg = node_config(base, world, redis_url, f"n{i}")
-            spec = {"config": msgspec.to_builtins(cfg), "spool": os.path.join(
-                workdir, f"spool{i}"), "workers": opts.workers or 1,
-                "profile": opts.profile, "domains": opts.domains, "sites": opts.sites,
-                "messages": opts.messages, "nodes": nodes, "index": i, "size": opts.size,
-                "seed": opts.seed, "timeout_s": opts.timeout_s}
+            spec = node_spec(opts, node_config(base, world, redis_url, f"n{i}"), workdir,
+                             i, nodes)
             procs.append(await NodeProc(spec, workdir, f"node{i}").start())
         for p in procs:
             await p.expect("ready", 120.0)

@@ -148,8 +148,8 @@ class RedisLimits(Limits):
                 local = self.fallback.acquire(keys, self._share(limits))
                 if local is None:
                     return None
-            lease = uuid.uuid4().hex
-            zkeys = [self.k("c", k) for k in keys]
+            lease = f"{self.node}:{uuid.uuid4().hex}"  # whose it is, for ops
+            zkeys = [self.k("c", k) for k in keys] + [self.k("w", k) for k in keys]
             try:
                 self.round_trips += 1
                 ok, _ = self.r.fcall("fm_acquire", len(zkeys), *zkeys,
@@ -170,7 +170,7 @@ class RedisLimits(Limits):
         local = self.fallback.acquire(keys, self._share(limits))
         if local is None:
             return None
-        lease = uuid.uuid4().hex
+        lease = f"{self.node}:{uuid.uuid4().hex}"  # whose it is, for ops
         self.leases[lease] = _Lease(keys, local, False)
         return lease
 

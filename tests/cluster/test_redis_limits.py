@@ -143,3 +143,26 @@ def test_redis_killed_then_restarted(srv):
     for x in (a, b, c):
         x.close()
     assert r.zcard("fm:c:site:s") == 0  # nothing leaked
+
+
+def test_fair_shares_while_another_node_waits(srv):
+    a, b = node(srv, "a"), node(srv, "b")
+    held = [a.acquire(["site:f"], [4]) for _ in range(4)]
+    assert all(held)  # alone, a may take the whole limit
+    assert b.acquire(["site:f"], [4]) is None  # full: b is now a node wanting the key
+    a.release(held.pop())
+    # a holds 3 >= ceil(4 / 2 nodes wanting): the freed slot waits for b
+    assert a.acquire(["site:f"], [4]) is None
+    got = b.acquire(["site:f"], [4])
+    assert got is not None
+    r = redis.Redis.from_url(srv.url)
+    members = r.zrange("fm:c:site:f", 0, -1)
+    assert sorted(m.split(b":")[0] for m in members) == [b"a", b"a", b"a", b"b"]
+    a.release(held.pop())
+    a.release(held.pop())
+    # a holds 1 < 2: it may take one back; b may grow to its share
+    assert b.acquire(["site:f"], [4]) is not None
+    assert a.acquire(["site:f"], [4]) is not None
+    assert a.acquire(["site:f"], [4]) is None and b.acquire(["site:f"], [4]) is None
+    for x in (a, b):
+        x.close()
