@@ -109,24 +109,24 @@ local function take(keys, args)
 end
 
 -- A learned limit or a suspension, seen by one node, for all.  KEYS[1]: the site's state
--- hash, KEYS[2]: the signal stream.  ARGV: site key, field ('limit'|'rate'|'suspend'),
--- value (suspend: seconds from now), ttl_s of the state.
+-- hash.  ARGV: field ('limit'|'rate'|'suspend'), value (suspend: seconds from now),
+-- ttl_s of the state.  Returns the value for the signal stream (the caller adds it:
+-- the stream is in another Redis Cluster slot), or nil when nothing changed.
 local function signal(keys, args)
   local now = now_us()
-  local field, value = args[2], tonumber(args[3])
+  local field, value = args[1], tonumber(args[2])
   if field == 'suspend' then
     local untl = now + value * 1000000
     local cur = tonumber(redis.call('HGET', keys[1], 'suspend') or '0')
-    if untl <= cur then return 0 end
+    if untl <= cur then return nil end
     redis.call('HSET', keys[1], 'suspend', num(untl))
-    value = untl
+    value = num(untl)
   else
     redis.call('HSET', keys[1], field, tostring(value), field .. '_at', num(now))
+    value = tostring(value)
   end
-  redis.call('EXPIRE', keys[1], tonumber(args[4]))
-  redis.call('XADD', keys[2], 'MAXLEN', '~', '10000', '*', 'k', args[1], 'f', field,
-             'v', tostring(value))
-  return 1
+  redis.call('EXPIRE', keys[1], tonumber(args[3]))
+  return value
 end
 
 -- Membership: ZADD node now; drop nodes unseen for ARGV[2] ms; returns {now_us, nodes}.

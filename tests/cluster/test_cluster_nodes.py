@@ -42,7 +42,7 @@ def test_kill9_of_a_node_frees_its_leases_and_loses_nothing(tmp_path):
                         config=Config(cluster=ClusterConfig(lease_ttl_s=TTL, retry_s=0.2)))
     world = expand(prof, opts.domains, opts.sites)
     name, conns, rate = capped_provider(world)
-    lease_key = f"fm:c:provider:{name}"
+    lease_key = f"fm:c:{{provider:{name}}}"
 
     async def go(srv):
         client = redis.Redis.from_url(srv.url)
