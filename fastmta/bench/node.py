@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import msgspec
@@ -27,6 +29,12 @@ from fastmta.delivery.recipients import Row
 from fastmta.engine import entry as engine
 from fastmta.engine.supervisor import Supervisor
 from fastmta.spool import Spool
+
+
+def _orphan_watch() -> None:
+    """stdin closes when the bench dies: take the node (its process group) down too."""
+    sys.stdin.read()
+    os.killpg(os.getpgid(0), signal.SIGKILL)
 
 
 def _say(line: str) -> None:
@@ -55,6 +63,7 @@ async def run_node(spec: dict) -> dict:
     await _wait_workers(sup, task, 60.0)
     _say("ready")
     await asyncio.to_thread(sys.stdin.readline)  # "go" (or EOF: go as well)
+    threading.Thread(target=_orphan_watch, daemon=True).start()
     marks: list[tuple[int, float]] = []
     t_go = time.time()
     did = spec.get("did") or 0

@@ -37,7 +37,9 @@ log = logging.getLogger("fastmta.cluster")
 
 LIBRARY = (Path(__file__).with_name("limits.lua")).read_text()
 GRACE_S = 1.0  # an outage: seconds without new leases while nodes shed their excess
-_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# any Redis error (a reply error too: a Function missing after a restart, a busy or
+# read-only server) is an outage: the node goes on with its share, never stops sending
+_ERRORS = (redis.RedisError, OSError)
 
 
 class _Lease:

@@ -219,6 +219,7 @@ class SharedBudget:
         self.max_connections = provider_conns
         self.round_trips = 0
         self.retry_at = 0.0  # after a refusal, ask the backend again from then on
+        self.take_at = 0.0  # after a rate denial: no cell conforms before then
         # what this site last published / applied (SiteShaper values)
         self.seen_limit: int | None = None
         self.seen_rate: float | None = None
@@ -304,6 +305,8 @@ class SharedBudget:
         t = time.monotonic()
         if self.cells >= n and t < self.cells_until:
             return 0.0
+        if t < self.take_at:  # the backend said: nothing conforms before then
+            return self.take_at - t
         keys, rates = self._rates(now)
         if not keys:
             return 0.0
@@ -314,11 +317,17 @@ class SharedBudget:
         self.round_trips += 1
         wait = self.limits.take(keys, rates, k)
         if wait > 0 and k > n:
-            # a whole batch does not fit yet: the cells this flight needs may
-            self.round_trips += 1
-            k = n
-            wait = self.limits.take(keys, rates, n)
+            # a whole batch does not fit yet: the cells this flight needs may (a lower
+            # bound of their wait: the batch's, less k - n cells of the slowest rate)
+            est = wait - (k - n) / slowest
+            if est > 0:
+                wait = est
+            else:
+                self.round_trips += 1
+                k = n
+                wait = self.limits.take(keys, rates, n)
         if wait > 0:
+            self.take_at = t + wait
             return wait
         self.cells += k
         # cells lapse after two batch periods (a late flight still spends them; never a
