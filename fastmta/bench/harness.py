@@ -212,7 +212,10 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
             yield Row(i, e, {})
         marks.append((n + 1, time.time() * 1000.0))
 
-    sup = Supervisor(cfg, spool_path, workers=opts.workers or None, title=False)
+    from fastmta.cluster.node import worker_target  # [cluster] redis_url: RedisLimits
+
+    sup = Supervisor(cfg, spool_path, workers=opts.workers or None, title=False,
+                     worker_target=worker_target(cfg))
     t_boot = time.monotonic()
     sup_task = asyncio.get_running_loop().create_task(sup.run(forever=True))
     # the engine runs before the campaign arrives: wait for every worker's first beat

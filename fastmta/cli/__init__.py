@@ -36,6 +36,7 @@ def info() -> None:
 from fastmta.cli import (  # noqa: E402,F401
     bench,
     classify,
+    cluster,
     delivery,
     dkim,
     egress,

@@ -80,6 +80,37 @@ def print_bench(r: dict) -> None:
         e(f"    {p}")
 
 
+def print_nodes(r: dict) -> None:
+    """The human-readable report of ``--nodes N``."""
+    e = click.echo
+    e(f"fastmta bench: profile {r['profile']}, {r['messages']} messages over {r['nodes']} "
+      f"nodes ({r['workers_per_node']} worker(s) each), provider cap "
+      f"{r['cap_msgs_per_s']:.0f} msgs/s and {r['cap_connections']} connections for all")
+    for p in [r, *([r["without_cluster"]] if "without_cluster" in r else [])]:
+        e(f"  cluster {p['cluster']:<5}  accepted {p['observed_msgs_per_s']:>7.1f} msgs/s "
+          f"({p['observed_pct_of_cap']:.1f}% of cap), attempted "
+          f"{p['attempted_msgs_per_s']:.1f}/s, peak connections {p['peak_connections']} "
+          f"of {p['cap_connections']}, refusals {p['refusals']} (rate "
+          f"{p['refusals_rate']}, connections {p['refusals_connections']})")
+        e(f"  {'':<13}  delivered {p['delivered']} by node {p['delivered_by_node']} in "
+          f"{p['elapsed_s']:.1f} s; lost {p['lost']} duplicates {p['duplicates']} pending "
+          f"{p['pending']} -> {'OK' if p['audit_ok'] else 'FAILED'}"
+          + (f"; Redis round trips/msg {p['redis_round_trips_per_msg']} (commands incl. "
+             f"inside Functions {p['redis_commands_per_msg']})" if "redis_round_trips" in p
+             else ""))
+    if "leases_left" in r:
+        e(f"  leases left in Redis after the run: {r['leases_left']}")
+
+
+def _done_nodes(result: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        print_nodes(result)
+    if not result["audit_ok"]:
+        sys.exit(3)
+
+
 def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
     from fastmta.bench.warmup import run_warmup
     from fastmta.runtime import run
@@ -147,15 +178,24 @@ def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
               help="--profile warmup: compressed days to run")
 @click.option("--day-seconds", type=float, default=12.0, show_default=True,
               help="--profile warmup: real seconds per egress day")
+@click.option("--nodes", type=int, default=1, show_default=True,
+              help="fastmta nodes, each its own process (supervisor, workers, spool), "
+                   "against one provider capped for all (--profile capped)")
+@click.option("--cluster", "cluster", type=click.Choice(["none", "redis"]), default="none",
+              show_default=True,
+              help="share the limits through a throwaway redis-server on loopback; the "
+                   "same run without it is measured too (docs/scale.md)")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
               write_recipients, feedback, state_dir, sources, days, day_seconds,
-              as_json) -> None:
+              nodes, cluster, as_json) -> None:
     """Benchmark the full engine against the simulated internet (loopback only).
 
     ``--profile warmup --sources N --days D``: IP warm-up over D compressed days
-    (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory."""
+    (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory;
+    ``--profile capped --nodes 3 --cluster redis``: three nodes sharing one provider's
+    caps through Redis, then the same without the cluster (docs/scale.md)."""
     if profile == "warmup":
         _warmup(sources, days, day_seconds, workers, timeout_s, as_json)
         return
@@ -199,7 +239,18 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
                             fixed_connections=fixed_connections, progress=progress,
                             feedback=feedback, state_dir=state_dir)
-        result = run(b.run_bench(opts))
+        if nodes > 1:
+            from fastmta.bench.cluster import run_cluster_bench
+
+            result = run(run_cluster_bench(opts, nodes, cluster))
+            _done_nodes(result, as_json)
+            return
+        if cluster == "redis":
+            from fastmta.bench.cluster import run_overhead
+
+            result = run(run_overhead(opts))
+        else:
+            result = run(b.run_bench(opts))
         if not as_json and sys.stderr.isatty():
             sys.stderr.write("\n")
     except FastMTAError as exc:
@@ -208,5 +259,14 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
         click.echo(json.dumps(result, indent=1, sort_keys=True))
     else:
         print_bench(result)
+        if result.get("cluster") == "redis":
+            w = result["without_cluster"]
+            click.echo(f"cluster: redis {result['msgs_per_s']:,.0f} msgs/s vs "
+                       f"{w['msgs_per_s']:,.0f} without (ratio "
+                       f"{result['cluster_throughput_ratio']:.2f}); Redis round trips "
+                       f"{result['redis_round_trips']:,} = "
+                       f"{result['redis_round_trips_per_msg']} per delivered message "
+                       f"(commands incl. inside Functions {result['redis_commands_per_msg']});"
+                       f" leases left {result['leases_left']}")
     if not result["audit_ok"] or (result["dkim"] and not result.get("dkim_ok")):
         sys.exit(3)

@@ -12,28 +12,52 @@ local function num(x)
   return string.format('%.0f', x)
 end
 
--- Connection leases.  KEYS: one ZSET per limit (members = lease ids, score = expiry).
+-- Connection leases.  KEYS: one ZSET per limit (members = lease ids "node:uuid", score
+-- = expiry), then as many demand ZSETs (node -> when it was last refused).
 -- ARGV: ttl_ms, lease id, then one limit per key (-1: count without a limit).
+-- Fair shares: while other nodes were refused a lease of a key in the last second, a
+-- node holds at most ceil(limit / nodes wanting) of it (first come does not take all).
 -- Returns {1, 0} (granted) or {0, ms until the earliest lease of the full key expires}.
+local function holds(k, node)
+  local n, pre = 0, node .. ':'
+  for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
+    if string.sub(m, 1, #pre) == pre then n = n + 1 end
+  end
+  return n
+end
+
 local function acquire(keys, args)
   local now = now_us()
   local ttl = tonumber(args[1]) * 1000
   local id = args[2]
-  for i, k in ipairs(keys) do
+  local node = string.match(id, '^(.-):') or id
+  local n = #keys / 2
+  for i = 1, n do
+    local k, w = keys[i], keys[n + i]
     redis.call('ZREMRANGEBYSCORE', k, '-inf', num(now))
     local lim = tonumber(args[2 + i])
-    if lim >= 0 and redis.call('ZSCORE', k, id) == false
-        and redis.call('ZCARD', k) >= lim then
-      local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
-      local wait = 1000
-      if first[2] then wait = math.max(1, math.floor((tonumber(first[2]) - now) / 1000)) end
-      return {0, wait}
+    if lim >= 0 and redis.call('ZSCORE', k, id) == false then
+      local deny = redis.call('ZCARD', k) >= lim
+      if not deny then
+        redis.call('ZREMRANGEBYSCORE', w, '-inf', num(now - 1000000))
+        local wanting = redis.call('ZCARD', w)
+        if redis.call('ZSCORE', w, node) == false then wanting = wanting + 1 end
+        if wanting > 1 and holds(k, node) >= math.ceil(lim / wanting) then deny = true end
+      end
+      if deny then
+        redis.call('ZADD', w, num(now), node)
+        redis.call('PEXPIRE', w, 2000)
+        local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
+        local wait = 1000
+        if first[2] then wait = math.max(1, math.floor((tonumber(first[2]) - now) / 1000)) end
+        return {0, wait}
+      end
     end
   end
   local exp = num(now + ttl)
-  for _, k in ipairs(keys) do
-    redis.call('ZADD', k, exp, id)
-    redis.call('PEXPIRE', k, 2 * tonumber(args[1]))
+  for i = 1, n do
+    redis.call('ZADD', keys[i], exp, id)
+    redis.call('PEXPIRE', keys[i], 2 * tonumber(args[1]))
   end
   return {1, 0}
 end
@@ -85,24 +109,24 @@ local function take(keys, args)
 end
 
 -- A learned limit or a suspension, seen by one node, for all.  KEYS[1]: the site's state
--- hash, KEYS[2]: the signal stream.  ARGV: site key, field ('limit'|'rate'|'suspend'),
--- value (suspend: seconds from now), ttl_s of the state.
+-- hash.  ARGV: field ('limit'|'rate'|'suspend'), value (suspend: seconds from now),
+-- ttl_s of the state.  Returns the value for the signal stream (the caller adds it:
+-- the stream is in another Redis Cluster slot), or nil when nothing changed.
 local function signal(keys, args)
   local now = now_us()
-  local field, value = args[2], tonumber(args[3])
+  local field, value = args[1], tonumber(args[2])
   if field == 'suspend' then
     local untl = now + value * 1000000
     local cur = tonumber(redis.call('HGET', keys[1], 'suspend') or '0')
-    if untl <= cur then return 0 end
+    if untl <= cur then return nil end
     redis.call('HSET', keys[1], 'suspend', num(untl))
-    value = untl
+    value = num(untl)
   else
     redis.call('HSET', keys[1], field, tostring(value), field .. '_at', num(now))
+    value = tostring(value)
   end
-  redis.call('EXPIRE', keys[1], tonumber(args[4]))
-  redis.call('XADD', keys[2], 'MAXLEN', '~', '10000', '*', 'k', args[1], 'f', field,
-             'v', tostring(value))
-  return 1
+  redis.call('EXPIRE', keys[1], tonumber(args[3]))
+  return value
 end
 
 -- Membership: ZADD node now; drop nodes unseen for ARGV[2] ms; returns {now_us, nodes}.

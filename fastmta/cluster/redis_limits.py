@@ -37,7 +37,9 @@ log = logging.getLogger("fastmta.cluster")
 
 LIBRARY = (Path(__file__).with_name("limits.lua")).read_text()
 GRACE_S = 1.0  # an outage: seconds without new leases while nodes shed their excess
-_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
+# any Redis error (a reply error too: a Function missing after a restart, a busy or
+# read-only server) is an outage: the node goes on with its share, never stops sending
+_ERRORS = (redis.RedisError, OSError)
 
 
 class _Lease:
@@ -91,7 +93,11 @@ class RedisLimits(Limits):
 
     # ------------------------------------------------------------------ plumbing
     def k(self, kind: str, key: str) -> str:
-        return f"{self.p}:{kind}:{key}"
+        """The Redis key: its group (the provider of a site, else the key itself) is a
+        hash tag, so the keys of one call are in one Redis Cluster slot:
+        ``fm:c:{provider:p}/site:s`` and ``fm:c:{provider:p}``; ``fm:c:{site:s}``."""
+        tag, sep, rest = key.partition("/")
+        return f"{self.p}:{kind}:{{{tag}}}{sep}{rest}"
 
     def _connect(self) -> None:
         self.round_trips += 1
@@ -106,7 +112,13 @@ class RedisLimits(Limits):
         self.round_trips += 1
         _, nodes = self.r.fcall("fm_member", 1, self.k("members", "all"), self.node,
                                 int(self.cfg.lease_ttl_s * 1000))
-        self.nodes = sorted(n.decode() for n in nodes) or [self.node]
+        seen = {n.decode() for n in nodes} | {self.node}
+        if self.degraded or time.monotonic() < self._settle_until:
+            # a Redis that restarted empty knows only the nodes back so far: until every
+            # node had time to come back, the shares stay those of the nodes seen before
+            # (else the first node back would take the whole limit as its share)
+            seen |= set(self.nodes)
+        self.nodes = sorted(seen)
 
     def _degrade(self, exc: BaseException) -> None:
         self.errors += 1
@@ -126,7 +138,7 @@ class RedisLimits(Limits):
                     len(self.nodes))
 
     def _recover(self) -> None:
-        self._connect()
+        self._connect()  # still degraded: the membership keeps the nodes seen before
         self.degraded = False
         self._settle_until = time.monotonic() + 2 * self.cfg.retry_s + 1.0
         # the leases keep their local count until released: it is what the settle
@@ -148,8 +160,8 @@ class RedisLimits(Limits):
                 local = self.fallback.acquire(keys, self._share(limits))
                 if local is None:
                     return None
-            lease = uuid.uuid4().hex
-            zkeys = [self.k("c", k) for k in keys]
+            lease = f"{self.node}:{uuid.uuid4().hex}"  # whose it is, for ops
+            zkeys = [self.k("c", k) for k in keys] + [self.k("w", k) for k in keys]
             try:
                 self.round_trips += 1
                 ok, _ = self.r.fcall("fm_acquire", len(zkeys), *zkeys,
@@ -170,7 +182,7 @@ class RedisLimits(Limits):
         local = self.fallback.acquire(keys, self._share(limits))
         if local is None:
             return None
-        lease = uuid.uuid4().hex
+        lease = f"{self.node}:{uuid.uuid4().hex}"  # whose it is, for ops
         self.leases[lease] = _Lease(keys, local, False)
         return lease
 
@@ -256,9 +268,11 @@ class RedisLimits(Limits):
                                  ("suspend", suspend_s if suspend_s > 0 else None)):
                 if value is None:
                     continue
-                self.round_trips += 1
-                self.r.fcall("fm_signal", 2, self.k("s", key), self.k("sig", "all"), key,
-                             field, value, ttl)
+                self.round_trips += 2
+                v = self.r.fcall("fm_signal", 1, self.k("s", key), field, value, ttl)
+                if v is not None:  # the stream lives in its own slot: a second call
+                    self.r.xadd(self.k("sig", "all"), {"k": key, "f": field, "v": v},
+                                maxlen=10_000, approximate=True)
         except _ERRORS as exc:
             self._degrade(exc)
 

@@ -32,6 +32,7 @@ import msgspec
 from fastmta.engine.rates import Gcra, burst_for
 
 Rate = tuple[float, int]  # (messages per second, burst)
+DENIED_S = 0.05  # a site refused a connection slot asks again after this (or a release)
 
 
 class Learned(msgspec.Struct):
@@ -184,11 +185,13 @@ class LocalLimits(Limits):
 class SharedBudget:
     """One site's limits in a ``Limits`` backend, shaped like ``rates.ProviderBudget``.
 
-    Keys: ``site:<name>`` (connection limit = the site's current adaptive limit, message
+    Keys: ``site:<name>``, or ``provider:<p>/site:<name>`` for a site of provider p
+    (connection limit = the site's current adaptive limit, message
     rate = its current rate) and, when the site belongs to a provider with caps,
     ``provider:<name>`` (its connection and rate caps).  Rate cells are taken from the
     backend ``batch_s`` worth of the rate at a time and spent locally; unspent cells
-    lapse after that long, so a batch never adds a burst later.
+    lapse after two such periods, so a batch never adds a burst later; a refused
+    connection request is asked again after ``DENIED_S`` (or at once after a release).
     """
 
     def __init__(self, limits: Limits, site: str, *, conn_limit: Callable[[float], int],
@@ -196,11 +199,13 @@ class SharedBudget:
                  provider: str = "", provider_conns: int | None = None,
                  provider_rate: float | None = None, batch_s: float = 0.05) -> None:
         self.limits = limits
-        self.key = f"site:{site}"
+        self.pkey = f"provider:{provider}" if provider else ""
+        # a site of a provider is named under it ("provider:P/site:S"): a backend can
+        # keep the keys of one admission together (Redis Cluster hash tags, docs/scale.md)
+        self.key = f"{self.pkey}/site:{site}" if provider else f"site:{site}"
         self.conn_limit = conn_limit
         self.msg_rate = msg_rate
         self.msg_burst = msg_burst
-        self.pkey = f"provider:{provider}" if provider else ""
         self.provider_conns = provider_conns
         self.provider_rate = provider_rate
         self.batch_s = batch_s
@@ -213,6 +218,8 @@ class SharedBudget:
         self.active = 0
         self.max_connections = provider_conns
         self.round_trips = 0
+        self.retry_at = 0.0  # after a refusal, ask the backend again from then on
+        self.take_at = 0.0  # after a rate denial: no cell conforms before then
         # what this site last published / applied (SiteShaper values)
         self.seen_limit: int | None = None
         self.seen_rate: float | None = None
@@ -228,9 +235,15 @@ class SharedBudget:
 
     def may_open(self) -> bool:
         if self.pending is None:
-            keys, lims = self._keys_limits(time.monotonic())
+            t = time.monotonic()
+            if t < self.retry_at:  # refused a moment ago: no round trip per pump
+                self.denied = True
+                return False
+            keys, lims = self._keys_limits(t)
             self.round_trips += 1
             self.pending = self.limits.acquire(keys, lims)
+            if self.pending is None:
+                self.retry_at = t + DENIED_S
         self.denied = self.pending is None
         return not self.denied
 
@@ -245,6 +258,7 @@ class SharedBudget:
         self.active += 1
 
     def release(self) -> None:
+        self.retry_at = 0.0  # a slot of ours is free: the next ask may get it
         self.active = max(0, self.active - 1)
         if self.leases:
             self.round_trips += 1
@@ -291,6 +305,8 @@ class SharedBudget:
         t = time.monotonic()
         if self.cells >= n and t < self.cells_until:
             return 0.0
+        if t < self.take_at:  # the backend said: nothing conforms before then
+            return self.take_at - t
         keys, rates = self._rates(now)
         if not keys:
             return 0.0
@@ -301,14 +317,22 @@ class SharedBudget:
         self.round_trips += 1
         wait = self.limits.take(keys, rates, k)
         if wait > 0 and k > n:
-            # a whole batch does not fit yet: the cells this flight needs may
-            self.round_trips += 1
-            k = n
-            wait = self.limits.take(keys, rates, n)
+            # a whole batch does not fit yet: the cells this flight needs may (a lower
+            # bound of their wait: the batch's, less k - n cells of the slowest rate)
+            est = wait - (k - n) / slowest
+            if est > 0:
+                wait = est
+            else:
+                self.round_trips += 1
+                k = n
+                wait = self.limits.take(keys, rates, n)
         if wait > 0:
+            self.take_at = t + wait
             return wait
         self.cells += k
-        self.cells_until = t + max(self.batch_s, k / slowest)
+        # cells lapse after two batch periods (a late flight still spends them; never a
+        # burst later than that)
+        self.cells_until = t + 2 * max(self.batch_s, k / slowest)
         return 0.0
 
     def take(self, now: float, n: int = 1) -> float:

@@ -197,6 +197,34 @@ class OpsCollector(Collector):
             age.add_metric(lab, max(0.0, now - w.get("last_beat_mono", now)))
             inf.add_metric(lab, w.get("inflight", 0))
         yield from (up, age, inf)
+        yield from _limits_families(workers)
+
+
+def _limits_families(workers: list[dict]) -> Iterator:
+    """The shared limits of each worker (node/cluster scope, docs/scale.md): degraded
+    (on its local share), leases held, nodes seen, Redis round trips and outages."""
+    lab = ["worker", "scope", "node"]
+    deg = GaugeMetricFamily("fastmta_limits_degraded", "1 while the worker sends on its "
+                            "local share (the cluster's Redis unreachable)", labels=lab)
+    lea = GaugeMetricFamily("fastmta_limits_leases", "Connection leases held", labels=lab)
+    nod = GaugeMetricFamily("fastmta_cluster_nodes", "Nodes of the cluster seen (Redis "
+                            "membership)", labels=lab)
+    rts = CounterMetricFamily("fastmta_limits_round_trips", "Calls to the limits backend "
+                              "(Redis round trips) since the worker started", labels=lab)
+    out = CounterMetricFamily("fastmta_limits_outages", "Switches to the local share "
+                              "since the worker started", labels=lab)
+    for i, w in enumerate(workers):
+        st = w.get("limits") or {}
+        if not st:
+            continue
+        lv = [str(w.get("index", i)), str(st.get("scope", "")), str(st.get("node", ""))]
+        deg.add_metric(lv, 1 if st.get("degraded") else 0)
+        lea.add_metric(lv, st.get("leases", 0))
+        if "nodes" in st:
+            nod.add_metric(lv, st["nodes"])
+        rts.add_metric(lv, st.get("round_trips", 0))
+        out.add_metric(lv, st.get("outages", 0))
+    yield from (deg, lea, nod, rts, out)
 
 
 class _QuietHandler(WSGIRequestHandler):

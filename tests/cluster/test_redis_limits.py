@@ -32,13 +32,13 @@ def test_leases_held_across_nodes_and_released(srv):
     c = node(srv, "c")
     assert c.acquire(["site:t", "provider:p"], [5, 3]) is None
     r = redis.Redis.from_url(srv.url)
-    assert r.zcard("fm:c:site:t") == 0 and r.zcard("fm:c:provider:p") == 3
+    assert r.zcard("fm:c:{site:t}") == 0 and r.zcard("fm:c:{provider:p}") == 3
     a.release(got[0])
     assert b.acquire(["site:s", "provider:p"], [3, 10]) is not None
-    assert r.zcard("fm:c:site:s") == 3
+    assert r.zcard("fm:c:{site:s}") == 3
     for x in (a, b, c):
         x.close()
-    assert r.zcard("fm:c:site:s") == 0 and r.zcard("fm:c:provider:p") == 0
+    assert r.zcard("fm:c:{site:s}") == 0 and r.zcard("fm:c:{provider:p}") == 0
 
 
 def test_dead_node_leases_expire_within_ttl(srv):
@@ -136,10 +136,53 @@ def test_redis_killed_then_restarted(srv):
     assert not a.degraded and not b.degraded
     r = redis.Redis.from_url(srv.url)
     # the restarted (empty) Redis learnt the leases still held: a's 2 and b's 1
-    assert r.zcard("fm:c:site:s") == 3
+    assert r.zcard("fm:c:{site:s}") == 3
     # shared limits again: 3 more, then the limit
     more = [c.acquire(["site:s"], [6]) for _ in range(4)]
     assert more.count(None) == 1
     for x in (a, b, c):
         x.close()
-    assert r.zcard("fm:c:site:s") == 0  # nothing leaked
+    assert r.zcard("fm:c:{site:s}") == 0  # nothing leaked
+
+
+def test_fair_shares_while_another_node_waits(srv):
+    a, b = node(srv, "a"), node(srv, "b")
+    held = [a.acquire(["site:f"], [4]) for _ in range(4)]
+    assert all(held)  # alone, a may take the whole limit
+    assert b.acquire(["site:f"], [4]) is None  # full: b is now a node wanting the key
+    a.release(held.pop())
+    # a holds 3 >= ceil(4 / 2 nodes wanting): the freed slot waits for b
+    assert a.acquire(["site:f"], [4]) is None
+    got = b.acquire(["site:f"], [4])
+    assert got is not None
+    r = redis.Redis.from_url(srv.url)
+    members = r.zrange("fm:c:{site:f}", 0, -1)
+    assert sorted(m.split(b":")[0] for m in members) == [b"a", b"a", b"a", b"b"]
+    a.release(held.pop())
+    a.release(held.pop())
+    # a holds 1 < 2: it may take one back; b may grow to its share
+    assert b.acquire(["site:f"], [4]) is not None
+    assert a.acquire(["site:f"], [4]) is not None
+    assert a.acquire(["site:f"], [4]) is None and b.acquire(["site:f"], [4]) is None
+    for x in (a, b):
+        x.close()
+
+
+def test_keys_of_one_admission_share_a_cluster_slot(srv):
+    from redis.crc import key_slot
+
+    a = node(srv, "a")
+    site, prov = "provider:p/site:mx1.p.test", "provider:p"
+    assert a.k("c", site) == "fm:c:{provider:p}/site:mx1.p.test"
+    assert key_slot(a.k("c", site).encode()) == key_slot(a.k("c", prov).encode())
+    assert key_slot(a.k("r", site).encode()) == key_slot(a.k("w", prov).encode())
+    assert a.acquire([site, prov], [2, 3])
+    r = redis.Redis.from_url(srv.url)
+    assert r.zcard("fm:c:{provider:p}/site:mx1.p.test") == 1 == r.zcard("fm:c:{provider:p}")
+    # a learned limit goes to the site's state hash (same slot) and to the stream
+    b = node(srv, "b")
+    a.publish(site, limit=1)
+    assert b.learned(site).limit == 1
+    assert ("provider:p/site:mx1.p.test", 1) in [(k, x.limit) for k, x in b.signals([site])]
+    a.close()
+    b.close()
