@@ -151,12 +151,12 @@ def _human_text(w: Walk) -> str:
     return dsn.cut_returned("\n".join(texts))
 
 
-def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
+def _dsn_recipients(w: Walk, text: str | None = None) -> tuple[list[Recipient], str]:
     blocks: list[dsn.RcptBlock] = []
     for p in w.parts:
         if p.ctype in ("message/delivery-status", "message/global-delivery-status"):
             blocks.extend(dsn.from_delivery_status(p.text))
-    text = _human_text(w)
+    text = _human_text(w) if text is None else text
     if not blocks:
         # a delivery-status block pasted into the text (some gateways do)
         if "Final-Recipient:" in text or "Original-Recipient:" in text:
@@ -251,7 +251,7 @@ def _parse(raw: bytes, limits: Limits) -> Report:  # noqa: C901
                  for p in w.parts)
     text = _human_text(w)
     if has_ds or _is_bounce(w, text):
-        recips, _ = _dsn_recipients(w)
+        recips, _ = _dsn_recipients(w, text)
         if recips:
             if all(r.bounce_class == 60 for r in recips):
                 return _autoreply(w, common, challenge=False)
