@@ -325,6 +325,12 @@ class FeedbackConfig(_Section):
     max_recipients: int = 50  # per transaction (452 above)
     max_connections: int = 200  # in total (421 above)
     max_connections_per_ip: int = 20  # per client address (421 above)
+    # per client address, token buckets (0 = no limit; burst 0 = twice the rate):
+    # beyond them "421 4.7.0" and the connection is closed (the client retries later)
+    max_messages_per_s_per_ip: float = 200.0  # MAIL FROM per second
+    messages_burst_per_ip: float = 2000.0
+    max_connections_per_s_per_ip: float = 200.0  # new connections per second
+    connections_burst_per_ip: float = 2000.0
     command_timeout_s: float = 30.0
     max_line: int = 2048  # SMTP command line length (500 above)
     keep_raw_days: float = 7.0  # raw inbound mail kept for `fastmta inbound show`
@@ -335,6 +341,12 @@ class FeedbackConfig(_Section):
     parse_max_parts: int = 200
     parse_max_depth: int = 8
     parse_processes: int = 0  # listener: parser processes beside the SMTP loop (0 = the commit thread)
+
+    def __post_init__(self) -> None:
+        for name in ("max_messages_per_s_per_ip", "messages_burst_per_ip",
+                     "max_connections_per_s_per_ip", "connections_burst_per_ip"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"feedback {name} must be >= 0 (0 = no limit)")
 
     @property
     def bounce_domain(self) -> str:

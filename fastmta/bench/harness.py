@@ -198,9 +198,10 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     spool = Spool.open(spool_path, cfg.spool)
     inbound = None
     if opts.feedback:  # docs/feedback.md: the listener is the return path's MX
-        from fastmta.sim.feedback import start_listener
+        from fastmta.sim.feedback import LiveFeedback, start_listener
 
-        cfg, inbound = await start_listener(sim, cfg, spool)
+        cfg, srv_in = await start_listener(sim, cfg, spool)
+        inbound = LiveFeedback(sim, srv_in).start()  # feedback during the run
     state_loaded = load_state(spool, opts.state_dir) if opts.state_dir else 0
     sampler = ProcSampler().start()
     marks: list[tuple[int, float]] = []  # (line, wall ms when handed to the spool)
@@ -280,9 +281,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     accepted = await sim.accepted()
     audit = _audit(spool, did, world, accepted, marks, wall0_ms)
     if inbound is not None:
-        from fastmta.sim.feedback import run_feedback
-
-        audit["feedback"] = await run_feedback(sim, inbound)
+        audit["feedback"] = await inbound.finish()
     k = spool.kpis(did)
 
     sent = audit["delivered"]

@@ -168,7 +168,7 @@ def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
               help="with --write-world: also write the --messages recipients (CSV) and "
                    "the message template (FILE.eml beside it)")
 @click.option("--feedback", is_flag=True,
-              help="VERP + the inbound listener; after the run the simulated providers send "
+              help="VERP + the inbound listener; during the run the simulated providers send "
                    "async bounces (5%), complaints (0.5%), auto-replies (1%); audited")
 @click.option("--state", "state_dir", type=click.Path(file_okay=False), default=None,
               help="keep the delivery memory (learned per-site state) in DIR between runs")

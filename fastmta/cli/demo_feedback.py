@@ -1,16 +1,18 @@
 """``fastmta demo --feedback``: VERP on, the inbound listener published in the sim DNS,
-and the simulated providers' asynchronous feedback after the run (docs/feedback.md)."""
+and the simulated providers' asynchronous feedback, sent while the delivery runs
+(docs/feedback.md)."""
 
 from __future__ import annotations
 
 
 async def start_feedback(sim, cfg, spool):
-    from fastmta.sim.feedback import start_listener
+    """(cfg with VERP on, the running ``LiveFeedback``)."""
+    from fastmta.sim.feedback import LiveFeedback, start_listener
 
-    return await start_listener(sim, cfg, spool)
+    cfg, srv = await start_listener(sim, cfg, spool)
+    return cfg, LiveFeedback(sim, srv).start()
 
 
-async def send_feedback(sim, srv) -> dict:
-    from fastmta.sim.feedback import run_feedback
-
-    return await run_feedback(sim, srv)
+async def send_feedback(sim, live) -> dict:
+    """The rest of the feedback, then the audit (the listener is closed)."""
+    return await live.finish()

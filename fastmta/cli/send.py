@@ -308,8 +308,8 @@ def run_cmd(config_path, spool_dir, workers, forever, http_listen, token, verbos
               help="processes for the simulated MX hosts (0 = inside this process)")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--feedback", is_flag=True,
-              help="VERP return paths + the inbound listener; the simulated providers then "
-                   "send async bounces (5%), complaints (0.5%) and auto-replies (1%)")
+              help="VERP return paths + the inbound listener; during the run the simulated "
+                   "providers send async bounces (5%), complaints (0.5%) and auto-replies (1%)")
 @click.option("--force", is_flag=True, help="send even if the compliance pre-flight fails")
 @click.option("--dashboard", is_flag=True,
               help="serve the HTTP API + dashboard during the run (URL printed) and keep "

@@ -49,6 +49,25 @@ _CONTACT = re.compile(r"\b(?:please|contact|assistance|send (?:e-?)?mail to|writ
                       r"questions?)\b", re.I)
 
 
+#: the SMTP command a relayed reply answered, as MTAs write it in their bounces:
+#: Postfix "(in reply to end of DATA command)", Exim "SMTP error from remote mail
+#: server after RCPT TO:<..>", Sendmail transcripts ">>> DATA", "SMTP command: DATA".
+_PHASE = re.compile(
+    r"(?:in reply to (?:the )?|\bafter |smtp command:?\s*|>>>\s?)"
+    r"(end of data|data\b|rcpt\b|mail from)", re.I)
+
+
+def phase_of(text: str) -> str | None:
+    """``rcpt`` when the text shows a reply to RCPT TO, else ``dot`` for a reply to DATA
+    or its end, ``mail`` for MAIL FROM, else ``None`` (not said)."""
+    seen = {m.group(1).lower() for m in _PHASE.finditer(text[:20000])}
+    if "rcpt" in seen:
+        return "rcpt"
+    if "data" in seen or "end of data" in seen:
+        return "dot"
+    return "mail" if "mail from" in seen else None
+
+
 def _line_at(text: str, offset: int) -> str:
     start = text.rfind("\n", 0, offset) + 1
     end = text.find("\n", offset)

@@ -7,7 +7,8 @@ relay (it has no outbound queue at all).
   not verify gets ``550 5.7.1`` (forged).
 - Limits with their standard replies: message size (``552 5.3.4``), recipients per
   transaction (``452 4.5.3``), connections in total and per client address
-  (``421 4.7.0`` at connect), command/idle timeout (``421 4.4.2``), line length
+  (``421 4.7.0`` at connect), per-client rates of new connections and of messages
+  (token buckets, ``421 4.7.0`` and the connection closed), command/idle timeout (``421 4.4.2``), line length
   (``500 5.5.2``), no AUTH; STARTTLS when a certificate is configured.
 - DATA is durable (parsed, matched, applied and stored in the spool by a group commit)
   before the ``250``.
@@ -27,6 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from fastmta.config import Config
 from fastmta.feedback.apply import Processor
 from fastmta.feedback.parse import parse
+from fastmta.feedback.ratelimit import Buckets
 from fastmta.feedback.tokens import verify
 
 log = logging.getLogger("fastmta.feedback")
@@ -118,6 +120,9 @@ class InboundServer:
         self.key = self.proc.key
         self.hostname = hostname or cfg.smtp.ehlo_name or "localhost"
         self.per_ip: dict[str, int] = defaultdict(int)
+        self.msg_rate = Buckets(self.f.max_messages_per_s_per_ip, self.f.messages_burst_per_ip)
+        self.conn_rate = Buckets(self.f.max_connections_per_s_per_ip,
+                                 self.f.connections_burst_per_ip)
         self.total = 0
         self.stats: dict[str, int] = defaultdict(int)
         self.latencies: list[float] = []  # end of DATA -> durable and applied (seconds)
@@ -190,6 +195,12 @@ class InboundServer:
             writer.write(b"421 4.7.0 Too many connections, try again later\r\n")
             await _close(writer)
             return
+        if not self.conn_rate.allow(ip, time.monotonic()):
+            self.stats["rate_limited_connections"] += 1
+            writer.write(b"421 4.7.0 Too many connections from your address per second, "
+                         b"try again later\r\n")
+            await _close(writer)
+            return
         self.total += 1
         self.per_ip[ip] += 1
         try:
@@ -255,6 +266,12 @@ class InboundServer:
                 if mail_from is not None:
                     w(b"503 5.5.1 Nested MAIL command\r\n")
                     continue
+                if not self.msg_rate.allow(ip, time.monotonic()):
+                    self.stats["rate_limited_messages"] += 1
+                    w(b"421 4.7.0 Too many messages from your address, slow down and "
+                      b"try again later\r\n")
+                    await writer.drain()
+                    return
                 addr, params = _path(arg[5:])
                 size = params.get("SIZE", "0")
                 if size.isdigit() and int(size) > self.f.max_message_bytes:

@@ -149,7 +149,7 @@ def _resplit(data: bytes) -> bytes | None:
     counts: dict[bytes, int] = {}
     for m in _BOUNDARY_LINE.finditer(body[:1_000_000]):
         nxt = body[m.end():m.end() + 200].lstrip(b"\r\n")
-        if nxt[:13].lower() == b"content-type:" or nxt[:26].lower() == b"content-transfer-encoding:":
+        if nxt[:8].lower() == b"content-":  # Content-Type, -Description, -Transfer-Encoding
             counts[m.group(1)] = counts.get(m.group(1), 0) + 1
     if not counts:
         return None

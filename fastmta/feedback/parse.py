@@ -40,7 +40,8 @@ _BOUNCE_TEXT = re.compile(
     r"the following address(?:es)? (?:had|failed)|undeliverable|unable to deliver|"
     r"message (?:was )?(?:rejected|bounced)|returned to (?:the )?sender|"
     r"failed permanently|delivery to .{0,80} failed|user unknown|no such user|"
-    r"mailbox (?:unavailable|full|not found)|host unknown)", re.I)
+    r"mailbox (?:unavailable|full|not found)|host unknown|"
+    r"did not reach the following recipient)", re.I)
 
 
 _ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
@@ -84,9 +85,13 @@ def _classify(status: str | None, diag: str, action: str | None,
     text = diag or ""
     if status and status not in text:
         text = f"{status} {text}"
-    c = core.classify(text)
+    # The command the reply answered, where the bounce says: a "user unknown" answered
+    # to the end of DATA refuses the message, not the address (rule user-unknown-after-data).
+    phase = dsn.phase_of(diag or "") or (dsn.phase_of(context) if context else None)
+    cmd = "dot" if phase == "dot" else None
+    c = core.classify(text, cmd)
     if c.rule.startswith("default") and context:
-        c2 = core.classify(f"{status} {context[:4000]}" if status else context[:4000])
+        c2 = core.classify(f"{status} {context[:4000]}" if status else context[:4000], cmd)
         if not c2.rule.startswith("default") and c2.bounce_class != 60:
             c = c2
     typ = c.type if c.type in ("hard", "soft") else "ignored"
@@ -121,6 +126,10 @@ def _is_bounce(w: Walk, text: str) -> bool:
         return True
     if _BOUNCE_SUBJECT.search(subj) and _BOUNCE_TEXT.search(text):
         return True
+    if _BOUNCE_TEXT.search(text) and any(
+            p.ctype in ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
+            for p in w.parts):
+        return True  # failure wording with the returned message attached
     rp = header(root, "Return-Path")
     return rp in ("<>", "") and bool(_BOUNCE_FROM.search(frm)) and bool(dsn._ENH.search(text))
 
@@ -142,12 +151,12 @@ def _human_text(w: Walk) -> str:
     return dsn.cut_returned("\n".join(texts))
 
 
-def _dsn_recipients(w: Walk) -> tuple[list[Recipient], str]:
+def _dsn_recipients(w: Walk, text: str | None = None) -> tuple[list[Recipient], str]:
     blocks: list[dsn.RcptBlock] = []
     for p in w.parts:
         if p.ctype in ("message/delivery-status", "message/global-delivery-status"):
             blocks.extend(dsn.from_delivery_status(p.text))
-    text = _human_text(w)
+    text = _human_text(w) if text is None else text
     if not blocks:
         # a delivery-status block pasted into the text (some gateways do)
         if "Final-Recipient:" in text or "Original-Recipient:" in text:
@@ -242,7 +251,7 @@ def _parse(raw: bytes, limits: Limits) -> Report:  # noqa: C901
                  for p in w.parts)
     text = _human_text(w)
     if has_ds or _is_bounce(w, text):
-        recips, _ = _dsn_recipients(w)
+        recips, _ = _dsn_recipients(w, text)
         if recips:
             if all(r.bounce_class == 60 for r in recips):
                 return _autoreply(w, common, challenge=False)
@@ -259,13 +268,13 @@ def _parse(raw: bytes, limits: Limits) -> Report:  # noqa: C901
 def _ses_json(w: Walk) -> Report | None:
     """An Amazon SES notification (SNS e-mail: a JSON body with ``notificationType``)."""
     for p in w.parts:
-        if p.in_returned or not p.ctype.startswith("text/") or '"notificationType"' not in p.text:
+        if p.in_returned or not p.ctype.startswith("text/") or "notificationType" not in p.text:
             continue
         start = p.text.find("{")
         try:
             obj, _ = json.JSONDecoder(strict=False).raw_decode(p.text[start:])
             if isinstance(obj.get("Message"), str):  # raw SNS envelope
-                obj = json.loads(obj["Message"])
+                obj = json.loads(obj["Message"], strict=False)
         except (ValueError, AttributeError):
             continue
         kind = str(obj.get("notificationType") or obj.get("eventType") or "").lower()

@@ -10,6 +10,7 @@ token is ``None`` (never an exception).  Pure: no I/O.
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import re
 import struct
@@ -39,6 +40,13 @@ def verify(key: bytes, token: str) -> tuple[int, int] | None:
     """(delivery_id, rcpt_id) of a valid token, else None."""
     if not isinstance(token, str) or len(token) != TOKEN_LEN:
         return None
+    return _verify_cached(key, token)
+
+
+@functools.lru_cache(maxsize=4096)
+def _verify_cached(key: bytes, token: str) -> tuple[int, int] | None:
+    # one message verifies the same token up to four times (RCPT, envelope match, the
+    # returned headers' return path and Message-ID): the cache makes that one HMAC
     if any(c not in _CHARS for c in token):
         return None
     try:

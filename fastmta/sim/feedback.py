@@ -1,6 +1,7 @@
 """The simulated internet sends feedback too: after accepting a message with 250, a
 provider may later send a DSN in its own style to the message's return path, an ARF
-complaint to the feedback address of the return-path domain, or an automatic reply.
+complaint to the feedback address of the return-path domain, or an automatic reply --
+while the delivery runs (``LiveFeedback``) or after it (``run_feedback``).
 
 ``plan(messages, spec)`` decides, deterministically per recipient, who gets what;
 ``build_*`` make the mail (RFC 3464 multipart/report, Exim-style and qmail-style text
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import smtplib
+import time
 import zlib
 from collections.abc import Iterable
 
@@ -162,7 +164,7 @@ def build_autoreply(rcpt: str, return_path: str, original: bytes) -> bytes:
 
 
 async def send(items: list[FeedbackMail], dns: DnsConfig, port: int, *,
-               concurrency: int = 8) -> dict[str, int]:
+               concurrency: int = 8, retries: int = 12) -> dict[str, int]:
     """Deliver each item to the MX of its envelope recipient's domain (through ``dns``)."""
     from fastmta.dns.resolver import Resolver
 
@@ -171,14 +173,27 @@ async def send(items: list[FeedbackMail], dns: DnsConfig, port: int, *,
     counts: dict[str, int] = {}
 
     def deliver(ip: str, item: FeedbackMail) -> str:
-        with smtplib.SMTP(ip, port, timeout=30) as s:
-            s.ehlo("sim-feedback.test")
+        # like a provider's MTA: a 4xx (421 rate limit, 451) or a dropped connection is
+        # retried with a growing pause, a 5xx is final
+        pause = 0.05
+        for _ in range(retries):
             try:
-                s.sendmail(item.mail_from, [item.to], item.raw)
+                with smtplib.SMTP(ip, port, timeout=30) as s:
+                    s.ehlo("sim-feedback.test")
+                    s.sendmail(item.mail_from, [item.to], item.raw)
+                return "sent"
             except smtplib.SMTPRecipientsRefused as exc:
                 code = next(iter(exc.recipients.values()))[0]
-                return f"refused {code}"
-        return "sent"
+                if code >= 500:
+                    return f"refused {code}"
+            except smtplib.SMTPResponseException as exc:
+                if exc.smtp_code >= 500:
+                    return f"refused {exc.smtp_code}"
+            except (smtplib.SMTPServerDisconnected, ConnectionError, TimeoutError):
+                pass
+            time.sleep(pause)
+            pause = min(2.0, pause * 2)
+        return "gave_up"
 
     async def one(item: FeedbackMail) -> None:
         async with sem:
@@ -217,14 +232,70 @@ async def start_listener(sim, cfg, spool, *, domain: str = BOUNCE_DOMAIN,
     return cfg, srv
 
 
-async def run_feedback(sim, srv, spec: FeedbackSpec | None = None) -> dict:
-    """The providers' feedback for every message the sim accepted, sent to the listener;
-    returns what was planned, the SMTP outcomes and what the spool did (``srv`` closed)."""
-    items = plan(await sim.messages(), spec or FeedbackSpec())
-    try:
-        smtp = await send(items, sim.dns_config(), sim.smtp_port)
-    finally:
-        await srv.close()
+class LiveFeedback:
+    """The providers' feedback sent while the delivery runs, to the listener ``srv``.
+
+    Every ``interval_s`` the messages the sim accepted since the last look are planned
+    (``plan``: the same choice per recipient as all at once); each feedback mail leaves
+    ``delay_s`` after its message was seen (a provider bounces after its 250, and the
+    engine records the 250 a moment after the sim sent it).  ``finish()`` sends what is
+    left, closes ``srv`` and returns the audit (``run_feedback``'s dict plus
+    ``sent_during_run``)."""
+
+    def __init__(self, sim, srv, spec: FeedbackSpec | None = None, *,
+                 interval_s: float = 0.5, delay_s: float = 1.0) -> None:
+        self.sim, self.srv, self.spec = sim, srv, spec or FeedbackSpec()
+        self.interval_s, self.delay_s = interval_s, delay_s
+        self.cursor: list[int] | None = None
+        self.waiting: list[tuple[float, FeedbackMail]] = []  # (seen at, mail)
+        self.items: list[FeedbackMail] = []
+        self.smtp: dict[str, int] = {}
+        self.during = 0
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> LiveFeedback:
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    async def _loop(self) -> None:
+        while not self._stop.is_set():
+            await self._round(final=False)
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
+            except TimeoutError:
+                pass
+
+    async def _round(self, final: bool) -> None:
+        new, self.cursor = await self.sim.messages_since(self.cursor)
+        now = time.monotonic()
+        self.waiting.extend((now, m) for m in plan(new, self.spec))
+        if final:
+            due, self.waiting = [m for _, m in self.waiting], []
+        else:
+            due = [m for t, m in self.waiting if t <= now - self.delay_s]
+            self.waiting = [(t, m) for t, m in self.waiting if t > now - self.delay_s]
+        if not due:
+            return
+        got = await send(due, self.sim.dns_config(), self.sim.smtp_port)
+        for k, v in got.items():
+            self.smtp[k] = self.smtp.get(k, 0) + v
+        self.items.extend(due)
+        if not final:
+            self.during += len(due)
+
+    async def finish(self) -> dict:
+        try:
+            if self._task is not None:
+                self._stop.set()
+                await self._task
+            await self._round(final=True)
+        finally:
+            await self.srv.close()
+        return {**_audit(self.items, self.smtp, self.srv), "sent_during_run": self.during}
+
+
+def _audit(items: list[FeedbackMail], smtp: dict[str, int], srv) -> dict:
     planned: dict[str, int] = {}
     for i in items:
         planned[i.kind] = planned.get(i.kind, 0) + 1
@@ -235,3 +306,10 @@ async def run_feedback(sim, srv, spec: FeedbackSpec | None = None) -> dict:
             and effects.get("complained", 0) == planned.get("arf", 0)
             and effects.get("recorded", 0) == planned.get("autoreply", 0)
             and not effects.get("unmatched") and not effects.get("duplicate")}
+
+
+async def run_feedback(sim, srv, spec: FeedbackSpec | None = None) -> dict:
+    """The providers' feedback for every message the sim accepted, sent after the run
+    (``LiveFeedback`` sends it during the run); returns what was planned, the SMTP
+    outcomes and what the spool did (``srv`` closed)."""
+    return await LiveFeedback(sim, srv, spec).finish()

@@ -235,6 +235,27 @@ class SimInternet:
             out.extend(tuple(m) for m in s.get("kept", []))
         return out
 
+    async def messages_since(self, cursor: list[int] | None = None
+                             ) -> tuple[list[tuple[str, list[str], bytes]], list[int]]:
+        """Accepted messages kept since ``cursor`` (None: from the start) and the new
+        cursor (one position per MX process): an incremental ``messages``."""
+        n = len(self._conns) + (1 if self.mx is not None else 0)
+        cur = list(cursor) if cursor else [0] * n
+        out: list[tuple[str, list[str], bytes]] = []
+        k = 0
+        if self.mx is not None:
+            new = self.mx.stats.kept[cur[0]:]
+            out.extend(tuple(m) for m in new)
+            cur[0] += len(new)
+            k = 1
+        for i in range(len(self._conns)):
+            r = await self._ask(i, ("kept_since", cur[k + i]))
+            if r is None or r[0] != "kept":
+                raise RuntimeError(f"sim MX worker {i} did not answer: {r!r}")
+            out.extend(tuple(m) for m in r[1])
+            cur[k + i] += len(r[1])
+        return out, cur
+
     async def reset(self) -> None:
         """Forget counters and kept messages (not greylist/rate state)."""
         if self.mx is not None:
@@ -315,6 +336,8 @@ async def _worker_serve(world: World, addresses, port, keep, cert, conn) -> None
             return
         if msg[0] == "stats":
             reply(("stats", srv.stats.to_dict(with_messages=msg[1])))
+        elif msg[0] == "kept_since":
+            reply(("kept", srv.stats.kept[msg[1]:]))
         elif msg[0] == "reset":
             srv.stats = Stats()
             reply(("ok",))

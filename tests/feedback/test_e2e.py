@@ -107,3 +107,49 @@ def test_async_feedback_end_to_end(tmp_path):
     for e in complained:
         q = spool.quarantine_get(e)
         assert q.state == "denylisted" and q.reason == "complaint"
+
+
+@pytest.mark.timeout(240)
+def test_feedback_sent_while_the_delivery_runs(tmp_path):
+    """The sim's providers send their feedback during the run (``LiveFeedback``): DSNs
+    for messages accepted early arrive while the engine still delivers (one greylisted
+    recipient keeps the run going); each is applied once, KPIs equal a recount."""
+    from fastmta.sim.feedback import LiveFeedback, start_listener
+
+    n = 1500
+    world = World(WorldSpec(name="fb-live", greylist_default_s=4.0, providers=[
+        Provider(name="alpha", generate=10, hosts=1)]))
+    rcpt, msg, _ = write_inputs(tmp_path, world, n)
+    with open(rcpt, "a") as f:
+        f.write(f"greylist@{world.domains[0]},late\n")
+    spec = FeedbackSpec(bounce_rate=0.05, complaint_rate=0.005, autoreply_rate=0.01)
+
+    async def go():
+        async with SimInternet(world, keep_messages=True) as sim:
+            base = make_config(sim, validity_s=60.0)
+            spool_path = tmp_path / "spool"
+            spool = Spool.open(spool_path, base.spool)
+            cfg, srv = await start_listener(sim, base, spool)
+            live = LiveFeedback(sim, srv, spec, interval_s=0.2, delay_s=0.5).start()
+            try:
+                did = await inject(spool, cfg, rcpt, msg, 60.0)
+                await asyncio.wait_for(engine.run(cfg, spool_path, [did]), 150)
+            finally:
+                audit = await live.finish()
+            return spool, did, audit, live.items
+
+    spool, did, audit, items = asyncio.run(go())
+    assert audit["sent_during_run"] > 0, audit  # interleaved with the delivery
+    assert audit["all_applied_once"], audit
+    assert audit["smtp"] == {"sent": len(items)}
+    bounced = {f.rcpt for f in items if f.kind == "dsn"}
+    complained = {f.rcpt for f in items if f.kind == "arf"}
+    assert len(bounced) >= 0.03 * n
+    rows = [r for _, r in spool.recipients(did)]
+    for r in rows:
+        assert (r.status == Status.FAILED) == (r.email in bounced), r
+        assert ("complained" in r.feedback) == (r.email in complained)
+    k = spool.kpis(did)
+    assert k["sent"] == sum(r.status == Status.SENT for r in rows) == n + 1 - len(bounced)
+    assert k["failed"] == len(bounced) == k["async_bounces"]
+    assert k["complaints"] == len(complained)

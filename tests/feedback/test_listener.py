@@ -198,3 +198,51 @@ def test_starttls_when_a_certificate_is_configured(tmp_path):
 
     assert _run(go()).startswith("TLSv1.")
     assert sp.recipient(did, rid).status == Status.FAILED
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("eol", [b"\r\n", b"\n"])
+def test_data_dot_unstuffing_and_terminator(tmp_path, eol):
+    """Lines that start with a dot lose one (RFC 5321 4.5.2), a line ending in a dot is
+    not the end, a line that is only a dot is; CRLF and bare-LF clients alike; a big
+    message (over the 64 KB stream limit, read in pieces) arrives whole."""
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    tok = tokens_for(sp)
+    cfg = feedback_config()
+    it = items[0]
+    rp = tok.return_path(tok.token(did, rid_of(it)))
+    body_lines = [b"..first line stuffed", b"Subject: x", b"", b"a sentence.", b"..", b"...two",
+                  b"x" * 1000 + b".", b"end."] + [b"filler line %d." % i for i in range(3000)]
+    want = eol.join([b".first line stuffed", b"Subject: x", b"", b"a sentence.", b".", b"..two",
+                     b"x" * 1000 + b".", b"end."] + [b"filler line %d." % i
+                                                    for i in range(3000)]) + eol
+
+    def talk(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            f = c.makefile("rb")
+            f.readline()
+            for cmd in (b"EHLO x", b"MAIL FROM:<>", b"RCPT TO:<" + rp.encode() + b">", b"DATA"):
+                c.sendall(cmd + b"\r\n")
+                while True:
+                    line = f.readline()
+                    if line[3:4] != b"-":
+                        break
+            c.sendall(eol.join(body_lines) + eol + b"." + eol)
+            reply = f.readline()
+            c.sendall(b"QUIT\r\n")
+            return reply
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(talk, port)
+        finally:
+            await srv.close()
+
+    reply = asyncio.run(asyncio.wait_for(go(), 50))
+    assert reply.startswith(b"250"), reply
+    (rec,) = list(sp.inbound_list())
+    _, raw = sp.inbound_get(rec.id)
+    assert rec.size == len(want)
+    assert raw == want[: len(raw)] and len(raw) == min(len(want), cfg.feedback.keep_raw_bytes)
