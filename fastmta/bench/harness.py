@@ -194,7 +194,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         cfg = _with_dkim(cfg, os.path.dirname(spool_path), opts.dkim_algorithm)
     n = opts.messages
     # recipients are generated as they are injected (no list of N addresses here)
-    route = await engine.domain_router(world.domains, cfg)
+    route = await engine.domain_router(world.domains, cfg, spool_path=spool_path)
     spool = Spool.open(spool_path, cfg.spool)
     inbound = None
     if opts.feedback:  # docs/feedback.md: the listener is the return path's MX
