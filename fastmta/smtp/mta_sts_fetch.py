@@ -97,6 +97,11 @@ class PolicyFetcher:
                 return r.address
         raise PolicyError(f"{host} has no usable address")
 
+    async def txt(self, name: str) -> tuple[list[str], str]:
+        """The TXT strings of ``name`` over the configured resolver, and an error text
+        ("" when none; an NXDOMAIN is no records, not an error)."""
+        return await self._txt(name.rstrip("."))
+
     async def policy_id(self, domain: str) -> str | None:
         """Only the TXT step: the STSv1 id, ``""`` for no record, None on a DNS error or
         an invalid record (used at injection, ``engine/sts_prefetch.py``)."""
