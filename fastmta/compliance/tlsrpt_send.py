@@ -8,6 +8,7 @@ report goes.  Each report is the ``tlsrpt.report`` JSON, gzip-compressed, attach
 file name it prescribes), and sent with fastmta's SMTP client to the MX hosts of the
 ``mailto:`` domain, looked up with the configured resolver (STARTTLS as ``[smtp] tls``).
 
+The message is DKIM-signed when ``[dkim]`` has a key for the sender's domain.
 Sent reports are remembered in ``<dir>/sent/<day>/<domain>`` so a rerun sends nothing
 twice (``force`` sends again).  ``https:`` rua endpoints are reported as ``skipped``
 (not implemented).  ``fastmta tls send-reports`` is the command.
@@ -138,6 +139,7 @@ async def send_reports(cfg, directory: str | os.PathLike, day: str, *, from_addr
     from fastmta.dns.resolver import Resolver
     from fastmta.smtp.mta_sts_fetch import PolicyFetcher
 
+    signers = _signers(cfg)
     fetcher = PolicyFetcher(list(cfg.dns.nameservers), cfg.dns.port,
                             timeout_s=cfg.compliance.mta_sts_timeout_s)
     resolver = Resolver(cfg.dns, cfg.smtp)
@@ -168,6 +170,10 @@ async def send_reports(cfg, directory: str | os.PathLike, day: str, *, from_addr
         ok = False
         for rcpts in by_domain.values():
             data = build_message(rep, from_addr=from_addr, to_addrs=rcpts)
+            signed = bool(signers is not None and signers.has_key_for(
+                from_addr.rpartition("@")[2]))
+            if signed:  # RFC 8460 3: reports SHOULD be DKIM-signed by the submitter
+                data = signers.sign_message(data) + data
             why = "dry run" if dry_run else await _deliver(cfg, resolver, from_addr, rcpts,
                                                               data)
             status = "failed" if why and not dry_run else ("dry-run" if dry_run else "sent")
@@ -175,11 +181,26 @@ async def send_reports(cfg, directory: str | os.PathLike, day: str, *, from_addr
             for r in rcpts:
                 rows.append({"domain": domain, "rua": f"mailto:{r}", "status": status,
                              "detail": why, "report_id": rep["report-id"],
-                             "bytes": len(data)})
+                             "bytes": len(data), "dkim": signed})
         if ok:
             sent_dir.mkdir(parents=True, exist_ok=True)
             marker.write_text(json.dumps(rows[-1]) + "\n")
     return rows
+
+
+def _signers(cfg):
+    """The ``[dkim]`` keys (None when DKIM is off or no key loads: reports go unsigned)."""
+    if not cfg.dkim.enabled or not cfg.dkim.keys:
+        return None
+    from fastmta.dkim.signers import SignerSet
+
+    try:
+        return SignerSet.from_config(cfg.dkim)
+    except Exception as exc:  # a broken key must not stop the reports
+        import logging
+
+        logging.getLogger("fastmta.compliance").warning("TLS-RPT reports unsigned: %s", exc)
+        return None
 
 
 def yesterday(now: float | None = None) -> str:

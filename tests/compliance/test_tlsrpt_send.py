@@ -24,7 +24,7 @@ from fastmta.compliance.tlsrpt_send import (
 )
 from fastmta.config import to_toml
 from fastmta.sim import SimInternet
-from fastmta.sim.config import mta_sts_records, sim_config, tlsrpt_records
+from fastmta.sim.config import demo_sender, mta_sts_records, sim_config, tlsrpt_records
 from fastmta.sim.world import Provider, World, WorldSpec
 
 POLICY = ["version: STSv1", "mode: enforce", "mx: *.stsprov.sim.test", "max_age: 600"]
@@ -86,20 +86,31 @@ def _world() -> World:
     ], records=records))
 
 
+def _dns_txt(world):
+    zone = {r.name.lower() + ".": "".join(r.data).encode() for r in world.spec.records
+            if r.type == "TXT"}
+    return lambda name, timeout=5: zone.get(name.decode().lower())
+
+
 @pytest.mark.timeout(60)
 def test_reports_arrive_at_the_rua_mailbox(tmp_path):
+    import msgspec
+
+    import dkim as dkimpy
+
     ts = time.time()
     day = day_of(ts)
     rdir = tmp_path / "tls-rpt"
     _seed(rdir, ts)
+    world, dkim_cfg = demo_sender(_world(), tmp_path)  # a DKIM key for sender.example
 
     async def go():
-        async with SimInternet(_world(), keep_messages=True) as sim:
-            cfg = sim_config(sim, validity_s=10.0)
-            rows = await send_reports(cfg, rdir, day, from_addr="tlsrpt@fastmta.test",
+        async with SimInternet(world, keep_messages=True) as sim:
+            cfg = msgspec.structs.replace(sim_config(sim, validity_s=10.0), dkim=dkim_cfg)
+            rows = await send_reports(cfg, rdir, day, from_addr="tlsrpt@sender.example",
                                       organization="fastmta.test")
             msgs = await sim.messages()
-            again = await send_reports(cfg, rdir, day, from_addr="tlsrpt@fastmta.test")
+            again = await send_reports(cfg, rdir, day, from_addr="tlsrpt@sender.example")
             cfg_file = tmp_path / "fastmta.toml"
             cfg_file.write_text(to_toml(cfg))
             # the command, with --force: sent once more, JSON rows on stdout
@@ -117,7 +128,11 @@ def test_reports_arrive_at_the_rua_mailbox(tmp_path):
     assert "no v=TLSRPTv1 record at _smtp._tls.norpt.test" in by[("norpt.test", "")]["detail"]
     assert len(msgs) == 1
     mail_from, rcpts, data = msgs[0]
-    assert mail_from == "tlsrpt@fastmta.test" and rcpts == ["tls-reports@rpt.test"]
+    assert mail_from == "tlsrpt@sender.example" and rcpts == ["tls-reports@rpt.test"]
+    # DKIM-signed by the submitter's key (RFC 8460 3), verified by dkimpy
+    assert by[("enforce.test", "mailto:tls-reports@rpt.test")]["dkim"] is True
+    assert data.startswith(b"DKIM-Signature:") and b"d=sender.example" in data
+    assert dkimpy.verify(data, dnsfunc=_dns_txt(world))
     msg = email.message_from_bytes(data, policy=email.policy.default)
     att = [p for p in msg.walk() if p.get_content_type() == "application/tlsrpt+gzip"][0]
     got = json.loads(gzip.decompress(att.get_payload(decode=True)))
