@@ -245,6 +245,10 @@ class ConnectionTasks:
                         break
             if not flight:
                 continue
+            if site.capped and self.reserve_gate is not None:
+                # a cold source: the counters that reserved these messages are written
+                # before they go, so a kill -9 cannot hand the same cap out twice
+                await self.reserve_gate()
             if self.commit_gate is not None:
                 # bound the results accepted by servers but not yet durable (the
                 # duplicate window after a crash): wait for the spool to catch up

@@ -82,6 +82,8 @@ class Scheduler(ConnectionTasks, EgressSites):
         # flight -> flight without the jobs of deliveries paused at their provider (which
         # it defers); set by the ops hook only while such a pause exists
         self.hold_filter = None
+        # awaited before a capped (site, source) sends: its warm-up counters are durable
+        self.reserve_gate = None
         self.stats = {"sent": 0, "hard": 0, "soft": 0, "defer": 0, "expired": 0,
                       "attempts": 0, "throttled": 0, "connections": 0, "connect_failed": 0}
 
