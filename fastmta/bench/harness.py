@@ -360,6 +360,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
                                        for p in world.spec.providers):
         result["shaping"] = _goodput(world, prof, capped)
         result["time_to_90pct_cap_s"] = time_to_90pct_cap(result["shaping"])
+        result["time_to_converge_s"] = time_to_90pct_cap(result["shaping"], "converged_s")
     if opts.state_dir:
         result["state"] = {"dir": opts.state_dir, "records_loaded": state_loaded,
                            "records_saved": state_saved,
