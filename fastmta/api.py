@@ -318,7 +318,7 @@ class WorkerPool:
         domains = {r.email.rpartition("@")[2].lower() for r in rows if "@" in r.email}
         from fastmta.dkim.signers import key_check
 
-        route = await engine.domain_router(domains, self.cfg)
+        route = await engine.domain_router(domains, self.cfg, spool_path=self.spool.path)
         return await asyncio.to_thread(
             inject, self.spool, rows, body, mail_from=mail_from, validity_s=validity_s,
             cfg=self.cfg.delivery, shard_of=route, shards=self.cfg.engine.shards,

@@ -222,7 +222,9 @@ class PostfixServer:
     given (cert, key); ``pipelining=False`` hides PIPELINING.
     """
 
-    def __init__(self, *, tls: tuple[str, str] | None = None, pipelining: bool = True) -> None:
+    def __init__(self, *, tls: tuple[str, str] | None = None, pipelining: bool = True,
+                 extra_main: list[str] | tuple[str, ...] = (),
+                 conf_files: dict[str, str] | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="fastmta-postfix-"))
         self.dir.chmod(0o755)  # postfix processes run as the postfix user
         self.port = free_port()
@@ -267,7 +269,13 @@ class PostfixServer:
                      "smtpd_tls_security_level = may"]
         if not pipelining:
             main.append("smtpd_discard_ehlo_keywords = pipelining")
+        keys = {line.partition("=")[0].strip() for line in extra_main}
+        main = [line for line in main if line.partition("=")[0].strip() not in keys]
+        main += list(extra_main)  # replaces the defaults above with the same keys
         (conf / "main.cf").write_text("\n".join(main) + "\n")
+        for rel, text in (conf_files or {}).items():  # e.g. sasl/smtpd.conf
+            (conf / rel).parent.mkdir(parents=True, exist_ok=True)
+            (conf / rel).write_text(text)
         (conf / "master.cf").write_text(_MASTER_CF.format(port=self.port))
         r = subprocess.run([POSTFIX, "-c", str(conf), "start"], capture_output=True, text=True,
                            timeout=30)

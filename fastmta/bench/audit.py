@@ -125,6 +125,23 @@ def _converged_s(times: list[int], cap: int, fraction: float = 0.9,
     return None if first is None else round((first - t0) / 1000.0, 1)
 
 
+def _reached_s(times: list[int], cap: int, fraction: float = 0.9,
+               window_ms: int = 10_000, step_ms: int = 1_000) -> float | None:
+    """Seconds from the first acceptance to the end of the first ``window_ms`` window
+    (sliding in ``step_ms`` steps) whose acceptances reach ``fraction`` of the cap's
+    rate (``cap`` per minute); None if none does.  It measures how soon the sender
+    *reaches* the hidden cap, at a finer resolution than a minute window."""
+    need = fraction * cap * window_ms / 60_000
+    t0, last = times[0], times[-1]
+    a = t0
+    while a + window_ms <= last + step_ms:
+        n = bisect.bisect_left(times, a + window_ms) - bisect.bisect_left(times, a)
+        if n >= need:
+            return round((a + window_ms - t0) / 1000.0, 1)
+        a += step_ms
+    return None
+
+
 def _goodput(world, prof: BenchProfile, capped: dict[str, list[int]]) -> dict:
     """Per rate-capped provider: goodput over its first full rate windows vs its cap.
 
@@ -159,6 +176,7 @@ def _goodput(world, prof: BenchProfile, capped: dict[str, list[int]]) -> dict:
                                   t0 + (m + 1) * 60_000) / c, 1)
                 for m in range(int(span // 60))]
             entry["converged_s"] = _converged_s(times, c)
+            entry["reached_90pct_s"] = _reached_s(times, c)
         else:
             entry["goodput_per_s"] = round(len(times) / max(1e-3, span), 2)
             entry["goodput_pct_of_cap"] = None

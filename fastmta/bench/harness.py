@@ -194,7 +194,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         cfg = _with_dkim(cfg, os.path.dirname(spool_path), opts.dkim_algorithm)
     n = opts.messages
     # recipients are generated as they are injected (no list of N addresses here)
-    route = await engine.domain_router(world.domains, cfg)
+    route = await engine.domain_router(world.domains, cfg, spool_path=spool_path)
     spool = Spool.open(spool_path, cfg.spool)
     inbound = None
     if opts.feedback:  # docs/feedback.md: the listener is the return path's MX
@@ -362,6 +362,7 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
                                        for p in world.spec.providers):
         result["shaping"] = _goodput(world, prof, capped)
         result["time_to_90pct_cap_s"] = time_to_90pct_cap(result["shaping"])
+        result["time_to_converge_s"] = time_to_90pct_cap(result["shaping"], "converged_s")
     if opts.state_dir:
         result["state"] = {"dir": opts.state_dir, "records_loaded": state_loaded,
                            "records_saved": state_saved,

@@ -119,7 +119,7 @@ async def _run(sim, w, n, days, day_s, factor, origin, workers, tmp, timeout_s) 
     plan = load_plans([PLAN])[PLAN.name]
     spool_path = os.path.join(tmp, "spool")
     spool = Spool.open(spool_path, cfg.spool)
-    route = await engine.domain_router(w.domains, cfg)
+    route = await engine.domain_router(w.domains, cfg, spool_path=spool_path)
     template = message_template(800)
     sup = Supervisor(cfg, spool_path, workers=workers or None, title=False)
     task = asyncio.get_running_loop().create_task(sup.run(forever=True))

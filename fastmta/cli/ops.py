@@ -170,17 +170,28 @@ def _target_options(f):
     return spool_options(f)
 
 
+def _at_provider(provider, delivery, site):
+    """``--delivery N --provider P``: P is a mailbox provider group (gmail.com -> google)."""
+    if delivery is None or not provider or site:
+        return provider
+    from fastmta.compliance.guards import provider_group
+
+    return provider_group(provider)
+
+
 def _do_suspend(site, provider, delivery, reason, duration, spool, config) -> None:
     from fastmta.ops.admin import AdminError
 
     adm = _admin(spool, config)
+    provider = _at_provider(provider, delivery, site)
     try:
         adm.suspend(site=site, provider=provider, delivery=delivery, reason=reason,
                     duration_s=parse_duration(duration) if duration else None)
     except AdminError as exc:
         raise _fail(exc) from exc
-    what = site and f"site {site}" or provider and f"provider {provider}" or \
-        f"delivery {delivery}"
+    what = (delivery is not None and provider and f"delivery {delivery} at {provider}"
+            or site and f"site {site}" or provider and f"provider {provider}"
+            or f"delivery {delivery}")
     click.echo(f"suspended {what}" + (f" for {duration}" if duration else ""))
 
 
@@ -188,6 +199,7 @@ def _do_resume(site, provider, delivery, spool, config) -> None:
     from fastmta.ops.admin import AdminError
 
     adm = _admin(spool, config)
+    provider = _at_provider(provider, delivery, site)
     try:
         adm.resume(site=site, provider=provider, delivery=delivery)
     except AdminError as exc:
@@ -217,14 +229,17 @@ def _suspend_options(f):
 @_target_options
 @_suspend_options
 def admin_suspend(site, provider, delivery, reason, duration, spool, config) -> None:
-    """Suspend a site, a provider or a delivery."""
+    """Suspend a site, a provider or a delivery; --delivery N --provider P pauses
+    delivery N only at mailbox provider P (google, yahoo, microsoft, apple or a
+    recipient domain; gmail.com means google)."""
     _do_suspend(site, provider, delivery, reason, duration, spool, config)
 
 
 @admin_group.command("resume")
 @_target_options
 def admin_resume(site, provider, delivery, spool, config) -> None:
-    """Resume a suspended site, provider or delivery."""
+    """Resume a suspended site, provider or delivery (--delivery N also releases its
+    per-provider pauses; with --provider P only that one)."""
     _do_resume(site, provider, delivery, spool, config)
 
 

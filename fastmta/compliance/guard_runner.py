@@ -10,8 +10,11 @@ second, over the active deliveries:
   messages the delivery delivered to that provider's domains (the spool's per-domain KPIs
   ``domain/<d>/sent``, sampled into the same window).
 
-A pause is ``Admin.suspend(delivery=...)`` (state ``paused``, an admin event by user
-``compliance-guard`` with the reason); ``fastmta admin resume --delivery N`` releases it.
+A bounce-guard pause is ``Admin.suspend(delivery=...)`` (state ``paused``); a
+complaint-guard pause is ``Admin.suspend(delivery=..., provider=P)``: only that
+delivery's recipients at provider P are held, the rest of the delivery goes on.  Each is
+an admin event by user ``compliance-guard`` with the reason; ``fastmta admin resume
+--delivery N`` releases both (``--provider P`` only that one).
 After a resume, a guard judges only what happened since its pause (it does not pause
 again for the same bounces or complaints).
 """
@@ -66,9 +69,11 @@ class GuardRunner:
         self.flags: dict[int, dict] = {}
         self.pauses = 0
 
-    def _pause(self, did: int, guard: str, reason: str) -> None:
+    def _pause(self, did: int, guard: str, reason: str, provider: str | None = None) -> None:
+        """Pause the delivery, or with ``provider`` only its traffic to that provider."""
         try:
-            self.admin.suspend(delivery=did, reason=f"{guard} guard: {reason}", user=GUARD_USER)
+            self.admin.suspend(delivery=did, provider=provider,
+                               reason=f"{guard} guard: {reason}", user=GUARD_USER)
         except Exception as exc:  # never take the supervisor down
             log.error("guard pause of delivery %s failed: %s", did, exc)
             return
@@ -87,6 +92,21 @@ class GuardRunner:
             if self.c.complaint_guard:
                 self._import_feedback(d.id, kpis, now)
                 self._complaints(d.id, kpis, now)
+                self._released(d.id)
+
+    def _released(self, did: int) -> None:
+        """Drop the "paused" flag of a provider pause an operator has resumed."""
+        flags = self.flags.get(did)
+        if not flags:
+            return
+        paused = [g for g, f in flags.items()
+                  if g.startswith("complaint:") and f.get("state") == "paused"]
+        if not paused:
+            return
+        still = set(self.admin.paused_providers(did))
+        for g in paused:
+            if g[len("complaint:"):] not in still:
+                del flags[g]
 
     def _import_feedback(self, did: int, kpis: dict, now: float) -> None:
         """ARF complaints applied by the feedback processor (cumulative KPIs
@@ -151,7 +171,7 @@ class GuardRunner:
             if dec.action == "pause":
                 self._since[(did, "complaint:" + prov)] = (
                     self.sent.total(f"{did}/{prov}", now), n, now)
-                self._pause(did, f"complaint:{prov}", dec.detail)
+                self._pause(did, f"complaint:{prov}", dec.detail, provider=prov)
             elif dec.action == "warn" and flag.get(f"complaint:{prov}", {}).get(
                     "state") != "warning":
                 flag[f"complaint:{prov}"] = {"state": "warning", "reason": dec.detail,

@@ -71,6 +71,10 @@ class Egress:
         self._dirty_warm: dict[bytes, WarmupState] = {}
         self.stats: Counter[str] = Counter()
         self._chosen = {n: Choice(n) for n in self.model.sources}
+        # warm-up reservations of capped sources, and how many of them are durable (the
+        # worker sets ``durable`` after writing the counters; sends wait for it)
+        self.reserved = 0
+        self.durable = 0
 
     # ---------------------------------------------------------------- persistence
     def load(self, items: Iterable[tuple[bytes, bytes]], now_wall: float) -> None:
@@ -99,8 +103,25 @@ class Egress:
             if clock is None or clock.origin_wall != origin:
                 self._dirty[CLOCK_KEY] = _enc.encode(ClockRecord(self.eg.time_factor, origin))
 
+    def _fold_handed(self) -> None:
+        """Warm (capless) sources: the messages handed out since the last call go into
+        their per-provider ``used_day``/``used_hour`` (what ``egress status`` shows)."""
+        now = None
+        for (_pool, group), sel in self.selectors.items():
+            if not sel.handed:
+                continue
+            if now is None:
+                now = self.clock.now()
+            for name, n in sel.handed.items():
+                st = self.state(name, group)
+                self._ramp(name, group).roll(st, now)
+                Ramp.take(st, now, n)
+                self._touch(st)
+            sel.handed = {}
+
     def dirty(self) -> dict[bytes, bytes | None]:
         """Records changed since the last call (to write to the spool)."""
+        self._fold_handed()
         out, self._dirty = self._dirty, {}
         for key, st in self._dirty_warm.items():
             out[key] = _enc.encode(st)
@@ -143,6 +164,10 @@ class Egress:
     def _touch(self, st: WarmupState) -> None:
         self._dirty_warm[warm_key(st.source, st.provider)] = st
 
+    def capped(self, source: str, group: str) -> bool:
+        """Does ``source`` have a warm-up cap for ``group``?"""
+        return self._ramp(source, group).plan is not None
+
     def room(self, source: str, group: str) -> int | None:
         ramp = self._ramp(source, group)
         if ramp.plan is None:
@@ -160,6 +185,8 @@ class Egress:
             name = sel.single if sel.single is not None else sel.wrr.pick(usable)
             if name is None or (sel.single is not None and not usable(name)):
                 return _SUSPENDED
+            handed = sel.handed  # counted here, folded into used_day/hour by dirty()
+            handed[name] = handed.get(name, 0) + 1
             return self._chosen[name]
         now = self.clock.now()
 
@@ -173,6 +200,8 @@ class Egress:
             self._ramp(choice.source, group).roll(st, now)
             Ramp.take(st, now)
             self._touch(st)
+            if self._ramp(choice.source, group).plan is not None:
+                self.reserved += 1
             self.stats["picked_" + choice.source] += 1
             if choice.overflowed:
                 self.stats["overflowed"] += 1

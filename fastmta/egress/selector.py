@@ -62,7 +62,7 @@ class Choice:
 class PoolSelector:
     """Selection within one pool for one provider or site (module docstring)."""
 
-    __slots__ = ("wrr", "spill", "overflow", "single", "capless")
+    __slots__ = ("wrr", "spill", "overflow", "single", "capless", "handed")
 
     def __init__(self, members: Sequence[tuple[str, float]], overflow: str = SPILL) -> None:
         self.wrr = SmoothWrr(members)
@@ -70,6 +70,7 @@ class PoolSelector:
         self.overflow = overflow
         self.single = self.wrr.members[0][0] if len(self.wrr.members) == 1 else None
         self.capless = False  # set by the owner: no member has a warm-up cap here
+        self.handed: dict[str, int] = {}  # capless picks not yet folded into the counters
 
     def choose(self, usable: Callable[[str], bool], has_room: Callable[[str], bool]) -> Choice:
         """``usable``: not suspended for this site; ``has_room``: under its warm-up caps."""

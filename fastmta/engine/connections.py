@@ -238,6 +238,17 @@ class ConnectionTasks:
                 if self.stopping or self.draining or site.shaper.suspended(self.now()):
                     self._requeue_front(site, [j for g in flight for j in g])
                     return
+                if self.hold_filter is not None:  # a delivery paused at a provider
+                    flight = self.hold_filter(flight)
+                    n = sum(len(g) for g in flight)
+                    if not n:
+                        break
+            if not flight:
+                continue
+            if site.capped and self.reserve_gate is not None:
+                # a cold source: the counters that reserved these messages are written
+                # before they go, so a kill -9 cannot hand the same cap out twice
+                await self.reserve_gate()
             if self.commit_gate is not None:
                 # bound the results accepted by servers but not yet durable (the
                 # duplicate window after a crash): wait for the spool to catch up

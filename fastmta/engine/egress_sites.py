@@ -53,6 +53,7 @@ class EgressSites:
         shaper = SiteShaper(params, site_rules(self.cfg.shaping, prov), budget, now)
         site = Site(base.name, base.hosts, shaper, params, prov)
         site.source = src
+        site.capped = eg.capped(name, group)
         site.qkey = key
         site.base = base
         site.relay = base.relay

@@ -22,11 +22,15 @@ from fastmta.engine.supervisor import Progress, Supervisor
 
 
 async def domain_router(domains: Iterable[str], cfg: Config, *,
-                        concurrency: int = 128) -> Callable[[str], int]:
+                        concurrency: int = 128,
+                        spool_path: str | os.PathLike[str] | None = None
+                        ) -> Callable[[str], int]:
     """``shard_of(domain)`` routed by each domain's MX site (see module docstring).
 
     Domains that do not resolve (NXDOMAIN, SERVFAIL...) are routed by their own name;
-    the worker resolves again and fails or retries them.
+    the worker resolves again and fails or retries them.  With ``spool_path`` (and
+    ``[compliance] mta_sts``) each domain's ``_mta-sts`` TXT record is looked up in the
+    same pass and saved for the workers (``engine/sts_prefetch.py``).
     """
     from fastmta.dns.resolver import Resolver
 
@@ -34,11 +38,25 @@ async def domain_router(domains: Iterable[str], cfg: Config, *,
     resolver = Resolver(cfg.dns, cfg.smtp)
     sem = asyncio.Semaphore(concurrency)
     keys: dict[str, str] = {}
+    sts_ids: dict[str, str] = {}
+    sts = None
+    if spool_path is not None and cfg.compliance.mta_sts:
+        from fastmta.engine import sts_prefetch
+
+        sts = sts_prefetch.fetcher_for(cfg)
+
+    async def txt(domain: str) -> None:
+        pid = await sts_prefetch.lookup(sts, domain)
+        if pid is not None:
+            sts_ids[domain] = pid
 
     async def one(domain: str) -> None:
         async with sem:
             try:
-                mx = await resolver.resolve_mx(domain)
+                if sts is None:
+                    mx = await resolver.resolve_mx(domain)
+                else:
+                    mx, _ = await asyncio.gather(resolver.resolve_mx(domain), txt(domain))
             except Exception:  # any resolver trouble: route by name, the worker decides
                 keys[domain] = f"domain:{domain}"
                 return
@@ -48,6 +66,8 @@ async def domain_router(domains: Iterable[str], cfg: Config, *,
             keys[domain] = f"domain:{domain}"
 
     await asyncio.gather(*(one(d) for d in set(domains)))
+    if sts is not None:
+        sts_prefetch.save(spool_path, sts_ids)
     shards = cfg.engine.shards
 
     def route(domain: str) -> int:
@@ -92,7 +112,8 @@ async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],
         build_model(cfg).pool_for("", pool)
     has_key = key_check(cfg.dkim)
     if route_by_mx:
-        route = await domain_router(recipient_domains(recipients, fmt), cfg)
+        route = await domain_router(recipient_domains(recipients, fmt), cfg,
+                                    spool_path=spool.path)
     else:
         n = shards or cfg.engine.shards
 

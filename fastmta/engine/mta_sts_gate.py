@@ -1,7 +1,8 @@
 """MTA-STS in the engine (RFC 8461): which MX hosts a domain may use and how TLS is set up.
 
 The worker asks the gate once per domain (memoised for ``MEMO_S``, an hour for domains
-without a policy) after resolving its MX.  A domain with an ``enforce`` or ``testing`` policy gets its own site,
+without a policy) after resolving its MX; domains the injection found without an
+``_mta-sts`` record (``sts_prefetch.py``) cost it no query.  A domain with an ``enforce`` or ``testing`` policy gets its own site,
 ``mta-sts:<domain>`` (its policy must not leak to other domains of the same MX hosts):
 
 * ``enforce``: only MX hosts matching the policy are tried (none matches: each
@@ -25,6 +26,7 @@ from pathlib import Path
 import msgspec
 
 from fastmta.compliance.tlsrpt import TlsResultLog
+from fastmta.engine.sts_prefetch import PrefetchedTxt
 from fastmta.smtp.mta_sts import Policy
 from fastmta.smtp.mta_sts_fetch import FetchResult, PolicyFetcher
 
@@ -113,6 +115,9 @@ class StsGate:
         self.log = TlsResultLog(c.tls_rpt_dir or Path(spool_path) / "tls-rpt")
         self.clock = clock
         self._memo: dict[str, tuple[float, FetchResult]] = {}
+        # the injection's TXT answers (engine/sts_prefetch.py): no query for domains
+        # known to publish no policy
+        self.prefetched = PrefetchedTxt(spool_path, clock=clock)
         self._sem = asyncio.Semaphore(32)
 
     def record(self, domain: str, policy: Policy | None, mx: str, ip: str, result: str,
@@ -145,6 +150,18 @@ class StsGate:
             self.record(domain, fr.policy, "", "", fr.failure, fr.detail)
         return fr
 
+    def _known_without_policy(self, domain: str, now: float) -> bool:
+        """The injection saw no ``_mta-sts`` record (and no cached policy outlives it):
+        memoise "no policy" until that answer is stale."""
+        until = self.prefetched.no_policy_until(domain)
+        if not until or self.fetcher.cache.get(domain, self.clock()) is not None:
+            return False
+        ttl = min(NO_POLICY_MEMO_S, until - self.clock())
+        if len(self._memo) > 50_000:
+            self._memo.clear()
+        self._memo[domain] = (now + ttl, FetchResult(domain=domain, source="injection"))
+        return True
+
     async def adjust(self, resolved: dict) -> dict:
         """``domain -> MxResult`` with the MTA-STS sites substituted (see module doc)."""
         # hot path: memo hits are decided inline (no task per domain); only the domains
@@ -160,7 +177,7 @@ class StsGate:
             if hit is not None and hit[0] > now:
                 if hit[1].policy is not None:
                     found[d] = hit[1]
-            else:
+            elif not self._known_without_policy(d, now):
                 todo.append(d)
         if todo:
             for d, fr in zip(todo, await asyncio.gather(*(self._result(d) for d in todo)),

@@ -79,6 +79,11 @@ class Scheduler(ConnectionTasks, EgressSites):
         self.stopping = False
         self.loop = asyncio.get_running_loop()
         self.unknown = None  # templates.UnknownReplies: replies no rule recognised (issue #16)
+        # flight -> flight without the jobs of deliveries paused at their provider (which
+        # it defers); set by the ops hook only while such a pause exists
+        self.hold_filter = None
+        # awaited before a capped (site, source) sends: its warm-up counters are durable
+        self.reserve_gate = None
         self.stats = {"sent": 0, "hard": 0, "soft": 0, "defer": 0, "expired": 0,
                       "attempts": 0, "throttled": 0, "connections": 0, "connect_failed": 0}
 

@@ -55,6 +55,9 @@ class Site:
         self.base: Site | None = None  # the MX site it belongs to
         self.subs: list[Site] = []  # on a base site: its (site, source) sites
         self.memory = None  # the egress.memory.Learned record it started from
+        # a (site, source) whose source has a warm-up cap here: its sends wait until the
+        # counters that reserved them are durable (worker._reserve_gate)
+        self.capped = False
         self.flushed: tuple | None = None
         self.relay = None  # engine.relay.Smarthost: deliver through this relay
         self.qkey = name  # its key in Scheduler.sites (name + source for a source site)

@@ -113,12 +113,14 @@ class Worker:
         from fastmta.engine.relay import Relays
 
         self.relays = Relays(self.cfg.routing)  # [routing] smarthost(s)
+        self._reserve_lock = asyncio.Lock()
         self._relay_sites: dict[str, object] = {}
         self.limits = self._open_limits()
         self.scheduler = Scheduler(self.cfg, providers, self._on_result, self._render,
                                    rng=self.rng, is_static=self._is_static,
                                    commit_gate=self._commit_gate, egress=self.egress,
                                    pool_of=self._pool_of, limits=self.limits)
+        self.scheduler.reserve_gate = self._reserve_gate  # warm-up counters first
         from fastmta.engine.worker_ops import worker_ops
 
         self.ops = worker_ops(self)  # ops hook: counters, admin requests, site events
@@ -208,12 +210,31 @@ class Worker:
         """Write the learned (site, source) state and warm-up counters that changed."""
         if self.writer.paused or self.spool.full:
             return  # the spool is full: results first; the state is written after
+        eg = self.egress
+        seq = eg.reserved if eg is not None else 0
         try:
             recs = self.scheduler.egress_flush()
             if recs:
                 await self.writer.run(self.spool.egress_put, recs)
         except Exception:  # pragma: no cover - the next beat tries again
             log.exception("writing the egress state")
+            return
+        if eg is not None and seq > eg.durable:
+            eg.durable = seq  # the writer thread is FIFO: every earlier batch is written
+
+    async def _reserve_gate(self) -> None:
+        """Wait until every warm-up reservation made so far is durable (flushing now
+        rather than at the next beat; concurrent callers share one flush)."""
+        eg = self.egress
+        while eg.durable < eg.reserved and not self.stop_now:
+            if self._reserve_lock.locked():
+                async with self._reserve_lock:
+                    continue
+            async with self._reserve_lock:
+                before = eg.durable
+                await self._egress_flush()
+                if eg.durable == before:  # not written (spool full): do not spin
+                    await asyncio.sleep(0.2)
 
     def _is_static(self, did: int) -> bool:
         """True when the message has no personalisation: one body serves every

@@ -17,8 +17,9 @@ import logging
 import time
 from collections import defaultdict
 
+from fastmta.compliance.guards import provider_group
 from fastmta.engine.shaping import Effect
-from fastmta.ops.admin import read_controls
+from fastmta.ops.admin import DELIVERY_PROVIDER, read_controls
 from fastmta.records import SiteEvent
 
 log = logging.getLogger("fastmta.ops")
@@ -59,6 +60,8 @@ class WorkerOps:
         self.gen = -1
         self.suspensions: dict = {}
         self.bounces: dict = {}
+        self.held: set[tuple[int, str]] = set()  # (delivery, provider) paused there
+        self._groups: dict[str, str] = {}  # recipient domain -> provider group
         self.applied: dict[str, str] = {}  # site queue key -> suspension key applied
         self.qstate: dict[str, tuple] = {}  # site queue key -> last logged state
         self.events_written = 0
@@ -120,9 +123,14 @@ class WorkerOps:
         self.dkim_n += 1
 
     def intercept(self, site, job) -> bool:
-        """Called before ``enqueue``; True = the job was handled here (bounced)."""
+        """Called before ``enqueue``; True = the job was handled here (bounced, or held
+        because its delivery is paused at its mailbox provider)."""
         if self.suspensions:
             self._apply_suspension(site)
+            if self.held and self._held(job):
+                self.w.scheduler.defer(job, self.cfg.suspend_recheck_s,
+                                       reason="paused_at_provider", why="paused_at_provider")
+                return True
         if self.bounces:
             order = self.bounces.get(site.name)
             if order is not None and order.active(int(time.time() * 1000)):
@@ -209,6 +217,49 @@ class WorkerOps:
             job = sched._take(site)
             sched._emit(job, "canceled", reason=order.reason)
 
+    def _held(self, job) -> bool:
+        """Is the job's delivery paused at the job's mailbox provider?"""
+        it = job.item
+        d = it.domain
+        prov = self._groups.get(d)
+        if prov is None:
+            if len(self._groups) > 100_000:
+                self._groups.clear()
+            prov = self._groups[d] = provider_group(d)
+        return (it.delivery_id, prov) in self.held
+
+    def _hold_flight(self, flight: list) -> list:
+        """A connection's flight waiting on the rate: the held jobs go back to the spool."""
+        out = []
+        for group in flight:
+            keep = []
+            for job in group:
+                if self._held(job):
+                    self.w.scheduler.defer(job, self.cfg.suspend_recheck_s,
+                                           reason="paused_at_provider",
+                                           why="paused_at_provider")
+                else:
+                    keep.append(job)
+            if keep:
+                out.append(keep)
+        return out
+
+    def _hold_queued(self) -> None:
+        """Take the held deliveries' jobs out of the site queues (back to the spool)."""
+        sched = self.w.scheduler
+        for site in list(sched.sites.values()):
+            if not site.queue:
+                continue
+            jobs = [sched._take(site) for _ in range(len(site.queue))]
+            keep = []
+            for job in jobs:
+                if self._held(job):
+                    sched.defer(job, self.cfg.suspend_recheck_s, reason="paused_at_provider",
+                                why="paused_at_provider")
+                else:
+                    keep.append(job)
+            sched._requeue_front(site, keep)
+
     def poll_controls(self) -> None:
         spool = self.w.spool
         gen = spool.control_gen()
@@ -218,6 +269,14 @@ class WorkerOps:
         now_ms = int(time.time() * 1000)
         if any(not s.active(now_ms) for s in self.suspensions.values()):  # timed ones end
             self.suspensions = {k: s for k, s in self.suspensions.items() if s.active(now_ms)}
+        held = {(int(n.partition("/")[0]), n.partition("/")[2])
+                for k, n in self.suspensions if k == DELIVERY_PROVIDER}
+        if held != self.held:
+            new = held - self.held
+            self.held = held
+            self.w.scheduler.hold_filter = self._hold_flight if held else None
+            if new:
+                self._hold_queued()
         sched = self.w.scheduler
         for site in list(sched.sites.values()):
             if self.suspensions or site.qkey in self.applied:

@@ -8,7 +8,9 @@ it.  Running workers poll the control generation (``[ops] admin_poll_s``, defaul
   (or any site of that provider) until ``resume`` (or ``duration_s``); queued recipients
   are handed back to the spool (deferred, not failed) and come back every
   ``[ops] suspend_recheck_s`` to check.  ``suspend(delivery=ID)``: the delivery is paused
-  (workers stop leasing its recipients).
+  (workers stop leasing its recipients).  ``suspend(delivery=ID, provider=P)``: only its
+  recipients at mailbox provider P are held (deferred, rechecked like a site's), the
+  rest of the delivery goes on (the complaint guard's pause).
 - ``cancel(delivery)``: remaining recipients become ``failed`` with reason
   ``delivery_canceled`` (no quarantine).  Recipients in flight finish their current
   attempt; anything still pending afterwards is failed by the next sweep (the running
@@ -45,10 +47,15 @@ class AdminError(FastMTAError):
     """A bad admin request (unknown delivery, nothing to resume...)."""
 
 
-class Suspension(msgspec.Struct, kw_only=True):
-    """An operator suspension of a site or provider (control ``suspend/KIND/NAME``)."""
+DELIVERY_PROVIDER = "delivery-provider"  # one delivery at one mailbox provider
 
-    kind: str  # site | provider
+
+class Suspension(msgspec.Struct, kw_only=True):
+    """An operator suspension of a site or provider (control ``suspend/KIND/NAME``), or
+    of one delivery at one mailbox provider (kind ``delivery-provider``, name
+    ``DID/PROVIDER``)."""
+
+    kind: str  # site | provider | delivery-provider
     name: str
     reason: str = ""
     since_ms: int = 0
@@ -116,7 +123,11 @@ class Admin:
     def suspend(self, *, site: str | None = None, provider: str | None = None,
                 delivery: int | None = None, reason: str = "", duration_s: float | None = None,
                 user: str | None = None) -> Suspension | None:
-        """Suspend exactly one of a site, a provider or a delivery (see module doc)."""
+        """Suspend exactly one of a site, a provider or a delivery (see module doc), or
+        one delivery at one mailbox provider (``delivery`` and ``provider`` together)."""
+        if delivery is not None and provider and not site:
+            return self._suspend_at_provider(int(delivery), provider, reason, duration_s,
+                                             user)
         kind, name = _one(site=site, provider=provider, delivery=delivery)
         user = user if user is not None else _user()
         t = _now_ms()
@@ -139,14 +150,23 @@ class Admin:
 
     def resume(self, *, site: str | None = None, provider: str | None = None,
                delivery: int | None = None, user: str | None = None) -> None:
-        """Undo ``suspend`` (raises ``AdminError`` when it was not suspended)."""
-        kind, name = _one(site=site, provider=provider, delivery=delivery)
+        """Undo ``suspend`` (raises ``AdminError`` when it was not suspended).
+        ``delivery`` alone also releases that delivery's per-provider pauses."""
         user = user if user is not None else _user()
+        if delivery is not None and provider and not site:
+            self._resume_at_provider(int(delivery), provider.lower().rstrip("."), user)
+            return
+        kind, name = _one(site=site, provider=provider, delivery=delivery)
         t = _now_ms()
         if kind == "delivery":
             did = int(name)
             d = self._delivery(did)
+            at = self.paused_providers(did)
+            for prov in at:
+                self._resume_at_provider(did, prov, user)
             if d.state != "paused":
+                if at:
+                    return
                 raise AdminError(f"delivery {did} is {d.state}, not paused")
             self.spool.set_state(did, "active", "")
             self.spool.append_events([AdminEvent(ts_ms=t, action="resume",
@@ -158,6 +178,44 @@ class Admin:
             raise AdminError(f"{kind} {name!r} is not suspended")
         self.spool.control_put(key, None, [AdminEvent(ts_ms=t, action="resume",
                                                       target=f"{kind}:{name}", user=user)])
+
+    # ------------------------------------------------ one delivery at one provider
+    def _suspend_at_provider(self, did: int, provider: str, reason: str,
+                             duration_s: float | None, user: str | None) -> Suspension:
+        """Pause delivery ``did`` for the recipient domains of one mailbox provider
+        (a ``compliance.guards.provider_group`` name: google, yahoo, microsoft, apple, or
+        a recipient domain; the CLI maps a domain to its group); the rest keeps going."""
+        self._delivery(did)
+        prov = provider.lower().rstrip(".")
+        user = user if user is not None else _user()
+        t = _now_ms()
+        until = t + int(duration_s * 1000) if duration_s else 0
+        s = Suspension(kind=DELIVERY_PROVIDER, name=f"{did}/{prov}", reason=reason,
+                       since_ms=t, until_ms=until, user=user)
+        ev = AdminEvent(ts_ms=t, action="suspend", target=f"delivery:{did}/provider:{prov}",
+                        delivery_id=did, user=user,
+                        text=reason + (f" (for {duration_s:g}s)" if duration_s else ""))
+        self.spool.control_put(f"suspend/{DELIVERY_PROVIDER}/{did}/{prov}", _ENC.encode(s),
+                               [ev])
+        return s
+
+    def _resume_at_provider(self, did: int, prov: str, user: str) -> None:
+        key = f"suspend/{DELIVERY_PROVIDER}/{did}/{prov}"
+        if key not in self.spool.controls(key):
+            raise AdminError(f"delivery {did} is not paused at provider {prov!r}")
+        self.spool.control_put(key, None, [AdminEvent(
+            ts_ms=_now_ms(), action="resume", target=f"delivery:{did}/provider:{prov}",
+            delivery_id=did, user=user)])
+
+    def paused_providers(self, did: int) -> list[str]:
+        """The providers at which delivery ``did`` is paused now."""
+        t = _now_ms()
+        out = []
+        for raw in self.spool.controls(f"suspend/{DELIVERY_PROVIDER}/{int(did)}/").values():
+            s = _SUSP.decode(raw)
+            if s.active(t):
+                out.append(s.name.partition("/")[2])
+        return sorted(out)
 
     def suspensions(self) -> list[Suspension]:
         """Active site/provider suspensions."""

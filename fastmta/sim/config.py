@@ -131,6 +131,13 @@ def mta_sts_records(domain: str, policy_id: str = "sim1", address: str = "127.0.
             Record(name=f"mta-sts.{domain}", type="A", data=[address])]
 
 
+def tlsrpt_records(domain: str, rua: str) -> list:
+    """``_smtp._tls.<domain>`` TXT (RFC 8460 3): where TLS reports for ``domain`` go."""
+    from fastmta.sim.world import Record
+
+    return [Record(name=f"_smtp._tls.{domain}", type="TXT", data=[f"v=TLSRPTv1; rua={rua}"])]
+
+
 DEMO_SENDER = "sender.example"
 DEMO_SELECTOR = "demo"
 DEMO_MTA_STS = ("version: STSv1\nmode: enforce\nmx: gmail-smtp-in.l.google.com\n"
@@ -160,6 +167,7 @@ def demo_sender(world: World, directory: Path, ehlo_name: str = "fastmta.demo"):
     records = sender_records(DEMO_SENDER, ["127.0.0.1"], host=ehlo_name,
                              dkim=[(signer.dns_name, signer.dns_record())])
     records += mta_sts_records("bigmail.test")
+    records += tlsrpt_records("bigmail.test", "mailto:tls-reports@bigmail.test")
     providers = [msgspec.structs.replace(p, behaviour=msgspec.structs.replace(
         p.behaviour, starttls=True)) if p.name == "bigmail" else p
         for p in world.spec.providers]

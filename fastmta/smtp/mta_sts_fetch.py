@@ -97,6 +97,22 @@ class PolicyFetcher:
                 return r.address
         raise PolicyError(f"{host} has no usable address")
 
+    async def txt(self, name: str) -> tuple[list[str], str]:
+        """The TXT strings of ``name`` over the configured resolver, and an error text
+        ("" when none; an NXDOMAIN is no records, not an error)."""
+        return await self._txt(name.rstrip("."))
+
+    async def policy_id(self, domain: str) -> str | None:
+        """Only the TXT step: the STSv1 id, ``""`` for no record, None on a DNS error or
+        an invalid record (used at injection, ``engine/sts_prefetch.py``)."""
+        records, err = await self._txt(f"_mta-sts.{domain.lower().rstrip('.')}")
+        if err:
+            return None
+        try:
+            return parse_txt(records) or ""
+        except PolicyError:
+            return None
+
     async def policy(self, domain: str) -> FetchResult:
         """The policy of ``domain`` (one fetch at a time per domain)."""
         d = domain.lower().rstrip(".")

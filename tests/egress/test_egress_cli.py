@@ -95,6 +95,9 @@ def test_send_pool_cold_cap_and_status(tmp_path):
     (row,) = cold["providers"]
     assert row["daily_cap"] == 50 and row["used_today"] == 50 and row["stage"] == 1
     assert row["next"] == "advance"  # a full day with clean feedback
+    warm = next(s for s in doc["sources"] if s["name"] == "warm1")
+    (wrow,) = warm["providers"]  # a warm source's use is counted too (no cap)
+    assert wrow["used_today"] == 350 and wrow["daily_cap"] is None and wrow["next"] == "warm"
     assert {r["source"] for r in doc["learned"]} == {"warm1", "cold1"}
     text = subprocess.run(fastmta("egress", "status", "--config", str(conf), "--spool",
                                   str(spool)), env=ENV, capture_output=True, timeout=60,

@@ -128,3 +128,51 @@ def test_block_on_one_source_suspends_only_it_and_survives_kill9(tmp_path):
     rec = learned(spool)["b"]
     assert rec.suspended_until_wall > time.time() + 100  # 300 s from the block
     assert rec.blocks >= 1
+
+
+@pytest.mark.timeout(150)
+def test_warmup_counters_are_durable_before_sending_so_kill9_cannot_exceed_a_cap(tmp_path):
+    """A cold source's warm-up reservations are written before its messages go: at any
+    moment -- here right after a kill -9 -- the spool's counter is at least what the
+    sim accepted from that IP, and across the restart the day's cap is never exceeded."""
+    from fastmta.config import WarmupPlanConfig
+    from fastmta.egress.egress import _dec_warm
+
+    cap = 150
+    world = World(WorldSpec(name="warmkill", providers=[Provider(name="inbox", generate=5)]))
+    rcpt, msg, _ = write_inputs(tmp_path, world, 600)
+    cold_ip = SOURCES["c"]
+
+    def used(spool) -> int:
+        return sum(st.used_day for st in (_dec_warm.decode(v) for _k, v in
+                                          spool.egress_items(b"W\x00")) if st.source == "c")
+
+    async def go():
+        async with SimInternet(world) as sim:
+            cfg = make_config(sim, validity_s=15, retry_s=1.0, workers=1)
+            cfg = msgspec.structs.replace(cfg, egress=EgressConfig(
+                sources=[EgressSource(name="c", source_ip=cold_ip, warmup=True, plan="t")],
+                pools=[EgressPool(name="main", members=[EgressMember(source="c")])],
+                plans=[WarmupPlanConfig(name="t", daily=[cap], hourly_fraction=1.0)],
+                overflow="defer"))
+            path = tmp_path / "spool"
+            spool = Spool.open(path, cfg.spool)
+            did = await inject(spool, cfg, rcpt, msg, 15)
+            sup = engine.Supervisor(cfg, path)
+            run = asyncio.create_task(sup.run([did]))
+            deadline = time.monotonic() + 60
+            while per_ip(await sim.stats(), "inbox")[cold_ip] == 0:
+                assert time.monotonic() < deadline, "nothing sent from the cold source"
+                await asyncio.sleep(0.01)
+            os.kill(sup.slots[0].proc.pid, signal.SIGKILL)
+            at_kill = per_ip(await sim.stats(), "inbox")[cold_ip]
+            durable = used(spool)
+            await asyncio.wait_for(run, 120)
+            return at_kill, durable, per_ip(await sim.stats(), "inbox")[cold_ip], \
+                used(spool), spool.kpis(did)
+
+    at_kill, durable, total, used_end, kpis = asyncio.run(go())
+    assert 0 < at_kill <= durable, (at_kill, durable)  # nothing went uncounted
+    assert total <= cap, (total, cap)  # the restarted worker did not hand it out again
+    assert used_end >= total
+    assert kpis.get("sent", 0) + kpis.get("failed", 0) >= 600 - 1, kpis

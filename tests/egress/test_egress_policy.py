@@ -169,3 +169,27 @@ def test_memory_restores_with_decay_and_keeps_a_suspension():
     assert not restore(SiteShaper(p), rec, now_mono=0.0, now_egress=15 * DAY_S,
                        now_wall=0.0, half_life_s=DAY_S, forget_s=14 * DAY_S)
     assert weight(2 * DAY_S, DAY_S) == 0.25
+
+
+def test_warm_sources_use_is_counted_for_status():
+    """A pool of warm sources only (the capless fast path) still counts what each source
+    was handed, per provider and hour, into the records ``egress status`` shows."""
+    clock = ManualClock(10 * DAY_S + 5 * HOUR_S)
+    eg = Egress(egress_cfg(cold=(), warm=("w1", "w2"), weights={"w1": 3.0, "w2": 1.0}),
+                clock=clock)
+    pool = eg.pool_for("news@news.example")
+    for _ in range(400):
+        assert eg.select(pool, "gmail", lambda n: True).source is not None
+    out = eg.dirty()
+    assert {k for k in out if k.startswith(b"W")} == {b"W\x00w1\x00gmail", b"W\x00w2\x00gmail"}
+    rows = {r["source"]: r for r in eg.status()}
+    assert rows["w1"]["used_today"] == 300 and rows["w2"]["used_today"] == 100
+    assert rows["w1"]["used_this_hour"] == 300 and rows["w1"]["daily_cap"] is None
+    assert rows["w1"]["next"] == "warm" and rows["w1"]["cold"] is False
+    clock.advance(HOUR_S)
+    eg.select(pool, "gmail", lambda n: True)
+    eg.dirty()
+    rows = {r["source"]: r for r in eg.status()}
+    assert rows["w1"]["used_today"] + rows["w2"]["used_today"] == 401
+    assert rows["w1"]["used_this_hour"] + rows["w2"]["used_this_hour"] == 1
+    assert eg.dirty() == {}  # nothing new: nothing to write

@@ -1,0 +1,38 @@
+"""The throttled profile's cap metrics (bench/audit.py): how soon a sender reaches 90%
+of a hidden per-minute cap, and when it converged (sustained)."""
+
+from __future__ import annotations
+
+from fastmta.bench.audit import _converged_s, _reached_s
+from fastmta.bench.state import time_to_90pct_cap
+
+CAP = 600  # per minute: 10/s
+
+
+def ramp(rates: list[float]) -> list[int]:
+    """Acceptance times (ms): ``rates[i]`` messages per second during second i."""
+    out = []
+    for i, r in enumerate(rates):
+        n = int(r)
+        out += [i * 1000 + int(1000 * k / n) for k in range(n)] if n else []
+    return out
+
+
+def test_reached_at_the_end_of_the_first_full_rate_window():
+    at_cap = ramp([10.0] * 120)
+    assert _reached_s(at_cap, CAP) == 10.0  # one 10-s window at the cap's rate
+    slow_start = ramp([2.0] * 30 + [10.0] * 90)
+    assert _reached_s(slow_start, CAP) == 39.0  # 9 s at 10/s + 1 s at 2/s: 92 >= 90
+    never = ramp([8.0] * 120)  # 80% of the cap
+    assert _reached_s(never, CAP) is None
+
+
+def test_converged_needs_every_later_minute():
+    dip = ramp([10.0] * 60 + [5.0] * 20 + [10.0] * 100)
+    assert _reached_s(dip, CAP) == 10.0  # reached at once...
+    assert _converged_s(dip, CAP) > 60.0  # ...but only sustained after the dip
+    shaping = {"a": {"windows": 3, "reached_90pct_s": 10.0, "converged_s": 75.0},
+               "b": {"windows": 3, "reached_90pct_s": 25.0, "converged_s": 5.0},
+               "c": {"windows": 0}}
+    assert time_to_90pct_cap(shaping) == 25.0  # the slowest capped provider
+    assert time_to_90pct_cap(shaping, "converged_s") == 75.0
