@@ -40,6 +40,7 @@ def extensions():
                 "fastmta/_core_reply.pxi",
                 "fastmta/_core_codes.pxi",
                 "fastmta/_core_classifier.pxi",
+                "fastmta/_core_body.pxi",
             ],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
             define_macros=macros,

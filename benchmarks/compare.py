@@ -47,9 +47,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from fastmta.bench import BenchOptions, expand, load_profile, message_template  # noqa: E402
-from fastmta.bench import recipients as bench_recipients  # noqa: E402
-from fastmta.bench.harness import check_addresses, is_loopback, run_bench  # noqa: E402
+from fastmta.bench import BenchOptions, expand, load_profile  # noqa: E402
+from fastmta.bench.harness import (  # noqa: E402
+    _split,
+    check_addresses,
+    is_loopback,
+    message_kinds,
+    run_bench,
+)
+from fastmta.bench.messages import first_name  # noqa: E402
 from fastmta.bench.procs import ProcSampler  # noqa: E402
 from fastmta.sim import SimInternet  # noqa: E402
 from fastmta.sim.mx import free_port  # noqa: E402
@@ -62,15 +68,26 @@ MAIL_FROM = "news@sender.bench.test"
 
 # ----------------------------------------------------------------------------- workload
 class Workload:
+    """The bench's workload, message for message: the same recipients, split into the
+    same kinds of message (a campaign mix) with the same personalisation, in the order
+    fastmta injects them.  ``deliverable``: what a correct MTA ends up delivering."""
+
     def __init__(self, args) -> None:
         self.prof = load_profile(args.profile)
         self.world = expand(self.prof, args.domains, args.sites)
-        self.emails = list(bench_recipients(self.prof, self.world, args.messages,
-                                            seed=args.seed))
-        self.template = message_template(args.size).decode()
+        kinds = message_kinds(self.prof, args.size)
+        self.templates = [t.decode() for _n, _s, t in kinds]
+        lists = _split(self.prof, self.world, args.messages, kinds, args.seed)
+        # (email, kind, 1-based line within its delivery), in injection order
+        self.items = [(e, k, i) for k, lst in enumerate(lists) for i, e in enumerate(lst, 1)]
+        self.emails = [e for e, _k, _i in self.items]
+        self.deliverable = [e for e in self.emails if self.world.expected(e)[0] == "sent"]
+        self.kind_of = {e: (k, i) for e, k, i in self.items}
 
     def body(self, email: str) -> bytes:
-        return self.template.replace("{{email}}", email).encode()
+        k, i = self.kind_of[email]
+        return (self.templates[k].replace("{{email}}", email)
+                .replace("{{first_name}}", first_name(i)).encode())
 
 
 def _cpu_self() -> float:
@@ -108,22 +125,24 @@ async def run_fastmta(args, wl: Workload) -> dict:
                                      sites=args.sites, workers=args.workers, size=args.size,
                                      profile=args.profile, sink_procs=args.sink_procs,
                                      seed=args.seed, timeout_s=args.timeout))
-    return {"name": "fastmta", "msgs_per_s": r["msgs_per_s"],
+    return {"name": "fastmta", "msgs_per_s": r["delivered_msgs_per_s"],
             "cpu_s": r["cpu_s_fastmta"], "cpu_s_sink": r["cpu_s_sink"],
             "delivered": r["delivered"], "lost": r["lost"], "duplicates": r["duplicates"],
             "elapsed_s": r["elapsed_s"], "rss_peak_mb": r["rss_peak_mb"],
             "connections": r["connections"],
-            "notes": f"{r['workers']} workers, durable LMDB spool, impl {r['impl']}, "
+            "notes": f"{r['workers']} workers, durable LMDB spool, impl {r['impl']}, DKIM "
+                     f"{r['dkim_algorithm'] if r['dkim'] else 'off'}, "
                      f"audit {'OK' if r['audit_ok'] else 'FAILED'}",
             "bench": {k: v for k, v in r.items() if k not in ("by_provider",)}}
 
 
 # ----------------------------------------------------------------------------- clients
-async def _pipelined_inject(host: str, port: int, msgs, conns: int) -> None:
-    """A minimal pipelining SMTP client (MAIL/RCPT/DATA in one write, body after 354)."""
+async def _pipelined_inject(host: str, port: int, emails, body, conns: int) -> None:
+    """A minimal pipelining SMTP client (MAIL/RCPT/DATA in one write, body after 354);
+    each body is built when it is sent (no list of every message in memory)."""
     queue: asyncio.Queue = asyncio.Queue()
-    for m in msgs:
-        queue.put_nowait(m)
+    for e in emails:
+        queue.put_nowait(e)
 
     async def expect(reader, n: int) -> list[bytes]:
         out = []
@@ -142,7 +161,7 @@ async def _pipelined_inject(host: str, port: int, msgs, conns: int) -> None:
         await expect(reader, 1)
         while True:
             try:
-                rcpt, body = queue.get_nowait()
+                rcpt = queue.get_nowait()
             except asyncio.QueueEmpty:
                 break
             writer.write(b"MAIL FROM:<%s>\r\nRCPT TO:<%s>\r\nDATA\r\n"
@@ -150,7 +169,7 @@ async def _pipelined_inject(host: str, port: int, msgs, conns: int) -> None:
             r = await expect(reader, 3)
             if not r[2].startswith(b"354"):
                 raise RuntimeError(f"injection refused: {r}")
-            writer.write(body.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n")
+            writer.write(body(rcpt).replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n")
             r = await expect(reader, 1)
             if not r[0].startswith(b"250"):
                 raise RuntimeError(f"injection refused: {r}")
@@ -172,7 +191,15 @@ async def run_postfix(args, wl: Workload) -> dict:
             routes[d] = (ip, int(port))
         check_addresses([a for a, _ in routes.values()])
         port = free_port()
-        relay = PostfixRelay(routes, port=port)
+        # the same retry policy as the bench delivery: retry every retry_s, give up
+        # after validity_s (Postfix's defaults wait 300 s before a first retry)
+        b = wl.prof.bench
+        policy = {"minimal_backoff_time": f"{max(1, int(b.retry_s))}s",
+                  "maximal_backoff_time": f"{max(1, int(b.retry_s) * 4)}s",
+                  "queue_run_delay": f"{max(1, int(b.retry_s))}s",
+                  "maximal_queue_lifetime": f"{max(1, int(b.validity_s))}s",
+                  "bounce_queue_lifetime": f"{max(1, int(b.validity_s))}s"}
+        relay = PostfixRelay(routes, port=port, extra=policy)
         sampler = ProcSampler().start()
         try:
             relay.start()
@@ -197,11 +224,9 @@ async def run_postfix(args, wl: Workload) -> dict:
 
             watcher = asyncio.get_running_loop().create_task(watch())
             t0 = time.monotonic()
-            msgs = [(e, wl.body(e)) for e in wl.emails]
-            await _pipelined_inject("127.0.0.1", port, msgs, args.inject_conns)
+            await _pipelined_inject("127.0.0.1", port, wl.emails, wl.body, args.inject_conns)
             t_inj = time.monotonic()
-            del msgs
-            t_end = await _wait_accepted(sim, len(wl.emails), args.timeout)
+            t_end = await _wait_accepted(sim, len(wl.deliverable), args.timeout)
             stop.set()
             await watcher
             cpu = sum(now - start for start, now in seen.values())
@@ -210,13 +235,17 @@ async def run_postfix(args, wl: Workload) -> dict:
             accepted = await sim.accepted()
         finally:
             relay.stop()
-    n = len(wl.emails)
-    lost = sum(1 for e in wl.emails if not accepted.get(e))
+    n = len(wl.deliverable)
+    lost = sum(1 for e in wl.deliverable if not accepted.get(e))
     return {"name": "postfix", "msgs_per_s": round(n / (t_end - t0), 1), "cpu_s": round(cpu, 2),
             "cpu_s_sink": round(_sink_cpu(sampler), 2), "delivered": n - lost, "lost": lost,
             "duplicates": sum(v - 1 for v in accepted.values() if v > 1),
-            "elapsed_s": round(t_end - t0, 2), "inject_msgs_per_s": round(n / (t_inj - t0), 1),
+            "elapsed_s": round(t_end - t0, 2),
+            "inject_msgs_per_s": round(len(wl.emails) / (t_inj - t0), 1),
             "notes": f"Postfix {settings.get('mail_version')}, transport map (no MX lookups), "
+                     + ("no DKIM signing (no milter: an advantage to Postfix), "
+                        if wl.prof.bench.dkim else "")
+                     + f"retry {policy['minimal_backoff_time']}, "
                      f"default_process_limit {settings.get('default_process_limit')}, "
                      "destination concurrency "
                      f"{settings.get('initial_destination_concurrency')}->"
@@ -390,7 +419,7 @@ async def main_async(args) -> list[dict]:
                "smtplib": run_smtplib, "ceiling": run_ceiling}
     rows = []
     for name in args.only.split(","):
-        print(f"... {name}", file=sys.stderr, flush=True)
+        print(f"... {args.profile}: {name}", file=sys.stderr, flush=True)
         try:
             rows.append(await runners[name](args, wl))
         except Exception as exc:  # one failing peer must not hide the others
@@ -406,7 +435,9 @@ def main() -> None:
     ap.add_argument("--domains", type=int, default=1_000)
     ap.add_argument("--sites", type=int, default=100)
     ap.add_argument("--size", type=int, default=3_000)
-    ap.add_argument("--profile", default="null")
+    ap.add_argument("--profile", default="null",
+                    help="bench profile, or several separated by commas (e.g. null,campaign): "
+                         "each is run in turn and their fastmta figures compared")
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--sink-procs", type=int, default=2)
     ap.add_argument("--inject-conns", type=int, default=8)
@@ -414,23 +445,63 @@ def main() -> None:
     ap.add_argument("--source-sessions", type=int, default=32)
     ap.add_argument("--smtplib-max", type=int, default=0,
                     help="cap the smtplib run at this many messages (0 = all)")
-    ap.add_argument("--only", default="fastmta,postfix,aiosmtplib,smtplib,ceiling")
+    ap.add_argument("--only", default=None,
+                    help="contestants (default: fastmta,postfix,aiosmtplib,smtplib,ceiling for "
+                         "the null profile; fastmta,postfix for profiles with failures)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     from fastmta.runtime import run
 
-    rows = run(main_async(args))
-    info = {"messages": args.messages, "domains": args.domains, "sites": args.sites,
-            "size": args.size, "profile": args.profile, "cpus": os.cpu_count(),
-            "load_avg_at_end": os.getloadavg(), "time": time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                      time.gmtime())}
+    runs = []
+    for prof in args.profile.split(","):
+        a = argparse.Namespace(**vars(args))
+        a.profile = prof
+        if a.only is None:
+            a.only = ("fastmta,postfix,aiosmtplib,smtplib,ceiling" if prof == "null"
+                      else "fastmta,postfix")
+        rows = run(main_async(a))
+        info = {"messages": a.messages, "domains": a.domains, "sites": a.sites,
+                "size": a.size, "profile": prof, "cpus": os.cpu_count(),
+                "load_avg_at_end": os.getloadavg(),
+                "time": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+        runs.append({"run": info, "rows": rows})
+    ratios = _profile_ratios(runs)
     if args.json:
-        print(json.dumps({"run": info, "rows": rows}, indent=1, default=str))
-    else:
-        print(f"workload: {info}")
-        print(table(rows, args.messages))
+        out = runs[0] if len(runs) == 1 else {"runs": runs, "ratios": ratios}
+        print(json.dumps(out, indent=1, default=str))
+        return
+    for r in runs:
+        print(f"workload: {r['run']}")
+        print(table(r["rows"], r["run"]["messages"]))
+        print()
+    for line in ratios.get("lines", []):
+        print(line)
+
+
+def _profile_ratios(runs: list[dict]) -> dict:
+    """fastmta's msgs/s of each profile against the first one's, and each profile's
+    fastmta/Postfix ratio (all from this one invocation)."""
+    def rate(r, name):
+        row = next((x for x in r["rows"] if x["name"] == name and "msgs_per_s" in x), None)
+        return row["msgs_per_s"] if row else None
+
+    out: dict = {"lines": []}
+    base = runs[0]
+    for r in runs:
+        p = r["run"]["profile"]
+        f, pf = rate(r, "fastmta"), rate(r, "postfix")
+        if f and pf:
+            out[f"{p}_vs_postfix"] = round(f / pf, 2)
+            out["lines"].append(f"{p}: fastmta {f:,.0f} msgs/s, Postfix {pf:,.0f} msgs/s: "
+                                f"{f / pf:.1f}x")
+        b = rate(base, "fastmta")
+        if r is not base and f and b:
+            out[f"{p}_vs_{base['run']['profile']}"] = round(f / b, 3)
+            out["lines"].append(f"{p} / {base['run']['profile']} (fastmta msgs/s, same "
+                                f"invocation): {100 * f / b:.0f}%")
+    return out
 
 
 if __name__ == "__main__":

@@ -37,6 +37,9 @@ def postfix_available() -> str | None:
 
 
 def _allow_config_dir(conf: Path) -> None:
+    default = Path("/etc/postfix/main.cf")
+    if not default.exists():  # a "No configuration" install has none: postconf -e needs one
+        default.write_text("# created by fastmta benchmarks/peers.py (alternate configs)\n")
     out = subprocess.run(
         [POSTCONF, "-h", "alternate_config_directories"], capture_output=True, text=True
     ).stdout.strip()
@@ -62,12 +65,14 @@ class PostfixRelay:
         process_limit: int = 100,
         destination_concurrency: int | None = None,
         keep: bool = False,
+        extra: dict[str, str] | None = None,
     ):
         self.routes = routes
         self.port = port
         self.process_limit = process_limit
         self.destination_concurrency = destination_concurrency
         self.keep = keep
+        self.extra = dict(extra or {})  # more main.cf settings (retry policy...)
         self.root = Path(tempfile.mkdtemp(prefix="fastmta-postfix-", dir="/tmp"))
         self.conf = self.root / "conf"
 
@@ -127,6 +132,7 @@ class PostfixRelay:
         }
         if self.destination_concurrency is not None:
             lines["default_destination_concurrency_limit"] = str(self.destination_concurrency)
+        lines.update(self.extra)
         (self.conf / "main.cf").write_text("".join(f"{k} = {v}\n" for k, v in lines.items()))
         _allow_config_dir(self.conf)
         subprocess.run([POSTFIX, "-c", str(self.conf), "start"], check=True)

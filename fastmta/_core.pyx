@@ -53,6 +53,7 @@ __all__ = [
     "load_rules",
     "default_classifier",
     "extract_codes",
+    "prepare_body",
 ]
 
 DEFAULT_MAX_LINE = 8192
@@ -66,3 +67,4 @@ cdef object _RemoteProtocolError = RemoteProtocolError
 include "_core_reply.pxi"        # Reply, ReplyParser, parse_reply
 include "_core_codes.pxi"        # Classification, code extraction, extract_codes
 include "_core_classifier.pxi"   # Classifier, default_classifier, load_rules, classify
+include "_core_body.pxi"         # prepare_body (DATA framing)

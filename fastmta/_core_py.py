@@ -45,6 +45,7 @@ __all__ = [
     "load_rules",
     "default_classifier",
     "extract_codes",
+    "prepare_body",
 ]
 
 DEFAULT_MAX_LINE = 8192
@@ -622,3 +623,23 @@ def classify(reply, command=None) -> Classification:
     if c is None:
         c = default_classifier()
     return c.classify(reply, command)
+
+
+def prepare_body(body: bytes) -> bytes:
+    """CRLF-normalise, dot-stuff and terminate a message for DATA (RFC 5321 4.5.2).
+
+    Bare CR and bare LF become CRLF (no smuggling: RFC 5321 2.3.8), a line starting with
+    "." gets another, a final CRLF is added when missing, then ".\r\n"."""
+    body = bytes(body)
+    crlf = body.count(b"\r\n")
+    if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
+        if crlf or b"\r" in body:
+            body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        body = body.replace(b"\n", b"\r\n")
+    if body.startswith(b"."):
+        body = b"." + body
+    if b"\n." in body:
+        body = body.replace(b"\n.", b"\n..")
+    if body and not body.endswith(b"\r\n"):
+        return body + b"\r\n.\r\n"
+    return body + b".\r\n"

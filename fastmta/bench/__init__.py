@@ -1,6 +1,7 @@
 """The bundled benchmark harness (``fastmta bench``); see ``harness.py``."""
 
-from fastmta.bench.harness import BenchOptions, check_loopback, message_template, run_bench
+from fastmta.bench.harness import BenchOptions, check_loopback, run_bench
+from fastmta.bench.messages import message_template
 from fastmta.bench.profile import (
            BenchError,
            BenchProfile,

@@ -22,10 +22,11 @@ def _pct(sorted_vals: list[float], q: float) -> float:
     return sorted_vals[i]
 
 
-def _audit(spool, did: int, world, accepted: dict[str, int], marks, wall0_ms) -> dict:
-    """Every recipient final exactly once, as the world says, and accepted when sent."""
-    lines = [m[0] for m in marks]
-    times = [m[1] for m in marks]
+def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
+    """Every recipient final exactly once, as the world says, and accepted when sent.
+
+    ``runs``: (delivery id, marks) per delivery of the bench, marks being (line, wall ms
+    when that line was handed to the spool), for the injection-to-acceptance latency."""
     counts = Counter()
     problems: list[str] = []
     lat: list[float] = []
@@ -34,7 +35,7 @@ def _audit(spool, did: int, world, accepted: dict[str, int], marks, wall0_ms) ->
     first_ms = last_ms = 0
     dup = 0
     seen = 0
-    for _rid, r in spool.recipients(did):
+    for r, lines, times in _runs(spool, runs):
         seen += 1
         st = r.status
         got = accepted.get(r.email, 0)
@@ -89,7 +90,7 @@ def _audit(spool, did: int, world, accepted: dict[str, int], marks, wall0_ms) ->
             problems.append(f"{r.email}: still pending")
         else:
             counts["ignored"] += 1
-    injected = spool.kpis(did).get("recipients", 0)
+    injected = sum(spool.kpis(did).get("recipients", 0) for did, _m in runs)
     if seen != injected:
         counts["lost"] += abs(injected - seen)
         problems.append(f"spool lists {seen} recipients, injection counted {injected}")
@@ -104,6 +105,15 @@ def _audit(spool, did: int, world, accepted: dict[str, int], marks, wall0_ms) ->
         "latency_p50": round(_pct(lat, 0.50), 1), "latency_p99": round(_pct(lat, 0.99), 1),
         "by_provider": by_provider, "_capped": capped, "_first_ms": first_ms, "_last_ms": last_ms,
     }
+
+
+def _runs(spool, runs):
+    """(recipient, mark lines, mark times) over every delivery of ``runs``."""
+    for did, marks in runs:
+        lines = [m[0] for m in marks]
+        times = [m[1] for m in marks]
+        for _rid, r in spool.recipients(did):
+            yield r, lines, times
 
 
 def _converged_s(times: list[int], cap: int, fraction: float = 0.9,

@@ -27,18 +27,21 @@ outside loopback (``check_loopback``).
 from __future__ import annotations
 
 import asyncio
+import bisect
 import ipaddress
 import os
+import random
 import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import msgspec
 
 from fastmta import core as _core
 from fastmta.bench.audit import _audit, _goodput
+from fastmta.bench.messages import campaign_template, first_name, message_template
 from fastmta.bench.procs import ProcSampler
 from fastmta.bench.profile import (
     BenchError,
@@ -47,8 +50,9 @@ from fastmta.bench.profile import (
     load_profile,
     recipients,
 )
+from fastmta.bench.signing import is_signed, verify_sample, with_dkim
 from fastmta.bench.state import load_state, save_state, time_to_90pct_cap
-from fastmta.config import Config, DkimConfig, DkimKeyConfig
+from fastmta.config import Config
 from fastmta.delivery import inject
 from fastmta.delivery.recipients import Row
 from fastmta.engine import entry as engine
@@ -70,8 +74,8 @@ class BenchOptions:
     workers: int = 0  # engine workers; 0 = one per core
     size: int = 3_000
     profile: str = "null"
-    dkim: bool = False
-    dkim_algorithm: str = "rsa-sha256"  # or ed25519-sha256
+    dkim: bool | None = None  # None: as the profile says ([bench] dkim), else off
+    dkim_algorithm: str = ""  # rsa-sha256 or ed25519-sha256; "": the profile's, else RSA
     feedback: bool = False  # VERP + listener; the sim sends async bounces/complaints after
     sink_procs: int = 2
     config: Config | None = None  # operator settings (shaping...); DNS/SMTP set by the bench
@@ -113,26 +117,6 @@ def check_addresses(mx_addresses) -> None:
         raise BenchError(f"the bench refuses MX hosts outside loopback: {', '.join(bad[:5])}")
 
 
-def message_template(size: int) -> bytes:
-    """A personalised message (one per recipient) of about ``size`` bytes once rendered."""
-    head = ("From: Bench Sender <news@sender.bench.test>\r\n"
-            "To: {{email}}\r\n"
-            "Subject: fastmta bench message for {{email}}\r\n"
-            "Message-ID: <{{email}}.bench@sender.bench.test>\r\n"
-            "MIME-Version: 1.0\r\n"
-            "Content-Type: text/plain; charset=us-ascii\r\n"
-            "List-Unsubscribe: <mailto:unsub@sender.bench.test>\r\n"
-            "\r\n"
-            "Hello {{email}},\r\n\r\n")
-    line = "The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
-    body = []
-    n = len(head) + 40
-    while n < size:
-        body.append(line)
-        n += len(line)
-    return (head + "".join(body)).encode()
-
-
 def bench_config(sim, opts: BenchOptions, prof: BenchProfile) -> Config:
     """The operator config (or defaults) pointed at the simulated internet."""
     base = opts.config or Config()
@@ -164,7 +148,10 @@ async def run_bench(opts: BenchOptions) -> dict:
         raise BenchError(f"compiled core required but unavailable: {_core.IMPORT_ERROR}")
     prof = load_profile(opts.profile)
     world = expand(prof, opts.domains, opts.sites)
-    template = message_template(opts.size)
+    dkim = prof.bench.dkim != "" if opts.dkim is None else opts.dkim
+    opts = replace(opts, dkim=dkim,
+                   dkim_algorithm=opts.dkim_algorithm or prof.bench.dkim or "rsa-sha256")
+    kinds = message_kinds(prof, opts.size)
     tmp = None
     spool_dir = opts.spool_dir
     if spool_dir is None:
@@ -174,11 +161,13 @@ async def run_bench(opts: BenchOptions) -> dict:
     out: dict = {}
     try:
         # with --dkim the sink keeps the messages so the bench can check the signatures
+        # (only those of the providers marked keep_messages, if the profile marks any)
+        sampled = any(p.behaviour.keep_messages for p in world.spec.providers)
         sim = SimInternet(world, workers=max(1, opts.sink_procs), tls=False,
-                          keep_messages=opts.dkim or opts.feedback)
+                          keep_messages=(opts.dkim and not sampled) or opts.feedback)
         await sim.start()
         try:
-            out = await _run(opts, prof, world, sim, template, spool_path)
+            out = await _run(opts, prof, world, sim, kinds, spool_path)
         finally:
             await sim.stop()
     finally:
@@ -188,10 +177,32 @@ async def run_bench(opts: BenchOptions) -> dict:
     return out
 
 
-async def _run(opts, prof, world, sim, template, spool_path) -> dict:
+def message_kinds(prof: BenchProfile, size: int) -> list[tuple[str, float, bytes]]:
+    """(name, share, template) per kind of message: the profile's mix, or one kind."""
+    if not prof.bench.messages:
+        return [("message", 1.0, message_template(size))]
+    return [(k.name, k.share, campaign_template(k.size, k.html, k.name))
+            for k in prof.bench.messages]
+
+
+def _split(prof, world, n: int, kinds, seed: int) -> list[list[str]]:
+    """The recipients of each kind (a deterministic draw by share)."""
+    rng = random.Random(seed + 2)
+    cum = []
+    acc = 0.0
+    for _name, share, _t in kinds:
+        acc += share
+        cum.append(acc)
+    out: list[list[str]] = [[] for _ in kinds]
+    for e in recipients(prof, world, n, seed=seed):
+        out[min(len(kinds) - 1, bisect.bisect_right(cum, rng.random()))].append(e)
+    return out
+
+
+async def _run(opts, prof, world, sim, kinds, spool_path) -> dict:
     cfg = bench_config(sim, opts, prof)
     if opts.dkim:
-        cfg = _with_dkim(cfg, os.path.dirname(spool_path), opts.dkim_algorithm)
+        cfg = with_dkim(cfg, os.path.dirname(spool_path), opts.dkim_algorithm)
     n = opts.messages
     # recipients are generated as they are injected (no list of N addresses here)
     route = await engine.domain_router(world.domains, cfg, spool_path=spool_path)
@@ -203,15 +214,22 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         cfg, srv_in = await start_listener(sim, cfg, spool)
         inbound = LiveFeedback(sim, srv_in).start()  # feedback during the run
     state_loaded = load_state(spool, opts.state_dir) if opts.state_dir else 0
+    # one recipient list per kind of message (a campaign mix: one delivery per kind);
+    # a single kind streams its recipients (no list of N addresses)
+    lists = _split(prof, world, n, kinds, opts.seed) if len(kinds) > 1 else [None]
     sampler = ProcSampler().start()
-    marks: list[tuple[int, float]] = []  # (line, wall ms when handed to the spool)
+    marks: list[list[tuple[int, float]]] = [[] for _ in kinds]  # (line, wall ms)
 
-    def rows():
-        for i, e in enumerate(recipients(prof, world, n, seed=opts.seed), 1):
+    def rows(k: int):
+        src = lists[k] if lists[k] is not None else recipients(prof, world, n, seed=opts.seed)
+        named = b"{{first_name}}" in kinds[k][2]
+        m = marks[k]
+        i = 0
+        for i, e in enumerate(src, 1):
             if i % 512 == 1:
-                marks.append((i, time.time() * 1000.0))
-            yield Row(i, e, {})
-        marks.append((n + 1, time.time() * 1000.0))
+                m.append((i, time.time() * 1000.0))
+            yield Row(i, e, {"first_name": first_name(i)} if named else {})
+        m.append((i + 1, time.time() * 1000.0))
 
     from fastmta.cluster.node import worker_target  # [cluster] redis_url: RedisLimits
 
@@ -232,19 +250,24 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     t_start = time.monotonic()
     wall0_ms = time.time() * 1000.0
 
-    def do_inject():
-        return inject(spool, rows(), template, validity_s=prof.bench.validity_s,
-                      cfg=cfg.delivery, shard_of=route, shards=cfg.engine.shards,
-                      name=f"bench-{prof.name}")
+    def do_inject() -> list[int]:
+        # one after the other (the spool's injection is not for concurrent threads);
+        # the engine sends each delivery as soon as it is injected
+        out = []
+        for j, (kname, _share, template) in enumerate(kinds):
+            name = f"bench-{prof.name}" + (f"-{kname}" if len(kinds) > 1 else "")
+            out.append(inject(spool, rows(j), template, validity_s=prof.bench.validity_s,
+                              cfg=cfg.delivery, shard_of=route, shards=cfg.engine.shards,
+                              name=name).delivery_id)
+        return out
 
     try:
-        analysis = await asyncio.to_thread(do_inject)
+        dids = await asyncio.to_thread(do_inject)
         t_injected = time.monotonic()
-        did = analysis.delivery_id
         deadline = t_start + opts.timeout_s
         last_p = 0.0
         while True:
-            k = spool.kpis(did)
+            k = _kpis(spool, dids)
             if sup_task.done():
                 await sup_task  # raises what the supervisor raised
                 raise BenchError("the engine stopped before the delivery was final")
@@ -279,10 +302,10 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
     worker_stats = [w.get("stats") or {} for w in sup.workers_status()]
     sink_stats = await sim.stats()
     accepted = await sim.accepted()
-    audit = _audit(spool, did, world, accepted, marks, wall0_ms)
+    audit = _audit(spool, list(zip(dids, marks, strict=True)), world, accepted, wall0_ms)
     if inbound is not None:
         audit["feedback"] = await inbound.finish()
-    k = spool.kpis(did)
+    k = _kpis(spool, dids)
 
     sent = audit["delivered"]
     elapsed = t_final - t_start
@@ -304,7 +327,10 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         "sites": sum(1 for p in world.spec.providers if p.dns != "nxdomain"),
         "workers": sup.n,
         "sink_procs": max(1, opts.sink_procs),
-        "size_bytes": len(template),
+        "size_bytes": round(sum(sh * len(t) for _n, sh, t in kinds)),
+        "message_mix": [{"kind": kn, "share": sh, "bytes": len(t), "recipients": int(
+            spool.kpis(d).get("recipients", 0))} for (kn, sh, t), d in zip(kinds, dids,
+                                                                          strict=True)],
         "dkim": bool(opts.dkim),
         "dkim_algorithm": opts.dkim_algorithm if opts.dkim else None,
         "fixed_connections": opts.fixed_connections,
@@ -315,6 +341,13 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
         "final_per_s": round(audit["final"] / elapsed, 1) if elapsed else 0.0,
         "inject_msgs_per_s": round(n / max(1e-6, t_injected - t_start), 1),
         "deliver_msgs_per_s": round(sent / deliver_s, 1) if deliver_s else 0.0,
+        # delivered / (first recipient handed to the spool -> last acceptance): the
+        # sending speed without the wait for soft failures to expire
+        "delivered_msgs_per_s": round(sent / max(1e-6, (last_ms - wall0_ms) / 1000.0), 1)
+        if last_ms else 0.0,
+        "mbytes_per_s": round(sent * sum(sh * len(t) for _n, sh, t in kinds) / 1e6
+                              / max(1e-6, (last_ms - wall0_ms) / 1000.0), 1)
+        if last_ms else 0.0,
         "delivered": sent,
         "bounced": audit["bounced"],
         "expired": audit["expired"],
@@ -368,15 +401,16 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
                            "records_saved": state_saved,
                            "sites_restored": int(wstat.get("memory_restored", 0))}
     if opts.dkim:
-        msgs = await sim.messages()
-        signed = sum(1 for _f, _r, body in msgs if b"\ndkim-signature:" in
-                     (b"\n" + body[:body.find(b"\r\n\r\n")]).lower())
+        msgs = [body for _f, _r, body in await sim.messages()]
+        signed = sum(1 for body in msgs if is_signed(body))
         result["dkim_signed"] = signed
-        result["dkim_ok"] = signed == len(msgs) and signed > 0
+        result["dkim_kept"] = len(msgs)
+        result["dkim_verify"] = check = verify_sample(msgs, cfg)
+        result["dkim_ok"] = signed == len(msgs) and signed > 0 and not check["failed"]
         if not result["dkim_ok"]:
             result["audit_problems"].append(
-                f"--dkim: {signed} of {len(msgs)} accepted messages carry a DKIM-Signature "
-                "(does this engine build sign at send time?)")
+                f"--dkim: {signed} of {len(msgs)} accepted messages carry a DKIM-Signature, "
+                f"dkimpy: {check}")
     if "feedback" in audit:
         fb = result["feedback"] = audit["feedback"]
         if not fb["all_applied_once"]:
@@ -384,6 +418,14 @@ async def _run(opts, prof, world, sim, template, spool_path) -> dict:
             result["audit_problems"].append(f"feedback: not every report applied once: {fb}")
     result.update(opts.extra)
     return result
+
+
+def _kpis(spool, dids: list[int]) -> Counter:
+    """The KPIs of the bench's deliveries, summed."""
+    out: Counter = Counter()
+    for d in dids:
+        out.update({key: v for key, v in spool.kpis(d).items() if isinstance(v, int | float)})
+    return out
 
 
 def _limits_summary(sup, delivered: int) -> dict:
@@ -395,25 +437,3 @@ def _limits_summary(sup, delivered: int) -> dict:
             "round_trips_per_msg": round(rts / delivered, 4) if delivered else 0.0,
             "degraded_workers": sum(1 for x in st if x.get("degraded")),
             "outages": sum(int(x.get("outages", 0)) for x in st)}
-
-
-def _with_dkim(cfg: Config, where: str, algorithm: str = "rsa-sha256") -> Config:
-    """Sign every message with a fresh key for the sender domain (RSA-2048 or Ed25519)."""
-    key_path = os.path.join(where, "bench-dkim.pem")
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    if algorithm == "ed25519-sha256":
-        from cryptography.hazmat.primitives.asymmetric import ed25519
-
-        key = ed25519.Ed25519PrivateKey.generate()
-    else:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
-    keys = [DkimKeyConfig(domain="sender.bench.test", selector="bench", key_file=key_path,
-                          algorithm=algorithm)]
-    return msgspec.structs.replace(cfg, dkim=DkimConfig(enabled=True, keys=keys))

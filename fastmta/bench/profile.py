@@ -25,6 +25,7 @@ every domain of the other providers.  Everything is deterministic for a given se
 
 from __future__ import annotations
 
+import bisect
 import json
 import random
 import tomllib
@@ -43,11 +44,29 @@ class BenchError(FastMTAError):
     """The bench cannot run as asked (bad profile, non-loopback peer...)."""
 
 
+class MessageKind(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """One kind of message in a campaign mix: a share of the recipients, a size and a
+    body type (``html``: multipart/alternative text + HTML, as newsletters are)."""
+
+    name: str
+    share: float
+    size: int
+    html: bool = True
+
+
 class BenchSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     tail: str = ""
     validity_s: float = 60.0
     retry_s: float = 5.0
     share: dict[str, float] = msgspec.field(default_factory=dict)
+    # > 0: the recipients not in ``share`` go to the other domains with Zipf-like sizes
+    # (weight 1 / rank ** tail_zipf) instead of evenly
+    tail_zipf: float = 0.0
+    # a mix of messages (one delivery per kind, sent at the same time); empty = one
+    # delivery of ``--size`` bytes
+    messages: list[MessageKind] = msgspec.field(default_factory=list)
+    dkim: str = ""  # sign by default: "ed25519-sha256" or "rsa-sha256" ("" = --dkim)
+    source: str = ""  # where the provider mix comes from (public statistics)
 
 
 class BenchProfile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -88,6 +107,13 @@ def load_profile(name: str) -> BenchProfile:
             raise BenchError(f"bench profile {path}: share of {n!r} must be in [0, 1]")
     if sum(prof.bench.share.values()) > 1.0 + 1e-9:
         raise BenchError(f"bench profile {path}: shares add up to more than 1")
+    kinds = prof.bench.messages
+    if kinds and abs(sum(k.share for k in kinds) - 1.0) > 1e-6:
+        raise BenchError(f"bench profile {path}: [[bench.messages]] shares must add up to 1")
+    if any(k.size < 200 for k in kinds):
+        raise BenchError(f"bench profile {path}: a message kind is smaller than 200 bytes")
+    if prof.bench.dkim not in ("", "ed25519-sha256", "rsa-sha256"):
+        raise BenchError(f"bench profile {path}: dkim must be ed25519-sha256 or rsa-sha256")
     return prof
 
 
@@ -145,6 +171,9 @@ def recipients(prof: BenchProfile, world: World, n: int, seed: int = 1) -> Itera
     rest_n = len(rest)
     if not rest and not shared:
         raise BenchError("the bench world has no domains")
+    zipf = zipf_cumulative(rest_n, prof.bench.tail_zipf) if rest_n else None
+    if zipf is not None:  # ranks spread over the tail's sites, not site by site
+        random.Random(seed + 1).shuffle(rest)
     for i in range(n):
         u = rng.random()
         dom = None
@@ -154,8 +183,27 @@ def recipients(prof: BenchProfile, world: World, n: int, seed: int = 1) -> Itera
                 dom = doms[rng.randrange(len(doms))]
                 break
         if dom is None:
-            dom = rest[i % rest_n] if rest_n else shared[-1][1][0]
+            if not rest_n:
+                dom = shared[-1][1][0]
+            elif zipf is not None:
+                dom = rest[min(rest_n - 1, bisect.bisect_right(zipf, rng.random()))]
+            else:
+                dom = rest[i % rest_n]
         yield f"r{i}@{dom}"
+
+
+def zipf_cumulative(n: int, s: float) -> list[float] | None:
+    """Cumulative weights 1 / rank ** s over ``n`` ranks, normalised to 1 (None: s <= 0)."""
+    if s <= 0 or n < 1:
+        return None
+    w = [1.0 / (k ** s) for k in range(1, n + 1)]
+    total = sum(w)
+    acc = 0.0
+    out = []
+    for x in w:
+        acc += x
+        out.append(acc / total)
+    return out
 
 
 def world_toml(world: World) -> str:

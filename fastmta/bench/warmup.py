@@ -30,7 +30,8 @@ import msgspec
 
 from fastmta import core as _core
 from fastmta.bench.audit import _audit
-from fastmta.bench.harness import THROTTLE_KEYS, check_loopback, message_template
+from fastmta.bench.harness import THROTTLE_KEYS, check_loopback
+from fastmta.bench.messages import message_template
 from fastmta.config import (
     Config,
     EgressConfig,
@@ -218,7 +219,7 @@ async def _report(sim, w, spool, dids, plan, n, days, day_s, factor, elapsed, cl
                         "ramp": [h[4] for h in st.history] if st and i > 0 else [],
                         "days": days_out, "sent": sum(sent_by_day.values()),
                         "throttle_replies": thr, "block_replies": blk})
-    audits = [_audit(spool, d, w, accepted, [(1, 0.0)], 0.0) for d in dids]
+    audits = [_audit(spool, [(d, [(1, 0.0)])], w, accepted, 0.0) for d in dids]
     total = sum(spool.kpis(d).get("attempts", 0) for d in dids)
     throttles = sum(v for k, v in stats["replies"].items() if k in THROTTLE_KEYS)
     wstat: Counter = Counter()

@@ -18,6 +18,9 @@ def print_bench(r: dict) -> None:
     n = r["messages"]
     e(f"fastmta bench: profile {r['profile']}, {n} messages of {r['size_bytes']} bytes, "
       f"{r['domains']} domains over {r['sites']} MX sites")
+    if len(r.get("message_mix", [])) > 1:
+        e("  message mix: " + ", ".join(f"{m['kind']} {m['bytes'] // 1000} KB x "
+                                       f"{m['recipients']}" for m in r["message_mix"]))
     e(f"  engine: {r['workers']} workers, core {r['impl']}, DKIM "
       f"{('on, ' + r['dkim_algorithm']) if r['dkim'] else 'off'}"
       + (f", fixed {r['fixed_connections']} connections/site" if r["fixed_connections"]
@@ -26,6 +29,8 @@ def print_bench(r: dict) -> None:
     e("throughput")
     e(f"  injection      {r['inject_msgs_per_s']:>10,.0f} msgs/s   ({r['inject_s']:.2f} s)")
     e(f"  delivery       {r['deliver_msgs_per_s']:>10,.0f} msgs/s   (first to last acceptance)")
+    e(f"  sending        {r['delivered_msgs_per_s']:>10,.0f} msgs/s   (first injected to last "
+      f"acceptance; {r['mbytes_per_s']:.1f} MB/s)")
     e(f"  end to end     {r['msgs_per_s']:>10,.0f} msgs/s   ({r['elapsed_s']:.2f} s from the "
       f"first injected recipient to the last final one)")
     e("cost")
@@ -149,10 +154,12 @@ def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
 @click.option("--size", "size", type=int, default=3_000, show_default=True,
               help="message size in bytes")
 @click.option("--profile", default="null", show_default=True,
-              help="bench profile: null, realistic, throttled or a path to a .toml file")
-@click.option("--dkim", is_flag=True, help="sign every message (RSA-2048 unless --dkim-key)")
+              help="bench profile: null, realistic, throttled, campaign, warmup or a path to "
+                   "a .toml file")
+@click.option("--dkim/--no-dkim", default=None,
+              help="sign every message (default: as the profile says; campaign signs)")
 @click.option("--dkim-key", "dkim_key", type=click.Choice(["rsa2048", "ed25519"]),
-              default="rsa2048", show_default=True, help="key type with --dkim")
+              default=None, help="key type with --dkim (default: the profile's, else rsa2048)")
 @click.option("--sink-procs", type=int, default=2, show_default=True,
               help="processes of the simulated MX hosts")
 @click.option("--fixed-connections", type=int, default=0,
@@ -234,8 +241,8 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
 
         opts = b.BenchOptions(messages=messages, domains=domains, sites=sites, workers=workers,
                             size=size, profile=profile, dkim=dkim, sink_procs=sink_procs,
-                            dkim_algorithm="ed25519-sha256" if dkim_key == "ed25519"
-                            else "rsa-sha256",
+                            dkim_algorithm={"ed25519": "ed25519-sha256",
+                                            "rsa2048": "rsa-sha256"}.get(dkim_key or "", ""),
                             config=cfg, spool_dir=spool_dir, timeout_s=timeout_s,
                             fixed_connections=fixed_connections, progress=progress,
                             feedback=feedback, state_dir=state_dir)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.utils
+import os
 import re
 import time
 import uuid
@@ -31,6 +32,21 @@ ADDRESS_HEADERS = frozenset(
 )
 _TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*"|<[^>]*>|[^\s"<]+|\s+|.', re.S)
 _EW_MAX_BYTES = 45  # 60 base64 chars: an encoded-word stays within 75 characters
+
+
+_uid = [0, "", 0]  # pid, random process prefix, counter
+
+
+def unique_id() -> str:
+    """A Message-ID left part unique across processes and restarts: 64 random bits drawn
+    once per process (again after a fork) + a counter; a uuid4 per message cost an
+    os.urandom system call each (2.6% of a worker's samples on the campaign profile)."""
+    u = _uid
+    pid = os.getpid()
+    if u[0] != pid:
+        u[0], u[1], u[2] = pid, uuid.uuid4().hex[:16], 0
+    u[2] += 1
+    return f"{u[1]}.{u[2]:x}"
 
 
 class TemplateError(FastMTAError):
@@ -234,7 +250,7 @@ class Template:
                 self._date_cache = (sec, "Date: " + email.utils.format_datetime(dt))
             out.append(self._date_cache[1])
         if not self._has_mid:
-            mid = message_id or f"<{uuid.uuid4().hex}@{self.from_domain or 'fastmta.invalid'}>"
+            mid = message_id or f"<{unique_id()}@{self.from_domain or 'fastmta.invalid'}>"
             out.append("Message-ID: " + mid)
         if extra_headers:  # complete header lines (List-Unsubscribe of fastmta.feedback)
             out.extend(extra_headers)

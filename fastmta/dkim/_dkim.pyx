@@ -332,7 +332,15 @@ def body_relaxed(body, Py_ssize_t start=0):
                         if k == 8:
                             continue
                 c = p[i]
-                if c > 32:
+                if c == 32 and i + 1 < n and p[i + 1] > 32:
+                    # one space between words (text's most common flagged byte): it
+                    # stays one space, and a WSP run pending before it collapses into it
+                    w[o] = 32
+                    w[o + 1] = p[i + 1]
+                    o += 2
+                    i += 2
+                    pending = False
+                elif c > 32:
                     if pending:
                         w[o] = 32
                         o += 1

@@ -17,7 +17,7 @@ from enum import IntEnum
 import msgspec
 
 from fastmta.classify.outcome import Classification, classify_reply
-from fastmta.core import Reply
+from fastmta.core import Reply, prepare_body
 from fastmta.errors import LocalProtocolError
 
 __all__ = [
@@ -140,6 +140,10 @@ class Envelope(msgspec.Struct, frozen=True):
                 raise LocalProtocolError("empty recipient address")
 
 
+# prepare_body (DATA framing: CRLF, dot-stuffing, terminator) is in the compiled core
+# (``fastmta.core``; the pure twin is the specification): it is one copy per message.
+
+
 def normalize_body(body: bytes) -> bytes:
     """CRLF-normalise a message for BDAT (no dot-stuffing, no terminator)."""
     crlf = body.count(b"\r\n")
@@ -150,27 +154,6 @@ def normalize_body(body: bytes) -> bytes:
     if body and not body.endswith(b"\r\n"):
         body += b"\r\n"
     return body
-
-
-def prepare_body(body: bytes) -> bytes:
-    """CRLF-normalise, dot-stuff and terminate a message for DATA (RFC 5321 4.5.2).
-
-    Bare CR and bare LF become CRLF (no smuggling: RFC 5321 2.3.8), a line starting with
-    "." gets another, a final CRLF is added when missing, then ".\\r\\n".  The common
-    case (already CRLF, no leading dots) costs three C-level scans and no copy.
-    """
-    crlf = body.count(b"\r\n")
-    if body.count(b"\n") != crlf or body.count(b"\r") != crlf:
-        if crlf or b"\r" in body:
-            body = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        body = body.replace(b"\n", b"\r\n")
-    if body.startswith(b"."):
-        body = b"." + body
-    if b"\n." in body:
-        body = body.replace(b"\n.", b"\n..")
-    if body and not body.endswith(b"\r\n"):
-        return body + b"\r\n.\r\n"
-    return body + b".\r\n"
 
 
 class TransactionResult:

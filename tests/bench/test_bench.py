@@ -138,7 +138,7 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     r = _cli("bench", "--profile", str(bad), "--messages", "10", timeout=60)
     assert r.returncode != 0 and "tail provider 'nope' not defined" in r.stderr
     r = _cli("bench", "--profile", "no-such-profile", timeout=60)
-    assert r.returncode != 0 and "bundled: null, realistic, throttled" in r.stderr
+    assert r.returncode != 0 and "bundled: campaign, null, realistic, throttled" in r.stderr
 
 
 def test_goodput_scores_windows_of_the_sliding_minute_cap():
@@ -156,3 +156,60 @@ def test_goodput_scores_windows_of_the_sliding_minute_cap():
         assert g["windows"] == 3 and g["goodput_pct_of_cap"] == pytest.approx(pct, abs=0.1)
     quick = _goodput(world, prof, {"capped-slow": list(range(0, 10_000, 10))})["capped-slow"]
     assert quick["windows"] == 0 and quick["goodput_pct_of_cap"] is None
+
+
+def test_campaign_profile_mix_and_spread():
+    """The campaign profile: provider shares, a Zipf tail, message kinds by share."""
+    from collections import Counter
+
+    from fastmta.bench.harness import _split, message_kinds
+    from fastmta.bench.profile import zipf_cumulative
+
+    prof = load_profile("campaign")
+    assert prof.bench.dkim == "ed25519-sha256" and prof.bench.source
+    world = expand(prof, 3000, 300)
+    emails = list(recipients(prof, world, 20000, seed=3))
+    by = Counter(world.domain_provider[e.rpartition("@")[2]].name.split("-")[0]
+                 for e in emails)
+    assert abs(by["gmail"] / 20000 - 0.33) < 0.02
+    assert abs(by["outlook"] / 20000 - 0.15) < 0.02
+    tail = Counter(e.rpartition("@")[2] for e in emails
+                   if world.domain_provider[e.rpartition("@")[2]].name.startswith("small"))
+    sizes = sorted(tail.values(), reverse=True)
+    assert sizes[0] > 20 * sizes[len(sizes) // 2]  # Zipf-like: a few big, many small
+    z = zipf_cumulative(4, 1.0)
+    assert z[-1] == 1.0 and z[0] == pytest.approx(12 / 25)
+    kinds = message_kinds(prof, 3000)
+    assert [k[0] for k in kinds] == [k.name for k in prof.bench.messages]
+    for (_n, _s, tpl), k in zip(kinds, prof.bench.messages, strict=True):
+        assert abs(len(tpl) - k.size) < 0.02 * k.size + 300
+    lists = _split(prof, world, 20000, kinds, 3)
+    assert sum(map(len, lists)) == 20000
+    for lst, k in zip(lists, prof.bench.messages, strict=True):
+        assert abs(len(lst) / 20000 - k.share) < 0.02
+
+
+@pytest.mark.timeout(240)
+def test_campaign_profile_end_to_end_signed_and_audited(tmp_path):
+    """A small campaign (five kinds of message, DKIM Ed25519, the failure mix) through
+    the real engine: every recipient final as the world says, every kept message signed
+    and verified by dkimpy, the mix reported per kind."""
+    import re
+
+    src = load_profile("campaign")
+    text = open(os.path.join(SRC, "fastmta", "bench", "profiles", "campaign.toml")).read()
+    short = tmp_path / "campaign-short.toml"  # the same world, a short validity
+    short.write_text(re.sub(r"(?m)^validity_s = .*$", "validity_s = 12.0", text))
+    res = run(asyncio_run_bench(BenchOptions(messages=1500, domains=300, sites=30,
+                                             profile=str(short), workers=2)))
+    assert res["audit_ok"], res["audit_problems"]
+    assert res["lost"] == 0 and res["unexpected"] == 0 and res["pending"] == 0
+    assert res["dkim"] and res["dkim_algorithm"] == src.bench.dkim
+    assert res["dkim_ok"] and res["dkim_kept"] > 0
+    assert res["dkim_verify"]["verified"] == res["dkim_verify"]["sampled"] > 0
+    mix = {m["kind"]: m for m in res["message_mix"]}
+    assert set(mix) == {k.name for k in src.bench.messages}
+    assert sum(m["recipients"] for m in mix.values()) == 1500
+    assert mix["catalogue"]["bytes"] > 150_000 > mix["newsletter"]["bytes"] > 40_000
+    assert res["bounced"] > 0 and res["expired"] > 0
+    assert res["delivered_msgs_per_s"] > 0 and res["mbytes_per_s"] > 0
