@@ -70,6 +70,14 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
             if exp != "sent":
                 counts["unexpected"] += 1
                 problems.append(f"{r.email}: sent, world expects {exp} {why}")
+        elif st == Status.FAILED and got and "bounced_async" in r.feedback:
+            # accepted, then bounced by a DSN (bench --feedback, sent during the run):
+            # what a correct MTA ends with for a message the provider bounced later
+            bp["failed"] += 1
+            counts["bounced_async"] += 1
+            if exp != "sent":
+                counts["unexpected"] += 1
+                problems.append(f"{r.email}: async bounce, world expects {exp} {why}")
         elif st == Status.FAILED:
             bp["failed"] += 1
             if r.reason == "expired":
@@ -96,7 +104,9 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
         problems.append(f"spool lists {seen} recipients, injection counted {injected}")
     lat.sort()
     return {
-        "final": counts["delivered"] + counts["bounced"] + counts["expired"],
+        "final": counts["delivered"] + counts["bounced"] + counts["expired"]
+        + counts["bounced_async"],
+        "bounced_async": counts["bounced_async"],
         "delivered": counts["delivered"], "bounced": counts["bounced"],
         "expired": counts["expired"], "pending": counts["pending"], "lost": counts["lost"],
         "duplicates": dup, "unexpected": counts["unexpected"],

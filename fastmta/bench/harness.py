@@ -350,6 +350,7 @@ async def _run(opts, prof, world, sim, kinds, spool_path) -> dict:
         if last_ms else 0.0,
         "delivered": sent,
         "bounced": audit["bounced"],
+        "bounced_async": audit["bounced_async"],  # accepted, then a DSN (--feedback)
         "expired": audit["expired"],
         "pending": audit["pending"],
         "lost": audit["lost"],
