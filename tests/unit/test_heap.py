@@ -21,9 +21,9 @@ def test_trims_at_most_every_interval():
         pytest.skip("no glibc malloc_trim here")
     t0 = h._last
     assert not h.maybe(t0 + 5)
-    assert h.maybe(t0 + 10)
-    assert not h.maybe(t0 + 15)
-    assert h.maybe(t0 + 21) and h.trims == 2
+    assert h.maybe(t0 + 10.5)
+    assert not h.maybe(t0 + 15.5)
+    assert h.maybe(t0 + 21.0) and h.trims == 2
 
 
 def test_freed_heap_memory_is_returned():
