@@ -28,6 +28,7 @@ from pathlib import Path
 import msgspec
 
 from fastmta.config import Config
+from fastmta.engine.heap import HeapTrimmer
 from fastmta.engine.providers import load_providers
 from fastmta.engine.scheduler import Scheduler
 from fastmta.engine.sites import Job
@@ -82,6 +83,7 @@ class Worker:
         self._room = asyncio.Event()
         self._done = asyncio.Event()
         self._settled = asyncio.Event()  # set when no result waits for its commit
+        self._heap = HeapTrimmer()
         # results accepted by a server but not yet durable are the only ones a crash
         # can duplicate: keep them bounded (flights wait at the gate beyond this)
         self.max_uncommitted = 2 * self.cfg.spool.commit_batch
@@ -471,6 +473,7 @@ class Worker:
                     log.exception("renewing leases")
             if not self.stop_now:
                 await self._egress_flush()
+            self._heap.maybe()  # freed C-heap memory back to the system (engine/heap.py)
             if os.getppid() != self.spec.parent_pid:
                 log.warning("supervisor gone: stopping")
                 self.request("stop")
