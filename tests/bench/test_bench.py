@@ -138,7 +138,7 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     r = _cli("bench", "--profile", str(bad), "--messages", "10", timeout=60)
     assert r.returncode != 0 and "tail provider 'nope' not defined" in r.stderr
     r = _cli("bench", "--profile", "no-such-profile", timeout=60)
-    assert r.returncode != 0 and "bundled: null, realistic, throttled" in r.stderr
+    assert r.returncode != 0 and "bundled: capped, null, realistic, throttled" in r.stderr
 
 
 def test_goodput_scores_windows_of_the_sliding_minute_cap():
