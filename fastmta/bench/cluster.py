@@ -212,7 +212,7 @@ def _figures(world, name, conns, rate, nodes, results, stats, accepted, elapsed,
     for i, res in enumerate(results):
         spool = Spool.open(os.path.join(workdir, f"spool{i}"))
         marks = [tuple(m) for m in res["marks"]] or [(1, res["t_go"] * 1000.0)]
-        a = _audit(spool, res["did"], world, accepted, marks, res["t_go"] * 1000.0)
+        a = _audit(spool, [(res["did"], marks)], world, accepted, res["t_go"] * 1000.0)
         times += a["_capped"].get(name, [])
         audits.append(a)
     Spool.close_all()

@@ -7,6 +7,12 @@ full a key shares the slot it hashes to (stricter, never looser).  Per slot:
 
     [0] key hash  [1] connections (sum)  [2] GCRA TAT  [3] learned limit  [4] its version
     [5] suspended until  [6] learned rate  [7] its version  [8 + w] connections of worker w
+    [8 + MAX_WORKERS + w] when worker w was last refused a connection of the key
+
+Fair shares (demand-based): while other workers were refused a connection of a key in
+the last ``WANT_S``, a worker holds at most ceil(limit / workers wanting) of it, so the
+worker that opened the connections first does not keep them all (a worker holding none
+is never refused a free slot: no stall).
 
 The per-worker columns let the supervisor give back the connections of a worker that
 died (``NodeTable.reclaim``) before it restarts it: no slot is leaked.  Every operation
@@ -28,7 +34,9 @@ from fastmta.engine.limits import Learned, Limits
 
 SLOTS = 16384
 MAX_WORKERS = 24
-STRIDE = 8 + MAX_WORKERS
+STRIDE = 8 + 2 * MAX_WORKERS
+WANT = 8 + MAX_WORKERS
+WANT_S = 1.0
 _HASH, _CONNS, _TAT, _LIMIT, _LVER, _SUSP, _RATE, _RVER = range(8)
 
 
@@ -132,18 +140,29 @@ class ShmLimits(Limits):
         self.t = table
         self.lock = lock
         self.col = 8 + worker
+        self.worker = worker
         self.leases: dict[str, tuple[int, ...]] = {}
         self._ids = itertools.count(1)
         self._seen: dict[str, tuple[int, int, float]] = {}  # key -> (lver, rver, susp)
         self.ops = 0
 
     def acquire(self, keys: Sequence[str], limits: Sequence[int]) -> str | None:
-        q, t = self.t.q, self.t
+        q, d, t = self.t.q, self.t.d, self.t
+        now = time.monotonic()
         with self.lock:
             self.ops += 1
             bases = [t.slot(k) for k in keys]
             for b, lim in zip(bases, limits, strict=True):
-                if lim >= 0 and q[b + _CONNS] >= lim:
+                if lim < 0:
+                    continue
+                deny = q[b + _CONNS] >= lim
+                if not deny and q[b + self.col] > 0:
+                    since = now - WANT_S
+                    wanting = sum(1 for w in range(MAX_WORKERS)
+                                  if w != self.worker and d[b + WANT + w] > since) + 1
+                    deny = wanting > 1 and q[b + self.col] >= -(-lim // wanting)
+                if deny:
+                    d[b + WANT + self.worker] = now
                     return None
             for b in bases:
                 q[b + _CONNS] += 1

@@ -105,7 +105,7 @@ def test_kill9_of_a_node_frees_its_leases_and_loses_nothing(tmp_path):
     audits, capped_times = [], []
     for i, did in enumerate(dids):
         spool = Spool.open(os.path.join(str(tmp_path), f"spool{i}"))
-        a = _audit(spool, did, world, accepted, [(1, 0.0)], 0.0)
+        a = _audit(spool, [(did, [(1, 0.0)])], world, accepted, 0.0)
         audits.append(a)
         capped_times += a["_capped"].get(name, [])
     Spool.close_all()
