@@ -37,7 +37,10 @@ N_SPREAD = 12_000
 def capped_world() -> World:
     return World(WorldSpec(name="capped", providers=[
         Provider(name="capped", generate=3, hosts=1,
-                 behaviour=Behaviour(max_conn_per_ip=LIMIT, max_msgs_per_conn=20)),
+                 # every reply a little late: a run lasts long enough for the tests' faults
+                 # (kill, restart, scrape) to happen mid-run on a fast, idle machine too
+                 behaviour=Behaviour(max_conn_per_ip=LIMIT, max_msgs_per_conn=20,
+                                     reply_delay_s=0.004)),
     ]))
 
 
