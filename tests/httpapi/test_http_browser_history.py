@@ -63,6 +63,17 @@ def test_egress_page_equals_the_cli(cfg, world, spool_dir, page, tmp_path):
             "(() => { const c = document.querySelector(\"tr[data-source=cold1] "
             f"[data-field=used_today]\"); return c && c.getAttribute('data-value') == "
             f"'{want_used}'; }})()", timeout=30_000)
+        # every source's counters, not only cold1's: a warm source's attempts reach the
+        # spool with the 1-s counter flush, after the cold source's durable reservations
+        import json as _json
+
+        expect = _json.dumps([[s["name"], r["provider"], str(r.get("attempts_today", ""))]
+                              for s in cli["sources"] for r in s["providers"]])
+        page.wait_for_function(
+            f"(() => {expect}.every(([src, prov, v]) => {{ const c = document.querySelector("
+            "`tr[data-source=\"${src}\"][data-provider=\"${prov}\"] "
+            "[data-field=attempts_today]`); return !c || c.getAttribute('data-value') == v; "
+            "}))()", timeout=30_000)
         shown = cells(page, "div.card tr[data-source]")
         want = [(s["name"], r) for s in cli["sources"] for r in s["providers"]]
         assert len(shown) == len(want) > 0
