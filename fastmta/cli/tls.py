@@ -35,13 +35,7 @@ def report_cmd(domain, day, config, spool, directory, out, organization, contact
     results the workers recorded (MTA-STS domains)."""
     from fastmta.compliance.tlsrpt import report
 
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
-        raise click.BadParameter("use YYYY-MM-DD", param_hint="--day")
-    try:
-        cfg = load_config(config)
-    except FastMTAError as exc:
-        raise click.ClickException(str(exc)) from exc
-    d = directory or cfg.compliance.tls_rpt_dir or str(Path(spool or cfg.spool.path) / "tls-rpt")
+    _cfg, d = _config_and_dir(day, config, spool, directory)
     try:
         rep = report(d, domain, day, organization=organization, contact=contact)
     except ValueError as exc:
@@ -81,13 +75,7 @@ def send_reports_cmd(day, domains, config, spool, directory, from_addr, organiza
     from fastmta.compliance.tlsrpt_send import send_reports, yesterday
 
     day = day or yesterday()
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
-        raise click.BadParameter("use YYYY-MM-DD", param_hint="--day")
-    try:
-        cfg = load_config(config)
-    except FastMTAError as exc:
-        raise click.ClickException(str(exc)) from exc
-    d = directory or cfg.compliance.tls_rpt_dir or str(Path(spool or cfg.spool.path) / "tls-rpt")
+    cfg, d = _config_and_dir(day, config, spool, directory)
     sender = from_addr or f"tlsrpt@{cfg.smtp.ehlo_name}"
     if sender.count("@") != 1 or any(c in sender for c in " <>\r\n"):
         raise click.BadParameter(f"{sender!r} is not an address", param_hint="--from")
@@ -103,3 +91,15 @@ def send_reports_cmd(day, domains, config, spool, directory, from_addr, organiza
             click.echo(f"no TLS results for {day} in {d}")
     if any(r["status"] == "failed" for r in rows):
         raise SystemExit(1)
+
+
+def _config_and_dir(day: str, config, spool, directory):
+    """Check ``--day``, load the config, and find the TLS results directory."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day):
+        raise click.BadParameter("use YYYY-MM-DD", param_hint="--day")
+    try:
+        cfg = load_config(config)
+    except FastMTAError as exc:
+        raise click.ClickException(str(exc)) from exc
+    return cfg, directory or cfg.compliance.tls_rpt_dir or str(
+        Path(spool or cfg.spool.path) / "tls-rpt")
