@@ -12,10 +12,10 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-import zlib
 from collections import deque
 from typing import TYPE_CHECKING
 
+from fastmta.sim.oddities import DEFERRALS, REFUSALS, magic_odd_reply, odd_reply
 from fastmta.sim.world import Behaviour, Provider, rcpt_fate
 
 if TYPE_CHECKING:  # the server creates its sessions; a session only refers back to it
@@ -48,8 +48,6 @@ R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
 # Gmail's published recipient-rate deferral (support.google.com/a/answer/3726730)
 R_RCPT_RATE = (b"450-4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n"
                b"450 4.2.1 Please resend your message at a later time.\r\n")
-# a refusal in no provider's documentation (the unknown-reply loop's test text)
-R_ODD = b"550 5.9.0 Frobnication store %d declined <%s> (ticket %s)\r\n"
 R_TRANSIENT_421 = b"421 4.3.0 Temporary System Problem. Try again later.\r\n"
 R_TRANSIENT_421_GREETING = b"421 4.3.2 Service not available, closing transmission channel\r\n"
 R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
@@ -401,6 +399,12 @@ class _Session(asyncio.Protocol):
         fate = rcpt_fate(beh, addr)
         if fate is None or fate == "disconnect":
             pass
+        elif fate == "odd_refusal":
+            return self._refusal(odd_reply(REFUSALS, self.pname, addr))
+        elif fate == "odd_deferral":
+            now = time.monotonic()
+            if now - self.pstate.greylist.setdefault(("odd", addr.lower()), now) < beh.odd_defer_s:
+                return self._refusal(odd_reply(DEFERRALS, self.pname, addr))
         elif fate == "unknown":
             return self._refusal(R_UNKNOWN)
         elif fate == "full":
@@ -410,9 +414,7 @@ class _Session(asyncio.Protocol):
         elif fate == "tempfail":
             return self._refusal(R_TEMPFAIL)
         elif fate == "odd":
-            h = zlib.crc32(addr.encode("utf-8", "replace"))
-            return self._refusal(R_ODD % (h % 97, addr.encode("utf-8", "replace"),
-                                          b"%08x" % h))
+            return self._refusal(magic_odd_reply(addr))
         if fate == "greylist" or beh.greylist_s:
             delay = beh.greylist_s or self.srv.world.spec.greylist_default_s
             key = (self.peer_ip, self.mail_from, addr.lower())

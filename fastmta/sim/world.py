@@ -19,7 +19,12 @@ local part starts with    reply                                        expected
 ``tempfail``             451 4.3.0 at RCPT                             soft unreachable
 ``greylist``             450 4.2.0 until the greylist delay has passed  sent
 ``disconnect-in-data``   connection dropped in the middle of DATA      soft not_connected
+``oddreply``             550 5.9.0 in wording no bounce rule knows     soft not_defined
 =======================  ===========================================  ===================
+
+``odd_refusal_rate`` / ``odd_deferral_rate`` pick recipients that get the long tail's
+unknown wording (``sim/oddities.py``): refused (soft not_defined: the engine retries an
+undetermined reply until it expires) or deferred once (then sent).
 """
 
 from __future__ import annotations
@@ -54,6 +59,12 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     unknown_user_rate: float = 0.0
     mailbox_full_rate: float = 0.0
     disconnect_in_data_rate: float = 0.0
+    # recipients answered in wording no shipped bounce rule knows (sim/oddities.py): a
+    # permanent 5xx refusal (the engine retries it as undetermined until it expires), and
+    # a 4xx deferral that clears after odd_defer_s (then the message is accepted)
+    odd_refusal_rate: float = 0.0
+    odd_deferral_rate: float = 0.0
+    odd_defer_s: float = 2.0
     greylist_s: float = 0.0  # > 0: first try of a (ip, from, rcpt) triple gets 450
     max_conn_per_ip: int = 0  # per sender IP across the provider's hosts; 0 = no limit
     max_msgs_per_min_per_ip: int = 0  # message rate per sender IP; 0 = no limit
@@ -86,7 +97,7 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
         """Needs one process to see all its connections (limits, rates, greylisting)."""
         return bool(self.greylist_s or self.max_conn_per_ip or self.max_msgs_per_min_per_ip
                     or self.max_msgs_per_rcpt or self.transient_421_every
-                    or self.reputation)
+                    or self.reputation or self.odd_deferral_rate)
 
 
 class Provider(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -167,7 +178,8 @@ def rcpt_fate(beh: Behaviour, address: str) -> str | None:
     m = magic_of(local_part)
     if m is not None:
         return m
-    if beh.unknown_user_rate or beh.mailbox_full_rate or beh.disconnect_in_data_rate:
+    if (beh.unknown_user_rate or beh.mailbox_full_rate or beh.disconnect_in_data_rate
+            or beh.odd_refusal_rate or beh.odd_deferral_rate):
         u = _bucket(address)
         if u < beh.unknown_user_rate:
             return "unknown"
@@ -177,6 +189,12 @@ def rcpt_fate(beh: Behaviour, address: str) -> str | None:
         u -= beh.mailbox_full_rate
         if u < beh.disconnect_in_data_rate:
             return "disconnect"
+        u -= beh.disconnect_in_data_rate
+        if u < beh.odd_refusal_rate:
+            return "odd_refusal"
+        u -= beh.odd_refusal_rate
+        if u < beh.odd_deferral_rate:
+            return "odd_deferral"
     return None
 
 
@@ -188,6 +206,10 @@ _FATE_EXPECTED = {
     "tempfail": ("soft", "unreachable"),
     "greylist": ("sent", ""),
     "disconnect": ("soft", "not_connected"),
+    # undetermined (class 1, a code-only fallback rule): soft, retried until it expires
+    "odd": ("soft", "not_defined"),
+    "odd_refusal": ("soft", "not_defined"),
+    "odd_deferral": ("sent", ""),
 }
 
 

@@ -55,17 +55,112 @@ def test_cli_json_null_profile_2000_messages():
     assert 5 < out["rss_peak_mb"] < 2000
 
 
+REALISTIC = {"messages": 1500, "domains": 60, "sites": 15}
+
+
+@pytest.fixture(scope="module")
+def realistic_run(tmp_path_factory):
+    """One small realistic-profile run (its spool kept) for the tests below."""
+    d = tmp_path_factory.mktemp("realistic")
+    res = run(asyncio_run_bench(BenchOptions(**REALISTIC, profile="realistic", workers=2,
+                                             spool_dir=str(d))))
+    return res, str(d / "spool")
+
+
 @pytest.mark.timeout(180)
-def test_realistic_profile_audit_holds():
+def test_realistic_profile_audit_holds(realistic_run):
     """Bounces, expiries and throttling all accounted for: the world's verdict per
     recipient matches the spool, nothing accepted is lost or reported failed."""
-    res = run(asyncio_run_bench(BenchOptions(messages=1500, domains=60, sites=15,
-                                             profile="realistic", workers=2)))
+    res, _ = realistic_run
     assert res["audit_ok"], res["audit_problems"]
     assert res["lost"] == 0 and res["unexpected"] == 0 and res["pending"] == 0
     assert res["bounced"] > 0  # unknown users, NXDOMAIN, null MX
     assert res["expired"] > 0  # full mailboxes, dead and blocking hosts
     assert res["delivered"] + res["bounced"] + res["expired"] == 1500
+
+
+def _odd_templates() -> tuple[dict[str, str], int]:
+    """template -> reply: what the realistic world answers in wording no rule knows, and
+    to how many recipients."""
+    from fastmta.classify.templates import template
+    from fastmta.sim.oddities import DEFERRALS, REFUSALS, odd_reply
+    from fastmta.sim.world import rcpt_fate
+
+    prof = load_profile("realistic")
+    world = expand(prof, REALISTIC["domains"], REALISTIC["sites"])
+    out, n = {}, 0
+    for e in recipients(prof, world, REALISTIC["messages"]):
+        p = world.domain_provider[e.rpartition("@")[2]]
+        fate = rcpt_fate(p.behaviour, e)
+        if fate in ("odd_refusal", "odd_deferral"):
+            pool = REFUSALS if fate == "odd_refusal" else DEFERRALS
+            text = odd_reply(pool, p.name, e).decode().strip()
+            out[template(text)] = text
+            n += 1
+    return out, n
+
+
+@pytest.mark.timeout(180)
+def test_realistic_run_feeds_the_unknown_reply_loop(realistic_run, tmp_path, monkeypatch):
+    """After a realistic run the spool holds the sim's unknown replies as templates;
+    ``rules suggest`` lists them (counts, examples, a proposed rule); ``rules test`` shows
+    what a suggestion changes, and after ``rules add`` the classifier matches it."""
+    from click.testing import CliRunner
+
+    from fastmta import core
+    from fastmta.classify.suggest import to_toml
+    from fastmta.cli import main
+    from fastmta.engine.unknown_replies import UnknownReplyLoop
+    from fastmta.spool import Spool
+    from fastmta.spool.unknown import read_unknown
+
+    _, spool_dir = realistic_run
+    expected, n_odd = _odd_templates()
+    assert len(expected) >= 6  # the long tail's copies word their replies differently
+    sp = Spool.open(spool_dir)
+    try:
+        stored = read_unknown(sp)
+    finally:
+        sp.close()
+    # exactly the sim's unknown texts, at least one reply per recipient that gets one
+    assert {e["template"] for e in stored} == set(expected)
+    assert all(e["rule"].startswith("fallback-") and e["sites"] for e in stored)
+    total = sum(e["count"] for e in stored)
+    assert total >= n_odd
+    run_cli = CliRunner()
+    res = run_cli.invoke(main, ["rules", "suggest", "--spool", spool_dir, "--json"])
+    assert res.exit_code == 0, res.output
+    clusters = json.loads(res.output)["clusters"]
+    assert len(clusters) == len(expected)
+    assert sum(c["count"] for c in clusters) == total
+    for c in clusters:
+        assert c["examples"] and c["proposed"]["source"].startswith("fastmta rules suggest")
+        assert c["proposed"]["text_all"]  # a phrase of the template, not the code alone
+    # adopt the most frequent refusal's suggestion
+    top = next(c for c in clusters if c["proposed"]["code"][0].startswith("5"))
+    name = top["proposed"]["name"]
+    cand = tmp_path / "cand.toml"
+    cand.write_text(to_toml([top]))
+    example = top["examples"][0]
+    assert core.classify(example, "rcpt").rule.startswith("fallback-")
+    ops_file = tmp_path / "operator.toml"
+    monkeypatch.setenv("FASTMTA_BOUNCE_RULES", str(ops_file))
+    res = run_cli.invoke(main, ["rules", "test", str(cand), "--spool", spool_dir, "--json"])
+    assert res.exit_code == 0, res.output
+    rep = json.loads(res.output)
+    assert rep["replies"] == total and rep["changed"] == top["count"]
+    assert sum(v for k, v in rep["after"].items() if k.startswith(name + " ")) == top["count"]
+    loop = UnknownReplyLoop()  # a worker running with the operator file (not there yet)
+    res = run_cli.invoke(main, ["rules", "add", str(cand)])
+    assert res.exit_code == 0, res.output
+    try:
+        assert loop.check_rules() is True
+        got = core.classify(example, "rcpt")
+        assert got.rule == name and got.bounce_class == top["proposed"]["bounce_class"]
+        assert not loop.unknown.observe(example, "rcpt", "s", got, 1)  # known now
+    finally:
+        monkeypatch.delenv("FASTMTA_BOUNCE_RULES")
+        core.load_rules([])
 
 
 async def asyncio_run_bench(opts: BenchOptions) -> dict:

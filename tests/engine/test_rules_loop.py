@@ -214,3 +214,26 @@ def test_local_outcomes_are_not_unknown_replies():
     c = core.classify("550 5.9.9 frobnicated 12", "rcpt")
     assert agg.observe("550 5.9.9 frobnicated 12", "rcpt", "site", c, 2) is True
     assert [e["count"] for e in agg.take()] == [1] and agg.take() == []
+
+
+def test_sim_unknown_wordings_are_unknown_and_one_template_each():
+    """The sim's long-tail texts (sim/oddities.py) reach only code-only fallback rules, and
+    the masking turns each into one template whatever the recipient."""
+    from fastmta.sim.oddities import DEFERRALS, REFUSALS, odd_reply
+    from fastmta.sim.world import Behaviour, rcpt_fate
+
+    for pool, code in ((REFUSALS, "5"), (DEFERRALS, "4")):
+        seen = set()
+        for p in range(40):
+            for k in range(8):
+                text = odd_reply(pool, f"tail-{p}", f"u{k}.{p}@d{k}.tail-{p}.test").decode()
+                assert text.endswith("\r\n") and text.startswith(code)
+                cls = core.classify(text.strip(), "rcpt")
+                assert cls.rule.startswith("fallback-") and cls.bounce_class == 1, text
+                seen.add(template(text))
+        # every wording is used by some provider, and gives one template
+        assert len(seen) == len(pool)
+    beh = Behaviour(odd_refusal_rate=0.01, odd_deferral_rate=0.02)
+    fates = [rcpt_fate(beh, f"r{i}@x.test") for i in range(20000)]
+    assert 0.007 < fates.count("odd_refusal") / 20000 < 0.013
+    assert 0.016 < fates.count("odd_deferral") / 20000 < 0.024
