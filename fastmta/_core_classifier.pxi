@@ -69,6 +69,7 @@ cdef class Classifier:
     cdef list r_reason
     cdef list r_action
     cdef list r_scope
+    cdef list r_effect
     cdef list wide                   # [(pattern id, pattern)] beyond Latin-1
     cdef int32_t* r_class
     cdef uint8_t* r_throttle
@@ -162,6 +163,7 @@ cdef class Classifier:
         self.r_reason = []
         self.r_action = []
         self.r_scope = []
+        self.r_effect = []
         for i in range(nr):
             r = rl[i]
             if r.index != i:
@@ -187,6 +189,7 @@ cdef class Classifier:
             self.r_reason.append(r.reason)
             self.r_action.append(r.action)
             self.r_scope.append(r.throttle_scope)
+            self.r_effect.append(r.effect)
             self.r_class[i] = r.bounce_class
             self.r_throttle[i] = 1 if r.throttle else 0
         self.enh_off = _copy_i32(enh_off, NULL)
@@ -454,8 +457,10 @@ cdef class Classifier:
                 res.action = self.r_action[r]
                 res.rule = self.r_name[r]
                 res.throttle_scope = self.r_scope[r]
+                res.effect = self.r_effect[r]
                 return res
-        return Classification(code, enhanced, 1, "soft", "not_defined", False, "retry", "default")
+        return Classification(code, enhanced, 1, "soft", "not_defined", False, "retry", "default",
+                              "none", "none")
 
 
 cdef extern from *:

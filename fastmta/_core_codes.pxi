@@ -23,10 +23,12 @@ cdef class Classification:
     cdef readonly object action
     cdef readonly object rule
     cdef readonly object throttle_scope
+    cdef readonly object effect
 
     def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule,
-                 throttle_scope="none"):
+                 throttle_scope="none", effect="none"):
         self.throttle_scope = throttle_scope
+        self.effect = effect
         self.code = code
         self.enhanced = enhanced
         self.bounce_class = bounce_class
@@ -47,11 +49,12 @@ cdef class Classification:
             "action": self.action,
             "rule": self.rule,
             "throttle_scope": self.throttle_scope,
+            "effect": self.effect,
         }
 
     def _key(self):
         return (self.code, self.enhanced, self.bounce_class, self.type, self.reason,
-                self.throttle, self.action, self.rule, self.throttle_scope)
+                self.throttle, self.action, self.rule, self.throttle_scope, self.effect)
 
     def __eq__(self, other):
         if not hasattr(other, "to_dict") or not hasattr(other, "bounce_class"):
@@ -75,7 +78,7 @@ cdef class Classification:
             f"Classification(code={self.code!r}, enhanced={self.enhanced!r}, "
             f"bounce_class={self.bounce_class!r}, type={self.type!r}, reason={self.reason!r}, "
             f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r}, "
-            f"throttle_scope={self.throttle_scope!r})"
+            f"throttle_scope={self.throttle_scope!r}, effect={self.effect!r})"
         )
 
 

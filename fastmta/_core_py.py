@@ -298,16 +298,19 @@ class Classification:
     ``code`` (0 when the text carries no reply code), ``enhanced`` ("5.1.1" or None),
     ``bounce_class`` (Momentum/SparkPost class, 0 = not a bounce), ``type``
     (hard/soft/ignored/none), ``reason`` (campaign failure reason), ``throttle``,
-    ``action`` (deliver_ok/retry/bounce/suspend_site/reduce_rate) and ``rule`` (the name
-    of the rule that decided).
+    ``action`` (deliver_ok/retry/bounce/suspend_site/reduce_rate/defer_recipient),
+    ``rule`` (the name of the rule that decided), ``throttle_scope`` (none/recipient/
+    sender) and ``effect`` (none/session_cap/too_many_recipients/connection_limit: what
+    the reply says about the transaction or the connections).
     """
 
     __slots__ = ("code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",
-                 "rule", "throttle_scope")
+                 "rule", "throttle_scope", "effect")
 
     def __init__(self, code, enhanced, bounce_class, type, reason, throttle, action, rule,
-                 throttle_scope="none"):
+                 throttle_scope="none", effect="none"):
         self.throttle_scope = throttle_scope
+        self.effect = effect
         self.code = code
         self.enhanced = enhanced
         self.bounce_class = bounce_class
@@ -328,6 +331,7 @@ class Classification:
             "action": self.action,
             "rule": self.rule,
             "throttle_scope": self.throttle_scope,
+            "effect": self.effect,
         }
 
     def _key(self):
@@ -341,6 +345,7 @@ class Classification:
             self.action,
             self.rule,
             self.throttle_scope,
+            self.effect,
         )
 
     def __eq__(self, other):
@@ -359,7 +364,7 @@ class Classification:
             f"Classification(code={self.code!r}, enhanced={self.enhanced!r}, "
             f"bounce_class={self.bounce_class!r}, type={self.type!r}, reason={self.reason!r}, "
             f"throttle={self.throttle!r}, action={self.action!r}, rule={self.rule!r}, "
-            f"throttle_scope={self.throttle_scope!r})"
+            f"throttle_scope={self.throttle_scope!r}, effect={self.effect!r})"
         )
 
 
@@ -571,7 +576,7 @@ class Classifier:
                     continue
             return Classification(
                 code, enhanced, r.bounce_class, r.type, r.reason, r.throttle, r.action, r.name,
-                r.throttle_scope,
+                r.throttle_scope, r.effect,
             )
         return Classification(code, enhanced, 1, "soft", "not_defined", False, "retry", "default")
 

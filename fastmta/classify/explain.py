@@ -82,6 +82,7 @@ def _describe(r, compiled, found, code, enh, command) -> dict:
         "throttle": r.throttle,
         "throttle_scope": r.throttle_scope,
         "action": r.action,
+        "effect": r.effect,
     }
 
 

@@ -33,6 +33,7 @@ class Classification(msgspec.Struct, frozen=True, kw_only=True):
     # deliver_ok | retry | bounce | suspend_site | reduce_rate | defer_recipient
     action: str = "retry"
     throttle_scope: str = "none"  # none | recipient | sender
+    effect: str = "none"  # none | session_cap | too_many_recipients | connection_limit
 
     def to_dict(self) -> dict:
         return msgspec.structs.asdict(self)

@@ -26,7 +26,13 @@ hold decides.  Conditions (every one optional):
 Outcome: ``bounce_class`` (Momentum/SparkPost class; 0 for success), ``type``
 (hard/soft/ignored/none), ``reason``, ``throttle`` (default false, true when a scope is
 given), ``throttle_scope`` (none/recipient/sender; default sender for a throttle),
-``action`` (default derived from type, throttle and scope).  ``source``: where the rule's
+``action`` (default derived from type, throttle and scope), ``effect`` (what the reply
+says about the transaction or the connections, beyond the action; default ``none``):
+``session_cap`` (a cap of messages per session: send the rest on a new connection),
+``too_many_recipients`` (too many recipients in this transaction: the rest go in the
+next one), ``connection_limit`` (a sender-scope throttle about the number of
+connections: the site's connection limit is cut, not its message rate; implies
+``throttle_scope = "sender"``).  ``source``: where the rule's
 texts come from (RFC section, postmaster page); ``fallback``: a code-only default (shown
 as such by ``--explain`` and recorded by the unknown-reply loop).
 """
@@ -97,6 +103,9 @@ ACTIONS = ("deliver_ok", "retry", "bounce", "suspend_site", "reduce_rate", "defe
 # Whom a slow-down is about: ``recipient`` (one mailbox receives too fast: defer only it),
 # ``sender`` (our IP/domain/connection volume: the site's adaptive limits), ``none``.
 SCOPES = ("none", "recipient", "sender")
+# What a reply says about the transaction's shape or the connections (the engine's
+# decisions read it, engine/decisions.py); ``none`` for most rules.
+EFFECTS = ("none", "session_cap", "too_many_recipients", "connection_limit")
 
 # Code patterns index a bit set: 0 = no code at all, 100..599 = the code, 600 + k = "no
 # reply code but an enhanced code of class k" (matched by the class pattern "kxx" only).
@@ -122,6 +131,7 @@ _KEYS = {
     "throttle",
     "action",
     "throttle_scope",
+    "effect",
     "source",
     "fallback",
 }
@@ -150,6 +160,7 @@ class Rule:
         "throttle",
         "action",
         "throttle_scope",
+        "effect",
         "ref",
         "fallback",
         "raw",
@@ -462,9 +473,14 @@ def parse_rules(data: dict, source: str, pattern_ids: dict, patterns: list, star
         if reason not in REASONS:
             _fail(source, where, f"reason must be one of {REASONS}")
         r.reason = reason
+        effect = rd.get("effect", "none")
+        if effect not in EFFECTS:
+            _fail(source, where, f"effect must be one of {EFFECTS}")
         scope = rd.get("throttle_scope")
         if scope is not None and scope not in SCOPES:
             _fail(source, where, f"throttle_scope must be one of {SCOPES}")
+        if effect == "connection_limit" and scope is None:
+            scope = "sender"  # a throttle of the sender's connections
         thr = rd.get("throttle", scope not in (None, "none"))
         if not isinstance(thr, bool):
             _fail(source, where, "throttle must be true or false")
@@ -473,8 +489,15 @@ def parse_rules(data: dict, source: str, pattern_ids: dict, patterns: list, star
         if thr != (scope != "none"):
             _fail(source, where, "throttle_scope 'none' goes with throttle = false, "
                                  "'recipient'/'sender' with throttle = true")
+        if effect == "connection_limit" and scope != "sender":
+            _fail(source, where, "effect 'connection_limit' is a sender-scope throttle "
+                                 "(throttle_scope = 'sender')")
+        if thr and effect in ("session_cap", "too_many_recipients"):
+            _fail(source, where, f"effect {effect!r} is about the transaction, not a "
+                                 "slow-down: it goes with throttle = false")
         r.throttle = thr
         r.throttle_scope = scope
+        r.effect = effect
         action = rd.get("action") or _default_action(rtype, thr, scope)
         if action not in ACTIONS:
             _fail(source, where, f"action must be one of {ACTIONS}")

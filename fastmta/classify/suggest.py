@@ -135,6 +135,8 @@ def _propose(c: dict, n: int, compiled) -> dict:
                     throttle_scope=near.throttle_scope,
                     action="retry" if (rtype == "soft" and near.action == "bounce")
                     else near.action)
+        if near.effect != "none":
+            prop["effect"] = near.effect
         basis = f"nearest rule {near.name!r} ({int(score)} pattern words shared)"
     else:
         prop.update(bounce_class=40 if code >= 500 else 20, type="soft", reason="not_defined",

@@ -13,7 +13,7 @@ from fastmta.cli import main
 from fastmta.errors import ConfigError
 
 _OUT_FIELDS = ("code", "enhanced", "bounce_class", "type", "reason", "throttle",
-               "throttle_scope", "action", "rule")
+               "throttle_scope", "action", "effect", "rule")
 
 
 def _result(reply, command, explain: bool = False) -> dict:
@@ -37,7 +37,8 @@ def _explain_text(res: dict) -> str:
              f"command  : {res['command'] or 'unknown'}",
              f"verdict  : class {res['bounce_class']} {res['type']} {res['reason']}, "
              f"throttle={str(res['throttle']).lower()} scope={res['throttle_scope']}, "
-             f"action {res['action']}"]
+             f"action {res['action']}"
+             + (f", effect {res['effect']}" if res.get("effect", "none") != "none" else "")]
     for label, r in (("rule", e["winner"]), ("runner-up", e["runner_up"])):
         if r is None:
             lines.append(f"{label:9s}: none")
@@ -95,7 +96,7 @@ def _classify_stream(lines, write, explain: bool = False) -> int:
               help="With --explain and a single REPLY: JSON instead of text.")
 def classify(reply: str | None, command: str | None, sample: bool, rules_file: str | None,
              explain: bool, as_json: bool) -> None:
-    """Classify SMTP replies into bounce class, type, reason, throttle and action.
+    """Classify SMTP replies into bounce class, type, reason, throttle, action and effect.
 
     With REPLY, classify that one reply.  Otherwise read JSONL from stdin, one
     {"reply": ..., "command": ...} per line, and write one JSON object per input line.

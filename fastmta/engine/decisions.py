@@ -8,20 +8,26 @@ reply texts.  Table-tested in ``tests/unit/test_decisions.py``.
 Decisions for a recipient's reply (``decide``), in precedence order:
 
 - ``sent``: 2xx.
-- ``requeue_session``: a per-session message cap ("too many messages for this session"):
-  learn the cap, send the rest on a new connection (not a failure, not a throttle).
-- ``requeue_split``: too many recipients in this transaction (RFC 5321 4.5.3.1.10, x.5.3):
-  the rest go in the next transaction (when some were accepted: learn the cap).
+- ``requeue_session``: a per-session message cap (rule ``effect = "session_cap"``,
+  answered to MAIL): learn the cap, send the rest on a new connection (not a failure,
+  not a throttle).
+- ``requeue_split``: too many recipients in this transaction (RFC 5321 4.5.3.1.10, x.5.3,
+  or rule ``effect = "too_many_recipients"``): the rest go in the next transaction (when
+  some were accepted: learn the cap).
 - ``suspend``: the site blocks us (reputation block, DNSBL, banned IP): suspend the
   site, the recipient is retried after the suspension; not a hard bounce.
 - ``defer_recipient``: a recipient-scope limit (this mailbox receives too fast): only
   this recipient waits (its own retry backoff); the site keeps its speed.
 - ``throttle``: a sender-scope slow-down (rate, connections, volume): the site's
-  adaptive limits are cut (``shaper_kind`` = ``connections`` for a connection-limit
-  rule or a refusal at connect/EHLO, else ``rate``); the recipient is queued again.
+  adaptive limits are cut (``shaper_kind`` = ``connections`` for a rule with
+  ``effect = "connection_limit"`` or a refusal at connect/EHLO, else ``rate``); the
+  recipient is queued again.
 - ``hard``: the recipient cannot receive: bounce.
 - ``soft``: anything else (a generic 421, timeouts, policy deferrals): a counted soft
   failure with the retry schedule; the site's limits are not touched.
+
+The effects are fields of the rule data (``fastmta/data/bounce_rules.toml``, or an
+operator's rule), never rule names: an operator rule can carry them.
 
 ``close``: the session must end (421 closes the channel, RFC 5321 3.8).
 """
@@ -30,16 +36,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Decision", "decide", "decide_connect", "SESSION_LIMIT_RULES",
-           "TOO_MANY_RCPTS_RULES", "CONNECTION_RULES"]
+__all__ = ["Decision", "decide", "decide_connect"]
 
-# Rules whose meaning is about the transaction's shape, not the recipient or the sender.
-SESSION_LIMIT_RULES = frozenset({"session-message-limit"})
-TOO_MANY_RCPTS_RULES = frozenset({"rcpt-too-many-recipients-enhanced",
-                                  "rcpt-too-many-recipients-text", "rcpt-452-bare",
-                                  "enh-too-many-recipients"})
-# Rules about the number of connections (the others throttle the message rate).
-CONNECTION_RULES = frozenset({"connection-limit"})
 _CONNECT_PHASES = frozenset({"connect", "ehlo", "helo"})
 
 
@@ -54,7 +52,7 @@ class Decision:
 
 def _throttle_kind(cls, command: str | None) -> str:
     return "connections" if command in _CONNECT_PHASES or \
-        getattr(cls, "rule", "") in CONNECTION_RULES else "rate"
+        getattr(cls, "effect", "none") == "connection_limit" else "rate"
 
 
 def decide(cls, code: int, command: str | None, enhanced: str | None = None) -> Decision:
@@ -62,11 +60,11 @@ def decide(cls, code: int, command: str | None, enhanced: str | None = None) -> 
     close = code == 421
     if 200 <= code < 300:
         return Decision("sent")
-    rule = getattr(cls, "rule", "")  # local outcomes (no server reply) have no rule
-    if rule in SESSION_LIMIT_RULES and command == "mail":
+    effect = getattr(cls, "effect", "none")  # local outcomes (no server reply): none
+    if effect == "session_cap" and command == "mail":
         return Decision("requeue_session", close=True)
     if 400 <= code < 500 and command == "rcpt" and (
-            enhanced == "4.5.3" or rule in TOO_MANY_RCPTS_RULES):
+            enhanced == "4.5.3" or effect == "too_many_recipients"):
         return Decision("requeue_split", close=close)
     if cls.action == "suspend_site":
         return Decision("suspend", close=True)

@@ -205,7 +205,7 @@ def test_reply_phrase_wrapped_over_lines(impl):
 def test_to_dict_fields(impl):
     d = impl.classify("550 5.1.1 user unknown", "rcpt").to_dict()
     assert set(d) == {"code", "enhanced", "bounce_class", "type", "reason", "throttle", "action",
-                      "rule", "throttle_scope"}
+                      "rule", "throttle_scope", "effect"}
 
 
 def test_bad_arguments(impl):

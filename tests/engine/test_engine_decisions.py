@@ -120,3 +120,51 @@ def test_generic_421_does_not_cut_the_connection_limit():
     assert sched.stats["connect_failed"] >= 1
     assert site.throttled == 0 and site.shaper.throttles == 0
     assert site.shaper.ceiling is None and site.shaper.limit >= start_limit == 4
+
+
+SESSION_CAP_RULE = '''
+[[rule]]
+name = "operator-session-cap"
+source = "test: an operator rule for a per-session message cap"
+code = ["421"]
+text = ["too many messages for this session"]
+bounce_class = 70
+type = "soft"
+reason = "unreachable"
+'''
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("effect", [True, False], ids=["with-effect", "without-effect"])
+def test_an_operator_rule_carries_the_session_cap_effect(tmp_path, effect):
+    """The engine reads the rule's ``effect`` field, not its name: an operator rule (tried
+    before the packaged ones) with ``effect = "session_cap"`` makes the engine learn the
+    server's per-session cap and send the rest on new connections; the same rule without
+    the effect leaves ordinary soft failures."""
+    from fastmta import core
+
+    f = tmp_path / "ops.toml"
+    f.write_text(SESSION_CAP_RULE + ('effect = "session_cap"\n' if effect else ""))
+    world = World(WorldSpec(providers=[Provider(
+        name="capped", domains=["cap.test"], behaviour=Behaviour(max_msgs_per_conn=3))]))
+    emails = [f"u{i}@cap.test" for i in range(20)]
+
+    async def go():
+        async with SimInternet(world) as sim:
+            return await run(sim, world, "capped", "cap.test", work(emails), len(emails),
+                             max_rcpts=1, initial_connections=2)
+
+    core.load_rules([str(f)])
+    try:
+        assert core.classify("421 4.7.0 Too many messages for this session",
+                             "mail").rule == "operator-session-cap"
+        sched, site, results, _, stats = asyncio.run(go())
+    finally:
+        core.load_rules([])
+    outcomes = [r.outcome for r in results]
+    if effect:
+        assert outcomes.count("sent") == 20 and site.msgs_cap == 3
+    else:
+        assert outcomes.count("soft") >= 1 and not site.msgs_cap
+        assert {(r.code, r.enhanced) for r in results if r.outcome == "soft"} == {(421, "4.7.0")}
+    assert site.throttled == 0  # a session cap is never a throttle

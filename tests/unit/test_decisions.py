@@ -81,3 +81,100 @@ def test_local_outcomes_have_no_rule_and_still_decide():
         reply, cls = local(kind, cmd)
         d = decide(cls, reply.code, cmd, reply.enhanced)
         assert d.kind in ("soft", "throttle") and d.close, (kind, d)
+
+
+OPERATOR_RULES = '''
+[[rule]]
+name = "acme-batch-cap"
+source = "test: an operator's own wording of too many recipients"
+command = ["rcpt"]
+code = ["451"]
+text = ["acme batch quota reached"]
+bounce_class = 70
+type = "soft"
+reason = "unreachable"
+effect = "too_many_recipients"
+
+[[rule]]
+name = "acme-session-cap"
+source = "test: an operator's own wording of a per-session message cap"
+code = ["421"]
+text = ["acme session quota reached"]
+bounce_class = 70
+type = "soft"
+reason = "unreachable"
+effect = "session_cap"
+
+[[rule]]
+name = "acme-connection-cap"
+source = "test: an operator's own wording of a connection limit"
+code = ["421", "451"]
+text = ["acme connection quota reached"]
+bounce_class = 70
+type = "soft"
+reason = "unreachable"
+effect = "connection_limit"
+
+[[rule]]
+name = "acme-plain"
+source = "test: the same kind of text without an effect"
+code = ["421", "451"]
+text = ["acme quota"]
+bounce_class = 70
+type = "soft"
+reason = "unreachable"
+'''
+
+
+@pytest.mark.parametrize("impl", ["compiled", "pure"])
+def test_operator_rules_carry_the_effects(tmp_path, impl):
+    """The transaction and connection effects are rule fields: an operator's rule with
+    its own name and wording gets the same decisions as the packaged rules."""
+    from fastmta import _core_py
+    from fastmta.classify import rules as _rules
+
+    f = tmp_path / "ops.toml"
+    f.write_text(OPERATOR_RULES)
+    mod = core if impl == "compiled" else _core_py
+    clf = mod.Classifier(_rules.compile_rules([str(f)]))
+
+    def d(text, cmd):
+        cls = clf.classify(text, cmd)
+        return cls, decide(cls, cls.code, cmd, cls.enhanced)
+
+    cls, dec = d("451 4.0.0 acme batch quota reached, send the rest later", "rcpt")
+    assert (cls.rule, cls.effect, dec.kind, dec.close) == (
+        "acme-batch-cap", "too_many_recipients", "requeue_split", False)
+    cls, dec = d("421 4.0.0 acme session quota reached, closing", "mail")
+    assert (cls.rule, cls.effect, dec.kind, dec.close) == (
+        "acme-session-cap", "session_cap", "requeue_session", True)
+    cls, dec = d("451 4.0.0 acme connection quota reached", "mail")
+    assert (cls.throttle, cls.throttle_scope, cls.action) == (True, "sender", "reduce_rate")
+    assert (cls.rule, dec.kind, dec.shaper_kind) == ("acme-connection-cap", "throttle",
+                                                     "connections")
+    # the same kind of wording without an effect: an ordinary soft failure
+    cls, dec = d("451 4.0.0 acme quota", "rcpt")
+    assert (cls.effect, dec.kind) == ("none", "soft")
+    # the packaged rules keep their behaviour through the same fields
+    for text, cmd, eff in (("452 4.5.3 Too many recipients", "rcpt", "too_many_recipients"),
+                           ("421 4.7.0 Too many messages for this session", "mail",
+                            "session_cap"),
+                           ("421 4.3.2 The maximum number of concurrent server connections "
+                            "has exceeded a limit", "mail", "connection_limit")):
+        assert clf.classify(text, cmd).effect == eff
+
+
+@pytest.mark.parametrize("extra,msg", [
+    ('effect = "connection_limit"\nthrottle_scope = "recipient"', "sender-scope throttle"),
+    ('effect = "session_cap"\nthrottle = true', "about the transaction"),
+    ('effect = "faster"', "effect must be one of"),
+])
+def test_effect_is_validated(tmp_path, extra, msg):
+    from fastmta.classify import rules as _rules
+    from fastmta.errors import ConfigError
+
+    f = tmp_path / "bad.toml"
+    f.write_text('[[rule]]\nname = "x"\ntext = ["x y"]\nbounce_class = 70\ntype = "soft"\n'
+                 f'reason = "unreachable"\n{extra}\n')
+    with pytest.raises(ConfigError, match=msg):
+        _rules.compile_rules([str(f)], packaged=False)
