@@ -82,11 +82,15 @@ def cluster(entries: list[dict], sim_th: float = 0.5) -> list[dict]:
 
 
 def _phrases(tpl: str) -> list[str]:
-    """The constant parts of a template (between masks), normalized, longest first."""
+    """The constant parts of a template (between masks), normalized, longest first: those
+    of two words or more, else those holding one word of 4 letters or more (a proposal
+    without any phrase would match every reply with that code)."""
     body = re.sub(r"^[245]\d\d (?:[245]\.\d{1,3}\.\d{1,3} )?", "", tpl)
     parts = [_rules.normalize(p).strip(" .,;:-()[]<>\"'") for p in _MASK.split(body)]
-    parts = [p for p in parts if len(_WORD.findall(p)) >= 2 and "  " not in p]
-    return sorted(dict.fromkeys(parts), key=len, reverse=True)
+    parts = [p for p in parts if p and "  " not in p]
+    strong = [p for p in parts if len(_WORD.findall(p)) >= 2]
+    weak = [p for p in parts if any(len(w) >= 4 for w in _WORD.findall(p))]
+    return sorted(dict.fromkeys(strong or weak), key=len, reverse=True)
 
 
 def _nearest(tpl: str, code: int, compiled) -> tuple[object | None, float]:

@@ -237,3 +237,17 @@ def test_sim_unknown_wordings_are_unknown_and_one_template_each():
     fates = [rcpt_fate(beh, f"r{i}@x.test") for i in range(20000)]
     assert 0.007 < fates.count("odd_refusal") / 20000 < 0.013
     assert 0.016 < fates.count("odd_deferral") / 20000 < 0.024
+
+
+def test_a_proposal_always_has_a_phrase_when_the_template_has_a_word(tmp_path):
+    """Templates whose constant parts are single words still get a text condition (a
+    proposal on the code alone would take every reply with that code)."""
+    replies = [{"reply": f"451 4.0.0 Vorgang {n} fuer <u{n}@x{n}.example> zurueckgestellt",
+                "command": "rcpt"} for n in range(20)]
+    (c,) = suggest(entries_from_replies(replies))
+    assert c["proposed"]["text_all"] == ["zurueckgestellt", "vorgang"]
+    f = tmp_path / "p.toml"
+    f.write_text(to_toml([c]))
+    clf = core.Classifier(_rules.compile_rules([str(f)]))
+    assert clf.classify(replies[0]["reply"], "rcpt").rule == c["proposed"]["name"]
+    assert clf.classify("451 4.0.0 Mailstore busy", "rcpt").rule != c["proposed"]["name"]
