@@ -31,7 +31,8 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
     problems: list[str] = []
     lat: list[float] = []
     by_provider: dict[str, dict] = {}
-    capped: dict[str, list[int]] = {}  # rate-capped provider -> acceptance times (ms)
+    # rate- or connection-capped provider -> acceptance times (ms)
+    capped: dict[str, list[int]] = {}
     first_ms = last_ms = 0
     dup = 0
     seen = 0
@@ -53,7 +54,8 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
             counts["delivered"] += 1
             bp["delivered"] += 1
             d = r.done_ms
-            if prov is not None and prov.behaviour.max_msgs_per_min_per_ip:
+            if prov is not None and (prov.behaviour.max_msgs_per_min_per_ip or
+                                     prov.behaviour.max_conn_per_ip):
                 capped.setdefault(pname, []).append(d)
             bp["first_ms"] = d if not bp["first_ms"] else min(bp["first_ms"], d)
             bp["last_ms"] = max(bp["last_ms"], d)

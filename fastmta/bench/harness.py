@@ -50,6 +50,7 @@ from fastmta.bench.profile import (
     load_profile,
     recipients,
 )
+from fastmta.bench.ramp import ramp_figures, slowest
 from fastmta.bench.signing import is_signed, verify_sample, with_dkim
 from fastmta.bench.state import load_state, save_state, time_to_90pct_cap
 from fastmta.config import Config
@@ -397,6 +398,11 @@ async def _run(opts, prof, world, sim, kinds, spool_path) -> dict:
         result["shaping"] = _goodput(world, prof, capped)
         result["time_to_90pct_cap_s"] = time_to_90pct_cap(result["shaping"])
         result["time_to_converge_s"] = time_to_90pct_cap(result["shaping"], "converged_s")
+        # 250-ms buckets: how soon each limited provider reached its steady rate
+        result["ramp"] = {name: ramp_figures(sorted(t)) for name, t in capped.items()}
+        result["time_to_90pct_steady_s"] = slowest(result["ramp"])
+        result["time_to_90pct_steady_1s_s"] = slowest(result["ramp"],
+                                                      "reached_90pct_steady_1s_s")
     if opts.state_dir:
         result["state"] = {"dir": opts.state_dir, "records_loaded": state_loaded,
                            "records_saved": state_saved,

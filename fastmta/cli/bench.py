@@ -63,9 +63,14 @@ def print_bench(r: dict) -> None:
                         else "never")
                 e(f"  {'':<14} per minute {', '.join(f'{m:.0f}%' for m in s['minutes_pct_of_cap'])}"
                   f" of cap; >= 90% in every later minute from {conv}")
+    for name, f in (r.get("ramp") or {}).items():
+        e(f"ramp {name}: steady {f['steady_per_s']}/s; 90% of it reached after "
+          f"{f['reached_90pct_steady_s']} s (a {f['bucket_ms']}-ms bucket), "
+          f"{f['reached_90pct_steady_1s_s']} s (a 1-s window)")
     if r.get("time_to_90pct_cap_s") is not None or "state" in r:
         st = r.get("state") or {}
-        e(f"memory: time to 90% of the hidden cap {r.get('time_to_90pct_cap_s')} s; "
+        e(f"memory: time to 90% of the hidden cap {r.get('time_to_90pct_cap_s')} s, of the "
+          f"steady rate {r.get('time_to_90pct_steady_s')} s; "
           f"throttle replies {r['throttle_replies']}"
           + (f"; state {st['dir']}: {st['records_loaded']} records loaded, "
              f"{st['sites_restored']} sites restored, {st['records_saved']} saved"
@@ -154,8 +159,8 @@ def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
 @click.option("--size", "size", type=int, default=3_000, show_default=True,
               help="message size in bytes")
 @click.option("--profile", default="null", show_default=True,
-              help="bench profile: null, realistic, throttled, campaign, warmup or a path to "
-                   "a .toml file")
+              help="bench profile: null, realistic, throttled, campaign, capped, memory, "
+                   "warmup or a path to a .toml file")
 @click.option("--dkim/--no-dkim", default=None,
               help="sign every message (default: as the profile says; campaign signs)")
 @click.option("--dkim-key", "dkim_key", type=click.Choice(["rsa2048", "ed25519"]),
@@ -200,7 +205,9 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
     """Benchmark the full engine against the simulated internet (loopback only).
 
     ``--profile warmup --sources N --days D``: IP warm-up over D compressed days
-    (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory;
+    (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory
+    (throttle replies); ``--profile memory --state DIR`` twice: its time to the steady
+    rate in 250-ms buckets;
     ``--profile capped --nodes 3 --cluster redis``: three nodes sharing one provider's
     caps through Redis, then the same without the cluster (docs/scale.md)."""
     if profile == "warmup":

@@ -69,6 +69,9 @@ class Egress:
         self.learned: dict[tuple[str, str], Learned] = {}
         self._dirty: dict[bytes, bytes | None] = {}
         self._dirty_warm: dict[bytes, WarmupState] = {}
+        # warm (capless) sources: messages given back since the last fold, per (source,
+        # group) -- taken out of used_day/used_hour with the handed ones
+        self._returned: dict[tuple[str, str], int] = {}
         self.stats: Counter[str] = Counter()
         self._chosen = {n: Choice(n) for n in self.model.sources}
         # warm-up reservations of capped sources, and how many of them are durable (the
@@ -105,7 +108,8 @@ class Egress:
 
     def _fold_handed(self) -> None:
         """Warm (capless) sources: the messages handed out since the last call go into
-        their per-provider ``used_day``/``used_hour`` (what ``egress status`` shows)."""
+        their per-provider ``used_day``/``used_hour`` (what ``egress status`` shows), less
+        the ones given back since (deferred after their selection)."""
         now = None
         for (_pool, group), sel in self.selectors.items():
             if not sel.handed:
@@ -118,6 +122,12 @@ class Egress:
                 Ramp.take(st, now, n)
                 self._touch(st)
             sel.handed = {}
+        if self._returned:
+            for (name, group), n in self._returned.items():
+                st = self.state(name, group)
+                Ramp.give_back(st, n)
+                self._touch(st)
+            self._returned = {}
 
     def dirty(self) -> dict[bytes, bytes | None]:
         """Records changed since the last call (to write to the spool)."""
@@ -207,6 +217,9 @@ class Egress:
                 self.stats["overflowed"] += 1
         elif choice.reason == "warmup_cap":
             self.stats["deferred"] += 1
+            st = self.state(choice.capped, group)  # rolled by has_room
+            Ramp.deferred(st)
+            self._touch(st)
         return choice
 
     def wait_s(self, source: str, group: str) -> float:
@@ -216,10 +229,17 @@ class Egress:
         return self.clock.real_delay(egress_s)
 
     def give_back(self, source: str, group: str) -> None:
-        if self._ramp(source, group).plan is None:
-            return  # nothing was counted
+        """A message given to ``source`` did not go (deferred, expired): its room comes
+        back and it counts as a deferral of that source."""
+        ramp = self._ramp(source, group)
         st = self.state(source, group)
-        Ramp.give_back(st)
+        ramp.roll(st, self.clock.now())
+        Ramp.deferred(st)
+        if ramp.plan is None:  # counted in the selector's handed: out at the next fold
+            key = (source, group)
+            self._returned[key] = self._returned.get(key, 0) + 1
+        else:
+            Ramp.give_back(st)
         self._touch(st)
 
     def feedback(self, source: str, group: str, attempts: int, throttles: int,

@@ -37,8 +37,10 @@ class WarmupState(msgspec.Struct, kw_only=True):
     attempts_day: int = 0
     throttles_day: int = 0
     blocks_day: int = 0
+    deferred_day: int = 0  # deferrals today: waits for this source's cap, given back
     send_days: int = 0
     first_send: float = 0.0  # egress time of the first message (the IP's age)
+    last_used: float = 0.0  # egress time of the last message given to this source
     last_action: str = ""
     history: list[list] = msgspec.field(default_factory=list)  # [day, stage, used, cap, action]
 
@@ -101,6 +103,7 @@ class Ramp:
                     st.stage = max(1, st.stage - 1)
             st.day = day
             st.used_day = st.attempts_day = st.throttles_day = st.blocks_day = 0
+            st.deferred_day = 0
         if st.hour != hour:
             st.hour = hour
             st.used_hour = 0
@@ -127,6 +130,7 @@ class Ramp:
     def take(st: WarmupState, now: float, n: int = 1) -> None:
         if not st.first_send:
             st.first_send = now
+        st.last_used = now
         st.used_day += n
         st.used_hour += n
 
@@ -135,6 +139,12 @@ class Ramp:
         """A reserved message did not go (deferred by our own shaping)."""
         st.used_day = max(0, st.used_day - n)
         st.used_hour = max(0, st.used_hour - n)
+
+    @staticmethod
+    def deferred(st: WarmupState, n: int = 1) -> None:
+        """A message for this provider waited: for this source's cap, or it was given
+        back after selection (our own shaping deferred it)."""
+        st.deferred_day += n
 
     @staticmethod
     def feedback(st: WarmupState, attempts: int = 0, throttles: int = 0,
@@ -154,7 +164,11 @@ class Ramp:
             "daily_cap": caps[0] if caps else None, "hourly_cap": caps[1] if caps else None,
             "used_today": st.used_day, "used_this_hour": st.used_hour,
             "attempts_today": st.attempts_day, "throttles_today": st.throttles_day,
-            "blocks_today": st.blocks_day,
+            "blocks_today": st.blocks_day, "deferred_today": st.deferred_day,
+            "room_today": max(0, caps[0] - st.used_day) if caps else None,
+            "room_this_hour": max(0, min(caps[0] - st.used_day, caps[1] - st.used_hour))
+            if caps else None,
+            "last_used": round(st.last_used, 3) if st.last_used else None,
             "throttle_pct_today": round(100.0 * st.throttles_day / st.attempts_day, 2)
             if st.attempts_day else 0.0,
             "next": self.decision(st) if caps else "warm",

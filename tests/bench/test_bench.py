@@ -234,7 +234,7 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     assert r.returncode != 0 and "tail provider 'nope' not defined" in r.stderr
     r = _cli("bench", "--profile", "no-such-profile", timeout=60)
     assert r.returncode != 0 and "no bench profile 'no-such-profile' (bundled: " in r.stderr
-    for name in ("campaign", "capped", "null", "realistic", "throttled"):
+    for name in ("campaign", "capped", "memory", "null", "realistic", "throttled"):
         assert name in r.stderr
 
 

@@ -36,3 +36,24 @@ def test_converged_needs_every_later_minute():
                "c": {"windows": 0}}
     assert time_to_90pct_cap(shaping) == 25.0  # the slowest capped provider
     assert time_to_90pct_cap(shaping, "converged_s") == 75.0
+
+
+def test_steady_rate_figures_in_250ms_buckets():
+    from fastmta.bench.ramp import ramp_figures, slowest
+
+    flat = [i * 5 for i in range(2000)]  # 200/s from the first acceptance
+    f = ramp_figures(flat)
+    assert f["steady_per_s"] == 200.0 and f["reached_90pct_steady_s"] == 0.25
+    assert f["reached_90pct_steady_1s_s"] == 1.0
+    climb = [i * 40 for i in range(25)] + [1000 + i * 5 for i in range(2000)]  # 25/s, 1 s
+    g = ramp_figures(climb)
+    assert g["steady_per_s"] == 200.0 and g["reached_90pct_steady_s"] == 1.25
+    assert g["reached_90pct_steady_1s_s"] == 2.0
+    # flights: full and empty buckets in turn still give the slope, and the 1-s window
+    bursty = [(i // 88) * 500 + (i % 88) for i in range(1760)]  # 88 every 0.5 s = 176/s
+    b = ramp_figures(bursty)
+    assert abs(b["steady_per_s"] - 176) < 10 and b["reached_90pct_steady_s"] == 0.25
+    assert b["reached_90pct_steady_1s_s"] == 1.0
+    assert slowest({"a": f, "b": g}) == 1.25
+    assert slowest({"a": f, "b": g}, "reached_90pct_steady_1s_s") == 2.0
+    assert ramp_figures([1, 2, 3])["steady_per_s"] is None  # too few to say

@@ -98,8 +98,16 @@ def test_send_pool_cold_cap_and_status(tmp_path):
     warm = next(s for s in doc["sources"] if s["name"] == "warm1")
     (wrow,) = warm["providers"]  # a warm source's use is counted too (no cap)
     assert wrow["used_today"] == 350 and wrow["daily_cap"] is None and wrow["next"] == "warm"
+    # a warm source's totals: its use (no allowance), deferrals and last use
+    assert warm["used_today"] == 350 and warm["daily_allowance"] is None
+    assert warm["deferred_today"] == wrow["deferred_today"] >= 0
+    assert warm["last_used"] is not None and warm["last_used"] <= doc["egress_time"]
+    assert cold["used_today"] == 50 and cold["daily_allowance"] == 50
+    assert row["room_today"] == 0 and row["last_used"] is not None
     assert {r["source"] for r in doc["learned"]} == {"warm1", "cold1"}
     text = subprocess.run(fastmta("egress", "status", "--config", str(conf), "--spool",
                                   str(spool)), env=ENV, capture_output=True, timeout=60,
                           check=True).stdout.decode()
     assert "warm-up plan tiny" in text and "stage 1: 50/50 today" in text
+    assert "used 350 today" in text and "350 today, " in text and "(no cap: warm)" in text
+    assert "used 50/50 today" in text and "last used " in text

@@ -193,3 +193,59 @@ def test_warm_sources_use_is_counted_for_status():
     assert rows["w1"]["used_today"] + rows["w2"]["used_today"] == 401
     assert rows["w1"]["used_this_hour"] + rows["w2"]["used_this_hour"] == 1
     assert eg.dirty() == {}  # nothing new: nothing to write
+    # deferred after selection (the fast path): out of the use, into the deferrals
+    before = {r["source"]: r["used_today"] for r in eg.status()}
+    eg.select(pool, "gmail", lambda n: True)  # handed, not folded yet
+    eg.give_back("w1", "gmail")
+    eg.give_back("w1", "gmail")
+    eg.dirty()
+    rows = {r["source"]: r for r in eg.status()}
+    assert sum(r["used_today"] for r in rows.values()) == sum(before.values()) + 1 - 2
+    assert rows["w1"]["deferred_today"] == 2 and rows["w2"]["deferred_today"] == 0
+    assert max(r["last_used"] for r in rows.values()) == clock.now()
+
+
+def test_status_totals_deferrals_and_last_use_for_warm_and_cold_sources():
+    """Every source, warm ones too, has its use today / this hour against its allowance,
+    its deferrals and its last use, per provider and in total (``egress status``)."""
+    from fastmta.egress.status import egress_status
+
+    t0 = 10 * DAY_S + 5 * HOUR_S
+    clock = ManualClock(t0)
+    cfg = egress_cfg("defer", cold=("c",), warm=("w1",))
+    eg = Egress(cfg, clock=clock)
+    pool = eg.pool_for("news@news.example")
+    got = Counter()
+    for _ in range(100):
+        ch = eg.select(pool, "gmail", lambda n: True)
+        got[ch.source or "wait"] += 1
+    assert got["c"] == 20 and got["w1"] == 50 and got["wait"] == 30  # 20/h, then defer
+    clock.advance(60.0)
+    for _ in range(5):  # five of w1's were deferred by our own shaping after selection
+        eg.give_back("w1", "gmail")
+    eg.give_back("c", "gmail")  # and one of c's: its room comes back
+    items = list(eg.dirty().items())
+    doc = egress_status(cfg, items, 0.0, clock)
+    src = {s["name"]: s for s in doc["sources"]}
+    w1, c = src["w1"], src["c"]
+    (row,) = w1["providers"]
+    assert row["used_today"] == row["used_this_hour"] == 45 and row["deferred_today"] == 5
+    assert row["daily_cap"] is None and row["room_today"] is None
+    assert row["last_used"] == pytest.approx(t0)  # a mixed pool counts at selection
+    assert w1["used_today"] == 45 and w1["deferred_today"] == 5
+    assert w1["daily_allowance"] is None and w1["last_used"] == row["last_used"]
+    (crow,) = c["providers"]
+    assert crow["used_today"] == 19 and crow["daily_cap"] == 80 and crow["hourly_cap"] == 20
+    assert crow["room_today"] == 61 and crow["room_this_hour"] == 1
+    assert crow["deferred_today"] == 30 + 1  # waited for its cap, and the one given back
+    assert c["daily_allowance"] == 80 and c["hourly_allowance"] == 20
+    assert c["last_used"] == pytest.approx(t0)
+    # a warm source without traffic still has its (zero) totals
+    eg2 = Egress(egress_cfg(cold=(), warm=("w1", "w2")), clock=clock)
+    doc2 = egress_status(eg2.cfg, [], 0.0, clock)
+    s2 = doc2["sources"][0]
+    assert s2["used_today"] == 0 and s2["deferred_today"] == 0 and s2["last_used"] is None
+    # the next day starts from zero
+    clock.advance(DAY_S)
+    doc3 = egress_status(cfg, items, 0.0, clock)
+    assert all(s["used_today"] == 0 and s["deferred_today"] == 0 for s in doc3["sources"])
