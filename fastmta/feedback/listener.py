@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
+from fastmta import core
 from fastmta.config import Config
 from fastmta.feedback.apply import Processor
 from fastmta.feedback.parse import parse
@@ -135,6 +136,8 @@ class InboundServer:
             self.tls.load_cert_chain(self.f.tls_cert, self.f.tls_key)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        # the classifier compiles its rules on first use (~0.1 s): not on the first mail
+        await asyncio.get_running_loop().run_in_executor(None, core.classify, "", None)
         if self.f.parse_processes > 0 and self.committer._pool is None:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.committer.start_parsers, self.f.parse_processes)
@@ -214,27 +217,31 @@ class InboundServer:
                 del self.per_ip[ip]
             await _close(writer)
 
-    async def _line(self, reader: asyncio.StreamReader) -> bytes | None:
+    @staticmethod
+    async def _line(reader: asyncio.StreamReader) -> bytes | None:
         try:
-            async with asyncio.timeout(self.f.command_timeout_s):  # no task per line
-                return await reader.readuntil(b"\n")
+            return await reader.readuntil(b"\n")
         except asyncio.LimitOverrunError:
             return b""
         except (asyncio.IncompleteReadError, ConnectionError):
             return None
 
     async def _session(self, reader, writer, ip: str) -> None:
+        writer.write(f"220 {self.hostname} fastmta feedback ESMTP\r\n".encode())
+        try:  # one idle bound for the whole session, moved on per line (_Idle)
+            async with asyncio.timeout(self.f.command_timeout_s) as cm:
+                await self._commands(reader, writer, ip, _Idle(cm, self.f.command_timeout_s))
+        except TimeoutError:
+            writer.write(b"421 4.4.2 Idle timeout, closing\r\n")
+
+    async def _commands(self, reader, writer, ip: str, idle: _Idle) -> None:
         w = writer.write
-        w(f"220 {self.hostname} fastmta feedback ESMTP\r\n".encode())
         mail_from: str | None = None
         rcpts: list[str] = []
         tls_on = False
         while True:
-            try:
-                line = await self._line(reader)
-            except TimeoutError:
-                w(b"421 4.4.2 Idle timeout, closing\r\n")
-                return
+            line = await self._line(reader)
+            idle.touch()
             if line is None:
                 return
             if not line.endswith(b"\n") or len(line) > self.f.max_line:
@@ -297,7 +304,7 @@ class InboundServer:
                     continue
                 w(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                 await writer.drain()
-                data = await self._data(reader)
+                data = await self._data(reader, idle)
                 if data is None:
                     return
                 if data is False:
@@ -305,6 +312,7 @@ class InboundServer:
                     w(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
                 else:
                     t0 = time.perf_counter()
+                    idle.pause()  # storing is not idling: no 421 while the commit runs
                     try:
                         await self.committer.submit(data, source="smtp", peer=ip,
                                                     mail_from=mail_from, rcpt_to=rcpts)
@@ -314,6 +322,7 @@ class InboundServer:
                         w(b"250 2.0.0 OK: stored\r\n")
                     except Exception:
                         w(b"451 4.3.0 Temporary failure storing the message, try again\r\n")
+                    idle.touch()
                 mail_from, rcpts = None, []
             elif verb == "RSET":
                 mail_from, rcpts = None, []
@@ -332,35 +341,55 @@ class InboundServer:
                 w(b"500 5.5.1 Command not recognised\r\n")
             await writer.drain()
 
-    async def _data(self, reader: asyncio.StreamReader) -> bytes | bool | None:
+    async def _data(self, reader: asyncio.StreamReader, idle: _Idle) -> bytes | bool | None:
         """The message (dot-unstuffed); False when over the size limit (read to the end)."""
         limit = self.f.max_message_bytes
         chunks: list[bytes] = []
         size = 0
         over = False
-        loop = asyncio.get_running_loop()
-        timeout = self.f.command_timeout_s
         try:
-            async with asyncio.timeout(timeout) as cm:  # idle bound, moved on per line
-                while True:
-                    try:
-                        line = await reader.readuntil(b"\n")
-                    except asyncio.LimitOverrunError as exc:
-                        line = await reader.readexactly(exc.consumed)
-                    cm.reschedule(loop.time() + timeout)
-                    if line in (b".\r\n", b".\n"):
-                        break
-                    if line[:1] == b".":
-                        line = line[1:]
-                    size += len(line)
-                    if size > limit:
-                        over = True
-                        chunks.clear()
-                    if not over:
-                        chunks.append(line)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
+            while True:
+                try:
+                    line = await reader.readuntil(b"\n")
+                except asyncio.LimitOverrunError as exc:
+                    line = await reader.readexactly(exc.consumed)
+                idle.touch()
+                if line in (b".\r\n", b".\n"):
+                    break
+                if line[:1] == b".":
+                    line = line[1:]
+                size += len(line)
+                if size > limit:
+                    over = True
+                    chunks.clear()
+                if not over:
+                    chunks.append(line)
+        except (asyncio.IncompleteReadError, ConnectionError):
             return None
         return False if over else b"".join(chunks)
+
+
+class _Idle:
+    """The session's idle bound (``command_timeout_s`` after the last line read).  The
+    deadline moves only when it has fallen behind by a tenth of the bound (at most 1 s):
+    one timer change per second at most, not one per line."""
+
+    __slots__ = ("cm", "timeout", "slack", "loop")
+
+    def __init__(self, cm: asyncio.Timeout, timeout: float) -> None:
+        self.cm = cm
+        self.timeout = timeout
+        self.slack = min(1.0, timeout / 10)
+        self.loop = asyncio.get_running_loop()
+
+    def touch(self) -> None:
+        due = self.loop.time() + self.timeout
+        when = self.cm.when()
+        if when is None or due - when > self.slack:
+            self.cm.reschedule(due)
+
+    def pause(self) -> None:
+        self.cm.reschedule(None)
 
 
 def _path(arg: str) -> tuple[str, dict[str, str]]:

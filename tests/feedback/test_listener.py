@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -246,3 +247,41 @@ def test_data_dot_unstuffing_and_terminator(tmp_path, eol):
     _, raw = sp.inbound_get(rec.id)
     assert rec.size == len(want)
     assert raw == want[: len(raw)] and len(raw) == min(len(want), cfg.feedback.keep_raw_bytes)
+
+
+@pytest.mark.timeout(60)
+def test_idle_timeout_between_commands_and_inside_data(tmp_path):
+    """A client silent for ``command_timeout_s`` gets ``421 4.4.2`` (after the greeting,
+    and in the middle of DATA); one that keeps sending lines is not cut off."""
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    tok = tokens_for(sp)
+    rp = tok.return_path(tok.token(did, rid_of(items[0])))
+    cfg = feedback_config(command_timeout_s=0.5)
+
+    def talk(port, stall_in_data: bool):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            f = c.makefile("rb")
+            f.readline()
+            if stall_in_data:
+                for cmd in (b"HELO x", b"MAIL FROM:<>", b"RCPT TO:<" + rp.encode() + b">",
+                            b"DATA"):
+                    c.sendall(cmd + b"\r\n")
+                    f.readline()
+                for _ in range(8):  # 0.8 s of lines, each within the bound: not idle
+                    c.sendall(b"Subject: still here\r\n")
+                    time.sleep(0.1)  # the client's pace is the scenario here
+            return f.readline(), f.readline()
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            idle = await asyncio.to_thread(talk, port, False)
+            in_data = await asyncio.to_thread(talk, port, True)
+        finally:
+            await srv.close()
+        return idle, in_data
+
+    idle, in_data = _run(go())
+    assert idle[0].startswith(b"421 4.4.2") and idle[1] == b""  # then closed
+    assert in_data[0].startswith(b"421 4.4.2") and in_data[1] == b""
