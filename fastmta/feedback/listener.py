@@ -25,12 +25,15 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
+import msgspec
+
 from fastmta import core
 from fastmta.config import Config
 from fastmta.feedback.apply import Processor
 from fastmta.feedback.parse import parse
 from fastmta.feedback.ratelimit import Buckets
 from fastmta.feedback.tokens import verify
+from fastmta.feedback.workers import Workers, share
 
 log = logging.getLogger("fastmta.feedback")
 FIXED_LOCAL_PARTS = frozenset({"postmaster", "abuse", "fbl", "arf", "feedback"})
@@ -111,9 +114,25 @@ def _set(fut: asyncio.Future, value: object, exc: BaseException | None) -> None:
 class InboundServer:
     """``await InboundServer(cfg, spool).start(host, port)``; ``close()`` to stop."""
 
-    def __init__(self, cfg: Config, spool, *, hostname: str = "") -> None:
+    def __init__(self, cfg: Config, spool, *, hostname: str = "", processes: int | None = None,
+                 spawned: bool = False) -> None:
         self.cfg = cfg
-        self.f = cfg.feedback
+        self.n = max(1, processes if processes is not None else cfg.feedback.listen_processes)
+        self.spawned = spawned  # one of the others (workers.py): no purge loop, no spawning
+        f = cfg.feedback
+        if self.n > 1:  # the limits are shared out between the listener processes
+            n = self.n
+            f = msgspec.structs.replace(
+                f, max_connections=share(f.max_connections, n, whole=True),
+                max_connections_per_ip=share(f.max_connections_per_ip, n, whole=True),
+                max_messages_per_s_per_ip=share(f.max_messages_per_s_per_ip, n),
+                messages_burst_per_ip=share(f.messages_burst_per_ip, n),
+                max_connections_per_s_per_ip=share(f.max_connections_per_s_per_ip, n),
+                connections_burst_per_ip=share(f.connections_burst_per_ip, n))
+        self.f = f
+        self.workers: Workers | None = None
+        self.worker_cpu_s = 0.0  # user + system CPU of the spawned listeners (after close)
+        self.worker_stats: list[dict[str, int]] = []  # their own counters (after close)
         self.domains = {d.lower().rstrip(".") for d in self.f.domains} or \
             ({self.f.bounce_domain} if self.f.bounce_domain else set())
         self.proc = Processor(spool, cfg)
@@ -142,9 +161,19 @@ class InboundServer:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.committer.start_parsers, self.f.parse_processes)
         self.server = await asyncio.start_server(self._client, host, port,
-                                                 limit=self.f.max_line + 2, backlog=512)
-        self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+                                                 limit=self.f.max_line + 2, backlog=512,
+                                                 reuse_port=self.n > 1 or None)
         sock = self.server.sockets[0].getsockname()
+        if self.n > 1 and not self.spawned:
+            self.workers = Workers(self.cfg, self.proc.spool.path, self.hostname, self.n)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.workers.start, sock[0], sock[1])
+            except BaseException:
+                self.server.close()
+                raise
+        if not self.spawned:
+            self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
         return sock[0], sock[1]
 
     async def _purge_loop(self) -> None:
@@ -167,6 +196,15 @@ class InboundServer:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        if self.workers is not None:  # their counters join ours
+            for rep in await asyncio.get_running_loop().run_in_executor(None, self.workers.stop):
+                self.worker_stats.append(rep["stats"])
+                for k, v in rep["stats"].items():
+                    self.stats[k] += v
+                self.latencies.extend(rep["latencies"])
+                self.committer.groups += rep["groups"]
+                self.worker_cpu_s += rep["cpu_user_s"] + rep["cpu_sys_s"]
+            self.workers = None
         await asyncio.get_running_loop().run_in_executor(None, self.committer.close)
 
     # ------------------------------------------------------------------ policy

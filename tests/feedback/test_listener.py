@@ -285,3 +285,42 @@ def test_idle_timeout_between_commands_and_inside_data(tmp_path):
     idle, in_data = _run(go())
     assert idle[0].startswith(b"421 4.4.2") and idle[1] == b""  # then closed
     assert in_data[0].startswith(b"421 4.4.2") and in_data[1] == b""
+
+
+@pytest.mark.timeout(120)
+def test_two_listener_processes_share_the_port_and_the_spool(tmp_path):
+    """``listen_processes = 2``: a second process accepts on the same port (SO_REUSEPORT)
+    and commits into the same spool; every DSN is applied once, 250 = durable, relaying
+    and forged tokens are refused whichever process answers, the counters add up."""
+    n = 24
+    sp, did, items = sent_delivery(str(tmp_path / "s"), n)
+    tok = tokens_for(sp)
+    cfg = feedback_config(listen_processes=2)
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        assert srv.workers is not None and len(srv.workers.procs) == 1
+        try:
+            for it in items:  # one connection each: the kernel spreads them
+                rid = rid_of(it)
+                rp = tok.return_path(tok.token(did, rid))
+                raw = build_dsn(it.email, rp, original(tok, did, rid, it.email))
+                await asyncio.to_thread(_send, port, "", [rp], raw)
+                assert sp.recipient(did, rid).status == Status.FAILED  # durable at 250
+            for _ in range(6):
+                code, msg = await asyncio.to_thread(_rcpt_reply, port, "victim@gmail.com")
+                assert code == 550 and msg.startswith(b"5.7.1")
+                code, _ = await asyncio.to_thread(_rcpt_reply, port,
+                                                  "b-" + "a" * 21 + "@bounces.example.com")
+                assert code == 550
+        finally:
+            await srv.close()
+        return srv
+
+    srv = _run(go())
+    assert srv.workers is None and srv.stats["accepted"] == n
+    assert srv.stats["relay_denied"] == 6 and srv.stats["forged"] == 6
+    assert srv.worker_cpu_s > 0 and srv.worker_stats[0]["accepted"] > 0  # it took part
+    counters = sp.inbound_counters()
+    assert counters["effect/failed"] == n and counters["received"] == n
