@@ -25,7 +25,9 @@ _ROLE = re.compile(r"^(postmaster|mailer-daemon|mail-daemon|mailerdaemon|root|"
 _RETURNED = re.compile(
     r"^\s*(?:-{2,}|={2,}|\*{2,}|_{2,}|>{0,1})?\s*(?:"
     r"below this line is a copy of the message|this is a copy of the message|"
-    r"(?:the\s+)?(?:original|returned|undelivered|unsent)\s+(?:message|mail|e-?mail)\b|"
+    # (not Sendmail's and Courier's opening line "The original message was received at")
+    r"(?:the\s+)?(?:original|returned|undelivered|unsent)\s+(?:message|mail|e-?mail)\b"
+    r"(?!\s+was\s+received\b)|"
     r"message headers? follows?|headers? of (?:the |your )?(?:original )?message|"
     r"original message (?:header|follows)|copy of (?:the |your )?(?:original )?message|"
     r"message d'origine|nachricht im anhang|originalnachricht|mensaje original|"

@@ -214,6 +214,8 @@ def load(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Walk:
                     stack.append((sub, depth + 1, inner))
             continue
         text = part_text(msg, limits.max_text)
+        if ctype.startswith("multipart/"):  # no boundary line at all (not even resplit):
+            ctype = "text/plain"  # read its body as text, as the standard parser keeps it
         is_returned = returned or ctype in ("message/rfc822", "text/rfc822-headers",
                                             "message/rfc822-headers", "message/global",
                                             "message/global-headers")
