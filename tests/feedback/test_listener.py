@@ -324,3 +324,44 @@ def test_two_listener_processes_share_the_port_and_the_spool(tmp_path):
     assert srv.worker_cpu_s > 0 and srv.worker_stats[0]["accepted"] > 0  # it took part
     counters = sp.inbound_counters()
     assert counters["effect/failed"] == n and counters["received"] == n
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_transactions_are_answered_in_order(tmp_path):
+    """PIPELINING: two whole transactions and QUIT in one write; the second waits for the
+    first one's durable 250; every reply comes back, in order; a long command line is
+    refused and the session goes on."""
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 2)
+    tok = tokens_for(sp)
+    cfg = feedback_config()
+    script = b"EHLO x\r\n" + b"NOOP " + b"y" * 5000 + b"\r\n"
+    for it in items:
+        rid = rid_of(it)
+        rp = tok.return_path(tok.token(did, rid))
+        raw = build_dsn(it.email, rp, original(tok, did, rid, it.email)).replace(
+            b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        script += (b"MAIL FROM:<>\r\nRCPT TO:<" + rp.encode() + b">\r\nDATA\r\n" + raw +
+                   b".\r\n")
+    script += b"QUIT\r\n"
+
+    def talk(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(script)
+            out = b""
+            while True:
+                got = c.recv(65536)
+                if not got:
+                    return out
+                out += got
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(talk, port)
+        finally:
+            await srv.close()
+
+    codes = [ln[:3] for ln in _run(go()).split(b"\r\n") if ln[3:4] == b" "]
+    assert codes == [b"220", b"250", b"500"] + [b"250", b"250", b"354", b"250"] * 2 + [b"221"]
+    assert all(sp.recipient(did, rid_of(it)).status == Status.FAILED for it in items)
