@@ -88,12 +88,11 @@ class GroupCommitter:
                 items = [self.proc.prepare(m.pop("raw"), now_ms=now, **m) for m, _, _ in batch]
                 recs = self.proc.commit(items)
                 self.groups += 1
-                for (_, fut, loop), rec in zip(batch, recs, strict=True):
-                    loop.call_soon_threadsafe(_set, fut, rec, None)
+                _wake([(fut, loop, rec, None) for (_, fut, loop), rec
+                       in zip(batch, recs, strict=True)])
             except BaseException as exc:  # the clients get a 451: nothing is lost
                 log.exception("inbound commit failed")
-                for _, fut, loop in batch:
-                    loop.call_soon_threadsafe(_set, fut, None, exc)
+                _wake([(fut, loop, None, exc) for _, fut, loop in batch])
 
     def close(self) -> None:
         if self._pool is not None:
@@ -104,13 +103,24 @@ class GroupCommitter:
         self._t.join(timeout=10)
 
 
-def _set(fut: asyncio.Future, value: object, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(value)
+def _wake(done: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, object,
+                           BaseException | None]]) -> None:
+    """Resolve a group's futures: one wake-up per event loop, not one per message."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for fut, loop, value, exc in done:
+        by_loop.setdefault(loop, []).append((fut, value, exc))
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_set_all, items)
+
+
+def _set_all(items: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    for fut, value, exc in items:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
 
 
 class InboundServer:
