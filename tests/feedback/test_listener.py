@@ -365,3 +365,47 @@ def test_pipelined_transactions_are_answered_in_order(tmp_path):
     codes = [ln[:3] for ln in _run(go()).split(b"\r\n") if ln[3:4] == b" "]
     assert codes == [b"220", b"250", b"500"] + [b"250", b"250", b"354", b"250"] * 2 + [b"221"]
     assert all(sp.recipient(did, rid_of(it)).status == Status.FAILED for it in items)
+
+
+@pytest.mark.timeout(60)
+def test_commands_pipelined_behind_starttls_are_discarded(tmp_path):
+    """RFC 3207 4.2: what a client (or a man in the middle) sent in plaintext after
+    STARTTLS is not executed inside the TLS session."""
+    import ssl
+
+    from fastmta.sim.certs import make_self_signed
+
+    cert, key = make_self_signed(str(tmp_path), ["feedback.test"], ["127.0.0.1"])
+    sp, _, _ = sent_delivery(str(tmp_path / "s"), 1)
+    cfg = feedback_config(tls_cert=str(cert), tls_key=str(key))
+
+    def client(port):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            f = raw.makefile("rb")
+            f.readline()  # 220 greeting
+            raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@x.example>\r\n")
+            ready = f.readline()
+            with ctx.wrap_socket(raw, server_hostname="feedback.test") as tls:
+                tls.sendall(b"RCPT TO:<postmaster@bounces.example.com>\r\nQUIT\r\n")
+                out = b""
+                while True:
+                    got = tls.recv(4096)
+                    if not got:
+                        break
+                    out += got
+            return ready, out
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(client, port)
+        finally:
+            await srv.close()
+
+    ready, out = _run(go())
+    assert ready.startswith(b"220 2.0.0")
+    # no MAIL was accepted before the handshake: RCPT is out of sequence, then QUIT
+    assert out.startswith(b"503 5.5.1") and b"221 2.0.0" in out
