@@ -52,6 +52,7 @@ class SmtpSession(asyncio.Protocol):
         self.over = False
         self.line_start = True  # DATA: the next byte starts a line
         self.paused = False
+        self.eof = False  # the client has half-closed: answer what is pending, then close
 
     # ------------------------------------------------------------------ transport events
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -96,6 +97,14 @@ class SmtpSession(asyncio.Protocol):
         except Exception:  # a bug must not leave the connection hanging
             log.exception("inbound session failed")
             self._close(b"451 4.3.0 Internal error, try again later\r\n")
+
+    def eof_received(self) -> bool:
+        """The client's end of input: what it sent is answered (a commit in progress
+        gets its 250 first), then the connection is closed."""
+        self.eof = True
+        if self.state != BUSY:
+            self._close()
+        return True  # keep our side open until then
 
     def idle(self, now: float) -> None:
         """Called by the server's sweep: close when silent for ``command_timeout_s``."""
@@ -205,6 +214,8 @@ class SmtpSession(asyncio.Protocol):
             self.paused = False
             self.transport.resume_reading()
         self.data_received(b"")
+        if self.eof and self.state != BUSY:
+            self._close()
 
     # ------------------------------------------------------------------ commands
     def _command(self, text: str) -> None:  # noqa: C901

@@ -409,3 +409,60 @@ def test_commands_pipelined_behind_starttls_are_discarded(tmp_path):
     assert ready.startswith(b"220 2.0.0")
     # no MAIL was accepted before the handshake: RCPT is out of sequence, then QUIT
     assert out.startswith(b"503 5.5.1") and b"221 2.0.0" in out
+
+
+@pytest.mark.timeout(120)
+def test_hostile_byte_streams_never_break_the_listener(tmp_path):
+    """Random SMTP-ish input in random pieces (bare CR/LF, NULs, long lines, dots, DATA
+    without MAIL, binary): the server answers or closes each connection, stores nothing
+    it did not answer 250 for, and keeps serving the next client."""
+    import random
+
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    tok = tokens_for(sp)
+    rp = tok.return_path(tok.token(did, rid_of(items[0])))
+    cfg = feedback_config(max_message_bytes=20_000, command_timeout_s=2.0)
+    words = [b"EHLO x\r\n", b"HELO y\n", b"MAIL FROM:<>\r\n", b"RCPT TO:<" + rp.encode() + b">\r\n",
+             b"RCPT TO:<a@gmail.com>\r\n", b"DATA\r\n", b".\r\n", b"..\r\n", b"\r\n", b"\n",
+             b"\r", b"\x00\xff", b"NOOP " + b"z" * 3000 + b"\r\n", b"x" * 30_000, b"RSET\r\n",
+             b"STARTTLS\r\n", b"AUTH PLAIN x\r\n", b"Subject: y\r\n", b"MAIL FROM:<a@b>\r\n"]
+    rnd = random.Random(15)
+
+    def one(port):
+        data = b"".join(rnd.choice(words) for _ in range(rnd.randint(1, 40))) + b"QUIT\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            pos = 0
+            while pos < len(data):
+                n = rnd.randint(1, 4000)
+                try:
+                    c.sendall(data[pos:pos + n])
+                except OSError:
+                    break
+                pos += n
+            c.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                try:
+                    got = c.recv(65536)
+                except OSError:
+                    break
+                if not got:
+                    break
+                out += got
+        return out
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            outs = [await asyncio.to_thread(one, port) for _ in range(60)]
+            await asyncio.to_thread(_rcpt_reply, port, rp)  # still serving
+            return outs, srv
+        finally:
+            await srv.close()
+
+    outs, srv = _run(go())
+    assert all(o.startswith(b"220 ") for o in outs)
+    stored = sum(o.count(b"250 2.0.0 OK: stored") for o in outs)
+    assert stored > 0 and len(list(sp.inbound_list())) == stored == srv.stats["accepted"]
+    assert not srv.sessions and srv.total == 0
