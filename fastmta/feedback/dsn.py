@@ -129,10 +129,34 @@ def norm_status(value: str | None) -> str | None:
     return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else None
 
 
+def _separate(text: str) -> str:
+    """Per-recipient field groups written without the blank line between them (seen in
+    real reports): a second Final-Recipient (or Original-Recipient) in one block starts
+    the next block."""
+    out: list[str] = []
+    final = orig = False
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        low = line[:20].lower()
+        if not line.strip():
+            final = orig = False
+        elif low.startswith("final-recipient:"):
+            if final:
+                out.append("")
+                orig = False
+            final = True
+        elif low.startswith("original-recipient:"):
+            if orig:
+                out.append("")
+                final = False
+            orig = True
+        out.append(line)
+    return "\n".join(out)
+
+
 def from_delivery_status(text: str) -> list[RcptBlock]:
     """The per-recipient blocks of a ``message/delivery-status`` body."""
     out = []
-    for b in field_blocks(text):
+    for b in field_blocks(_separate(text)):
         final = b.get("final-recipient", "")
         orig = b.get("original-recipient", "")
         if not (final or orig):

@@ -338,3 +338,15 @@ def test_bounce_naming_nobody_falls_back_to_the_returned_to():
            b"From: news@sender.example\nTo: alice@example.com\nSubject: hi\n\nbody\n")
     r = parse(raw)
     assert [x.email for x in r.recipients] == ["alice@example.com"]
+
+
+def test_recipient_blocks_without_blank_lines_between_them():
+    """Per-recipient field groups run together (no blank line): each Final-Recipient
+    still starts its own recipient, with its own status and type."""
+    raw = MULTI.replace(b"Diagnostic-Code: smtp; 550 5.1.1 <one@example.net>: Recipient "
+                        b"address rejected: User unknown\n\n",
+                        b"Diagnostic-Code: smtp; 550 5.1.1 <one@example.net>: Recipient "
+                        b"address rejected: User unknown\n")
+    got = {x.email: (x.status, x.type) for x in parse(raw).recipients}
+    assert got["one@example.net"] == ("5.1.1", "hard")
+    assert got["two@example.net"] == ("4.2.2", "soft")
