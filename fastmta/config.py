@@ -341,8 +341,13 @@ class FeedbackConfig(_Section):
     parse_max_parts: int = 200
     parse_max_depth: int = 8
     parse_processes: int = 0  # listener: parser processes beside the SMTP loop (0 = the commit thread)
+    # listener processes on the same address (SO_REUSEPORT), each with its own accept
+    # loop, parser and group commits into the spool; the limits are shared out among them
+    listen_processes: int = 1
 
     def __post_init__(self) -> None:
+        if self.listen_processes < 1:
+            raise ValueError("feedback listen_processes must be >= 1")
         for name in ("max_messages_per_s_per_ip", "messages_burst_per_ip",
                      "max_connections_per_s_per_ip", "connections_burst_per_ip"):
             if getattr(self, name) < 0:

@@ -143,14 +143,20 @@ def show_cmd(inbound_id: int, spool, config, raw_only: bool) -> None:
               help="A domain to receive for (repeatable; default: [feedback] domains).")
 @click.option("--http", "http_listen", default=None,
               help="HOST:PORT of the one-click unsubscribe endpoint (POST /u/TOKEN).")
+@click.option("--processes", type=click.IntRange(min=1), default=None,
+              help="Listener processes on the address (SO_REUSEPORT; default: "
+                   "[feedback] listen_processes, 1).")
 @spool_options
-def serve_cmd(listen: str, domains: tuple[str, ...], http_listen: str | None, spool,
-              config) -> None:
+def serve_cmd(listen: str, domains: tuple[str, ...], http_listen: str | None,
+              processes: int | None, spool, config) -> None:
     """Receive bounces, complaints, auto-replies and mailto unsubscribes by SMTP for the
     feedback domains only (never a relay); apply them to the spool."""
     from fastmta.feedback.listener import InboundServer
 
     cfg = _with_domains(_cfg(config), domains)
+    if processes is not None:
+        cfg = msgspec.structs.replace(cfg, feedback=msgspec.structs.replace(
+            cfg.feedback, listen_processes=processes))
     if not (cfg.feedback.domains or cfg.feedback.bounce_domain):
         raise click.ClickException("no feedback domain: use --domain or [feedback] domains")
     sp = _open_spool(spool, cfg, must_exist=False)

@@ -25,7 +25,9 @@ _ROLE = re.compile(r"^(postmaster|mailer-daemon|mail-daemon|mailerdaemon|root|"
 _RETURNED = re.compile(
     r"^\s*(?:-{2,}|={2,}|\*{2,}|_{2,}|>{0,1})?\s*(?:"
     r"below this line is a copy of the message|this is a copy of the message|"
-    r"(?:the\s+)?(?:original|returned|undelivered|unsent)\s+(?:message|mail|e-?mail)\b|"
+    # (not Sendmail's and Courier's opening line "The original message was received at")
+    r"(?:the\s+)?(?:original|returned|undelivered|unsent)\s+(?:message|mail|e-?mail)\b"
+    r"(?!\s+was\s+received\b)|"
     r"message headers? follows?|headers? of (?:the |your )?(?:original )?message|"
     r"original message (?:header|follows)|copy of (?:the |your )?(?:original )?message|"
     r"message d'origine|nachricht im anhang|originalnachricht|mensaje original|"
@@ -127,10 +129,34 @@ def norm_status(value: str | None) -> str | None:
     return f"{m.group(1)}.{m.group(2)}.{m.group(3)}" if m else None
 
 
+def _separate(text: str) -> str:
+    """Per-recipient field groups written without the blank line between them (seen in
+    real reports): a second Final-Recipient (or Original-Recipient) in one block starts
+    the next block."""
+    out: list[str] = []
+    final = orig = False
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        low = line[:20].lower()
+        if not line.strip():
+            final = orig = False
+        elif low.startswith("final-recipient:"):
+            if final:
+                out.append("")
+                orig = False
+            final = True
+        elif low.startswith("original-recipient:"):
+            if orig:
+                out.append("")
+                final = False
+            orig = True
+        out.append(line)
+    return "\n".join(out)
+
+
 def from_delivery_status(text: str) -> list[RcptBlock]:
     """The per-recipient blocks of a ``message/delivery-status`` body."""
     out = []
-    for b in field_blocks(text):
+    for b in field_blocks(_separate(text)):
         final = b.get("final-recipient", "")
         orig = b.get("original-recipient", "")
         if not (final or orig):

@@ -12,6 +12,7 @@ relay (it has no outbound queue at all).
   (``500 5.5.2``), no AUTH; STARTTLS when a certificate is configured.
 - DATA is durable (parsed, matched, applied and stored in the spool by a group commit)
   before the ``250``.
+- The protocol itself (one ``asyncio.Protocol`` per connection) is ``session.py``.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ import time
 from collections import defaultdict
 from concurrent.futures import ProcessPoolExecutor
 
+import msgspec
+
+from fastmta import core
 from fastmta.config import Config
 from fastmta.feedback.apply import Processor
 from fastmta.feedback.parse import parse
 from fastmta.feedback.ratelimit import Buckets
+from fastmta.feedback.session import BUSY, SmtpSession
 from fastmta.feedback.tokens import verify
+from fastmta.feedback.workers import Workers, share
 
 log = logging.getLogger("fastmta.feedback")
 FIXED_LOCAL_PARTS = frozenset({"postmaster", "abuse", "fbl", "arf", "feedback"})
@@ -82,12 +88,11 @@ class GroupCommitter:
                 items = [self.proc.prepare(m.pop("raw"), now_ms=now, **m) for m, _, _ in batch]
                 recs = self.proc.commit(items)
                 self.groups += 1
-                for (_, fut, loop), rec in zip(batch, recs, strict=True):
-                    loop.call_soon_threadsafe(_set, fut, rec, None)
+                _wake([(fut, loop, rec, None) for (_, fut, loop), rec
+                       in zip(batch, recs, strict=True)])
             except BaseException as exc:  # the clients get a 451: nothing is lost
                 log.exception("inbound commit failed")
-                for _, fut, loop in batch:
-                    loop.call_soon_threadsafe(_set, fut, None, exc)
+                _wake([(fut, loop, None, exc) for _, fut, loop in batch])
 
     def close(self) -> None:
         if self._pool is not None:
@@ -98,21 +103,48 @@ class GroupCommitter:
         self._t.join(timeout=10)
 
 
-def _set(fut: asyncio.Future, value: object, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(value)
+def _wake(done: list[tuple[asyncio.Future, asyncio.AbstractEventLoop, object,
+                           BaseException | None]]) -> None:
+    """Resolve a group's futures: one wake-up per event loop, not one per message."""
+    by_loop: dict[asyncio.AbstractEventLoop, list] = {}
+    for fut, loop, value, exc in done:
+        by_loop.setdefault(loop, []).append((fut, value, exc))
+    for loop, items in by_loop.items():
+        loop.call_soon_threadsafe(_set_all, items)
+
+
+def _set_all(items: list[tuple[asyncio.Future, object, BaseException | None]]) -> None:
+    for fut, value, exc in items:
+        if fut.done():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(value)
 
 
 class InboundServer:
     """``await InboundServer(cfg, spool).start(host, port)``; ``close()`` to stop."""
 
-    def __init__(self, cfg: Config, spool, *, hostname: str = "") -> None:
+    def __init__(self, cfg: Config, spool, *, hostname: str = "", processes: int | None = None,
+                 spawned: bool = False) -> None:
         self.cfg = cfg
-        self.f = cfg.feedback
+        self.n = max(1, processes if processes is not None else cfg.feedback.listen_processes)
+        self.spawned = spawned  # one of the others (workers.py): no purge loop, no spawning
+        f = cfg.feedback
+        if self.n > 1:  # the limits are shared out between the listener processes
+            n = self.n
+            f = msgspec.structs.replace(
+                f, max_connections=share(f.max_connections, n, whole=True),
+                max_connections_per_ip=share(f.max_connections_per_ip, n, whole=True),
+                max_messages_per_s_per_ip=share(f.max_messages_per_s_per_ip, n),
+                messages_burst_per_ip=share(f.messages_burst_per_ip, n),
+                max_connections_per_s_per_ip=share(f.max_connections_per_s_per_ip, n),
+                connections_burst_per_ip=share(f.connections_burst_per_ip, n))
+        self.f = f
+        self.workers: Workers | None = None
+        self.worker_cpu_s = 0.0  # user + system CPU of the spawned listeners (after close)
+        self.worker_stats: list[dict[str, int]] = []  # their own counters (after close)
         self.domains = {d.lower().rstrip(".") for d in self.f.domains} or \
             ({self.f.bounce_domain} if self.f.bounce_domain else set())
         self.proc = Processor(spool, cfg)
@@ -127,7 +159,10 @@ class InboundServer:
         self.stats: dict[str, int] = defaultdict(int)
         self.latencies: list[float] = []  # end of DATA -> durable and applied (seconds)
         self.server: asyncio.AbstractServer | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.sessions: set[SmtpSession] = set()
         self._purger: asyncio.Task | None = None
+        self._sweeper: asyncio.Task | None = None
         self.on_close: list = []  # coroutine functions awaited by close() (e.g. the HTTP side)
         self.tls: ssl.SSLContext | None = None
         if self.f.tls_cert and self.f.tls_key:
@@ -135,13 +170,26 @@ class InboundServer:
             self.tls.load_cert_chain(self.f.tls_cert, self.f.tls_key)
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
+        # the classifier compiles its rules on first use (~0.1 s): not on the first mail
+        await asyncio.get_running_loop().run_in_executor(None, core.classify, "", None)
         if self.f.parse_processes > 0 and self.committer._pool is None:
             await asyncio.get_running_loop().run_in_executor(
                 None, self.committer.start_parsers, self.f.parse_processes)
-        self.server = await asyncio.start_server(self._client, host, port,
-                                                 limit=self.f.max_line + 2, backlog=512)
-        self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
+        self.loop = loop = asyncio.get_running_loop()
+        self.server = await loop.create_server(lambda: SmtpSession(self), host, port,
+                                               backlog=512, reuse_port=self.n > 1 or None)
+        self._sweeper = loop.create_task(self._sweep())
         sock = self.server.sockets[0].getsockname()
+        if self.n > 1 and not self.spawned:
+            self.workers = Workers(self.cfg, self.proc.spool.path, self.hostname, self.n)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.workers.start, sock[0], sock[1])
+            except BaseException:
+                self.server.close()
+                raise
+        if not self.spawned:
+            self._purger = asyncio.get_running_loop().create_task(self._purge_loop())
         return sock[0], sock[1]
 
     async def _purge_loop(self) -> None:
@@ -156,14 +204,37 @@ class InboundServer:
                 log.exception("purging old inbound copies failed")
             await asyncio.sleep(3600)
 
+    async def _sweep(self) -> None:
+        """The idle bound of every session: one pass every tenth of it (at most 1 s)."""
+        step = min(1.0, self.f.command_timeout_s / 10)
+        while True:
+            await asyncio.sleep(step)
+            now = self.loop.time()
+            for s in list(self.sessions):
+                s.idle(now)
+
     async def close(self) -> None:
         for fn in self.on_close:
             await fn()
         if self._purger is not None:
             self._purger.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+        for s in list(self.sessions):  # a session waiting for its commit gets its reply
+            if s.state != BUSY:
+                s._close(b"421 4.3.2 Service shutting down\r\n")
+        if self.workers is not None:  # their counters join ours
+            for rep in await asyncio.get_running_loop().run_in_executor(None, self.workers.stop):
+                self.worker_stats.append(rep["stats"])
+                for k, v in rep["stats"].items():
+                    self.stats[k] += v
+                self.latencies.extend(rep["latencies"])
+                self.committer.groups += rep["groups"]
+                self.worker_cpu_s += rep["cpu_user_s"] + rep["cpu_sys_s"]
+            self.workers = None
         await asyncio.get_running_loop().run_in_executor(None, self.committer.close)
 
     # ------------------------------------------------------------------ policy
@@ -185,214 +256,3 @@ class InboundServer:
                 self.stats["forged"] += 1
                 return 550, "5.7.1 Invalid return-path token"
         return 550, "5.1.1 No such mailbox here"
-
-    # ------------------------------------------------------------------ session
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername") or ("?", 0)
-        ip = str(peer[0])
-        if self.total >= self.f.max_connections or self.per_ip[ip] >= self.f.max_connections_per_ip:
-            self.stats["too_many_connections"] += 1
-            writer.write(b"421 4.7.0 Too many connections, try again later\r\n")
-            await _close(writer)
-            return
-        if not self.conn_rate.allow(ip, time.monotonic()):
-            self.stats["rate_limited_connections"] += 1
-            writer.write(b"421 4.7.0 Too many connections from your address per second, "
-                         b"try again later\r\n")
-            await _close(writer)
-            return
-        self.total += 1
-        self.per_ip[ip] += 1
-        try:
-            await self._session(reader, writer, ip)
-        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
-            pass
-        finally:
-            self.total -= 1
-            self.per_ip[ip] -= 1
-            if not self.per_ip[ip]:
-                del self.per_ip[ip]
-            await _close(writer)
-
-    async def _line(self, reader: asyncio.StreamReader) -> bytes | None:
-        try:
-            async with asyncio.timeout(self.f.command_timeout_s):  # no task per line
-                return await reader.readuntil(b"\n")
-        except asyncio.LimitOverrunError:
-            return b""
-        except (asyncio.IncompleteReadError, ConnectionError):
-            return None
-
-    async def _session(self, reader, writer, ip: str) -> None:
-        w = writer.write
-        w(f"220 {self.hostname} fastmta feedback ESMTP\r\n".encode())
-        mail_from: str | None = None
-        rcpts: list[str] = []
-        tls_on = False
-        while True:
-            try:
-                line = await self._line(reader)
-            except TimeoutError:
-                w(b"421 4.4.2 Idle timeout, closing\r\n")
-                return
-            if line is None:
-                return
-            if not line.endswith(b"\n") or len(line) > self.f.max_line:
-                w(b"500 5.5.2 Line too long\r\n")
-                await _drain_line(reader)
-                continue
-            text = line.decode("utf-8", "replace").rstrip("\r\n")
-            verb = text[:4].upper()
-            arg = text[4:].strip() if len(text) > 4 else ""
-            if verb == "EHLO":
-                ext = [f"250-{self.hostname}", "250-PIPELINING",
-                       f"250-SIZE {self.f.max_message_bytes}", "250-8BITMIME",
-                       "250-ENHANCEDSTATUSCODES"]
-                if self.tls is not None and not tls_on:
-                    ext.append("250-STARTTLS")
-                ext.append("250 SMTPUTF8")
-                w(("\r\n".join(ext) + "\r\n").encode())
-                mail_from, rcpts = None, []
-            elif verb == "HELO":
-                w(f"250 {self.hostname}\r\n".encode())
-                mail_from, rcpts = None, []
-            elif verb == "STAR" and text.upper() == "STARTTLS" and self.tls is not None \
-                    and not tls_on:
-                w(b"220 2.0.0 Ready to start TLS\r\n")
-                await writer.drain()
-                await writer.start_tls(self.tls)
-                tls_on, mail_from, rcpts = True, None, []
-            elif verb == "MAIL" and arg.upper().startswith("FROM:"):
-                if mail_from is not None:
-                    w(b"503 5.5.1 Nested MAIL command\r\n")
-                    continue
-                if not self.msg_rate.allow(ip, time.monotonic()):
-                    self.stats["rate_limited_messages"] += 1
-                    w(b"421 4.7.0 Too many messages from your address, slow down and "
-                      b"try again later\r\n")
-                    await writer.drain()
-                    return
-                addr, params = _path(arg[5:])
-                size = params.get("SIZE", "0")
-                if size.isdigit() and int(size) > self.f.max_message_bytes:
-                    w(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
-                    continue
-                mail_from, rcpts = addr, []
-                w(b"250 2.1.0 OK\r\n")
-            elif verb == "RCPT" and arg.upper().startswith("TO:"):
-                if mail_from is None:
-                    w(b"503 5.5.1 MAIL first\r\n")
-                    continue
-                if len(rcpts) >= self.f.max_recipients:
-                    w(b"452 4.5.3 Too many recipients\r\n")
-                    continue
-                addr, _ = _path(arg[3:])
-                code, msg = self.check_rcpt(addr)
-                if code == 250:
-                    rcpts.append(addr)
-                w(f"{code} {msg}\r\n".encode())
-            elif verb == "DATA":
-                if mail_from is None or not rcpts:
-                    w(b"503 5.5.1 Need MAIL and RCPT first\r\n")
-                    continue
-                w(b"354 End data with <CR><LF>.<CR><LF>\r\n")
-                await writer.drain()
-                data = await self._data(reader)
-                if data is None:
-                    return
-                if data is False:
-                    self.stats["too_big"] += 1
-                    w(b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
-                else:
-                    t0 = time.perf_counter()
-                    try:
-                        await self.committer.submit(data, source="smtp", peer=ip,
-                                                    mail_from=mail_from, rcpt_to=rcpts)
-                        self.stats["accepted"] += 1
-                        if len(self.latencies) < 1_000_000:
-                            self.latencies.append(time.perf_counter() - t0)
-                        w(b"250 2.0.0 OK: stored\r\n")
-                    except Exception:
-                        w(b"451 4.3.0 Temporary failure storing the message, try again\r\n")
-                mail_from, rcpts = None, []
-            elif verb == "RSET":
-                mail_from, rcpts = None, []
-                w(b"250 2.0.0 OK\r\n")
-            elif verb == "NOOP":
-                w(b"250 2.0.0 OK\r\n")
-            elif verb == "QUIT":
-                w(b"221 2.0.0 Bye\r\n")
-                await writer.drain()
-                return
-            elif verb == "AUTH":
-                w(b"502 5.5.1 No AUTH here: this server only receives feedback mail\r\n")
-            elif verb in ("VRFY", "EXPN"):
-                w(b"252 2.5.2 Not verifying\r\n")
-            else:
-                w(b"500 5.5.1 Command not recognised\r\n")
-            await writer.drain()
-
-    async def _data(self, reader: asyncio.StreamReader) -> bytes | bool | None:
-        """The message (dot-unstuffed); False when over the size limit (read to the end)."""
-        limit = self.f.max_message_bytes
-        chunks: list[bytes] = []
-        size = 0
-        over = False
-        loop = asyncio.get_running_loop()
-        timeout = self.f.command_timeout_s
-        try:
-            async with asyncio.timeout(timeout) as cm:  # idle bound, moved on per line
-                while True:
-                    try:
-                        line = await reader.readuntil(b"\n")
-                    except asyncio.LimitOverrunError as exc:
-                        line = await reader.readexactly(exc.consumed)
-                    cm.reschedule(loop.time() + timeout)
-                    if line in (b".\r\n", b".\n"):
-                        break
-                    if line[:1] == b".":
-                        line = line[1:]
-                    size += len(line)
-                    if size > limit:
-                        over = True
-                        chunks.clear()
-                    if not over:
-                        chunks.append(line)
-        except (asyncio.IncompleteReadError, ConnectionError, TimeoutError):
-            return None
-        return False if over else b"".join(chunks)
-
-
-def _path(arg: str) -> tuple[str, dict[str, str]]:
-    arg = arg.strip()
-    if arg.startswith("<"):
-        end = arg.find(">")
-        addr, rest = (arg[1:end], arg[end + 1:]) if end > 0 else (arg[1:], "")
-    else:
-        addr, _, rest = arg.partition(" ")
-    params = {}
-    for p in rest.split():
-        k, _, v = p.partition("=")
-        params[k.upper()] = v
-    return addr.strip(), params
-
-
-async def _drain_line(reader: asyncio.StreamReader) -> None:
-    try:
-        while True:
-            try:
-                await reader.readuntil(b"\n")
-                return
-            except asyncio.LimitOverrunError as exc:
-                await reader.readexactly(exc.consumed)
-    except (asyncio.IncompleteReadError, ConnectionError):
-        return
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    try:
-        await writer.drain()
-        writer.close()
-        await writer.wait_closed()
-    except (ConnectionError, OSError, ssl.SSLError):
-        pass

@@ -16,7 +16,10 @@ import time
 from email.message import Message
 from typing import NamedTuple
 
+from fastmta.feedback import feedparse
+
 _WS = re.compile(r"[ \t]+")
+_SURROGATE = re.compile("[\udc80-\udcff]")
 
 
 class Limits(NamedTuple):
@@ -44,9 +47,10 @@ class Walk(NamedTuple):
 
 def header(msg: Message, name: str) -> str:
     """One header as text (folded lines joined, encoded words decoded; never raises)."""
+    low = name.lower()
     try:
         for k, v in msg._headers:  # the raw value (compat32 keeps 8-bit bytes escaped)
-            if k.lower() == name.lower():
+            if k.lower() == low:
                 return decode_header_value(v)
     except Exception:
         return ""
@@ -56,7 +60,7 @@ def header(msg: Message, name: str) -> str:
 def decode_header_value(v: object) -> str:
     try:
         s = str(v)
-        if any("\udc80" <= c <= "\udcff" for c in s):  # raw 8-bit bytes in a header
+        if _SURROGATE.search(s):  # raw 8-bit bytes in a header
             b = s.encode("utf-8", "surrogateescape")
             try:
                 s = b.decode("utf-8")
@@ -133,6 +137,10 @@ _CT_HEADER = re.compile(rb"^Content-Type:[^\n]*(?:\n[ \t][^\n]*)*\n", re.I | re.
 
 def _message(data: bytes) -> Message:
     try:
+        return feedparse.message_from_bytes(data)  # the same tree, faster
+    except Exception:  # Unsupported, or anything unforeseen: the standard parser decides
+        pass
+    try:
         return email.message_from_bytes(data, policy=email.policy.compat32)
     except Exception:  # the parser is lenient; keep a last resort
         return email.message_from_string(data.decode("latin-1", "replace"))
@@ -206,6 +214,8 @@ def load(raw: bytes, limits: Limits = DEFAULT_LIMITS) -> Walk:
                     stack.append((sub, depth + 1, inner))
             continue
         text = part_text(msg, limits.max_text)
+        if ctype.startswith("multipart/"):  # no boundary line at all (not even resplit):
+            ctype = "text/plain"  # read its body as text, as the standard parser keeps it
         is_returned = returned or ctype in ("message/rfc822", "text/rfc822-headers",
                                             "message/rfc822-headers", "message/global",
                                             "message/global-headers")

@@ -97,6 +97,12 @@ def _classify(status: str | None, diag: str, action: str | None,
     typ = c.type if c.type in ("hard", "soft") else "ignored"
     if action == "delayed" and typ == "hard":
         typ = "soft"
+    if typ == "hard" and c.reason == "account_disabled" and (status or "")[1:4] != ".1.":
+        # A disabled / suspended / frozen account exists: RFC 3463 X.2.1 "mailbox
+        # disabled ... may be a permanent error ... or a transient error", RFC 7372
+        # X.7.13 "user account disabled".  In a bounce, only an address status (X.1.x:
+        # no such address) makes it hard; the reason and class stay.
+        typ = "soft"
     return typ, c.bounce_class, c.reason
 
 
@@ -166,8 +172,12 @@ def _dsn_recipients(w: Walk, text: str | None = None) -> tuple[list[Recipient], 
         subj = header(w.root, "Subject")
         delayed = bool(dsn._DELAY.search(subj)) or (bool(dsn._DELAY.search(text[:2000]))
                                                     and not dsn._PERM.search(text[:4000]))
-        blocks = dsn.from_text(text, exclude=_sender_side(w), failed_hdr=failed,
-                               delayed=delayed)
+        exclude = _sender_side(w)
+        blocks = dsn.from_text(text, exclude=exclude, failed_hdr=failed, delayed=delayed)
+        if not blocks:  # the explanation names nobody: the returned message's To
+            to = [a for a in _returned_to(w) if a.lower() not in exclude][:1]
+            if to:
+                blocks = dsn.from_text(text, exclude=exclude, failed_hdr=to, delayed=delayed)
     elif any(not b.diagnostic for b in blocks):
         # fill missing Diagnostic-Code from the human-readable part (per address)
         # (segmented by every address the report names, so that one recipient's
@@ -195,6 +205,29 @@ def _dsn_recipients(w: Walk, text: str | None = None) -> tuple[list[Recipient], 
         out.append(Recipient(b.email, status, action, typ, bclass, reason,
                              b.diagnostic[:1000]))
     return out, text
+
+
+_TO_LINE = re.compile(r"^To:[ \t]*(.+)$", re.M | re.I)
+
+
+def _returned_to(w: Walk) -> list[str]:
+    """The To addresses of the returned message: its headers part, or the header lines
+    quoted after the explanation of a plain-text bounce."""
+    for p in w.parts:
+        if p.ctype in ("message/rfc822", "message/global"):
+            sub = p.msg.get_payload()
+            if isinstance(sub, list) and sub and hasattr(sub[0], "items"):
+                got = [a for a, _ in dsn.addresses(header(sub[0], "To"))]
+                if got:
+                    return got
+        elif p.ctype in ("text/rfc822-headers", "message/rfc822-headers") or (
+                p.ctype == "text/plain" and not p.in_returned):
+            text = p.text[:200_000]
+            cut = len(dsn.cut_returned(text)) if p.ctype == "text/plain" else 0
+            m = _TO_LINE.search(text, cut) if cut < len(text) else None
+            if m:
+                return [a for a, _ in dsn.addresses(m.group(1))]
+    return []
 
 
 def _tokens_in(w: Walk, raw_head: str) -> list[str]:

@@ -22,7 +22,8 @@ _PACK = struct.Struct(">II")
 _CHARS = "abcdefghijklmnopqrstuvwxyz234567"
 #: candidate tokens in free text: a role prefix (b = bounce return path, m = Message-ID,
 #: u = unsubscribe), a dash and 21 base32 characters (case-sensitive on purpose)
-_FIND = re.compile(r"(?<![A-Za-z0-9])([bmu])-([a-z2-7]{21})(?![A-Za-z0-9])")
+_FIND_TAIL = re.compile(r"-([a-z2-7]{21})(?![A-Za-z0-9])")  # "[bmu]-token": from its "-" on
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 
 
 def _mac(key: bytes, body: bytes) -> bytes:
@@ -68,8 +69,11 @@ def candidates(text: str) -> list[tuple[str, str]]:
     """Every (role, token) that looks like a token in ``text``, in order, deduplicated."""
     seen: set[tuple[str, str]] = set()
     out = []
-    for m in _FIND.finditer(text):
-        item = (m.group(1), m.group(2))
+    for m in _FIND_TAIL.finditer(text):  # the literal "-" first: a fast scan
+        i = m.start()
+        if i < 1 or text[i - 1] not in "bmu" or (i > 1 and text[i - 2] in _ALNUM):
+            continue
+        item = (text[i - 1], m.group(1))
         if item not in seen:
             seen.add(item)
             out.append(item)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from fbhelpers import DOMAIN, original, rid_of, sent_delivery, tokens_for
 
 from fastmta.records import Status
@@ -67,8 +68,10 @@ def test_ingest_mbox_maildir_stdin(tmp_path):
     assert _cli("show", "999", cfg=cfg).returncode != 0
 
 
-def test_inbound_serve_command(tmp_path):
-    """`fastmta inbound serve` as an operator starts it: refuses relaying, takes a DSN."""
+@pytest.mark.parametrize("processes", [1, 2])
+def test_inbound_serve_command(tmp_path, processes):
+    """`fastmta inbound serve` as an operator starts it: refuses relaying, takes a DSN
+    (also with ``--processes 2``: a second listener process on the same port)."""
     import smtplib
 
     from fastmta.sim.mx import free_port
@@ -84,7 +87,8 @@ def test_inbound_serve_command(tmp_path):
     port = free_port()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.Popen([sys.executable, "-m", "fastmta", "inbound", "serve", "--listen",
-                          f"127.0.0.1:{port}", "--domain", DOMAIN, "--spool", spath],
+                          f"127.0.0.1:{port}", "--domain", DOMAIN, "--spool", spath,
+                          "--processes", str(processes)],
                          stderr=subprocess.PIPE, env=env)
     try:
         line = p.stderr.readline().decode()  # printed once the socket listens

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -246,3 +247,222 @@ def test_data_dot_unstuffing_and_terminator(tmp_path, eol):
     _, raw = sp.inbound_get(rec.id)
     assert rec.size == len(want)
     assert raw == want[: len(raw)] and len(raw) == min(len(want), cfg.feedback.keep_raw_bytes)
+
+
+@pytest.mark.timeout(60)
+def test_idle_timeout_between_commands_and_inside_data(tmp_path):
+    """A client silent for ``command_timeout_s`` gets ``421 4.4.2`` (after the greeting,
+    and in the middle of DATA); one that keeps sending lines is not cut off."""
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    tok = tokens_for(sp)
+    rp = tok.return_path(tok.token(did, rid_of(items[0])))
+    cfg = feedback_config(command_timeout_s=0.5)
+
+    def talk(port, stall_in_data: bool):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            f = c.makefile("rb")
+            f.readline()
+            if stall_in_data:
+                for cmd in (b"HELO x", b"MAIL FROM:<>", b"RCPT TO:<" + rp.encode() + b">",
+                            b"DATA"):
+                    c.sendall(cmd + b"\r\n")
+                    f.readline()
+                for _ in range(8):  # 0.8 s of lines, each within the bound: not idle
+                    c.sendall(b"Subject: still here\r\n")
+                    time.sleep(0.1)  # the client's pace is the scenario here
+            return f.readline(), f.readline()
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            idle = await asyncio.to_thread(talk, port, False)
+            in_data = await asyncio.to_thread(talk, port, True)
+        finally:
+            await srv.close()
+        return idle, in_data
+
+    idle, in_data = _run(go())
+    assert idle[0].startswith(b"421 4.4.2") and idle[1] == b""  # then closed
+    assert in_data[0].startswith(b"421 4.4.2") and in_data[1] == b""
+
+
+@pytest.mark.timeout(120)
+def test_two_listener_processes_share_the_port_and_the_spool(tmp_path):
+    """``listen_processes = 2``: a second process accepts on the same port (SO_REUSEPORT)
+    and commits into the same spool; every DSN is applied once, 250 = durable, relaying
+    and forged tokens are refused whichever process answers, the counters add up."""
+    n = 24
+    sp, did, items = sent_delivery(str(tmp_path / "s"), n)
+    tok = tokens_for(sp)
+    cfg = feedback_config(listen_processes=2)
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        assert srv.workers is not None and len(srv.workers.procs) == 1
+        try:
+            for it in items:  # one connection each: the kernel spreads them
+                rid = rid_of(it)
+                rp = tok.return_path(tok.token(did, rid))
+                raw = build_dsn(it.email, rp, original(tok, did, rid, it.email))
+                await asyncio.to_thread(_send, port, "", [rp], raw)
+                assert sp.recipient(did, rid).status == Status.FAILED  # durable at 250
+            for _ in range(6):
+                code, msg = await asyncio.to_thread(_rcpt_reply, port, "victim@gmail.com")
+                assert code == 550 and msg.startswith(b"5.7.1")
+                code, _ = await asyncio.to_thread(_rcpt_reply, port,
+                                                  "b-" + "a" * 21 + "@bounces.example.com")
+                assert code == 550
+        finally:
+            await srv.close()
+        return srv
+
+    srv = _run(go())
+    assert srv.workers is None and srv.stats["accepted"] == n
+    assert srv.stats["relay_denied"] == 6 and srv.stats["forged"] == 6
+    assert srv.worker_cpu_s > 0 and srv.worker_stats[0]["accepted"] > 0  # it took part
+    counters = sp.inbound_counters()
+    assert counters["effect/failed"] == n and counters["received"] == n
+
+
+@pytest.mark.timeout(60)
+def test_pipelined_transactions_are_answered_in_order(tmp_path):
+    """PIPELINING: two whole transactions and QUIT in one write; the second waits for the
+    first one's durable 250; every reply comes back, in order; a long command line is
+    refused and the session goes on."""
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 2)
+    tok = tokens_for(sp)
+    cfg = feedback_config()
+    script = b"EHLO x\r\n" + b"NOOP " + b"y" * 5000 + b"\r\n"
+    for it in items:
+        rid = rid_of(it)
+        rp = tok.return_path(tok.token(did, rid))
+        raw = build_dsn(it.email, rp, original(tok, did, rid, it.email)).replace(
+            b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        script += (b"MAIL FROM:<>\r\nRCPT TO:<" + rp.encode() + b">\r\nDATA\r\n" + raw +
+                   b".\r\n")
+    script += b"QUIT\r\n"
+
+    def talk(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            c.sendall(script)
+            out = b""
+            while True:
+                got = c.recv(65536)
+                if not got:
+                    return out
+                out += got
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(talk, port)
+        finally:
+            await srv.close()
+
+    codes = [ln[:3] for ln in _run(go()).split(b"\r\n") if ln[3:4] == b" "]
+    assert codes == [b"220", b"250", b"500"] + [b"250", b"250", b"354", b"250"] * 2 + [b"221"]
+    assert all(sp.recipient(did, rid_of(it)).status == Status.FAILED for it in items)
+
+
+@pytest.mark.timeout(60)
+def test_commands_pipelined_behind_starttls_are_discarded(tmp_path):
+    """RFC 3207 4.2: what a client (or a man in the middle) sent in plaintext after
+    STARTTLS is not executed inside the TLS session."""
+    import ssl
+
+    from fastmta.sim.certs import make_self_signed
+
+    cert, key = make_self_signed(str(tmp_path), ["feedback.test"], ["127.0.0.1"])
+    sp, _, _ = sent_delivery(str(tmp_path / "s"), 1)
+    cfg = feedback_config(tls_cert=str(cert), tls_key=str(key))
+
+    def client(port):
+        ctx = ssl.create_default_context(cafile=str(cert))
+        ctx.check_hostname = False
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+            f = raw.makefile("rb")
+            f.readline()  # 220 greeting
+            raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@x.example>\r\n")
+            ready = f.readline()
+            with ctx.wrap_socket(raw, server_hostname="feedback.test") as tls:
+                tls.sendall(b"RCPT TO:<postmaster@bounces.example.com>\r\nQUIT\r\n")
+                out = b""
+                while True:
+                    got = tls.recv(4096)
+                    if not got:
+                        break
+                    out += got
+            return ready, out
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(client, port)
+        finally:
+            await srv.close()
+
+    ready, out = _run(go())
+    assert ready.startswith(b"220 2.0.0")
+    # no MAIL was accepted before the handshake: RCPT is out of sequence, then QUIT
+    assert out.startswith(b"503 5.5.1") and b"221 2.0.0" in out
+
+
+@pytest.mark.timeout(120)
+def test_hostile_byte_streams_never_break_the_listener(tmp_path):
+    """Random SMTP-ish input in random pieces (bare CR/LF, NULs, long lines, dots, DATA
+    without MAIL, binary): the server answers or closes each connection, stores nothing
+    it did not answer 250 for, and keeps serving the next client."""
+    import random
+
+    sp, did, items = sent_delivery(str(tmp_path / "s"), 1)
+    tok = tokens_for(sp)
+    rp = tok.return_path(tok.token(did, rid_of(items[0])))
+    cfg = feedback_config(max_message_bytes=20_000, command_timeout_s=2.0)
+    words = [b"EHLO x\r\n", b"HELO y\n", b"MAIL FROM:<>\r\n", b"RCPT TO:<" + rp.encode() + b">\r\n",
+             b"RCPT TO:<a@gmail.com>\r\n", b"DATA\r\n", b".\r\n", b"..\r\n", b"\r\n", b"\n",
+             b"\r", b"\x00\xff", b"NOOP " + b"z" * 3000 + b"\r\n", b"x" * 30_000, b"RSET\r\n",
+             b"STARTTLS\r\n", b"AUTH PLAIN x\r\n", b"Subject: y\r\n", b"MAIL FROM:<a@b>\r\n"]
+    rnd = random.Random(15)
+
+    def one(port):
+        data = b"".join(rnd.choice(words) for _ in range(rnd.randint(1, 40))) + b"QUIT\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as c:
+            pos = 0
+            while pos < len(data):
+                n = rnd.randint(1, 4000)
+                try:
+                    c.sendall(data[pos:pos + n])
+                except OSError:
+                    break
+                pos += n
+            c.shutdown(socket.SHUT_WR)
+            out = b""
+            while True:
+                try:
+                    got = c.recv(65536)
+                except OSError:
+                    break
+                if not got:
+                    break
+                out += got
+        return out
+
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            outs = [await asyncio.to_thread(one, port) for _ in range(60)]
+            await asyncio.to_thread(_rcpt_reply, port, rp)  # still serving
+            return outs, srv
+        finally:
+            await srv.close()
+
+    outs, srv = _run(go())
+    assert all(o.startswith(b"220 ") for o in outs)
+    stored = sum(o.count(b"250 2.0.0 OK: stored") for o in outs)
+    assert stored > 0 and len(list(sp.inbound_list())) == stored == srv.stats["accepted"]
+    assert not srv.sessions and srv.total == 0
