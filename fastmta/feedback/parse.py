@@ -97,12 +97,6 @@ def _classify(status: str | None, diag: str, action: str | None,
     typ = c.type if c.type in ("hard", "soft") else "ignored"
     if action == "delayed" and typ == "hard":
         typ = "soft"
-    if typ == "hard" and c.reason == "account_disabled" and (status or "")[1:4] != ".1.":
-        # A disabled / suspended / frozen account exists: RFC 3463 X.2.1 "mailbox
-        # disabled ... may be a permanent error ... or a transient error", RFC 7372
-        # X.7.13 "user account disabled".  In a bounce, only an address status (X.1.x:
-        # no such address) makes it hard; the reason and class stay.
-        typ = "soft"
     return typ, c.bounce_class, c.reason
 
 
