@@ -73,12 +73,28 @@ def ramp_figures(times: Sequence[int], bucket_ms: int = BUCKET_MS) -> dict:
             "reached_90pct_steady_s": reached_s(times, steady, 0.9, bucket_ms),
             "reached_90pct_steady_1s_s": reached_s(times, steady, 0.9, bucket_ms,
                                                    max(1, 1000 // bucket_ms)),
-            "first_buckets_per_s": [round(r, 1) for r in bucket_rates(times, bucket_ms)[:12]]}
+            "first_buckets_per_s": [round(r, 1) for r in bucket_rates(times, bucket_ms)[:40]]}
+
+
+def cap_figures(times: Sequence[int], cap_per_s: float,
+                bucket_ms: int = BUCKET_MS) -> dict:
+    """How soon one provider reached 90% of its *hidden* per-second cap (the sim's
+    ``max_conn_per_ip x conn_msgs_per_s``, not the run's own rate): the end of the first
+    1-s window (four buckets, sliding by one) averaging >= 90% of it, and of the first
+    single bucket."""
+    out = ramp_figures(times, bucket_ms)
+    out["cap_per_s"] = round(cap_per_s, 2)
+    out["reached_90pct_cap_s"] = reached_s(times, cap_per_s, 0.9, bucket_ms,
+                                           max(1, 1000 // bucket_ms))
+    out["reached_90pct_cap_bucket_s"] = reached_s(times, cap_per_s, 0.9, bucket_ms)
+    out["steady_pct_of_cap"] = (round(100.0 * out["steady_per_s"] / cap_per_s, 1)
+                                if out["steady_per_s"] else None)
+    return out
 
 
 def slowest(ramp: dict[str, dict], key: str = "reached_90pct_steady_s") -> float | None:
     """The largest ``key`` over providers (None if one never got there)."""
-    vals = [r[key] for r in ramp.values() if r["steady_per_s"]]
+    vals = [r.get(key) for r in ramp.values() if r["steady_per_s"]]
     if not vals or any(v is None for v in vals):
         return None
     return max(vals)

@@ -67,6 +67,10 @@ def print_bench(r: dict) -> None:
         e(f"ramp {name}: steady {f['steady_per_s']}/s; 90% of it reached after "
           f"{f['reached_90pct_steady_s']} s (a {f['bucket_ms']}-ms bucket), "
           f"{f['reached_90pct_steady_1s_s']} s (a 1-s window)")
+        if f.get("cap_per_s"):
+            e(f"  {'':<14} hidden cap {f['cap_per_s']}/s: 90% of it after "
+              f"{f['reached_90pct_cap_s']} s (a 1-s window), "
+              f"{f['reached_90pct_cap_bucket_s']} s (a bucket)")
     if r.get("time_to_90pct_cap_s") is not None or "state" in r:
         st = r.get("state") or {}
         e(f"memory: time to 90% of the hidden cap {r.get('time_to_90pct_cap_s')} s, of the "
@@ -159,8 +163,8 @@ def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
 @click.option("--size", "size", type=int, default=3_000, show_default=True,
               help="message size in bytes")
 @click.option("--profile", default="null", show_default=True,
-              help="bench profile: null, realistic, throttled, campaign, capped, memory, "
-                   "warmup or a path to a .toml file")
+              help="bench profile: null, realistic, throttled, ratecap, campaign, capped, "
+                   "memory, warmup or a path to a .toml file")
 @click.option("--dkim/--no-dkim", default=None,
               help="sign every message (default: as the profile says; campaign signs)")
 @click.option("--dkim-key", "dkim_key", type=click.Choice(["rsa2048", "ed25519"]),
@@ -206,8 +210,8 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
 
     ``--profile warmup --sources N --days D``: IP warm-up over D compressed days
     (docs/egress.md); ``--profile throttled --state DIR`` twice: the delivery memory
-    (throttle replies); ``--profile memory --state DIR`` twice: its time to the steady
-    rate in 250-ms buckets;
+    (time to 90% of the hidden per-second caps in 250-ms buckets, throttle replies);
+    ``--profile ratecap``: sliding-minute rate caps (adaptive rate score);
     ``--profile capped --nodes 3 --cluster redis``: three nodes sharing one provider's
     caps through Redis, then the same without the cluster (docs/scale.md)."""
     if profile == "warmup":

@@ -22,7 +22,7 @@ from fastmta.egress.clock import EgressClock
 from fastmta.egress.memory import Learned
 from fastmta.egress.model import EgressModel, Pool, Source, build_model
 from fastmta.egress.plans import load_plans
-from fastmta.egress.selector import Choice, PoolSelector
+from fastmta.egress.selector import DEFER, Choice, PoolSelector
 from fastmta.egress.warmup import Ramp, WarmupState
 from fastmta.errors import ConfigError
 
@@ -45,6 +45,7 @@ def warm_key(source: str, group: str) -> bytes:
 
 
 CLOCK_KEY = b"C\x00clock"
+MAX_WAITING = 200_000  # messages remembered as waiting for a capped source
 _SUSPENDED = Choice(None, reason="suspended")
 
 
@@ -78,6 +79,10 @@ class Egress:
         # worker sets ``durable`` after writing the counters; sends wait for it)
         self.reserved = 0
         self.durable = 0
+        # defer: messages waiting for a capped source (spool key -> source), so that they
+        # go to it when they come back (selector docstring); lost at a restart (they are
+        # then picked afresh), at most MAX_WAITING kept (the oldest are dropped)
+        self.waiting: dict[bytes, str] = {}
 
     # ---------------------------------------------------------------- persistence
     def load(self, items: Iterable[tuple[bytes, bytes]], now_wall: float) -> None:
@@ -184,8 +189,10 @@ class Egress:
             return None
         return ramp.room(self.state(source, group), self.clock.now())
 
-    def select(self, pool: Pool, group: str, usable: Callable[[str], bool]) -> Choice:
-        """Pick a source of ``pool`` for one message to ``group`` and reserve its room."""
+    def select(self, pool: Pool, group: str, usable: Callable[[str], bool],
+               msg: bytes | None = None) -> Choice:
+        """Pick a source of ``pool`` for one message to ``group`` and reserve its room.
+        ``msg``: the message's spool key (a message that waited keeps its source)."""
         key = (pool.name, group)
         sel = self.selectors.get(key)
         if sel is None:
@@ -204,7 +211,12 @@ class Egress:
             ramp = self._ramp(name, group)
             return ramp.plan is None or ramp.room(self.state(name, group), now) > 0
 
-        choice = sel.choose(usable, has_room)
+        bound = self.waiting.pop(msg, None) if msg is not None and self.waiting else None
+        choice = sel.choose(usable, has_room, bound)
+        if choice.reason == "warmup_cap" and msg is not None and sel.overflow == DEFER:
+            if len(self.waiting) >= MAX_WAITING:
+                del self.waiting[next(iter(self.waiting))]
+            self.waiting[msg] = choice.capped
         if choice.source is not None:
             st = self.state(choice.source, group)
             self._ramp(choice.source, group).roll(st, now)

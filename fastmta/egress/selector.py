@@ -10,6 +10,12 @@ A member with no warm-up room (``has_room`` false) is handled by the overflow po
 ``spill`` gives the message to the other members that have room (a second round robin,
 so the warm members still share the overflow by weight), ``defer`` keeps the message
 for the capped member (it waits until the cap frees).  Never over a cap either way.
+
+With ``defer`` a message that waited comes back ``bound`` to the member it waited for
+and goes to it without a new pick (its first pick already counted in that member's
+share), like KumoMTA's ``StickyWeightedRoundRobin`` or a PowerMTA virtual MTA queue: over
+a backlog every member carries its weight of the messages, the warm ones no more.  A
+bound member that is suspended at the site is picked afresh.
 """
 
 from __future__ import annotations
@@ -72,8 +78,15 @@ class PoolSelector:
         self.capless = False  # set by the owner: no member has a warm-up cap here
         self.handed: dict[str, int] = {}  # capless picks not yet folded into the counters
 
-    def choose(self, usable: Callable[[str], bool], has_room: Callable[[str], bool]) -> Choice:
-        """``usable``: not suspended for this site; ``has_room``: under its warm-up caps."""
+    def choose(self, usable: Callable[[str], bool], has_room: Callable[[str], bool],
+               bound: str | None = None) -> Choice:
+        """``usable``: not suspended for this site; ``has_room``: under its warm-up caps;
+        ``bound``: the member this message waited for (``defer``), if any."""
+        if bound is not None and self.overflow == DEFER and bound in self.wrr.credit \
+                and usable(bound):
+            if has_room(bound):
+                return Choice(bound)
+            return Choice(None, capped=bound, reason="warmup_cap")
         name = self.wrr.pick(usable)
         if name is None:
             return Choice(None, reason="suspended")

@@ -81,7 +81,8 @@ class EgressSites:
         now = self.now()
         group = base.label()
         choice = eg.select(pool, group,
-                           lambda n: not self._source_site(base, n).shaper.suspended(now))
+                           lambda n: not self._source_site(base, n).shaper.suspended(now),
+                           item.key)
         if choice.source is None:
             if choice.capped is not None:  # warm-up cap: wait until it frees
                 delay = eg.wait_s(choice.capped, group) + self.rng.uniform(0.0, 2.0)

@@ -62,7 +62,7 @@ class Stats:
 class _ProviderState:
     """State shared by all hosts of one provider in this process."""
 
-    __slots__ = ("conns", "rate", "greylist", "rcpt_rate", "mails", "rep")
+    __slots__ = ("conns", "rate", "greylist", "rcpt_rate", "mails", "rep", "penalty")
 
     def __init__(self) -> None:
         self.rep = None  # sim.reputation.Reputation of a provider with reputation on
@@ -71,6 +71,7 @@ class _ProviderState:
         self.greylist: dict[tuple, float] = {}  # (ip, from, rcpt) -> first seen
         self.rcpt_rate: dict[str, deque] = {}  # recipient -> recent acceptance times
         self.mails = 0  # MAIL FROM commands seen (transient_421_every)
+        self.penalty: dict[str, float] = {}  # sender ip -> end of its over-cap penalty
 
 
 class MxServer:

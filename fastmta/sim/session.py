@@ -3,8 +3,7 @@
 ``_Session`` is the ``asyncio.Protocol`` of one connection: it reads commands (and
 pipelined groups of them), answers as the host's provider behaves (``world.Behaviour``:
 refusals, greylisting, rate and connection limits, delays, BDAT, STARTTLS) and counts
-what it saw in the ``MxServer``'s ``Stats``.  The ``R_*`` constants are the reply texts,
-worded as real providers word them so the classifier sees realistic input.
+what it saw in the ``MxServer``'s ``Stats``.  The reply texts are in ``sim/replies.py``.
 """
 
 from __future__ import annotations
@@ -15,51 +14,13 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING
 
+from fastmta.sim import replies as rp
 from fastmta.sim.oddities import DEFERRALS, REFUSALS, magic_odd_reply, odd_reply
 from fastmta.sim.world import Behaviour, Provider, rcpt_fate
 
 if TYPE_CHECKING:  # the server creates its sessions; a session only refers back to it
     from fastmta.sim.mx import MxServer
 
-
-R_GREETING = b"220 %s ESMTP fastmta-sim ready\r\n"
-R_OK = b"250 2.0.0 OK\r\n"
-R_MAIL_OK = b"250 2.1.0 Sender OK\r\n"
-R_RCPT_OK = b"250 2.1.5 Recipient OK\r\n"
-R_DATA = b"354 Start mail input; end with <CRLF>.<CRLF>\r\n"
-R_QUEUED = b"250 2.0.0 OK: queued as %d\r\n"
-R_BYE = b"221 2.0.0 Bye\r\n"
-R_RSET = b"250 2.0.0 Reset OK\r\n"
-R_UNKNOWN = (b"550-5.1.1 The email account that you tried to reach does not exist. Please\r\n"
-             b"550 5.1.1 try double-checking the recipient's email address for typos.\r\n")
-R_DISABLED = b"550 5.2.1 The email account that you tried to reach is disabled.\r\n"
-R_FULL = (b"452-4.2.2 The email account that you tried to reach is over quota. Please\r\n"
-          b"452 4.2.2 direct the recipient to the help center.\r\n")
-R_TEMPFAIL = b"451 4.3.0 Temporary local problem, please try again later\r\n"
-R_GREY = b"450 4.2.0 Greylisted, please try again in %d seconds\r\n"
-R_BLOCK = (b"550 5.7.1 Unfortunately, messages from [%s] weren't sent. Please contact your "
-           b"Internet service provider since part of their network is on our block list "
-           b"(S3150).\r\n")
-R_TOO_MANY_CONN = (b"421 4.3.2 The maximum number of concurrent server connections has "
-                   b"exceeded a limit, closing transmission channel\r\n")
-R_RATE = (b"421-4.7.28 [%s] Our system has detected an unusual rate of unsolicited mail\r\n"
-          b"421 4.7.28 originating from your IP address; it has been rate limited.\r\n")
-R_TOO_MANY_RCPT = b"452 4.5.3 Too many recipients\r\n"
-# Gmail's published recipient-rate deferral (support.google.com/a/answer/3726730)
-R_RCPT_RATE = (b"450-4.2.1 The user you are trying to contact is receiving mail too quickly.\r\n"
-               b"450 4.2.1 Please resend your message at a later time.\r\n")
-R_TRANSIENT_421 = b"421 4.3.0 Temporary System Problem. Try again later.\r\n"
-R_TRANSIENT_421_GREETING = b"421 4.3.2 Service not available, closing transmission channel\r\n"
-R_TOO_MANY_MSG = b"421 4.7.0 Too many messages for this session, closing connection\r\n"
-R_TOO_BIG = b"552 5.3.4 Message size exceeds fixed maximum message size\r\n"
-R_BAD_SEQ = b"503 5.5.1 Bad sequence of commands\r\n"
-R_NO_VALID_RCPT = b"554 5.5.1 No valid recipients\r\n"
-R_SYNTAX = b"501 5.5.4 Syntax error in parameters\r\n"
-R_UNRECOGNISED = b"500 5.5.2 Command unrecognized\r\n"
-R_LINE_TOO_LONG = b"500 5.5.2 Line too long\r\n"
-R_TLS_READY = b"220 2.0.0 Ready to start TLS\r\n"
-R_NO_TLS = b"454 4.7.0 TLS not available\r\n"
-R_GARBAGE = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/html\r\n\r\n<html>\r\n"
 
 _CMD, _DATA, _CLOSED, _TLS, _BDAT = 0, 1, 2, 3, 4
 _MAX_LINE = 4096
@@ -83,7 +44,7 @@ class _Session(asyncio.Protocol):
     __slots__ = ("srv", "tr", "beh", "prov", "pstate", "peer_ip", "host_ip", "mode", "buf",
                  "scan", "mail_from", "rcpts", "fates", "nmsg", "ehlo", "pending_out",
                  "delay_until", "tls", "bdat_left", "bdat_last", "bdat_bad", "chunks",
-                 "bdat_size", "pname")
+                 "bdat_size", "pname", "pace_at", "late_buf", "late_at")
 
     def __init__(self, srv: MxServer) -> None:
         self.srv = srv
@@ -98,6 +59,9 @@ class _Session(asyncio.Protocol):
         self.nmsg = 0
         self.ehlo = False
         self.delay_until = 0.0
+        self.pace_at = 0.0  # conn_msgs_per_s: when the next acceptance may be answered
+        self.late_buf: list[bytes] | None = None  # replies waiting for late_at
+        self.late_at = 0.0
         self.tls = False
         self.bdat_left = 0
         self.bdat_size = 0
@@ -128,17 +92,19 @@ class _Session(asyncio.Protocol):
         if beh.max_conn_per_ip:
             self.pstate.conns[self.peer_ip] += 1
             if self.pstate.conns[self.peer_ip] > beh.max_conn_per_ip:
-                self._refuse(R_TOO_MANY_CONN)
+                if beh.over_cap_penalty_s:
+                    self.pstate.penalty[self.peer_ip] = time.monotonic() + beh.over_cap_penalty_s
+                self._refuse(rp.R_TOO_MANY_CONN)
                 return
         if beh.silent:
             return
         if beh.transient_421_every:
             self.pstate.mails += 1
             if self.pstate.mails % beh.transient_421_every == 0:
-                self._refuse(R_TRANSIENT_421_GREETING)
+                self._refuse(rp.R_TRANSIENT_421_GREETING)
                 return
         greeting = (beh.greeting.encode() + b"\r\n") if beh.greeting else (
-            R_GREETING % srv.hostname_of(self.host_ip))
+            rp.R_GREETING % srv.hostname_of(self.host_ip))
         if beh.greeting_delay_s:
             self.delay_until = time.monotonic() + beh.greeting_delay_s
         self._write(greeting)
@@ -187,15 +153,41 @@ class _Session(asyncio.Protocol):
         if delay:
             self.delay_until = max(self.delay_until, now) + delay
         if self.delay_until and self.delay_until > now:
+            if self.late_buf is not None and self.late_at == self.delay_until:
+                self.late_buf.append(data)  # same time: one write, order kept
+                return
+            buf = self.late_buf = [data]
+            self.late_at = self.delay_until
             asyncio.get_running_loop().call_at(self._loop_time(self.delay_until), self._late,
-                                               data)
+                                               buf)
         else:
             tr.write(data)
 
-    def _late(self, data: bytes) -> None:
+    def _late(self, buf: list[bytes]) -> None:
+        if self.late_buf is buf:
+            self.late_buf = None
         tr = self.tr
         if tr is not None and not tr.is_closing():
-            tr.write(data)
+            tr.write(b"".join(buf))
+
+    def _paced(self, out: list[bytes], reply: bytes) -> None:
+        """``conn_msgs_per_s``: the replies so far go now, this acceptance at its turn
+        (at most that many per second on this connection; half as many during an
+        over-cap penalty), and what follows after it."""
+        if not self.beh.conn_msgs_per_s or not reply.startswith(rp.QUEUED_PREFIX):
+            out.append(reply)
+            return
+        if out:
+            self._write(b"".join(out))
+            out.clear()
+        now = time.monotonic()
+        interval = 1.0 / self.beh.conn_msgs_per_s
+        if self.pstate.penalty.get(self.peer_ip, 0.0) > now:
+            interval *= 2.0
+        at = max(self.pace_at, now)
+        self.pace_at = at + interval
+        self.delay_until = max(self.delay_until, at)
+        self._write(reply)
 
     # -------------------------------------------------------------- input
     def data_received(self, data: bytes) -> None:
@@ -224,7 +216,7 @@ class _Session(asyncio.Protocol):
                         return
                     break
                 self.mode = _CMD
-                out.append(self._bdat_done())
+                self._paced(out, self._bdat_done())
                 continue
             if self.mode == _DATA:
                 if self.fates and "disconnect" in self.fates:
@@ -247,16 +239,16 @@ class _Session(asyncio.Protocol):
                 pos = end + 5
                 self.scan = 0
                 self.mode = _CMD
-                out.append(self._message(body))
+                self._paced(out, self._message(body))
                 continue
             eol = buf.find(b"\n", pos)
             if eol < 0:
                 if len(buf) - pos > _MAX_LINE:
-                    out.append(R_LINE_TOO_LONG)
+                    out.append(rp.R_LINE_TOO_LONG)
                     self.mode = _CLOSED
                 break
             if eol - pos > _MAX_LINE:
-                out.append(R_LINE_TOO_LONG)
+                out.append(rp.R_LINE_TOO_LONG)
                 self.mode = _CLOSED
                 break
             line = bytes(buf[pos:eol]).rstrip(b"\r")
@@ -307,18 +299,18 @@ class _Session(asyncio.Protocol):
             return b"250 %s\r\n" % self.srv.hostname_of(self.host_ip)
         if verb == b"RSET":
             self._reset()
-            return R_RSET
+            return rp.R_RSET
         if verb == b"NOOP":
-            return R_OK
+            return rp.R_OK
         if verb == b"QUIT":
             self.mode = _CLOSED
-            return R_BYE
+            return rp.R_BYE
         if line.upper() == b"STARTTLS":
             if not self.beh.starttls or self.tls or self.srv.tls_context is None:
-                return R_NO_TLS
+                return rp.R_NO_TLS
             self.mode = _TLS
-            return R_TLS_READY
-        return R_UNRECOGNISED
+            return rp.R_TLS_READY
+        return rp.R_UNRECOGNISED
 
     def _by_source(self, what: str) -> None:
         name = self.prov.name if self.prov else ""
@@ -332,26 +324,26 @@ class _Session(asyncio.Protocol):
     def _mail(self, line: bytes) -> bytes:
         beh = self.beh
         if not self.ehlo or self.mail_from is not None:
-            return R_BAD_SEQ
+            return rp.R_BAD_SEQ
         addr = _addr(line[10:] if line[:10].upper() == b"MAIL FROM:" else b"")
         if addr is None:
-            return R_SYNTAX
+            return rp.R_SYNTAX
         if beh.garbage:
             self.mode = _CLOSED
-            return R_GARBAGE
+            return rp.R_GARBAGE
         if beh.max_msgs_per_conn and self.nmsg >= beh.max_msgs_per_conn:
             self.mode = _CLOSED
-            return R_TOO_MANY_MSG
+            return rp.R_TOO_MANY_MSG
         if beh.block or (beh.block_ips and self.peer_ip in beh.block_ips):
             self.srv.stats.replies["550 5.7.1"] += 1
             self._by_source("550 5.7.1")
-            return R_BLOCK % self.peer_ip.encode()
+            return rp.R_BLOCK % self.peer_ip.encode()
         if beh.transient_421_every:
             self.pstate.mails += 1
             if self.pstate.mails % beh.transient_421_every == 0:
                 self.srv.stats.replies["421 4.3.0"] += 1
                 self.mode = _CLOSED
-                return R_TRANSIENT_421
+                return rp.R_TRANSIENT_421
         if beh.reputation:
             rep = self.pstate.rep
             if rep is None:
@@ -373,27 +365,27 @@ class _Session(asyncio.Protocol):
             if len(q) >= beh.max_msgs_per_min_per_ip:
                 self.srv.stats.replies["421 4.7.28"] += 1
                 self.mode = _CLOSED
-                return R_RATE % self.peer_ip.encode()
+                return rp.R_RATE % self.peer_ip.encode()
             q.append(now)
         if beh.max_size and b"SIZE=" in line.upper():
             try:
                 size = int(line.upper().split(b"SIZE=")[1].split()[0])
             except (ValueError, IndexError):
-                return R_SYNTAX
+                return rp.R_SYNTAX
             if size > beh.max_size:
-                return R_TOO_BIG
+                return rp.R_TOO_BIG
         self.mail_from = addr
-        return R_MAIL_OK
+        return rp.R_MAIL_OK
 
     def _rcpt(self, line: bytes) -> bytes:
         if self.mail_from is None:
-            return R_BAD_SEQ
+            return rp.R_BAD_SEQ
         addr = _addr(line[8:] if line[:8].upper() == b"RCPT TO:" else b"")
         if not addr:
-            return R_SYNTAX
+            return rp.R_SYNTAX
         beh = self.beh
         if beh.max_rcpts_per_txn and len(self.rcpts) >= beh.max_rcpts_per_txn:
-            return self._refusal(R_TOO_MANY_RCPT)
+            return self._refusal(rp.R_TOO_MANY_RCPT)
         if beh.rcpt_reply:  # a fixed refusal text (tests: hostile reply texts)
             return self._refusal(beh.rcpt_reply.encode("utf-8", "replace") + b"\r\n")
         fate = rcpt_fate(beh, addr)
@@ -406,13 +398,13 @@ class _Session(asyncio.Protocol):
             if now - self.pstate.greylist.setdefault(("odd", addr.lower()), now) < beh.odd_defer_s:
                 return self._refusal(odd_reply(DEFERRALS, self.pname, addr))
         elif fate == "unknown":
-            return self._refusal(R_UNKNOWN)
+            return self._refusal(rp.R_UNKNOWN)
         elif fate == "full":
-            return self._refusal(R_FULL)
+            return self._refusal(rp.R_FULL)
         elif fate == "disabled":
-            return self._refusal(R_DISABLED)
+            return self._refusal(rp.R_DISABLED)
         elif fate == "tempfail":
-            return self._refusal(R_TEMPFAIL)
+            return self._refusal(rp.R_TEMPFAIL)
         elif fate == "odd":
             return self._refusal(magic_odd_reply(addr))
         if fate == "greylist" or beh.greylist_s:
@@ -421,18 +413,18 @@ class _Session(asyncio.Protocol):
             now = time.monotonic()
             first = self.pstate.greylist.setdefault(key, now)
             if now - first < delay:
-                return self._refusal(R_GREY % max(1, int(delay - (now - first) + 0.999)))
+                return self._refusal(rp.R_GREY % max(1, int(delay - (now - first) + 0.999)))
         if beh.max_msgs_per_rcpt:
             q = self.pstate.rcpt_rate.setdefault(addr.lower(), deque())
             now = time.monotonic()
             while q and q[0] < now - beh.rate_window_s:
                 q.popleft()
             if len(q) >= beh.max_msgs_per_rcpt:
-                return self._refusal(R_RCPT_RATE)
+                return self._refusal(rp.R_RCPT_RATE)
             q.append(now)
         self.rcpts.append(addr)
         self.fates.append(fate)
-        return R_RCPT_OK
+        return rp.R_RCPT_OK
 
     def _refusal(self, reply: bytes) -> bytes:
         self.srv.stats.replies[_key(reply)] += 1
@@ -440,11 +432,11 @@ class _Session(asyncio.Protocol):
 
     def _data(self) -> bytes:
         if self.mail_from is None:
-            return R_BAD_SEQ
+            return rp.R_BAD_SEQ
         if not self.rcpts:
-            return R_NO_VALID_RCPT
+            return rp.R_NO_VALID_RCPT
         self.mode = _DATA
-        return R_DATA
+        return rp.R_DATA
 
     def _bdat(self, line: bytes) -> bytes | None:
         """BDAT n [LAST] (RFC 3030): the reply comes after the n octets are read."""
@@ -454,17 +446,17 @@ class _Session(asyncio.Protocol):
             if n < 0:
                 raise ValueError
         except (IndexError, ValueError):
-            return R_SYNTAX
+            return rp.R_SYNTAX
         last = len(parts) > 2 and parts[2].upper() == b"LAST"
         self.bdat_left = n
         self.bdat_size = n
         self.bdat_last = last
         if not self.beh.chunking:
-            self.bdat_bad = R_UNRECOGNISED
+            self.bdat_bad = rp.R_UNRECOGNISED
         elif self.mail_from is None:
-            self.bdat_bad = R_BAD_SEQ
+            self.bdat_bad = rp.R_BAD_SEQ
         elif not self.rcpts:
-            self.bdat_bad = R_NO_VALID_RCPT
+            self.bdat_bad = rp.R_NO_VALID_RCPT
         else:
             self.bdat_bad = None
         self.mode = _BDAT
@@ -504,7 +496,7 @@ class _Session(asyncio.Protocol):
         self.nmsg += 1
         self._reset()
         srv.queue_id += 1
-        return R_QUEUED % srv.queue_id
+        return rp.R_QUEUED % srv.queue_id
 
     # -------------------------------------------------------------- STARTTLS
     async def _starttls(self) -> None:

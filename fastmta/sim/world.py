@@ -68,6 +68,13 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     greylist_s: float = 0.0  # > 0: first try of a (ip, from, rcpt) triple gets 450
     max_conn_per_ip: int = 0  # per sender IP across the provider's hosts; 0 = no limit
     max_msgs_per_min_per_ip: int = 0  # message rate per sender IP; 0 = no limit
+    # tarpit: one connection gets at most this many acceptances per second (each "250
+    # queued" waits its turn), so with max_conn_per_ip the per-IP rate is capped at
+    # max_conn_per_ip x conn_msgs_per_s (``cap_per_s``); 0 = no pacing
+    conn_msgs_per_s: float = 0.0
+    # an IP refused for going over max_conn_per_ip is served at half that pace for this
+    # long (the provider's temporary penalty for a burst); 0 = none
+    over_cap_penalty_s: float = 0.0
     rate_window_s: float = 60.0  # the sliding window of that cap (tests shorten it)
     max_rcpts_per_txn: int = 0
     max_msgs_per_conn: int = 0
@@ -91,6 +98,11 @@ class Behaviour(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields
     rep_warm_ips: list[str] = msgspec.field(default_factory=list)  # known good: no limits
     rep_warm_daily: int = 50000  # IPs allowed this much a day are not "cold" any more
     rep_block_s: float = 4 * 3600.0  # egress seconds
+
+    @property
+    def cap_per_s(self) -> float:
+        """The hidden per-IP message rate of a paced, connection-capped provider (0: none)."""
+        return self.max_conn_per_ip * self.conn_msgs_per_s if self.max_conn_per_ip else 0.0
 
     @property
     def stateful(self) -> bool:

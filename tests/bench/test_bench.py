@@ -207,7 +207,7 @@ def test_profiles_scale_and_spread():
     em = list(recipients(real, rw, 20000))
     gmail = sum(1 for e in em if rw.domain_provider[e.rpartition("@")[2]].name == "gmail")
     assert 0.27 < gmail / len(em) < 0.33  # the profile's share
-    for name in ("null", "realistic", "throttled"):
+    for name in ("null", "realistic", "throttled", "ratecap"):
         load_profile(name)
 
 
@@ -234,14 +234,14 @@ def test_bad_profile_is_a_clear_error(tmp_path):
     assert r.returncode != 0 and "tail provider 'nope' not defined" in r.stderr
     r = _cli("bench", "--profile", "no-such-profile", timeout=60)
     assert r.returncode != 0 and "no bench profile 'no-such-profile' (bundled: " in r.stderr
-    for name in ("campaign", "capped", "memory", "null", "realistic", "throttled"):
+    for name in ("campaign", "capped", "memory", "null", "ratecap", "realistic", "throttled"):
         assert name in r.stderr
 
 
 def test_goodput_scores_windows_of_the_sliding_minute_cap():
     from fastmta.bench.audit import _goodput
 
-    prof = load_profile("throttled")
+    prof = load_profile("ratecap")
     world = expand(prof, 100, 10)
     # capped-slow allows 2,400 per minute: a sender pacing at exactly 40/s for 4 min...
     paced = [int(i * 25) for i in range(9600)]

@@ -57,3 +57,16 @@ def test_steady_rate_figures_in_250ms_buckets():
     assert slowest({"a": f, "b": g}) == 1.25
     assert slowest({"a": f, "b": g}, "reached_90pct_steady_1s_s") == 2.0
     assert ramp_figures([1, 2, 3])["steady_per_s"] is None  # too few to say
+
+
+def test_time_to_90pct_of_a_hidden_per_second_cap():
+    """Against the sim's cap, not the run's own rate: a run that never gets above 80%
+    of the cap never reaches it, however steady it is."""
+    from fastmta.bench.ramp import cap_figures
+
+    climb = [i * 40 for i in range(50)] + [2000 + i * 5 for i in range(2000)]  # 25/s, 200/s
+    f = cap_figures(climb, 200.0)
+    assert f["cap_per_s"] == 200.0 and f["steady_pct_of_cap"] == 100.0
+    assert f["reached_90pct_cap_s"] == 3.0 and f["reached_90pct_cap_bucket_s"] == 2.25
+    low = cap_figures([i * 6 for i in range(2000)], 200.0)  # 166/s: 83% of the cap
+    assert low["steady_pct_of_cap"] == 83.3 and low["reached_90pct_cap_s"] is None

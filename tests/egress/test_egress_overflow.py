@@ -118,6 +118,7 @@ def test_cold_allowance_used_up_spills_or_defers_and_nothing_is_lost(tmp_path, o
         assert wstat.get("egress_overflowed", 0) == 0 and wstat["defer_warmup_cap"] > 0
         assert len(cold_days) >= 2, cold_days  # sent on more than one egress day
         assert cold_days[min(cold_days)] == first  # day 1 at its cap, the rest later
-        # the warm source kept about its weight's share (1 in 4), not the overflow
-        assert by_ip[WARM] < N / 2, by_ip
-        assert by_ip[COLD] > N / 2, by_ip
+        # the warm source kept its weight's share (1 in 4), not the overflow: a message
+        # that waited goes to the source it waited for (measured: 50 and 150)
+        assert abs(by_ip[WARM] - N / 4) <= 0.05 * N, by_ip
+        assert by_ip[COLD] == N - by_ip[WARM], by_ip

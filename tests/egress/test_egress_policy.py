@@ -90,6 +90,36 @@ def test_warmup_caps_never_exceeded(overflow):
         assert got["w1"] == got["w2"] == 30 * 100  # the warm ones keep exactly their share
 
 
+def test_defer_a_message_that_waited_keeps_its_source():
+    """``defer``: a message that waited for the capped source goes to it when it comes
+    back, without a new pick, so over a backlog each source carries its weight."""
+    clock = ManualClock(10 * DAY_S)
+    eg = Egress(egress_cfg("defer"), clock=clock)
+    pool = eg.pool_for("x@news.example")
+    backlog = [b"k%d" % i for i in range(1000)]
+    got: Counter = Counter()
+    for _hour in range(60):  # every waiting message comes back each hour
+        waiting = []
+        for key in backlog:
+            ch = eg.select(pool, "gmail", lambda n: True, key)
+            if ch.source is None:
+                assert ch.capped == "c"
+                waiting.append(key)
+            else:
+                got[ch.source] += 1
+        backlog = waiting
+        clock.advance(HOUR_S)
+    assert got["c"] + got["w1"] + got["w2"] + len(backlog) == 1000
+    # equal weights (egress_cfg): the warm ones exactly their third, not the overflow
+    assert {got["w1"], got["w2"]} <= {333, 334} and got["c"] + len(backlog) >= 332, got
+    assert set(eg.waiting.values()) <= {"c"} and len(eg.waiting) == len(backlog)
+    # a suspended bound source: picked afresh among the usable ones
+    eg2 = Egress(egress_cfg("defer"), clock=ManualClock(10 * DAY_S))
+    eg2.waiting[b"z"] = "c"
+    ch = eg2.select(eg2.pool_for("x@news.example"), "gmail", lambda n: n != "c", b"z")
+    assert ch.source in ("w1", "w2") and b"z" not in eg2.waiting
+
+
 def test_give_back_returns_room():
     clock = ManualClock(0.0)
     eg = Egress(egress_cfg("defer", warm=()), clock=clock)
