@@ -70,10 +70,15 @@ def _norm(text: str) -> str:
     return " ".join("".join(ch if ch.isalnum() else " " for ch in text.lower()).split())
 
 
+FRESH = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_fresh.jsonl")
+
+
 def test_heldout_proxy_is_sourced_labelled_and_disjoint_from_the_own_set():
     own = {_norm(o["reply"]) for o in ITEMS}
+    proxy = {_norm(o["reply"]) for o in PROXY}
     assert len(PROXY) >= 150
-    for o in PROXY:
+    assert not {_norm(o["reply"]) for o in FRESH} & (own | proxy)
+    for o in PROXY + FRESH:
         assert o["source"].startswith("http"), o
         assert o["kind"] in score_replies.KIND_CLASSES, o
         assert o["throttle"] == (o["throttle_scope"] != "none"), o
