@@ -2,7 +2,12 @@
 
 Usage::
 
-    python benchmarks/score_replies.py [--impl compiled|pure] [--json] [--show-errors]
+    python benchmarks/score_replies.py [--impl compiled|pure] [--file F.jsonl] [--json] [--show-errors]
+
+``--file tests/data/replies_heldout_proxy.jsonl`` scores the held-out proxy instead: real
+reply texts quoted from providers' pages, the SMTP Field Manual data and field reports
+(each with its URL), collected after the rules and labelled by issue 16's definitions;
+none of them is in the own set.
 
 Each line of the file is one reply written after a provider's published postmaster page,
 an MTA manual or an RFC (its ``source``), with the command it answers, its ``kind`` (what
@@ -40,6 +45,7 @@ KIND_CLASSES = {
     "sender_policy": {50, 51, 52},
     "too_many_recipients": {70},
     "greylisting": {20, 70},
+    "session_cap": {70},  # a cap of messages per session (held-out proxy only)
 }
 
 
