@@ -485,6 +485,8 @@ class ClusterConfig(_Section):
     node: str = ""  # this node's name (default: the host name)
     lease_ttl_s: float = 30.0  # a connection lease lives this long without renewal
     token_batch_s: float = 0.05  # rate tokens taken per Redis call: this much of the rate
+    token_ahead_s: float = 0.5  # a batch of tokens may be reserved this far ahead
+    signal_poll_s: float = 0.25  # how often a worker reads the others' learned limits
     timeout_s: float = 0.2  # a Redis call slower than this counts as an outage
     retry_s: float = 1.0  # how often a degraded node tries Redis again
     prefix: str = "fm"  # key prefix (several clusters on one Redis)
