@@ -482,6 +482,7 @@ class ClusterConfig(_Section):
     """Limits shared by several nodes through Redis (docs/scale.md; off when no URL)."""
 
     redis_url: str = ""  # e.g. "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # the URL is a node of a Redis Cluster (RedisCluster client)
     node: str = ""  # this node's name (default: the host name)
     lease_ttl_s: float = 30.0  # a connection lease lives this long without renewal
     token_batch_s: float = 0.05  # rate tokens taken per Redis call: this much of the rate

@@ -37,7 +37,7 @@ import threading
 
 import redis
 
-from fastmta.cluster.redis_limits import node_name
+from fastmta.cluster.redis_limits import connect, node_name
 from fastmta.config import ClusterConfig
 from fastmta.records import EVENT_DECODER, QuarantineEntry, QuarantineEvent
 
@@ -55,8 +55,7 @@ class QuarantineSync:
     def __init__(self, spool, cfg: ClusterConfig, client: redis.Redis | None = None) -> None:
         self.spool = spool
         self.node = node_name(cfg)
-        self.r = client or redis.Redis.from_url(cfg.redis_url, socket_timeout=2.0,
-                                                socket_connect_timeout=2.0)
+        self.r = client or connect(cfg, 2.0)
         self.stream = f"{cfg.prefix}:q:{{all}}"
         self.latest = f"{cfg.prefix}:qa:{{all}}"
         self.cursors = f"{cfg.prefix}:qcur:{{all}}"

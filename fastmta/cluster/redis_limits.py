@@ -63,6 +63,16 @@ def node_name(cfg: ClusterConfig) -> str:
     return cfg.node or socket.gethostname()
 
 
+def connect(cfg: ClusterConfig, timeout_s: float) -> redis.Redis:
+    """The client for ``cfg``: ``redis.Redis``, or ``redis.RedisCluster`` when
+    ``redis_cluster`` (the keys of one call share a hash tag, so one slot)."""
+    kw = dict(socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    if cfg.redis_cluster:
+        return redis.RedisCluster.from_url(cfg.redis_url, **kw)
+    return redis.Redis.from_url(cfg.redis_url, retry_on_timeout=False,
+                                health_check_interval=0, **kw)
+
+
 class RedisLimits(Limits):
     """``Limits`` in Redis for one process of node ``cfg.node`` (see module docstring)."""
 
@@ -74,9 +84,8 @@ class RedisLimits(Limits):
         self.node = node_name(cfg)
         self.p = cfg.prefix
         self.fallback = fallback or LocalLimits()
-        self.r = client or redis.Redis.from_url(
-            cfg.redis_url, socket_timeout=cfg.timeout_s, socket_connect_timeout=cfg.timeout_s,
-            retry_on_timeout=False, health_check_interval=0)
+        self.r = client  # made by _connect (a RedisCluster connects at once)
+        self.sharded = cfg.redis_cluster or isinstance(client, redis.RedisCluster)
         self.pid = os.getpid()
         self.leases: dict[str, _Lease] = {}
         self.nodes: list[str] = [self.node]
@@ -120,6 +129,8 @@ class RedisLimits(Limits):
         return rkey.partition("{")[2].partition("}")[0]
 
     def _connect(self) -> None:
+        if self.r is None:
+            self.r = connect(self.cfg, self.cfg.timeout_s)
         self.round_trips += 1
         self.r.function_load(LIBRARY, replace=True)
         self._member()
@@ -243,12 +254,13 @@ class RedisLimits(Limits):
 
     def _by_slot(self, leases: Iterable[tuple[str, tuple[str, ...]]]
                  ) -> dict[str, tuple[list[str], list[str]]]:
-        """(lease id, keys) pairs as ZSET keys and ids, grouped by Redis Cluster slot."""
+        """(lease id, keys) pairs as ZSET keys and ids: one group (one Function call) on
+        a single Redis, one per hash tag (slot) on a Redis Cluster."""
         out: dict[str, tuple[list[str], list[str]]] = {}
         for lid, keys in leases:
             for k in keys:
                 rk = self.k("c", k)
-                ks, ids = out.setdefault(self.slot_tag(rk), ([], []))
+                ks, ids = out.setdefault(self.slot_tag(rk) if self.sharded else "", ([], []))
                 ks.append(rk)
                 ids.append(lid)
         return out
@@ -439,6 +451,7 @@ class RedisLimits(Limits):
         except _ERRORS:
             pass  # they expire within the TTL
         try:
-            self.r.close()
+            if self.r is not None:
+                self.r.close()
         except _ERRORS:
             pass
