@@ -17,8 +17,8 @@ end
 -- ARGV: ttl_ms, lease id, then one limit per key (-1: count without a limit).
 -- Fair shares: while other nodes were refused a lease of a key in the last second, a
 -- node holds at most ceil(limit / nodes wanting) of it (first come does not take all).
--- Returns {1, 0, 0} (granted) or {0, ms until the earliest lease of the full key
--- expires, 1 when the node was refused because it holds its fair share already}.
+-- Returns {1, 0} (granted) or {0, ms until the earliest lease of the full key expires,
+-- negative when the node was refused because it holds its fair share already}.
 local function holds(k, node)
   local n, pre = 0, node .. ':'
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
@@ -55,7 +55,8 @@ local function acquire(keys, args)
         local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
         local wait = 1000
         if first[2] then wait = math.max(1, math.floor((tonumber(first[2]) - now) / 1000)) end
-        return {0, wait, fair}
+        if fair == 1 then wait = -wait end
+        return {0, wait}
       end
     end
   end
@@ -64,7 +65,7 @@ local function acquire(keys, args)
     redis.call('ZADD', keys[i], exp, id)
     redis.call('PEXPIRE', keys[i], 2 * tonumber(args[1]))
   end
-  return {1, 0, 0}
+  return {1, 0}
 end
 
 -- Renewal (also re-creates leases lost by a Redis restart, and adopts leases taken on a

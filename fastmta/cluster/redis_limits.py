@@ -208,8 +208,8 @@ class RedisLimits(Limits):
             zkeys = [self.k("c", k) for k in keys] + [self.k("w", k) for k in keys]
             try:
                 self.round_trips += 1
-                ok, _, fair = self.r.fcall("fm_acquire", len(zkeys), *zkeys,
-                                           int(self.cfg.lease_ttl_s * 1000), lease, *limits)
+                ok, wait = self.r.fcall("fm_acquire", len(zkeys), *zkeys,
+                                        int(self.cfg.lease_ttl_s * 1000), lease, *limits)
             except _ERRORS as exc:
                 if local is not None:
                     self.fallback.release(local)
@@ -219,7 +219,7 @@ class RedisLimits(Limits):
                 if not ok:
                     if local is not None:
                         self.fallback.release(local)
-                    self.last_denial_fair = bool(fair)
+                    self.last_denial_fair = int(wait) < 0  # refused for its fair share
                     return None
                 self.leases[lease] = _Lease(keys, local, True)
                 return lease

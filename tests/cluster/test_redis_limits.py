@@ -150,9 +150,11 @@ def test_fair_shares_while_another_node_waits(srv):
     held = [a.acquire(["site:f"], [4]) for _ in range(4)]
     assert all(held)  # alone, a may take the whole limit
     assert b.acquire(["site:f"], [4]) is None  # full: b is now a node wanting the key
+    assert not b.last_denial_fair
     a.release(held.pop())
     # a holds 3 >= ceil(4 / 2 nodes wanting): the freed slot waits for b
     assert a.acquire(["site:f"], [4]) is None
+    assert a.last_denial_fair  # refused for its share: it backs off longer
     got = b.acquire(["site:f"], [4])
     assert got is not None
     r = redis.Redis.from_url(srv.url)
