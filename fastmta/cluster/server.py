@@ -127,6 +127,13 @@ class RedisClusterServers:
         return self.servers[0].url
 
     def start(self, timeout_s: float = 30.0) -> RedisClusterServers:
+        try:
+            return self._start(timeout_s)
+        except BaseException:
+            self.__exit__()  # none of the servers started is left running
+            raise
+
+    def _start(self, timeout_s: float) -> RedisClusterServers:
         cli = shutil.which("redis-cli")
         if cli is None:
             raise FastMTAError("redis-cli is not installed (Debian package redis-tools)")
