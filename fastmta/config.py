@@ -487,9 +487,12 @@ class ClusterConfig(_Section):
     """Limits shared by several nodes through Redis (docs/scale.md; off when no URL)."""
 
     redis_url: str = ""  # e.g. "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # the URL is a node of a Redis Cluster (RedisCluster client)
     node: str = ""  # this node's name (default: the host name)
     lease_ttl_s: float = 30.0  # a connection lease lives this long without renewal
     token_batch_s: float = 0.05  # rate tokens taken per Redis call: this much of the rate
+    token_ahead_s: float = 0.5  # a batch of tokens may be reserved this far ahead
+    signal_poll_s: float = 0.25  # how often a worker reads the others' learned limits
     timeout_s: float = 0.2  # a Redis call slower than this counts as an outage
     retry_s: float = 1.0  # how often a degraded node tries Redis again
     prefix: str = "fm"  # key prefix (several clusters on one Redis)

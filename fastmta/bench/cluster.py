@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +35,7 @@ import msgspec
 
 from fastmta.bench.audit import _audit
 from fastmta.bench.profile import BenchError, expand, load_profile
-from fastmta.config import ClusterConfig, Config, ProviderConfig
+from fastmta.config import Config, ProviderConfig
 from fastmta.spool import Spool
 
 RATE_KEYS = ("421 4.7.28",)
@@ -120,9 +121,7 @@ def node_config(cfg: Config, world, redis_url: str, node: str,
     prov = ProviderConfig(name=name, mx_suffixes=[suffix], initial_connections=conns,
                           max_connections=conns, provider_max_connections=conns,
                           provider_msg_rate_per_s=round(rate * rate_margin, 3))
-    cl = ClusterConfig(redis_url=redis_url, node=node, lease_ttl_s=cfg.cluster.lease_ttl_s,
-                       token_batch_s=cfg.cluster.token_batch_s,
-                       timeout_s=cfg.cluster.timeout_s, retry_s=cfg.cluster.retry_s)
+    cl = r(cfg.cluster, redis_url=redis_url, node=node)
     return r(cfg, providers=[prov, *cfg.providers], cluster=cl)
 
 
@@ -298,25 +297,65 @@ def _leases_left(url: str) -> int:
         c.close()
 
 
-async def run_overhead(opts) -> dict:
-    """One node, ``--cluster redis``: the in-process bench with Redis, then without."""
+async def run_overhead(opts, pairs: int = 3) -> dict:
+    """One node, ``--cluster redis``: ``pairs`` pairs of the in-process bench, with and
+    without Redis, interleaved (R L, L R, R L...: a drift of the machine's load hits both
+    sides alike), one Redis for all.  The top-level figures are the first Redis run's;
+    ``pairs`` lists every pair; ``cluster_throughput_ratio`` is the median of the pairs'
+    ratios (``..._min``/``..._max`` their spread), ``cpu_ratio`` the same for the CPU
+    per message (robust to load: a stall shows in time, not CPU);
+    ``redis_round_trips_per_msg`` sums every Redis run."""
     from fastmta.bench.harness import run_bench
     from fastmta.cluster.server import RedisServer
 
     base = opts.config or Config()
+    runs: list[tuple[dict, dict]] = []
+    total, delivered = Counter(), 0
     with RedisServer() as srv:
         cfg = r(base, cluster=r(base.cluster, redis_url=srv.url,
                                 node=base.cluster.node or "bench"))
-        calls0 = redis_calls(srv.url)
-        res = await run_bench(dataclasses.replace(opts, config=cfg))
-        res.update(redis_figures(calls0, redis_calls(srv.url), res["delivered"]))
-        res["leases_left"] = _leases_left(srv.url)
-    alone = await run_bench(dataclasses.replace(opts, config=base))
+
+        async def with_redis() -> dict:
+            nonlocal total, delivered
+            calls0 = redis_calls(srv.url)
+            res = await run_bench(dataclasses.replace(opts, config=cfg))
+            calls1 = redis_calls(srv.url)
+            total += calls1 - calls0
+            delivered += res["delivered"]
+            res.update(redis_figures(calls0, calls1, res["delivered"]))
+            return res
+
+        for i in range(max(1, pairs)):
+            if i % 2 == 0:
+                red = await with_redis()
+                alone = await run_bench(dataclasses.replace(opts, config=base))
+            else:
+                alone = await run_bench(dataclasses.replace(opts, config=base))
+                red = await with_redis()
+            runs.append((red, alone))
+        leases_left = _leases_left(srv.url)
+    res = dict(runs[0][0])
+    keys = ("msgs_per_s", "deliver_msgs_per_s", "elapsed_s", "delivered", "lost",
+            "audit_ok", "cpu_s_per_1k_fastmta")
+    res["pairs"] = [{"order": "redis first" if i % 2 == 0 else "alone first",
+                     "redis": {k: red[k] for k in keys} | {
+                         "redis_round_trips_per_msg": red["redis_round_trips_per_msg"]},
+                     "alone": {k: alone[k] for k in keys},
+                     "ratio": round(red["msgs_per_s"] / alone["msgs_per_s"], 3)
+                     if alone["msgs_per_s"] else 0.0}
+                    for i, (red, alone) in enumerate(runs)]
+    ratios = [p["ratio"] for p in res["pairs"]]
+    cpu = [red["cpu_s_per_1k_fastmta"] / alone["cpu_s_per_1k_fastmta"]
+           for red, alone in runs if alone["cpu_s_per_1k_fastmta"]]
     res["cluster"] = "redis"
-    res["without_cluster"] = {k: alone[k] for k in (
-        "msgs_per_s", "deliver_msgs_per_s", "elapsed_s", "delivered", "lost", "audit_ok",
-        "cpu_s_per_1k_fastmta")}
-    res["cluster_throughput_ratio"] = round(
-        res["msgs_per_s"] / alone["msgs_per_s"], 3) if alone["msgs_per_s"] else 0.0
-    res["audit_ok"] = res["audit_ok"] and alone["audit_ok"]
+    res["leases_left"] = leases_left
+    res["msgs_per_s_median"] = statistics.median(x[0]["msgs_per_s"] for x in runs)
+    res["without_cluster"] = {k: runs[0][1][k] for k in keys} | {
+        "msgs_per_s_median": statistics.median(x[1]["msgs_per_s"] for x in runs)}
+    res["cluster_throughput_ratio"] = round(statistics.median(ratios), 3)
+    res["cluster_throughput_ratio_min"] = min(ratios)
+    res["cluster_throughput_ratio_max"] = max(ratios)
+    res["cpu_ratio"] = round(statistics.median(cpu), 3) if cpu else 0.0
+    res.update(redis_figures(Counter(), total, delivered))
+    res["audit_ok"] = all(red["audit_ok"] and alone["audit_ok"] for red, alone in runs)
     return res

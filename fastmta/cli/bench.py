@@ -201,11 +201,14 @@ def _warmup(sources, days, day_s, workers, timeout_s, as_json) -> None:
               show_default=True,
               help="share the limits through a throwaway redis-server on loopback; the "
                    "same run without it is measured too (docs/scale.md)")
+@click.option("--pairs", type=int, default=3, show_default=True,
+              help="--cluster redis on one node: pairs of runs with and without Redis, "
+                   "interleaved; medians and the spread are reported")
 @click.option("--json", "as_json", is_flag=True, help="one JSON object with every figure")
 def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, sink_procs,
               fixed_connections, config_path, spool_dir, timeout_s, write_world,
               write_recipients, feedback, state_dir, sources, days, day_seconds,
-              nodes, cluster, as_json) -> None:
+              nodes, cluster, pairs, as_json) -> None:
     """Benchmark the full engine against the simulated internet (loopback only).
 
     ``--profile warmup --sources N --days D``: IP warm-up over D compressed days
@@ -266,7 +269,7 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
         if cluster == "redis":
             from fastmta.bench.cluster import run_overhead
 
-            result = run(run_overhead(opts))
+            result = run(run_overhead(opts, pairs))
         else:
             result = run(b.run_bench(opts))
         if not as_json and sys.stderr.isatty():
@@ -279,9 +282,16 @@ def bench_cmd(messages, domains, sites, workers, size, profile, dkim, dkim_key, 
         print_bench(result)
         if result.get("cluster") == "redis":
             w = result["without_cluster"]
-            click.echo(f"cluster: redis {result['msgs_per_s']:,.0f} msgs/s vs "
-                       f"{w['msgs_per_s']:,.0f} without (ratio "
-                       f"{result['cluster_throughput_ratio']:.2f}); Redis round trips "
+            for i, p in enumerate(result["pairs"]):
+                click.echo(f"  pair {i + 1} ({p['order']}): redis "
+                           f"{p['redis']['msgs_per_s']:,.0f} msgs/s, without "
+                           f"{p['alone']['msgs_per_s']:,.0f}: ratio {p['ratio']:.2f}")
+            click.echo(f"cluster: redis {result['msgs_per_s_median']:,.0f} msgs/s vs "
+                       f"{w['msgs_per_s_median']:,.0f} without (medians; ratio median "
+                       f"{result['cluster_throughput_ratio']:.2f}, range "
+                       f"{result['cluster_throughput_ratio_min']:.2f}-"
+                       f"{result['cluster_throughput_ratio_max']:.2f}, CPU per message "
+                       f"ratio {result['cpu_ratio']:.2f}); Redis round trips "
                        f"{result['redis_round_trips']:,} = "
                        f"{result['redis_round_trips_per_msg']} per delivered message "
                        f"(commands incl. inside Functions {result['redis_commands_per_msg']});"

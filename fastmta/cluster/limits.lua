@@ -17,7 +17,8 @@ end
 -- ARGV: ttl_ms, lease id, then one limit per key (-1: count without a limit).
 -- Fair shares: while other nodes were refused a lease of a key in the last second, a
 -- node holds at most ceil(limit / nodes wanting) of it (first come does not take all).
--- Returns {1, 0} (granted) or {0, ms until the earliest lease of the full key expires}.
+-- Returns {1, 0} (granted) or {0, ms until the earliest lease of the full key expires,
+-- negative when the node was refused because it holds its fair share already}.
 local function holds(k, node)
   local n, pre = 0, node .. ':'
   for _, m in ipairs(redis.call('ZRANGE', k, 0, -1)) do
@@ -38,11 +39,15 @@ local function acquire(keys, args)
     local lim = tonumber(args[2 + i])
     if lim >= 0 and redis.call('ZSCORE', k, id) == false then
       local deny = redis.call('ZCARD', k) >= lim
+      local fair = 0
       if not deny then
         redis.call('ZREMRANGEBYSCORE', w, '-inf', num(now - 1000000))
         local wanting = redis.call('ZCARD', w)
         if redis.call('ZSCORE', w, node) == false then wanting = wanting + 1 end
-        if wanting > 1 and holds(k, node) >= math.ceil(lim / wanting) then deny = true end
+        if wanting > 1 and holds(k, node) >= math.ceil(lim / wanting) then
+          deny = true
+          fair = 1
+        end
       end
       if deny then
         redis.call('ZADD', w, num(now), node)
@@ -50,6 +55,7 @@ local function acquire(keys, args)
         local first = redis.call('ZRANGE', k, 0, 0, 'WITHSCORES')
         local wait = 1000
         if first[2] then wait = math.max(1, math.floor((tonumber(first[2]) - now) / 1000)) end
+        if fair == 1 then wait = -wait end
         return {0, wait}
       end
     end
@@ -84,6 +90,14 @@ local function release(keys, args)
   return n
 end
 
+-- Releases owed since an outage (released meanwhile, or an acquire whose reply was
+-- lost).  KEYS[i] pairs with ARGV[i] (a lease id).  Returns how many were still there.
+local function drop(keys, args)
+  local n = 0
+  for i, k in ipairs(keys) do n = n + redis.call('ZREM', k, args[i]) end
+  return n
+end
+
 -- GCRA over several buckets at once.  KEYS: one TAT string per bucket.  ARGV: n (cells),
 -- then per key: emission interval (us), tolerance (us).  All conform -> all charged,
 -- returns {1, 0}; else nothing charged, returns {0, us to wait}.
@@ -106,6 +120,34 @@ local function take(keys, args)
     redis.call('SET', k, num(new[i]), 'PX', math.floor((new[i] - now) / 1000) + 1000)
   end
   return {1, 0}
+end
+
+-- GCRA reservation: like take, but a batch that conforms within ARGV[2] us from now is
+-- charged at once and the reply says when it may be used (so several nodes queue on the
+-- buckets instead of asking again and again).  ARGV: n, ahead_us, then per key: interval
+-- (us), tolerance (us).  Returns {1, us until the whole batch conforms} (charged) or
+-- {0, us until a request would be within ahead_us} (nothing charged).  The caller uses
+-- the cells no earlier than the time returned: every bucket's rate holds exactly.
+local function reserve(keys, args)
+  local now = now_us()
+  local n = tonumber(args[1])
+  local ahead = tonumber(args[2])
+  local new = {}
+  local ready = 0
+  for i, k in ipairs(keys) do
+    local interval = tonumber(args[2 * i + 1])
+    local tol = tonumber(args[2 * i + 2])
+    local tat = tonumber(redis.call('GET', k) or '0')
+    if tat < now then tat = now end
+    local allow_at = tat + interval * (n - 1) - tol
+    if allow_at - now > ready then ready = allow_at - now end
+    new[i] = tat + interval * n
+  end
+  if ready > ahead then return {0, num(ready - ahead)} end
+  for i, k in ipairs(keys) do
+    redis.call('SET', k, num(new[i]), 'PX', math.floor((new[i] - now) / 1000) + 1000)
+  end
+  return {1, num(ready)}
 end
 
 -- A learned limit or a suspension, seen by one node, for all.  KEYS[1]: the site's state
@@ -148,6 +190,8 @@ redis.register_function('fm_acquire', acquire)
 redis.register_function('fm_renew', renew)
 redis.register_function('fm_release', release)
 redis.register_function('fm_take', take)
+redis.register_function('fm_reserve', reserve)
+redis.register_function('fm_drop', drop)
 redis.register_function('fm_signal', signal)
 redis.register_function('fm_member', member)
 redis.register_function{function_name = 'fm_state', callback = state,

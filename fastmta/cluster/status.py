@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import redis
 
+from fastmta.cluster.redis_limits import connect
 from fastmta.config import ClusterConfig
 
 
@@ -27,8 +28,11 @@ def cluster_status(cfg: ClusterConfig, client: redis.Redis | None = None,
     p = cfg.prefix
     out: dict = {"redis_url": cfg.redis_url, "prefix": p, "reachable": False,
                  "nodes": [], "leases": [], "state": []}
-    c = client or redis.Redis.from_url(cfg.redis_url, socket_timeout=2.0,
-                                       socket_connect_timeout=2.0)
+    try:
+        c = client or connect(cfg, 2.0)
+    except (redis.RedisError, OSError) as exc:
+        out["error"] = str(exc)
+        return out
     try:
         sec, usec = c.time()
         now_us = sec * 1_000_000 + usec

@@ -30,6 +30,22 @@ FLIGHT = 8  # transactions pipelined per write
 FLIGHT_BYTES = 256 * 1024
 
 
+
+def _trim(flight: list[list[Job]], n: int) -> tuple[list[list[Job]], list[Job]]:
+    """The first ``n`` recipients of ``flight`` (its groups kept) and the others."""
+    kept: list[list[Job]] = []
+    rest: list[Job] = []
+    for group in flight:
+        room = n - sum(len(g) for g in kept)
+        if room >= len(group):
+            kept.append(group)
+        elif room > 0:
+            kept.append(group[:room])
+            rest += group[room:]
+        else:
+            rest += group
+    return kept, rest
+
 class ConnectionTasks:
     """Connection tasks of the scheduler's sites (see module docstring)."""
 
@@ -232,12 +248,16 @@ class ConnectionTasks:
                 continue  # everything taken had expired: look again
             n = sum(len(g) for g in flight)
             while True:
-                if n > 1 and site.shaper.probe_pending:
-                    # a rate throttle arrived since this flight was built: only a single
-                    # probe message may go; the rest waits in the queue for its answer
-                    # (held here, every connection would wait for a probe none sends)
-                    self._requeue_front(site, [j for g in flight for j in g][1:])
-                    flight, n = [flight[0][:1]], 1
+                cells = site.shaper.flight_limit(self.now())
+                if cells and n > cells:
+                    # the rates were cut since this flight was built (a throttle here or
+                    # a limit learned elsewhere; after a rate throttle only a single
+                    # probe may go): no more than the new burst can ever conform at once
+                    # (held, the flight would wait for ever: the stall of docs/scale.md),
+                    # so the rest goes back to the queue
+                    flight, rest = _trim(flight, cells)
+                    self._requeue_front(site, rest)
+                    n = cells
                 wait = site.shaper.reserve_send(self.now(), n)
                 if wait <= 0:
                     break

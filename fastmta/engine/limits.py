@@ -62,6 +62,12 @@ class Limits:
     backend that talks to a server keeps each call bounded by a short timeout."""
 
     scope = "none"
+    # a refused connection request is asked again after DENIED_S, doubling while the
+    # refusals go on, up to this (a backend with a round trip per ask waits longer)
+    denied_max_s = DENIED_S
+    reserve_ahead_s = 0.0  # rate cells may be reserved this far ahead (``reserve``)
+    last_denial_fair = False  # the last refusal: this process holds its fair share
+    epoch = 0  # bumped when a backend switches where its limits live (cells lapse)
 
     def acquire(self, keys: Sequence[str], limits: Sequence[int]) -> str | None:
         """One connection lease counted against every key (limit < 0: count only);
@@ -75,6 +81,14 @@ class Limits:
         """``n`` rate cells from every key's bucket: 0.0 when taken, else the seconds to
         wait (nothing taken from any bucket)."""
         raise NotImplementedError
+
+    def reserve(self, keys: Sequence[str], rates: Sequence[Rate], n: int,
+                ahead_s: float = 0.0) -> tuple[bool, float]:
+        """``n`` cells from every key's bucket that conform within ``ahead_s``:
+        ``(True, s)`` charged, usable ``s`` seconds from now (0.0: now), or ``(False,
+        wait)``, nothing charged.  This default reserves nothing ahead (``take``)."""
+        wait = self.take(keys, rates, n)
+        return wait <= 0.0, wait
 
     def publish(self, key: str, *, limit: int | None = None, rate: float | None = None,
                 suspend_s: float = 0.0) -> None:
@@ -190,8 +204,11 @@ class SharedBudget:
     rate = its current rate) and, when the site belongs to a provider with caps,
     ``provider:<name>`` (its connection and rate caps).  Rate cells are taken from the
     backend ``batch_s`` worth of the rate at a time and spent locally; unspent cells
-    lapse after two such periods, so a batch never adds a burst later; a refused
-    connection request is asked again after ``DENIED_S`` (or at once after a release).
+    lapse after two such periods, so a batch never adds a burst later.  A backend that
+    reserves (``Limits.reserve_ahead_s``, the cluster's) may grant a batch usable a
+    little later: the flights wait for that moment instead of asking again.  A refused
+    connection request is asked again after ``DENIED_S``, doubling up to
+    ``Limits.denied_max_s`` while refused (at once after a release of ours).
     """
 
     def __init__(self, limits: Limits, site: str, *, conn_limit: Callable[[float], int],
@@ -219,7 +236,10 @@ class SharedBudget:
         self.max_connections = provider_conns
         self.round_trips = 0
         self.retry_at = 0.0  # after a refusal, ask the backend again from then on
+        self.refusals = 0  # connection requests refused in a row
         self.take_at = 0.0  # after a rate denial: no cell conforms before then
+        self.cells_at = 0.0  # reserved cells are usable from then on
+        self.cells_epoch = limits.epoch
         # what this site last published / applied (SiteShaper values)
         self.seen_limit: int | None = None
         self.seen_rate: float | None = None
@@ -243,7 +263,14 @@ class SharedBudget:
             self.round_trips += 1
             self.pending = self.limits.acquire(keys, lims)
             if self.pending is None:
-                self.retry_at = t + DENIED_S
+                cap = self.limits.denied_max_s
+                # at its fair share already: no more until the others' demand changes
+                back = cap if self.limits.last_denial_fair else \
+                    DENIED_S * 2.0 ** min(self.refusals, 8)
+                self.refusals += 1
+                self.retry_at = t + min(cap, back)
+            else:
+                self.refusals = 0
         self.denied = self.pending is None
         return not self.denied
 
@@ -303,8 +330,11 @@ class SharedBudget:
 
     def delay(self, now: float, n: int = 1) -> float:
         t = time.monotonic()
+        if self.cells_epoch != self.limits.epoch:
+            # cells granted by the shared limits are not the local share's (and back)
+            self.cells, self.cells_epoch, self.take_at = 0, self.limits.epoch, 0.0
         if self.cells >= n and t < self.cells_until:
-            return 0.0
+            return max(0.0, self.cells_at - t)  # reserved cells: usable from cells_at
         if t < self.take_at:  # the backend said: nothing conforms before then
             return self.take_at - t
         keys, rates = self._rates(now)
@@ -314,9 +344,10 @@ class SharedBudget:
         k = max(n, int(slowest * self.batch_s))
         if t >= self.cells_until:
             self.cells = 0
+        ahead = self.limits.reserve_ahead_s
         self.round_trips += 1
-        wait = self.limits.take(keys, rates, k)
-        if wait > 0 and k > n:
+        ok, wait = self.limits.reserve(keys, rates, k, ahead)
+        if not ok and k > n:
             # a whole batch does not fit yet: the cells this flight needs may (a lower
             # bound of their wait: the batch's, less k - n cells of the slowest rate)
             est = wait - (k - n) / slowest
@@ -325,15 +356,17 @@ class SharedBudget:
             else:
                 self.round_trips += 1
                 k = n
-                wait = self.limits.take(keys, rates, n)
-        if wait > 0:
+                ok, wait = self.limits.reserve(keys, rates, n, ahead)
+        if not ok:
             self.take_at = t + wait
             return wait
         self.cells += k
-        # cells lapse after two batch periods (a late flight still spends them; never a
-        # burst later than that)
-        self.cells_until = t + 2 * max(self.batch_s, k / slowest)
-        return 0.0
+        # usable once the whole batch conforms (measured from after the reply: never
+        # early); cells lapse two batch periods later (a late flight still spends them;
+        # never a burst later than that)
+        self.cells_at = time.monotonic() + wait if wait > 0 else 0.0
+        self.cells_until = max(t, self.cells_at) + 2 * max(self.batch_s, k / slowest)
+        return max(0.0, self.cells_at - t) if wait > 0 else 0.0
 
     def take(self, now: float, n: int = 1) -> float:
         self.cells = max(0, self.cells - n)

@@ -233,8 +233,10 @@ class SiteShaper:
                 self._gcra_rate = rate
             wait = self._gcra.delay(now, n)
         prov = self.provider.rate if self.provider is not None else None
-        if prov is not None:
-            wait = max(wait, prov.delay(now, n))
+        if prov is not None and wait <= 0.0:
+            # only once the site's own limiter allows: a shared budget's ``delay`` takes
+            # cells from the other workers/nodes, which would lapse unspent meanwhile
+            wait = prov.delay(now, n)
         if wait > 0.0:
             return wait
         if rate is not None and self._gcra is not None:

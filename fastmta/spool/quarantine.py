@@ -5,12 +5,13 @@
   ``quarantine_soft_threshold`` the address is quarantined, below it is ``erroneous``.
 - Release: a successful delivery clears ``erroneous`` and bounce quarantines; bounce
   quarantines end after ``quarantine_release_days``; manual entries and the denylist
-  stay until removed.  ``@domain`` entries cover a whole domain.
+  stay until removed.  ``@domain`` entries cover a whole domain.  Every release is a
+  ``released`` event (reason ``delivered``, ``manual``, ``expired``, or ``cluster:...``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import msgspec
@@ -95,9 +96,10 @@ class QuarantineMixin(SpoolBase):
 
     def quarantine_add(
         self, address: str, *, state: str = "quarantined", reason: str = "manual",
-        permanent: bool = True, now_ms: int | None = None,
+        permanent: bool = True, now_ms: int | None = None, source: str = "manual",
     ) -> QuarantineEntry:
-        """Add an address (or ``@domain``) by hand: ``quarantined`` or ``denylisted``."""
+        """Add an address (or ``@domain``) by hand: ``quarantined`` or ``denylisted``
+        (``source="bounce"``, not ``permanent``: it ends like a bounce quarantine)."""
         if state not in ("quarantined", "denylisted"):
             raise SpoolError("state must be 'quarantined' or 'denylisted'")
         low = address.strip().lower()
@@ -108,7 +110,7 @@ class QuarantineMixin(SpoolBase):
         def fn(txn: Any) -> QuarantineEntry:
             old = self._q_get(txn, low)
             e = QuarantineEntry(address=low, state=state, reason=reason, first_ms=t, last_ms=t,
-                                source="manual", permanent=permanent,
+                                source=source, permanent=permanent,
                                 hard_count=old.hard_count if old else 0,
                                 soft_count=old.soft_count if old else 0)
             self._q_put(txn, e)
@@ -118,15 +120,24 @@ class QuarantineMixin(SpoolBase):
 
         return self._write(fn)
 
-    def quarantine_remove(self, address: str, now_ms: int | None = None) -> bool:
+    def quarantine_remove(
+        self, address: str, now_ms: int | None = None, *, reason: str = "manual",
+        when: Callable[[QuarantineEntry], bool] | None = None,
+    ) -> bool:
+        """Release an address (event ``released`` with ``reason``); with ``when``, only
+        if the entry satisfies it (checked in the same transaction)."""
         low = address.strip().lower()
         t = now_ms or clock_ms()
 
         def fn(txn: Any) -> bool:
+            if when is not None:
+                e = self._q_get(txn, low)
+                if e is None or not when(e):
+                    return False
             if not txn.delete(low.encode(), db=self._db["quarantine"]):
                 return False
             self._append_events(txn, [QuarantineEvent(ts_ms=t, address=low, kind="released",
-                                                      reason="manual")])
+                                                      reason=reason)])
             return True
 
         return self._write(fn)
@@ -147,7 +158,7 @@ class QuarantineMixin(SpoolBase):
         t = now_ms or clock_ms()
 
         def fn(txn: Any) -> int:
-            n = 0
+            gone = []
             cur = txn.cursor(db=self._db["quarantine"])
             ok = cur.first()
             while ok:
@@ -155,10 +166,13 @@ class QuarantineMixin(SpoolBase):
                 if e.state == "quarantined" and not self._q_active(e, t):
                     cur.delete()
                     ok = bool(cur.key())
-                    n += 1
+                    gone.append(e.address)
                 else:
                     ok = cur.next()
-            return n
+            # the event log says so (a cluster node propagates it: cluster/quarantine.py)
+            self._append_events(txn, [QuarantineEvent(ts_ms=t, address=a, kind="released",
+                                                      reason="expired") for a in gone])
+            return len(gone)
 
         return self._write(fn)
 

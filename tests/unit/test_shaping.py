@@ -349,3 +349,57 @@ def test_window_count_equals_a_recount():
                 expect = sum(k for at, k in log
                              if (int(at * 10 + 1e-9) / 10) + 0.1 > t - w)
                 assert s.window_count(t, span) == expect
+
+
+def test_a_flight_larger_than_the_burst_never_conforms_so_it_is_trimmed():
+    """After a rate cut (a throttle, or a limit learned from another node), a flight
+    built for the old burst can never conform (a GCRA grants at most its burst at once):
+    the connection loop trims it to ``flight_limit`` (engine/connections.py ``_trim``)
+    and the rest goes back to the queue, else the flight waits for ever."""
+    from fastmta.engine.connections import _trim
+
+    s = SiteShaper(ShapingConfig(initial_connections=2, max_connections=6))
+    s.rate = 200.0
+    assert s.flight_limit(0.0) == 20
+    assert s.reserve_send(0.0, 20) == 0.0
+    s.rate = 30.0  # cut: burst 3
+    assert s.flight_limit(1.0) == 3
+    assert all(s.reserve_send(1.0 + i, 20) > 0 for i in range(100))  # for ever
+    flight = [["a", "b"], ["c", "d", "e"], ["f"]]
+    kept, rest = _trim(flight, 3)
+    assert kept == [["a", "b"], ["c"]] and rest == ["d", "e", "f"]
+    assert s.reserve_send(200.0, sum(len(g) for g in kept)) == 0.0
+
+
+class _Reserving:
+    """A backend that reserves ahead (the cluster's shape, without Redis): grants every
+    batch, usable ``ready`` seconds from now; ``epoch`` as a backend switching."""
+
+    denied_max_s = 0.05
+    reserve_ahead_s = 0.5
+    last_denial_fair = False
+
+    def __init__(self, ready: float) -> None:
+        self.ready, self.epoch, self.calls = ready, 0, 0
+
+    def reserve(self, keys, rates, n, ahead_s=0.0):
+        self.calls += 1
+        return True, self.ready
+
+
+def test_shared_budget_spends_reserved_cells_no_earlier_than_granted():
+    import time
+
+    from fastmta.engine.limits import SharedBudget
+
+    back = _Reserving(ready=0.2)
+    b = SharedBudget(back, "s", conn_limit=lambda now: 2, msg_rate=lambda now: 100.0)
+    t0 = time.monotonic()
+    wait = b.delay(0.0, 5)
+    assert 0.15 < wait <= 0.21 and back.calls == 1 and b.cells == 5
+    assert 0.0 < b.delay(0.0, 5) <= 0.21 and back.calls == 1  # the same batch, later
+    time.sleep(max(0.0, t0 + 0.22 - time.monotonic()))
+    assert b.delay(0.0, 5) == 0.0 and back.calls == 1
+    back.epoch = 1  # the backend switched (Redis lost or back): those cells lapse
+    b.delay(0.0, 5)
+    assert back.calls == 2
