@@ -141,3 +141,6 @@ def rcpt_sent(
 def rcpt_claim(
     raw: bytes, names: list[str] | tuple[str, ...],
 ) -> tuple[str, dict[str, str], int, int, bool, str] | None: ...
+def rcpt_batch(
+    items: list[Any], did: int, rid: int, t: int, dups: set[int] | frozenset[int],
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, int], list[tuple[int, str]]]: ...

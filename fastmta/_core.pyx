@@ -16,8 +16,9 @@ specification; see its docstring).  What differs is how:
   rule order (command mask, code bit set, enhanced patterns, pattern sets).  Only rules
   with a ``regex`` touch the Python regex engine, and only when everything else holds.
 
-- ``rcpt_sent`` / ``rcpt_claim`` (the spool's per-result record work) read and write a
-  recipient record's msgpack bytes in place instead of building msgspec structs.
+- ``rcpt_sent`` / ``rcpt_claim`` / ``rcpt_batch`` (the spool's per-result and
+  per-injected-row record work) read and write a recipient record's msgpack bytes
+  directly instead of building msgspec structs.
 
 One extension module, in several files: this one holds the cimports, C declarations and
 module constants, and includes the definitions (``_core_reply.pxi``, ``_core_codes.pxi``,
@@ -59,6 +60,7 @@ __all__ = [
     "prepare_body",
     "rcpt_sent",
     "rcpt_claim",
+    "rcpt_batch",
 ]
 
 DEFAULT_MAX_LINE = 8192
@@ -73,4 +75,4 @@ include "_core_reply.pxi"        # Reply, ReplyParser, parse_reply
 include "_core_codes.pxi"        # Classification, code extraction, extract_codes
 include "_core_classifier.pxi"   # Classifier, default_classifier, load_rules, classify
 include "_core_body.pxi"         # prepare_body (DATA framing)
-include "_core_records.pxi"      # rcpt_sent, rcpt_claim (spool records, msgpack in place)
+include "_core_records.pxi"      # rcpt_sent, rcpt_claim, rcpt_batch (spool records as msgpack)

@@ -386,3 +386,114 @@ cdef str _str_at(const uint8_t* p, Py_ssize_t i, Py_ssize_t end):
     else:
         raise ValueError("a string was expected in a recipient record")
     return PyUnicode_DecodeUTF8(<const char*>p + i + h, end - i - h, NULL)
+
+
+cdef inline Py_ssize_t _put_array_header(uint8_t* o, Py_ssize_t j, Py_ssize_t m):
+    if m < 16:
+        o[j] = <uint8_t>(0x90 | m)
+        return j + 1
+    if m < 65536:
+        o[j] = 0xdc
+        o[j + 1] = <uint8_t>(m >> 8)
+        o[j + 2] = <uint8_t>(m & 0xff)
+        return j + 3
+    o[j] = 0xdd
+    o[j + 1] = <uint8_t>(m >> 24)
+    o[j + 2] = <uint8_t>((m >> 16) & 0xff)
+    o[j + 3] = <uint8_t>((m >> 8) & 0xff)
+    o[j + 4] = <uint8_t>(m & 0xff)
+    return j + 5
+
+
+cdef inline bytes _key8(unsigned long long did, unsigned long long rid):
+    cdef uint8_t k[8]
+    k[0], k[1], k[2], k[3] = (did >> 24) & 0xff, (did >> 16) & 0xff, (did >> 8) & 0xff, did & 0xff
+    k[4], k[5], k[6], k[7] = (rid >> 24) & 0xff, (rid >> 16) & 0xff, (rid >> 8) & 0xff, rid & 0xff
+    return PyBytes_FromStringAndSize(<char*>k, 8)
+
+
+def rcpt_batch(list items, long long did, long long rid, long long t, dups):
+    """Encode an injection batch (see ``fastmta._core_records.rcpt_batch``)."""
+    cdef list rcpt_items = [], ready = [], excluded = []
+    cdef dict domains = {}
+    cdef Py_ssize_t idx, n = len(items), cap = 0, need, j, ln, m, at
+    cdef uint8_t* o = NULL
+    cdef uint8_t* grown
+    cdef const char* c
+    cdef object item, fields, f, flag, reason, email, dom, key
+    cdef tuple ftup
+    cdef uint8_t sk[2]
+    cdef bint has_dups = bool(dups)
+    if did < 0 or did > 0xFFFFFFFF or rid < 0 or rid + n - 1 > 0xFFFFFFFF:
+        raise OverflowError("delivery or recipient id out of range")
+    try:
+        for idx in range(n):
+            item = items[idx]
+            email = item.email
+            if type(email) is not str:
+                raise TypeError("a recipient's email must be a str")
+            fields = item.fields
+            ftup = fields if type(fields) is tuple else tuple(fields)
+            reason = item.exclude
+            if not reason and has_dups and idx in dups:
+                reason = "double"
+            flag = item.smtputf8
+            if flag is not True and flag is not False:
+                raise TypeError("smtputf8 must be a bool")
+            need = 96 + 4 * (PyUnicode_GET_LENGTH(email) + PyUnicode_GET_LENGTH(reason) if reason
+                             else PyUnicode_GET_LENGTH(email))
+            for f in ftup:
+                if type(f) is not str:
+                    raise TypeError("recipient fields must be str")
+                need += 5 + 4 * PyUnicode_GET_LENGTH(f)
+            if need > cap:
+                grown = <uint8_t*>realloc(o, need)
+                if grown == NULL:
+                    raise MemoryError()
+                o, cap = grown, need
+            o[0], o[1], o[2], o[3] = 0xdc, 0, _RCPT_N, 0x02
+            c = PyUnicode_AsUTF8AndSize(email, &ln)
+            j = _put_str(o, 4, c, ln)
+            m = len(ftup)
+            j = _put_array_header(o, j, m)
+            for f in ftup:
+                c = PyUnicode_AsUTF8AndSize(f, &ln)
+                j = _put_str(o, j, c, ln)
+            j = _put_int(o, j, item.shard)
+            j = _put_int(o, j, item.line)
+            o[j] = 0x03 if reason else 0x00  # Status.IGNORED / PENDING
+            o[j + 1] = 0xc3 if flag else 0xc2
+            o[j + 2] = o[j + 3] = o[j + 4] = 0  # attempts, first / last attempt
+            j += 5
+            j = _put_int(o, j, t if reason else 0)  # done_ms
+            o[j] = 0  # next_attempt_ms
+            j += 1
+            if reason:
+                c = PyUnicode_AsUTF8AndSize(reason, &ln)
+                j = _put_str(o, j, c, ln)
+            else:
+                o[j] = 0xa0
+                j += 1
+            # type, bounce_class, code, enhanced, reply, mx, source_ip,
+            # last_soft_reason, deferrals, feedback: defaults
+            memcpy(o + j, b"\xa0\x00\x00\xa0\xa0\xa0\xa0\xa0\x00\xa0", 10)
+            j += 10
+            key = _key8(did, rid)
+            rcpt_items.append((key, PyBytes_FromStringAndSize(<char*>o, j)))
+            if reason:
+                excluded.append((idx, reason))
+            else:
+                m = item.shard
+                if m < 0 or m > 0xFFFF:
+                    raise OverflowError("shard out of range")
+                sk[0], sk[1] = (m >> 8) & 0xff, m & 0xff
+                ready.append((PyBytes_FromStringAndSize(<char*>sk, 2), key))
+                at = email.rfind("@")
+                if at < 0:
+                    raise ValueError("substring not found")
+                dom = email[at + 1:]
+                domains[dom] = domains.get(dom, 0) + 1
+            rid += 1
+    finally:
+        free(o)
+    return rcpt_items, ready, domains, excluded

@@ -12,13 +12,17 @@ compare both on the same records).
 - ``rcpt_claim``: what a lease needs from a record: address, personalisation fields
   (a dict by column name, plus ``email``), attempts, first attempt time, SMTPUTF8, last
   reason.  ``None`` when the record is not ``pending`` (a stale queue entry).
+- ``rcpt_batch``: an injection batch encoded: the records, the ready-queue entries, the
+  per-domain counts and the exclusions (doubles, reasons decided before the spool).
 """
 
 from __future__ import annotations
 
-from fastmta.records import ENCODER, RCPT_DECODER, AttemptEvent, Rcpt, Status
+import struct
 
-__all__ = ["rcpt_sent", "rcpt_claim"]
+from fastmta.records import ENCODER, RCPT_DECODER, AttemptEvent, Rcpt, RecipientIn, Status
+
+__all__ = ["rcpt_sent", "rcpt_claim", "rcpt_batch"]
 
 
 def rcpt_sent(
@@ -55,3 +59,41 @@ def rcpt_claim(raw: bytes, names: list[str] | tuple[str, ...]) -> tuple[str, dic
     fields = dict(zip(names, rec.fields, strict=False)) if names else {}
     fields["email"] = rec.email  # ready for Template.render
     return rec.email, fields, rec.attempts, rec.first_attempt_ms, rec.smtputf8, rec.reason
+
+
+_KEY = struct.Struct(">II")  # spool.keys: rcpt key / ready value (delivery id, recipient id)
+_SHARD = struct.Struct(">H")  # spool.keys.shard_key
+
+
+def rcpt_batch(
+    items: list[RecipientIn], did: int, rid: int, t: int, dups: set[int] | frozenset[int],
+) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, int], list[tuple[int, str]]]:
+    """Encode a batch of injected recipients (ids from ``rid`` on) when no quarantine
+    check is needed: (rcpt key/record pairs, ready-queue pairs (shard key, rcpt key),
+    pending recipients per domain, (index, reason) of the excluded ones).  An item is
+    excluded with its own ``exclude`` reason, else as ``double`` when its index is in
+    ``dups``; excluded records are ``ignored`` at ``t``."""
+    if not (0 <= did <= 0xFFFFFFFF and 0 <= rid and rid + len(items) - 1 <= 0xFFFFFFFF):
+        raise OverflowError("delivery or recipient id out of range")
+    rcpt_items: list[tuple[bytes, bytes]] = []
+    ready: list[tuple[bytes, bytes]] = []
+    domains: dict[str, int] = {}
+    excluded: list[tuple[int, str]] = []
+    encode, pack_key, pack_shard = ENCODER.encode, _KEY.pack, _SHARD.pack
+    for idx, item in enumerate(items):
+        email = item.email
+        reason = item.exclude or ("double" if idx in dups else "")
+        if reason:
+            rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
+                       status=Status.IGNORED, done_ms=t, reason=reason, smtputf8=item.smtputf8)
+            excluded.append((idx, reason))
+        else:
+            rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING, item.smtputf8)
+            if not 0 <= item.shard <= 0xFFFF:
+                raise OverflowError("shard out of range")
+            ready.append((pack_shard(item.shard), pack_key(did, rid)))
+            dom = email[email.rindex("@") + 1:]
+            domains[dom] = domains.get(dom, 0) + 1
+        rcpt_items.append((pack_key(did, rid), encode(rec)))
+        rid += 1
+    return rcpt_items, ready, domains, excluded

@@ -10,7 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastmta import core
-from fastmta.records import ENCODER, EVENT_DECODER, RCPT_DECODER, AttemptEvent, Rcpt, Status
+from fastmta.records import (
+    ENCODER,
+    EVENT_DECODER,
+    RCPT_DECODER,
+    AttemptEvent,
+    Rcpt,
+    RecipientIn,
+    Status,
+)
 
 IMPLS = core.implementations()
 PURE = IMPLS["pure"]
@@ -121,3 +129,38 @@ def test_any_pending_record_agrees(email, fields, ints, strs, utf8, soft, args):
     for impl in IMPLS.values():
         assert impl.rcpt_sent(raw, *args) == want_sent
         assert impl.rcpt_claim(raw, ("a", "b", "c")) == want_claim
+
+
+BATCH = [RecipientIn(f"user{i}@domain{i % 7}.example", (f"F{i}", "é" * i, "x" * 40), i % 64, i + 1)
+         for i in range(40)] + [
+    RecipientIn("ex@a.b", ("a",), 3, 99, exclude="unqualified"),
+    RecipientIn("ü@ü.de", (), 65535, 2**40, smtputf8=True),
+    RecipientIn("long" * 20 + "@d.e", tuple("abcdefghijklmnopq"), 1, 2),
+]
+
+
+@pytest.mark.parametrize("name", sorted(IMPLS))
+@pytest.mark.parametrize("dups", [set(), {0, 5, 41}, frozenset({1})], ids=str)
+@pytest.mark.parametrize("rid", [0, 1000, 2**32 - len(BATCH)])
+def test_batch_agrees_with_the_twin(name, dups, rid):
+    got = IMPLS[name].rcpt_batch(BATCH, 7, rid, 1_700_000_000_000, dups)
+    assert got == PURE.rcpt_batch(BATCH, 7, rid, 1_700_000_000_000, dups)
+    rcpt_items, ready, domains, excluded = got
+    assert [k for k, _ in rcpt_items] == [(7).to_bytes(4, "big") + (rid + i).to_bytes(4, "big")
+                                          for i in range(len(BATCH))]
+    recs = [RCPT_DECODER.decode(v) for _, v in rcpt_items]
+    assert [r.email for r in recs] == [x.email for x in BATCH]
+    out = {i for i, _ in excluded}
+    assert out == {i for i, x in enumerate(BATCH) if x.exclude or i in dups}
+    assert all(recs[i].status == Status.IGNORED and recs[i].done_ms for i in out)
+    assert len(ready) == sum(domains.values()) == len(BATCH) - len(out)
+
+
+@pytest.mark.parametrize("name", sorted(IMPLS))
+def test_batch_rejects_what_the_spool_cannot_hold(name):
+    with pytest.raises(OverflowError):
+        IMPLS[name].rcpt_batch(BATCH, 7, 2**32 - 1, 0, set())
+    with pytest.raises(ValueError):  # no "@": never reaches the spool unchecked
+        IMPLS[name].rcpt_batch([RecipientIn("nodomain")], 1, 0, 0, set())
+    with pytest.raises(OverflowError):
+        IMPLS[name].rcpt_batch([RecipientIn("a@b", (), 70_000)], 1, 0, 0, set())
