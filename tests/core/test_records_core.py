@@ -164,3 +164,11 @@ def test_batch_rejects_what_the_spool_cannot_hold(name):
         IMPLS[name].rcpt_batch([RecipientIn("nodomain")], 1, 0, 0, set())
     with pytest.raises(OverflowError):
         IMPLS[name].rcpt_batch([RecipientIn("a@b", (), 70_000)], 1, 0, 0, set())
+
+
+def test_the_compiled_layout_is_the_records_layout():
+    """``_core_records.pxi`` knows Rcpt's and AttemptEvent's fields by position: a field
+    appended to either (docs/spool.md, schema evolution) must be added there too."""
+    assert Rcpt.__struct_fields__[:5] == ("email", "fields", "shard", "line", "status")
+    assert len(Rcpt.__struct_fields__) == 22, "update _RCPT_N and rcpt_sent in _core_records.pxi"
+    assert len(AttemptEvent.__struct_fields__) == 16, "update _EV_N in _core_records.pxi"
