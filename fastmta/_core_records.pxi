@@ -149,7 +149,7 @@ cdef long long _mp_int(const uint8_t* p, _Spans* s, int k) except? -1:
     return <long long>u
 
 
-cdef inline Py_ssize_t _put_int(uint8_t* o, Py_ssize_t j, long long x):
+cdef inline Py_ssize_t _put_int(uint8_t* o, Py_ssize_t j, long long x) noexcept:
     """msgspec's integer encoding (the smallest form)."""
     cdef unsigned long long u
     cdef int w, k
@@ -186,7 +186,7 @@ cdef inline Py_ssize_t _put_int(uint8_t* o, Py_ssize_t j, long long x):
     return j + 1 + w
 
 
-cdef inline Py_ssize_t _put_str(uint8_t* o, Py_ssize_t j, const char* s, Py_ssize_t ln):
+cdef inline Py_ssize_t _put_str(uint8_t* o, Py_ssize_t j, const char* s, Py_ssize_t ln) noexcept:
     if ln < 32:
         o[j] = <uint8_t>(0xa0 | ln)
         j += 1
@@ -210,7 +210,7 @@ cdef inline Py_ssize_t _put_str(uint8_t* o, Py_ssize_t j, const char* s, Py_ssiz
     return j + ln
 
 
-cdef inline Py_ssize_t _put_elem(uint8_t* o, Py_ssize_t j, const uint8_t* p, _Spans* s, int k):
+cdef inline Py_ssize_t _put_elem(uint8_t* o, Py_ssize_t j, const uint8_t* p, _Spans* s, int k) noexcept:
     """Element ``k`` copied as it is (its default when the record stops before it)."""
     cdef Py_ssize_t ln
     if k >= s.count:
@@ -221,7 +221,7 @@ cdef inline Py_ssize_t _put_elem(uint8_t* o, Py_ssize_t j, const uint8_t* p, _Sp
     return j + ln
 
 
-cdef inline bint _elem_is(const uint8_t* p, _Spans* s, int k, const char* enc, Py_ssize_t ln):
+cdef inline bint _elem_is(const uint8_t* p, _Spans* s, int k, const char* enc, Py_ssize_t ln) noexcept:
     if k >= s.count:
         return ln == 1 and <uint8_t>enc[0] == <uint8_t>_RCPT_DEFAULTS[k]
     return s.end[k] - s.start[k] == ln and memcmp(p + s.start[k], enc, ln) == 0
@@ -388,7 +388,7 @@ cdef str _str_at(const uint8_t* p, Py_ssize_t i, Py_ssize_t end):
     return PyUnicode_DecodeUTF8(<const char*>p + i + h, end - i - h, NULL)
 
 
-cdef inline Py_ssize_t _put_array_header(uint8_t* o, Py_ssize_t j, Py_ssize_t m):
+cdef inline Py_ssize_t _put_array_header(uint8_t* o, Py_ssize_t j, Py_ssize_t m) noexcept:
     if m < 16:
         o[j] = <uint8_t>(0x90 | m)
         return j + 1
