@@ -16,9 +16,13 @@ specification; see its docstring).  What differs is how:
   rule order (command mask, code bit set, enhanced patterns, pattern sets).  Only rules
   with a ``regex`` touch the Python regex engine, and only when everything else holds.
 
-One extension module, in four files: this one holds the cimports, C declarations and
+- ``rcpt_sent`` / ``rcpt_claim`` / ``rcpt_batch`` (the spool's per-result and
+  per-injected-row record work) read and write a recipient record's msgpack bytes
+  directly instead of building msgspec structs.
+
+One extension module, in several files: this one holds the cimports, C declarations and
 module constants, and includes the definitions (``_core_reply.pxi``, ``_core_codes.pxi``,
-``_core_classifier.pxi``).  Types: ``_core.pyi``.
+``_core_classifier.pxi``, ``_core_body.pxi``, ``_core_records.pxi``).  Types: ``_core.pyi``.
 """
 
 cimport cython
@@ -27,7 +31,7 @@ from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeUTF8
 from libc.stdint cimport int32_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 
 from collections import deque
 
@@ -54,6 +58,9 @@ __all__ = [
     "default_classifier",
     "extract_codes",
     "prepare_body",
+    "rcpt_sent",
+    "rcpt_claim",
+    "rcpt_batch",
 ]
 
 DEFAULT_MAX_LINE = 8192
@@ -68,3 +75,4 @@ include "_core_reply.pxi"        # Reply, ReplyParser, parse_reply
 include "_core_codes.pxi"        # Classification, code extraction, extract_codes
 include "_core_classifier.pxi"   # Classifier, default_classifier, load_rules, classify
 include "_core_body.pxi"         # prepare_body (DATA framing)
+include "_core_records.pxi"      # rcpt_sent, rcpt_claim, rcpt_batch (spool records as msgpack)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from fastmta._core_records import rcpt_batch, rcpt_claim, rcpt_sent
 from fastmta.classify import rules as _rules
 from fastmta.errors import RemoteProtocolError
 
@@ -46,6 +47,9 @@ __all__ = [
     "default_classifier",
     "extract_codes",
     "prepare_body",
+    "rcpt_sent",
+    "rcpt_claim",
+    "rcpt_batch",
 ]
 
 DEFAULT_MAX_LINE = 8192

@@ -141,7 +141,7 @@ class _Acc:
         self.leases: list[tuple[bytes, bytes]] = []  # written at the end, in key order
         self.lease_values: dict[int, bytes] = {}
         self.kpi: dict[int, defaultdict[str, int]] = {}
-        self.events: list[Any] = []
+        self.events: list[Any] = []  # event structs, or their msgpack bytes
         self.deliveries: dict[int, DeliveryRecord | None] = {}
         self.stale = 0
         self.unknown = 0
@@ -413,8 +413,9 @@ class SpoolBase:
         cur = txn.cursor(db=self._db["events"])
         seq = K.unpack_u64(cur.key())[0] + 1 if cur.last() else 1
         items = []
-        for ev in events:
-            items.append((K.pack_u64(seq), ENCODER.encode(ev)))
+        encode = ENCODER.encode
+        for ev in events:  # an event may come encoded already (``rcpt_sent``)
+            items.append((K.pack_u64(seq), ev if type(ev) is bytes else encode(ev)))
             seq += 1
         cur.putmulti(items, append=True)
 

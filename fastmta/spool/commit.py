@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from fastmta.core import rcpt_sent
 from fastmta.records import (
     ENCODER,
     RCPT_DECODER,
@@ -83,6 +84,9 @@ class CommitMixin(LeaseMixin):
         if raw is None:
             acc.unknown += 1
             return
+        if res.outcome == "sent":  # the hot path: the record is updated as msgpack bytes
+            self._apply_sent(txn, acc, res, rkey, raw)
+            return
         rec = RCPT_DECODER.decode(raw)
         had_lease = txn.delete(rkey, db=db["lease"])
         if rec.status != Status.PENDING:
@@ -98,31 +102,6 @@ class CommitMixin(LeaseMixin):
         t = res.time_ms or acc.now
         kd = acc.k(did)
         outcome = res.outcome
-        if outcome == "sent":  # the hot path, kept lean: positional construction
-            email = rec.email
-            reply = res.reply[:_REPLY_MAX] if res.reply else ""
-            attempts = rec.attempts + 1
-            new = Rcpt(
-                email, rec.fields, rec.shard, rec.line, Status.SENT, rec.smtputf8, attempts,
-                rec.first_attempt_ms or t, t, t, 0,
-                rec.reason if rec.type == "soft" else "",  # a soft reason stays as history
-                res.type, res.bounce_class, res.code, res.enhanced, reply,
-                res.mx or rec.mx, res.source_ip or rec.source_ip, rec.last_soft_reason,
-                rec.deferrals, rec.feedback,
-            )
-            kd["attempts"] += 1
-            kd["pending"] -= 1
-            kd["sent"] += 1
-            kd["domain/" + email[email.rindex("@") + 1:] + "/sent"] += 1
-            if acc.q_check:
-                self._quarantine_on_success(txn, acc, email)
-            txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
-            acc.events.append(AttemptEvent(
-                t, did, rid, email, outcome, Status.SENT, attempts, res.code, res.enhanced,
-                res.bounce_class, res.type, "", reply, res.mx, res.source_ip, res.tls,
-            ))
-            acc.applied += 1
-            return
         dom = rec.email.rpartition("@")[2]
         reply = res.reply[:_REPLY_MAX]
         common = dict(
@@ -181,6 +160,36 @@ class CommitMixin(LeaseMixin):
             raise SpoolError(f"unknown result outcome {outcome!r}")
         txn.put(rkey, ENCODER.encode(new), db=db["rcpt"])
         acc.events.append(self._attempt_event(t, did, rid, rec, res, new.status))
+        acc.applied += 1
+
+    def _apply_sent(self, txn: Any, acc: _Acc, res: Result, rkey: bytes, raw: bytes) -> None:
+        """A 2xx: the new record and its attempt event come encoded from the compiled
+        core (``rcpt_sent``: no struct is decoded or built per result)."""
+        db = self._db
+        had_lease = txn.delete(rkey, db=db["lease"])
+        did, rid = K.unpack_rcpt(rkey)
+        t = res.time_ms or acc.now
+        out = rcpt_sent(raw, t, did, rid, res.code, res.enhanced, res.bounce_class, res.type,
+                        res.reply[:_REPLY_MAX] if res.reply else "", res.mx, res.source_ip,
+                        res.tls)
+        if out is None:
+            acc.stale += 1
+            return
+        if self._delivery_in(txn, did, acc) is None:
+            acc.unknown += 1
+            return
+        if not had_lease:  # lease was recovered meanwhile: take it out of its queue
+            self._unqueue(txn, did, rid, RCPT_DECODER.decode(raw))
+        new, event, email = out
+        kd = acc.k(did)
+        kd["attempts"] += 1
+        kd["pending"] -= 1
+        kd["sent"] += 1
+        kd["domain/" + email[email.rindex("@") + 1:] + "/sent"] += 1
+        if acc.q_check:
+            self._quarantine_on_success(txn, acc, email)
+        txn.put(rkey, new, db=db["rcpt"])
+        acc.events.append(event)  # already encoded
         acc.applied += 1
 
     @staticmethod

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from fastmta.core import rcpt_batch
 from fastmta.records import (
     ENCODER,
     DeliveryEvent,
@@ -102,37 +103,15 @@ class InjectMixin(QuarantineMixin, ReadingMixin):
         did4 = K.pack_u32(did)
         check_q = txn.stat(db["quarantine"])["entries"] > 0
         dups = self._find_doubles(txn, did4, chunk)
-        rcpt_items: list[tuple[bytes, bytes]] = []
-        ready_keys: list[tuple[bytes, bytes]] = []
-        excluded: list[tuple[RecipientIn, str]] = []
-        domains: defaultdict[str, int] = defaultdict(int)
-        encode = ENCODER.encode
-        pack_rcpt = K.pack_rcpt
-        pack_ready = K.pack_ready
-        shard_key = K.shard_key
-        added = 0
-        for idx, item in enumerate(chunk):
-            email = item.email
-            reason = item.exclude
-            if not reason:
-                if dups and idx in dups:
-                    reason = "double"
-                elif check_q:
-                    reason = self._quarantine_reason(txn, email, t0) or ""
-            if reason:
-                rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
-                           status=Status.IGNORED, done_ms=t0, reason=reason,
-                           smtputf8=item.smtputf8)
-                excluded.append((item, reason))
+        if check_q:  # look every address up in the quarantine / denylist
+            rcpt_items, ready_keys, domains, excluded = self._encode_checked(
+                txn, did, rid, t0, chunk, dups, kd)
+        else:  # the common case: one call into the compiled core for the batch
+            rcpt_items, ready_keys, domains, exc = rcpt_batch(chunk, did, rid, t0, dups)
+            excluded = [(chunk[i], reason) for i, reason in exc]
+            for _, reason in excluded:
                 kd["excluded/" + reason] += 1
-            else:
-                rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING,
-                           item.smtputf8)
-                ready_keys.append((shard_key(item.shard), pack_ready(did, rid)))
-                domains[email[email.rindex("@") + 1:]] += 1
-                added += 1
-            rcpt_items.append((pack_rcpt(did, rid), encode(rec)))
-            rid += 1
+        added = len(ready_keys)
         cur = txn.cursor(db=db["rcpt"])
         append = not cur.last() or cur.key() < rcpt_items[0][0]
         cur.putmulti(rcpt_items, append=append)
@@ -148,13 +127,47 @@ class InjectMixin(QuarantineMixin, ReadingMixin):
         last_line = chunk[-1].line
         if last_line > d.injected_line:
             d2 = msgspec.structs.replace(d, injected_line=last_line)
-            txn.put(did4, encode(d2), db=db["deliveries"])
+            txn.put(did4, ENCODER.encode(d2), db=db["deliveries"])
         # reception: one event per durable injection batch (not per recipient)
         acc.events.append(DeliveryEvent(ts_ms=t0, delivery_id=did, kind="received",
                                         count=added, text=f"lines {chunk[0].line}-{last_line}; "
                                         f"excluded {len(excluded)}"))
         self._flush(txn, acc)
         return added, excluded, chunk
+
+    def _encode_checked(
+        self, txn: Any, did: int, rid: int, t0: int, chunk: list[RecipientIn], dups: set[int],
+        kd: defaultdict[str, int],
+    ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, int],
+               list[tuple[RecipientIn, str]]]:
+        """``rcpt_batch`` with a quarantine/denylist look-up per address."""
+        rcpt_items: list[tuple[bytes, bytes]] = []
+        ready_keys: list[tuple[bytes, bytes]] = []
+        excluded: list[tuple[RecipientIn, str]] = []
+        domains: defaultdict[str, int] = defaultdict(int)
+        encode = ENCODER.encode
+        for idx, item in enumerate(chunk):
+            email = item.email
+            reason = item.exclude
+            if not reason:
+                if dups and idx in dups:
+                    reason = "double"
+                else:
+                    reason = self._quarantine_reason(txn, email, t0) or ""
+            if reason:
+                rec = Rcpt(email=email, fields=item.fields, shard=item.shard, line=item.line,
+                           status=Status.IGNORED, done_ms=t0, reason=reason,
+                           smtputf8=item.smtputf8)
+                excluded.append((item, reason))
+                kd["excluded/" + reason] += 1
+            else:
+                rec = Rcpt(email, item.fields, item.shard, item.line, Status.PENDING,
+                           item.smtputf8)
+                ready_keys.append((K.shard_key(item.shard), K.pack_ready(did, rid)))
+                domains[email[email.rindex("@") + 1:]] += 1
+            rcpt_items.append((K.pack_rcpt(did, rid), encode(rec)))
+            rid += 1
+        return rcpt_items, ready_keys, domains, excluded
 
     def _find_doubles(self, txn: Any, did4: bytes, chunk: list[RecipientIn]) -> set[int]:
         """Indexes of the chunk's duplicates (of earlier items or of earlier chunks), and

@@ -13,6 +13,7 @@ from typing import Any
 
 import msgspec
 
+from fastmta.core import rcpt_claim
 from fastmta.records import (
     ENCODER,
     LEASE_DECODER,
@@ -129,21 +130,20 @@ class LeaseMixin(ExpiryMixin):
         raw = txn.get(rkey, db=self._db["rcpt"])
         if raw is None:
             return None
-        rec = RCPT_DECODER.decode(raw)
-        if rec.status != Status.PENDING:
+        got = rcpt_claim(raw, d.fields)  # compiled: no Rcpt struct per item
+        if got is None:
             return None  # stale queue entry
         if d.expires_ms <= t:
+            rec = RCPT_DECODER.decode(raw)
             self._finish_expired(txn, acc, did, rid, rkey, rec, d, t, event=True)
             return None
         lv = acc.lease_values.get(shard)
         if lv is None:  # one encoded Lease per shard and call
             lv = acc.lease_values[shard] = ENCODER.encode(Lease(owner, pid, exp, shard, t))
         acc.leases.append((rkey, lv))
-        fields = dict(zip(d.fields, rec.fields, strict=False)) if d.fields else {}
-        fields["email"] = rec.email  # ready for Template.render
-        return WorkItem(rkey, did, rid, rec.email, shard, fields, rec.attempts,
-                        rec.first_attempt_ms, rec.smtputf8 or d.smtputf8, d.mail_from,
-                        d.expires_ms, rec.reason)
+        email, fields, attempts, first_ms, smtputf8, reason = got
+        return WorkItem(rkey, did, rid, email, shard, fields, attempts, first_ms,
+                        smtputf8 or d.smtputf8, d.mail_from, d.expires_ms, reason)
 
     def renew_leases(self, owner: str, now_ms: int | None = None, lease_s: float | None = None) -> int:
         """Extend every lease of ``owner`` to ``now + lease_s`` (a live worker whose
