@@ -34,7 +34,7 @@ DATA = REPO / "tests" / "data" / "replies_labelled.jsonl"
 # Bounce classes a kind may get (Momentum/SparkPost classes, docs/classification.md).
 KIND_CLASSES = {
     "user_unknown": {10},
-    "invalid_domain": {21},
+    "invalid_domain": {21, 54},  # 54 Relaying Denied: "will not relay for it" is hard too
     "account_disabled": {10},
     "mailbox_full": {22},
     "rate_recipient": {70, 20},
