@@ -4,7 +4,8 @@ Usage::
 
     python benchmarks/score_replies.py [--impl compiled|pure] [--file F.jsonl] [--json] [--show-errors]
 
-``--file tests/data/replies_heldout_proxy.jsonl`` scores the held-out proxy instead: real
+``--file tests/data/replies_heldout_proxy.jsonl`` scores the held-out proxy instead (``_fresh`` and
+``_third`` are two later batches; ``_third`` was scored once and never tuned on): real
 reply texts quoted from providers' pages, the SMTP Field Manual data and field reports
 (each with its URL), collected after the rules and labelled by issue 16's definitions;
 none of them is in the own set.
