@@ -105,7 +105,9 @@ CASES = [
      "table", "rcpt", (10, "hard", "user_unknown", False)),
     ("450 4.7.1 <x@example.org>: Recipient address rejected: Greylisted for 300 seconds", "rcpt",
      (70, "soft", "unreachable", False)),
-    ("554 5.7.1 <x@example.org>: Relay access denied", "rcpt", (54, "soft", "refused", False)),
+    ("554 5.7.1 <x@example.org>: Relay access denied", "rcpt", (54, "hard", "invalid_domain", False)),
+    ("454 4.7.1 <x@example.org>: Relay access denied", "rcpt", (54, "soft", "refused", False)),
+    ("550 5.7.1 Relaying denied", "mail", (54, "soft", "refused", False)),
     ("550 Unrouteable address", "rcpt", (10, "hard", "user_unknown", False)),
     ("550 5.1.1 <x@example.org>... User unknown", "rcpt", (10, "hard", "user_unknown", False)),
     ("551 sorry, no mailbox here by that name. (#5.1.1)", "rcpt",
@@ -364,3 +366,35 @@ def test_regex_rule_runs_only_after_other_conditions(impl, tmp_path):
     p = impl.ReplyParser()
     (r,) = p.feed(b"550-Rejected, ticket\r\n550 #4321 opened\r\n")
     assert clf.classify(r).rule == "ticket"  # lines joined by a space
+
+
+# issue 16 kinds a second held-out batch missed (branch issue16c); own wordings, not the batch's
+KINDS_16C = [
+    # an hourly recipient count is the sender's rate, not a per-transaction cap
+    ("452 Recipient limit per hour reached", "rcpt", (70, True, "sender", "none")),
+    # a quota answered to MAIL FROM is the sender's
+    ("451 4.7.1 Sender quota exceeded, try later", "mail", (70, True, "sender", "none")),
+    # a concurrent-connection limit cuts the connection limit
+    ("421 4.7.0 Too many concurrent SMTP connections from this IP", "connect",
+     (70, True, "sender", "connection_limit")),
+    ("421 mx blocked. See the error codes page. AUP#CXCNCT", "connect",
+     (70, True, "sender", "connection_limit")),
+    # "too many messages" to MAIL with no time unit or rate: a per-connection cap
+    ("451 Too many messages, closing", "mail", (70, False, "none", "session_cap")),
+    ("421 4.3.1 You send too many messages", "mail", (70, True, "sender", "none")),
+    # the recipient's own block list is not a DNSBL listing of our IP
+    ("550 5.7.1 Message refused: sender is blocked by the recipient", "rcpt",
+     (50, False, "none", "none")),
+    ("550 5.7.1 Your IP 192.0.2.1 is blacklisted", "rcpt", (51, True, "sender", "none")),
+    # Exchange store driver: one mailbox receives too quickly
+    ("452 4.3.2 recipient thread limit exceeded", "rcpt", (70, True, "recipient", "none")),
+    # a server going down is transient, not a rate
+    ("421 Service shutting down", "dot", (20, False, "none", "none")),
+]
+
+
+@pytest.mark.parametrize("reply,command,expected", KINDS_16C, ids=[c[0][:48] for c in KINDS_16C])
+def test_issue16c_kinds(impl, reply, command, expected):
+    c = impl.classify(reply, command)
+    assert (c.bounce_class, c.throttle, c.throttle_scope, c.effect) == expected, c.rule
+    assert c.type == "soft"

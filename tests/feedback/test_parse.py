@@ -185,7 +185,9 @@ def test_shared_corpus_floor():
     d = json.loads(out[out.index("{"):])["fastmta"]
     assert d["kind_pct"] >= 95 and d["recipients_found_pct"] >= 95
     assert d["recipients_precision_pct"] >= 95 and d["arf_feedback_type_pct"] >= 95
-    assert d["hard_soft_pct"] >= 88
+    # 87.5: five Sisimai `norelaying` DSNs are labelled soft; issue 16 calls "will not relay
+    # for it" hard (lead's decision, branch issue16c: 88.31 -> 87.52%)
+    assert d["hard_soft_pct"] >= 87.5
 
 
 def test_multipart_with_a_wrong_boundary_is_resplit():
