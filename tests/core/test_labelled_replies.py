@@ -74,6 +74,8 @@ FRESH = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_fresh.json
 # third batch (branch issue16c): collected after the fresh batch's rules, labelled, scored
 # once and never used to write a rule; its figure is the unseen estimate (docs/classification.md)
 THIRD = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_third.jsonl")
+# fourth batch (branch issue16d): new providers, labelled before scoring, scored once, never tuned on
+FOURTH = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_fourth.jsonl")
 
 
 def test_heldout_proxy_is_sourced_labelled_and_disjoint_from_the_own_set():
@@ -83,7 +85,9 @@ def test_heldout_proxy_is_sourced_labelled_and_disjoint_from_the_own_set():
     fresh = {_norm(o["reply"]) for o in FRESH}
     assert not fresh & (own | proxy)
     assert len(THIRD) >= 30 and not {_norm(o["reply"]) for o in THIRD} & (own | proxy | fresh)
-    for o in PROXY + FRESH + THIRD:
+    seen = own | proxy | fresh | {_norm(o["reply"]) for o in THIRD}
+    assert len(FOURTH) >= 25 and not {_norm(o["reply"]) for o in FOURTH} & seen
+    for o in PROXY + FRESH + THIRD + FOURTH:
         assert o["source"].startswith("http"), o
         assert o["kind"] in score_replies.KIND_CLASSES, o
         assert o["throttle"] == (o["throttle_scope"] != "none"), o
