@@ -398,3 +398,31 @@ def test_issue16c_kinds(impl, reply, command, expected):
     c = impl.classify(reply, command)
     assert (c.bounce_class, c.throttle, c.throttle_scope, c.effect) == expected, c.rule
     assert c.type == "soft"
+
+
+# issue 16 kinds the third held-out batch missed (branch issue16d); own wordings, not the batch's
+KINDS_16D = [
+    # a full mailbox worded as a count of stored messages is storage, never a rate
+    ("452 Mailbox contains too many messages, try later", "rcpt", (22, False, "none", "none"), "soft"),
+    ("550 The user keeps too many messages on the server", "rcpt", (22, False, "none", "none"), "soft"),
+    ("552 5.2.2 too much mail stored for user", "rcpt", (22, False, "none", "none"), "soft"),
+    ("552 Too many messages", "rcpt", (22, False, "none", "none"), "soft"),
+    # ... while a count per time stays a rate
+    ("452 Too many messages per hour from you", "rcpt", (70, True, "sender", "none"), "soft"),
+    # NetEase per-connection caps given only as codes
+    ("451 MI:DMC see help page", "mail", (70, False, "none", "session_cap"), "soft"),
+    ("451 RP:DRC see help page", "rcpt", (70, False, "none", "too_many_recipients"), "soft"),
+    # QQ's wording of a per-recipient receive limit
+    ("550 Mailbox unavailable or access denied [MX]", "rcpt", (70, True, "recipient", "none"), "soft"),
+    # a block from the receiver's spam statistics is a block of the source
+    ("554 Your mail was blocked by spam statistics", "rcpt", (51, True, "sender", "none"), "soft"),
+    # qmail's rcpthosts refusal in other words: a relay refusal, hard
+    ("553 that domain is not in my list of allowed hosts", "rcpt", (54, False, "none", "none"), "hard"),
+]
+
+
+@pytest.mark.parametrize("reply,command,expected,kind", KINDS_16D, ids=[c[0][:48] for c in KINDS_16D])
+def test_issue16d_kinds(impl, reply, command, expected, kind):
+    c = impl.classify(reply, command)
+    assert (c.bounce_class, c.throttle, c.throttle_scope, c.effect) == expected, c.rule
+    assert c.type == kind
