@@ -76,6 +76,8 @@ FRESH = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_fresh.json
 THIRD = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_third.jsonl")
 # fourth batch (branch issue16d): new providers, labelled before scoring, scored once, never tuned on
 FOURTH = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_fourth.jsonl")
+# fifth batch (branch issue16e): new sources, labelled before scoring, scored once, never tuned on
+FIFTH = score_replies.load(ROOT / "tests" / "data" / "replies_heldout_fifth.jsonl")
 
 
 def test_heldout_proxy_is_sourced_labelled_and_disjoint_from_the_own_set():
@@ -87,7 +89,9 @@ def test_heldout_proxy_is_sourced_labelled_and_disjoint_from_the_own_set():
     assert len(THIRD) >= 30 and not {_norm(o["reply"]) for o in THIRD} & (own | proxy | fresh)
     seen = own | proxy | fresh | {_norm(o["reply"]) for o in THIRD}
     assert len(FOURTH) >= 25 and not {_norm(o["reply"]) for o in FOURTH} & seen
-    for o in PROXY + FRESH + THIRD + FOURTH:
+    seen |= {_norm(o["reply"]) for o in FOURTH}
+    assert len(FIFTH) >= 25 and not {_norm(o["reply"]) for o in FIFTH} & seen
+    for o in PROXY + FRESH + THIRD + FOURTH + FIFTH:
         assert o["source"].startswith("http"), o
         assert o["kind"] in score_replies.KIND_CLASSES, o
         assert o["throttle"] == (o["throttle_scope"] != "none"), o
