@@ -70,6 +70,8 @@ def test_results_update_status_kpis_and_events(spool):
     # the scheduled queue: nothing due now, the deferral is due first
     assert spool.lease([0], "w", 10, now_ms=t + 10) == []
     assert spool.next_due_ms([0]) == t + 1000
+    # the supervisor's shard plan reads the backlog: ready + scheduled, per shard
+    assert spool.shard_backlog([0, 1]) == {0: 2, 1: 0}
     due = spool.lease([0], "w", 10, now_ms=t + 1000)
     assert [i.rcpt_id for i in due] == [3]
     due = spool.lease([0], "w", 10, now_ms=t + 60_000)
