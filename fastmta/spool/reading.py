@@ -103,6 +103,12 @@ class ReadingMixin(SpoolBase):
                 ok = cur.next()
         return out
 
+    def kpi(self, did: int, name: str) -> int:
+        """One KPI counter of a delivery (0 when absent): a single lookup."""
+        with self._read() as txn:
+            v = txn.get(K.pack_u32(did) + name.encode(), db=self._db["kpi"])
+        return K.unpack_i64(v)[0] if v is not None else 0
+
     def recipients(
         self, did: int, *, chunk: int = 5000, start_id: int = 0
     ) -> Iterator[tuple[int, Rcpt]]:

@@ -64,6 +64,7 @@ def test_results_update_status_kpis_and_events(spool):
     assert (k["sent"], k["failed"], k["failed_hard"], k["pending"]) == (1, 1, 1, 2)
     assert k["reason/user_unknown"] == 1 and k["class/10"] == 1 and k["soft_bounces"] == 1
     assert k["domain/d0.example/sent"] == 1 and k["domain/d0.example/failed"] == 1
+    assert spool.kpi(did, "pending") == 2 and spool.kpi(did, "no-such-counter") == 0
     assert not spool.leases(did)
     # hard bounce -> quarantine
     assert spool.quarantine_get(recs[1].email).state == "quarantined"
