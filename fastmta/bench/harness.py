@@ -268,19 +268,23 @@ async def _run(opts, prof, world, sim, kinds, spool_path) -> dict:
         deadline = t_start + opts.timeout_s
         last_p = 0.0
         while True:
-            k = _kpis(spool, dids)
+            # one counter per delivery, 20 times a second: reading every KPI (one per
+            # domain and reason) of the campaign's five deliveries took ~16% of a core
+            # from the engine on 2 cores (py-spy of the bench process)
+            pending = sum(spool.kpi(d, "pending") for d in dids)
             if sup_task.done():
                 await sup_task  # raises what the supervisor raised
                 raise BenchError("the engine stopped before the delivery was final")
             now = time.monotonic()
             if opts.progress is not None and now - last_p >= 1.0:
                 last_p = now
+                k = _kpis(spool, dids)
                 opts.progress({"elapsed_s": now - t_start, "sent": k.get("sent", 0),
-                               "failed": k.get("failed", 0), "pending": k.get("pending", 0)})
-            if k.get("pending", 0) == 0:
+                               "failed": k.get("failed", 0), "pending": pending})
+            if pending == 0:
                 break
             if now > deadline:
-                raise BenchError(f"timeout after {opts.timeout_s:.0f}s: {k.get('pending')} "
+                raise BenchError(f"timeout after {opts.timeout_s:.0f}s: {pending} "
                                  "recipients still pending")
             await asyncio.sleep(0.05)
         t_final = time.monotonic()

@@ -71,7 +71,8 @@ def shard_of(key: str, shards: int) -> int:
 
 
 def assign_shards(shards: int, workers: int) -> list[list[int]]:
-    """Shards of each worker: shard ``s`` belongs to worker ``s % workers``."""
+    """The static split by number: shard ``s`` to worker ``s % workers`` (the supervisor
+    balances by weight instead: ``engine/shard_plan.py``)."""
     if workers <= 0:
         raise ValueError("workers must be positive")
     return [[s for s in range(shards) if s % workers == w] for w in range(workers)]

@@ -1,7 +1,9 @@
 """The supervisor: starts, watches and stops the worker processes.
 
-- N workers (default: one per core) started with ``multiprocessing`` *spawn*; worker ``i``
-  owns the shards ``s`` with ``s % N == i`` (``routing.assign_shards``).
+- N workers (default: one per core) started with ``multiprocessing`` *spawn*.  Shards go
+  to workers by weight (``engine/shard_plan.py``): a shard, the first time it has a
+  backlog, goes to the worker with the least backlog on its shards (heaviest first) and
+  stays there for the run; the worker is told its new list over the pipe.
 - Watches them: a heartbeat over a pipe every second.  A worker that exits unexpectedly
   or misses heartbeats for ``heartbeat_timeout_s`` is killed if needed, its leases are
   returned to the ready queue (``spool.recover_leases(owner)``) and it is restarted
@@ -32,7 +34,7 @@ from pathlib import Path
 import msgspec
 
 from fastmta.config import Config
-from fastmta.engine.routing import assign_shards
+from fastmta.engine.shard_plan import ShardPlan
 from fastmta.engine.worker import WORKERS_LOCK, WorkerSpec, owner_name, worker_main
 from fastmta.errors import FastMTAError
 
@@ -124,6 +126,7 @@ class Supervisor:
         self.spread = cfg.engine.spread_sites and (self.n > 1 or worker_target is not None)
         self.node_table = None
         self.node_lock = None
+        self.plan: ShardPlan | None = None
         if self.spread:
             from fastmta.engine.node_limits import MAX_WORKERS, NodeTable
 
@@ -132,9 +135,9 @@ class Supervisor:
             self.node_lock = self.ctx.Lock()
             shards = list(range(cfg.engine.shards))
             self.slots = [_Slot(i, shards) for i in range(self.n)]
-        else:
-            self.slots = [_Slot(i, s) for i, s in
-                          enumerate(assign_shards(cfg.engine.shards, self.n))]
+        else:  # shards are given by weight as their backlog appears (_plan_shards)
+            self.plan = ShardPlan(cfg.engine.shards, self.n)
+            self.slots = [_Slot(i, self.plan.shards_of(i)) for i in range(self.n)]
         self.draining = False
         self.stopping = False
         self.restarts = 0
@@ -226,6 +229,23 @@ class Supervisor:
                 slot.pipe.send_bytes(what.encode())
             except OSError:
                 pass
+
+    def _plan_shards(self) -> None:
+        """Give the shards that now have a backlog to workers (balanced by weight);
+        a shard already given never moves.  Cheap once every shard has its worker."""
+        plan = self.plan
+        if plan is None or plan.complete:
+            return
+        try:
+            backlog = self.spool.shard_backlog(range(plan.shards))
+        except Exception:  # pragma: no cover - the next round tries again
+            log.exception("reading the shards' backlog")
+            return
+        for w in sorted(plan.add(backlog)):
+            slot = self.slots[w]
+            slot.shards = plan.shards_of(w)
+            # a worker being (re)started gets the list in its spec
+            self._send(slot, "shards:" + ",".join(map(str, slot.shards)))
 
     def _reap(self, slot: _Slot) -> None:
         """A worker died: return its leases and schedule a restart."""
@@ -331,12 +351,14 @@ class Supervisor:
 
             self.ops = SupervisorOps(self)  # ops hook
             self.ops.start()
+            self._plan_shards()  # the backlog left in the spool, before any worker
             for slot in self.slots:
                 self._start(slot)
             last_progress = last_kpis = 0.0
             last_maint = last_trim = time.monotonic()
             while True:
                 self._check()
+                self._plan_shards()
                 self.ops.tick()  # ops hook
                 now = time.monotonic()
                 if now - last_trim >= 2.0:

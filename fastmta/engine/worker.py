@@ -9,7 +9,8 @@ site, and commits every outcome through the spool's ``ResultWriter`` (group comm
 Control: the supervisor talks over a pipe.  The worker sends a heartbeat (msgpack dict:
 counters and the sites being shaped) every ``heartbeat_s``; it accepts ``drain`` (stop
 leasing, finish in-flight transactions, give queued recipients back, commit, exit) and
-``stop`` (abort connections now, give everything back, commit, exit).  SIGINT is ignored
+``stop`` (abort connections now, give everything back, commit, exit) and
+``shards:1,5,9`` (the shards it owns from now on: the supervisor only ever adds).  SIGINT is ignored
 (a Ctrl-C in the terminal goes to the supervisor, which decides), SIGTERM means drain.
 If the supervisor disappears (kill -9), the worker stops on its own.
 """
@@ -497,13 +498,24 @@ class Worker:
             self.request("stop")
 
     def request(self, what: str) -> None:
-        """``drain`` or ``stop`` (idempotent; ``stop`` overrides ``drain``)."""
+        """``drain``, ``stop`` (idempotent; ``stop`` overrides ``drain``) or
+        ``shards:<list>`` (the worker's shards from now on)."""
+        if what.startswith("shards:"):
+            self.set_shards([int(x) for x in what[7:].split(",") if x])
+            return
         if what == "stop":
             self.stop_now = True
             self.draining = True
         elif what == "drain":
             self.draining = True
         self._wake.set()
+
+    def set_shards(self, shards: list[int]) -> None:
+        """Own ``shards`` from now on and lease from them at once."""
+        self.spec.shards = list(shards)
+        for s in shards:
+            self.per_shard.setdefault(s, 0)
+        self._room.set()
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -74,6 +74,20 @@ class ReadingMixin(SpoolBase):
                     best = due if best is None else min(best, due)
         return best
 
+    def shard_backlog(self, shards: Iterable[int]) -> dict[int, int]:
+        """Recipients queued (ready + scheduled) per shard of ``shards`` (one read)."""
+        out: dict[int, int] = {}
+        with self._read() as txn:
+            rc = txn.cursor(db=self._db["ready"])
+            sc = txn.cursor(db=self._db["sched"])
+            for shard in shards:
+                p = K.shard_key(shard)
+                n = rc.count() if rc.set_key(p) else 0
+                if sc.set_key(p):
+                    n += sc.count()
+                out[shard] = n
+        return out
+
     def kpis(self, did: int) -> dict[str, int]:
         """KPI counters of a delivery (maintained incrementally, never recounted)."""
         prefix = K.pack_u32(did)
@@ -88,6 +102,12 @@ class ReadingMixin(SpoolBase):
                 out[k[4:].decode()] = K.unpack_i64(cur.value())[0]
                 ok = cur.next()
         return out
+
+    def kpi(self, did: int, name: str) -> int:
+        """One KPI counter of a delivery (0 when absent): a single lookup."""
+        with self._read() as txn:
+            v = txn.get(K.pack_u32(did) + name.encode(), db=self._db["kpi"])
+        return K.unpack_i64(v)[0] if v is not None else 0
 
     def recipients(
         self, did: int, *, chunk: int = 5000, start_id: int = 0

@@ -64,12 +64,15 @@ def test_results_update_status_kpis_and_events(spool):
     assert (k["sent"], k["failed"], k["failed_hard"], k["pending"]) == (1, 1, 1, 2)
     assert k["reason/user_unknown"] == 1 and k["class/10"] == 1 and k["soft_bounces"] == 1
     assert k["domain/d0.example/sent"] == 1 and k["domain/d0.example/failed"] == 1
+    assert spool.kpi(did, "pending") == 2 and spool.kpi(did, "no-such-counter") == 0
     assert not spool.leases(did)
     # hard bounce -> quarantine
     assert spool.quarantine_get(recs[1].email).state == "quarantined"
     # the scheduled queue: nothing due now, the deferral is due first
     assert spool.lease([0], "w", 10, now_ms=t + 10) == []
     assert spool.next_due_ms([0]) == t + 1000
+    # the supervisor's shard plan reads the backlog: ready + scheduled, per shard
+    assert spool.shard_backlog([0, 1]) == {0: 2, 1: 0}
     due = spool.lease([0], "w", 10, now_ms=t + 1000)
     assert [i.rcpt_id for i in due] == [3]
     due = spool.lease([0], "w", 10, now_ms=t + 60_000)
