@@ -190,23 +190,15 @@ def rcpt_fate(beh: Behaviour, address: str) -> str | None:
     m = magic_of(local_part)
     if m is not None:
         return m
-    if (beh.unknown_user_rate or beh.mailbox_full_rate or beh.disconnect_in_data_rate
-            or beh.odd_refusal_rate or beh.odd_deferral_rate):
-        u = _bucket(address)
-        if u < beh.unknown_user_rate:
-            return "unknown"
-        u -= beh.unknown_user_rate
-        if u < beh.mailbox_full_rate:
-            return "full"
-        u -= beh.mailbox_full_rate
-        if u < beh.disconnect_in_data_rate:
-            return "disconnect"
-        u -= beh.disconnect_in_data_rate
-        if u < beh.odd_refusal_rate:
-            return "odd_refusal"
-        u -= beh.odd_refusal_rate
-        if u < beh.odd_deferral_rate:
-            return "odd_deferral"
+    shares = ((beh.unknown_user_rate, "unknown"), (beh.mailbox_full_rate, "full"),
+              (beh.disconnect_in_data_rate, "disconnect"),
+              (beh.odd_refusal_rate, "odd_refusal"), (beh.odd_deferral_rate, "odd_deferral"))
+    if any(rate for rate, _ in shares):
+        u = _bucket(address)  # one uniform draw, the shares stacked one after another
+        for rate, fate in shares:
+            if u < rate:
+                return fate
+            u -= rate
     return None
 
 
