@@ -36,6 +36,19 @@ def _run(coro):
     return asyncio.run(asyncio.wait_for(coro, 60))
 
 
+def _talk_to_listener(cfg, sp, talk):
+    """Start a listener on a free loopback port, run the blocking client `talk(port)` in a
+    thread against it, close the listener; return what `talk` returned."""
+    async def go():
+        srv = InboundServer(cfg, sp)
+        _, port = await srv.start("127.0.0.1", 0)
+        try:
+            return await asyncio.to_thread(talk, port)
+        finally:
+            await srv.close()
+    return _run(go())
+
+
 @pytest.mark.timeout(60)
 def test_listener_refusals_and_durable_acceptance(tmp_path):
     sp, did, items = sent_delivery(str(tmp_path / "s"), 3)
@@ -233,15 +246,7 @@ def test_data_dot_unstuffing_and_terminator(tmp_path, eol):
             c.sendall(b"QUIT\r\n")
             return reply
 
-    async def go():
-        srv = InboundServer(cfg, sp)
-        _, port = await srv.start("127.0.0.1", 0)
-        try:
-            return await asyncio.to_thread(talk, port)
-        finally:
-            await srv.close()
-
-    reply = asyncio.run(asyncio.wait_for(go(), 50))
+    reply = _talk_to_listener(cfg, sp, talk)
     assert reply.startswith(b"250"), reply
     (rec,) = list(sp.inbound_list())
     _, raw = sp.inbound_get(rec.id)
@@ -354,15 +359,7 @@ def test_pipelined_transactions_are_answered_in_order(tmp_path):
                     return out
                 out += got
 
-    async def go():
-        srv = InboundServer(cfg, sp)
-        _, port = await srv.start("127.0.0.1", 0)
-        try:
-            return await asyncio.to_thread(talk, port)
-        finally:
-            await srv.close()
-
-    codes = [ln[:3] for ln in _run(go()).split(b"\r\n") if ln[3:4] == b" "]
+    codes = [ln[:3] for ln in _talk_to_listener(cfg, sp, talk).split(b"\r\n") if ln[3:4] == b" "]
     assert codes == [b"220", b"250", b"500"] + [b"250", b"250", b"354", b"250"] * 2 + [b"221"]
     assert all(sp.recipient(did, rid_of(it)).status == Status.FAILED for it in items)
 
