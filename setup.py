@@ -42,6 +42,7 @@ def extensions():
                 "fastmta/_core_classifier.pxi",
                 "fastmta/_core_body.pxi",
                 "fastmta/_core_records.pxi",
+                "fastmta/_core_rows.pxi",
             ],
             extra_compile_args=["-O3"] if not DEBUG else ["-O0", "-g"],
             define_macros=macros,

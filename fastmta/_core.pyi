@@ -147,3 +147,7 @@ def rcpt_claim(
 def rcpt_batch(
     items: list[Any], did: int, rid: int, t: int, dups: set[int] | frozenset[int],
 ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]], dict[str, int], list[tuple[int, str]]]: ...
+def csv_rows(
+    reader: Any, n: int, last: int, ncol: int, ei: int, pick: tuple[int, ...],
+    hidx: tuple[int, ...], bidx: tuple[int, ...], marker: str, domains: dict[str, tuple[str, int]],
+) -> tuple[list[Any], list[tuple[int, int, int, list[str]]], int]: ...

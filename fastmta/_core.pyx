@@ -61,6 +61,7 @@ __all__ = [
     "rcpt_sent",
     "rcpt_claim",
     "rcpt_batch",
+    "csv_rows",
 ]
 
 DEFAULT_MAX_LINE = 8192
@@ -76,3 +77,4 @@ include "_core_codes.pxi"        # Classification, code extraction, extract_code
 include "_core_classifier.pxi"   # Classifier, default_classifier, load_rules, classify
 include "_core_body.pxi"         # prepare_body (DATA framing)
 include "_core_records.pxi"      # rcpt_sent, rcpt_claim, rcpt_batch (spool records as msgpack)
+include "_core_rows.pxi"         # csv_rows (the CSV fast path of injection)

@@ -31,6 +31,7 @@ from __future__ import annotations
 from collections import deque
 
 from fastmta._core_records import rcpt_batch, rcpt_claim, rcpt_sent
+from fastmta._core_rows import csv_rows
 from fastmta.classify import rules as _rules
 from fastmta.errors import RemoteProtocolError
 
@@ -50,6 +51,7 @@ __all__ = [
     "rcpt_sent",
     "rcpt_claim",
     "rcpt_batch",
+    "csv_rows",
 ]
 
 DEFAULT_MAX_LINE = 8192

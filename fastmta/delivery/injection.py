@@ -9,6 +9,7 @@ checks the input while this one writes the spool.
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing as mp
 import os
 import pickle
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from fastmta.config import DeliveryConfig
+from fastmta.core import csv_rows
 from fastmta.delivery.addresses import CONTROL_RE, DOMAIN_CACHE, FAST_ADDRESS_RE, domain_shard
 from fastmta.delivery.analysis import (
     REASONS,
@@ -114,9 +116,13 @@ def inject(
     counts = {"smtputf8": 0}
     details: dict[int, str] = {}
 
+    items: Iterable[RecipientIn]
     if parallel:
         assert isinstance(reader, RecipientReader)
         items = _items_from_process(reader, template_bytes, shard_of, pre, counts, details)
+    elif isinstance(reader, RecipientReader) and reader.fmt == "csv":
+        items = itertools.chain.from_iterable(
+            _csv_batches(pre, reader, shard_of, counts, details))
     else:
         items = _items(pre, pre.rows(reader), shard_of, counts, details)
 
@@ -217,6 +223,70 @@ def _items(
         yield RecipientIn(norm, vals, shard_of(norm[norm.rindex("@") + 1:]), line, "", utf8)
 
 
+_CSV_BATCH = 4096  # records per ``csv_rows`` call
+_DOMAIN_MEMO_MAX = 200_000
+
+
+def _csv_batches(
+    pre: _Prechecker,
+    reader: RecipientReader,
+    shard_of: Callable[[str], int],
+    counts: dict[str, int],
+    details: dict[int, str],
+) -> Iterator[list[RecipientIn]]:
+    """The items of a CSV, in input order, a batch at a time: the simple records are
+    checked and routed by the core's ``csv_rows`` (see ``fastmta._core_rows``), the
+    others one by one with the full checks (``reader.record`` then ``pre.check``), and
+    each valid domain's normalised form and shard is memoised for the simple path."""
+    ncol, ei, pick_idx = reader.csv_columns(pre.fields)
+    pick = reader._picker(pre.fields)
+    rd = reader._csv
+    hidx, bidx, marker = tuple(pre.hidx), tuple(pre.bidx), pre.marker
+    domains: dict[str, tuple[str, int]] = {}
+    last = rd.line_num
+    while True:
+        items, slow, last = csv_rows(rd, _CSV_BATCH, last, ncol, ei, pick_idx, hidx, bidx,
+                                     marker, domains)
+        n = len(items)
+        if slow:
+            blank = False
+            for pos, first, line, rec in slow:
+                row = reader.record(first, line, rec, pick)
+                if row is None:
+                    blank = True
+                    continue
+                items[pos] = _checked(pre, row, shard_of, counts, details, domains)
+            if blank:
+                items = [x for x in items if x is not None]
+        if items:
+            yield items  # type: ignore[misc]  # no None left
+        if n < _CSV_BATCH:
+            return
+
+
+def _checked(
+    pre: _Prechecker, row: tuple[int, str, tuple[str, ...], str], shard_of: Callable[[str], int],
+    counts: dict[str, int], details: dict[int, str], domains: dict[str, tuple[str, int]],
+) -> RecipientIn:
+    """One row through the full checks; a valid address's domain (as written) is
+    memoised with its normalised form and shard."""
+    line, email, vals, error = row
+    reason, detail, norm, utf8 = pre.check(email, vals, error)
+    if reason:
+        if detail:
+            details[line] = detail
+        return RecipientIn(email=norm or email.strip()[:320], line=line, exclude=reason)
+    if utf8:
+        counts["smtputf8"] += 1
+    dom = norm[norm.rindex("@") + 1:]
+    shard = shard_of(dom)
+    if len(domains) >= _DOMAIN_MEMO_MAX:
+        domains.clear()
+    # the normalised domain is a function of the domain as written (check_address)
+    domains[email.strip().rpartition("@")[2]] = (dom, shard)
+    return RecipientIn(norm, vals, shard, line, "", utf8)
+
+
 _PARALLEL_MIN_BYTES = 16 * 1024 * 1024
 _CHUNK = 5000
 
@@ -254,7 +324,9 @@ def _reader_process(path: str, fmt: str, template_bytes: bytes, shard_of: Callab
             counts = {"smtputf8": 0}
             details: dict[int, str] = {}
             buf: list[RecipientIn] = []
-            for item in _items(pre, pre.rows(reader), shard_of, counts, details):
+            rows = (itertools.chain.from_iterable(_csv_batches(pre, reader, shard_of, counts, details))
+                    if reader.fmt == "csv" else _items(pre, pre.rows(reader), shard_of, counts, details))
+            for item in rows:
                 buf.append(item)
                 if len(buf) >= _CHUNK:
                     conn.send_bytes(enc.encode(_Chunk(buf, details)))

@@ -17,7 +17,7 @@ import itertools
 import operator
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO
 
 import msgspec
@@ -123,7 +123,9 @@ class RecipientReader:
         delim = max(",;\t|", key=header_line.count)
         if header_line.count(delim) == 0:
             delim = ","
-        rest = self._f
+        # the records are read from the file itself, not through _Utf8Text (a Python call
+        # per line): each record is checked for undecodable bytes instead (``_utf8``)
+        rest = self._f._f if isinstance(self._f, _Utf8Text) else self._f
         reader = csv.reader(itertools.chain((header_line,), rest), delimiter=delim, strict=False)
         header = next(reader)
         names = [h.strip() for h in header]
@@ -140,6 +142,7 @@ class RecipientReader:
         self._header = names
         self._delim = delim
         self.columns = [n for i, n in enumerate(names) if i != self._email_idx]
+        self._ncol = len(names)
         self._csv = reader
 
     def __iter__(self) -> Iterator[Row]:
@@ -157,6 +160,8 @@ class RecipientReader:
         for rec in reader:
             line = reader.line_num
             first, last = last + 1, line
+            if not "".join(rec).isascii():
+                self._utf8(first, rec)
             if not rec or (len(rec) == 1 and not rec[0].strip() and ncol > 1):
                 continue  # blank line
             if len(rec) != ncol:
@@ -186,11 +191,61 @@ class RecipientReader:
                 yield r.line, r.email, tuple(vals), r.error
             return
         reader = self._csv
-        ei = self._email_idx
-        ncol = len(self._header)
+        pick = self._picker(fields)
+        last = reader.line_num
+        for rec in reader:
+            line = reader.line_num
+            if len(rec) == self._ncol and line == last + 1 and "".join(rec).isascii():
+                last = line
+                yield line, rec[self._email_idx], pick(rec), ""
+                continue
+            row = self.record(last + 1, line, rec, pick)
+            last = line
+            if row is not None:
+                yield row
+
+    def csv_columns(self, fields: list[str]) -> tuple[int, int, tuple[int, ...]]:
+        """(column count, index of the email column, indexes of ``fields``) of a CSV."""
         idx = [self._header.index(f) for f in fields if f in self._header]
         if len(idx) != len(fields):
             raise InputError(f"{self.name}: fields {fields} are not all columns of {self._header}")
+        return self._ncol, self._email_idx, tuple(idx)
+
+    def record(self, first: int, line: int, rec: list[str],
+               pick: Callable[[list[str]], tuple[str, ...]]
+               ) -> tuple[int, str, tuple[str, ...], str] | None:
+        """One CSV record read from lines ``first``-``line``, fully checked: ``(line,
+        email, picked values, error)``, None for a blank line; raises ``InputError``
+        for bytes that are not UTF-8 and for a quote never closed."""
+        if not "".join(rec).isascii():
+            self._utf8(first, rec)
+        n = len(rec)
+        ncol = self._ncol
+        ei = self._email_idx
+        if n != ncol:
+            if not rec or (n == 1 and not rec[0].strip()):
+                return None  # blank line
+            self._unterminated(first, line, rec)
+            return line, rec[ei] if ei < n else "", (), f"{n} columns, header has {ncol}"
+        if line > first:
+            self._swallowed(first, line, rec)
+        return line, rec[ei], pick(rec), ""
+
+    def _utf8(self, first: int, rec: list[str]) -> None:
+        """Raise if a field of the record read from line ``first`` on holds a byte that
+        was not UTF-8 (a lone surrogate), naming its physical line."""
+        text = "\x00".join(rec)
+        m = _SURROGATE.search(text)
+        if m is None:
+            return
+        before = text[:m.start()]  # quoted fields keep their line breaks
+        line = first + before.count("\n") + before.count("\r") - before.count("\r\n")
+        byte = ord(m.group()) - 0xDC00
+        raise InputError(f"{self.name}: line {line} is not UTF-8 text "
+                         f"(byte 0x{byte:02x}); save the file as UTF-8")
+
+    def _picker(self, fields: list[str]) -> Callable[[list[str]], tuple[str, ...]]:
+        idx = self.csv_columns(fields)[2]
         if len(idx) == 1:
             i0 = idx[0]
 
@@ -204,23 +259,7 @@ class RecipientReader:
         else:
             def pick(rec: list[str]) -> tuple[str, ...]:
                 return ()
-        empty: tuple[str, ...] = ()
-        last = reader.line_num
-        for rec in reader:
-            n = len(rec)
-            if n != ncol:
-                if not rec or (n == 1 and not rec[0].strip()):
-                    last = reader.line_num
-                    continue  # blank line
-                self._unterminated(last + 1, reader.line_num, rec)
-                yield (reader.line_num, rec[ei] if ei < n else "", empty,
-                       f"{n} columns, header has {ncol}")
-                last = reader.line_num
-                continue
-            if reader.line_num > last + 1:
-                self._swallowed(last + 1, reader.line_num, rec)
-            last = reader.line_num
-            yield last, rec[ei], pick(rec), ""
+        return pick
 
     def _swallowed(self, first: int, last: int, rec: list[str]) -> None:
         """A well-formed record over several lines is legal CSV (a quoted value with line

@@ -163,3 +163,71 @@ def test_injected_items_render_as_the_engine_will(tmp_path):
             assert it.smtputf8 == (not it.email.isascii())
     finally:
         sp.close()
+
+
+MULTIPART = (b"From: Shop <news@shop.example>\nTo: {{first}} <{{email}}>\nSubject: Hi {{first}}\n"
+             b"MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"BND\"\n\n"
+             b"--BND\nContent-Type: text/plain\n\nHello {{last}}\n--BND--\n")
+
+
+def test_injection_of_a_large_mixed_csv_agrees_with_the_analysis(tmp_path):
+    """Over several batches of the CSV fast path: simple rows, first sightings of
+    domains, IDN and upper-case domains, bad addresses, doubles, blank lines, quoted
+    multi-line values, header and body field checks: the injection excludes exactly
+    what ``analyze`` (the per-row reference path) excludes, line by line."""
+    lines = ["email,first,last"]
+    for i in range(12_000):
+        k = i % 17
+        dom = f"d{i % 300}.example"
+        if k == 0:
+            lines.append(f"user{i}@{dom.upper()},F{i},L")
+        elif k == 1:
+            lines.append(f"user{i % 50}@{dom},F,L")  # doubles
+        elif k == 2:
+            lines.append(f"bad{i}@@{dom},F,L")
+        elif k == 3:
+            lines.append("")
+        elif k == 4:
+            lines.append(f'user{i}@{dom},"two\nlines",L')
+        elif k == 5:
+            lines.append(f"user{i}@b\u00fccher{i % 3}.example,J\u00f6rg,L")
+        elif k == 6:
+            lines.append(f"user{i}@{dom},F,has --BND inside")
+        elif k == 7:
+            lines.append(f'user{i}@{dom},"F\rX",L')
+        elif k == 8:
+            lines.append(f"user{i}@{dom},F")
+        else:
+            lines.append(f"u.{i}+x@{dom},F{i},L{i}")
+    p = tmp_path / "r.csv"
+    p.write_text("\n".join(lines) + "\n", newline="")
+    exc_a, exc_i = [], []
+    with open_recipients(p) as r:
+        a = analyze(r, Template(MULTIPART), on_excluded=exc_a.append)
+    sp = Spool.open(str(tmp_path / "spool"))
+    try:
+        with open_recipients(p) as r:
+            b = inject(sp, r, MULTIPART, on_excluded=exc_i.append, shards=8)
+        assert [(e.line, e.reason, e.detail) for e in exc_i] == [
+            (e.line, e.reason, e.detail) for e in exc_a]
+        assert (b.recipients, b.to_deliver, b.excluded, b.domains) == (
+            a.recipients, a.to_deliver, a.excluded, a.domains)
+        pending = [r for _, r in sp.recipients(b.delivery_id) if r.status == Status.PENDING]
+        assert len(pending) == a.to_deliver
+        assert {r.email.rpartition("@")[2] for r in pending} >= {
+            "d0.example", "bücher0.example".encode("idna").decode()}
+        assert all(r.email == r.email.rpartition("@")[0] + "@" + r.email.rpartition("@")[2].lower()
+                   for r in pending)
+    finally:
+        sp.close()
+
+
+def test_a_byte_that_is_not_utf8_inside_a_quoted_value_names_its_line(tmp_path):
+    p = tmp_path / "r.csv"
+    p.write_bytes(b"email,first\na@x.example,A\nb@x.example,\"one\ntwo \xe9\"\n")
+    sp = Spool.open(str(tmp_path / "spool"))
+    try:
+        with open_recipients(p) as r, pytest.raises(InputError, match="line 4 is not UTF-8"):
+            inject(sp, r, TPL)
+    finally:
+        sp.close()
