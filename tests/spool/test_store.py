@@ -274,3 +274,29 @@ def test_maintenance(spool):
     assert out == {"recovered": 2, "expired": 0, "released": 0}
     out = spool.maintenance(now_ms=d.expires_ms)
     assert out["expired"] == 4 and spool.kpis(did)["failed_expired"] == 4
+
+
+def test_an_older_delivery_resumed_after_a_newer_one_is_queued_in_order(spool):
+    """Ready entries are appended per shard; a delivery resumed after a newer one was
+    injected (its entries sort before the newer ones) is inserted in place, none lost."""
+    old = make_delivery(spool, 0)
+    new = make_delivery(spool, 0)
+    items = [RecipientIn(email=f"r{i}@x.example", shard=i % 2, line=i + 2) for i in range(40)]
+    spool.add_recipients(old, items[:10], batch=10)
+    spool.add_recipients(new, items, batch=10)
+    st = spool.add_recipients(old, items, batch=7)  # the resume, after the newer delivery
+    assert st.added == 30 and spool.queue_counts()["ready"] == 80
+    got = _drain(spool, [0, 1])
+    assert len(got) == 80 and len({(i.delivery_id, i.rcpt_id) for i in got}) == 80
+    for shard in (0, 1):
+        keys = [(i.delivery_id, i.rcpt_id) for i in got if i.shard == shard]
+        assert keys == sorted(keys)  # oldest delivery first, FIFO within it
+
+
+def test_doubles_within_one_batch_keep_the_first(spool):
+    did = make_delivery(spool, 0)
+    emails = ["a@x.example", "b@x.example", "a@x.example", "a@x.example", "c@x.example"]
+    st = spool.add_recipients(did, [RecipientIn(email=e, line=i + 2) for i, e in enumerate(emails)])
+    assert st.added == 3 and st.excluded == {"double": 2}
+    assert [r.status for _, r in spool.recipients(did)] == [
+        Status.PENDING, Status.PENDING, Status.IGNORED, Status.IGNORED, Status.PENDING]
