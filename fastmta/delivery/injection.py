@@ -23,7 +23,13 @@ import msgspec
 
 from fastmta.config import DeliveryConfig
 from fastmta.core import csv_rows
-from fastmta.delivery.addresses import CONTROL_RE, DOMAIN_CACHE, FAST_ADDRESS_RE, domain_shard
+from fastmta.delivery.addresses import (
+    CONTROL_RE,
+    DOMAIN_CACHE,
+    FAST_ADDRESS_RE,
+    check_address,
+    domain_shard,
+)
 from fastmta.delivery.analysis import (
     REASONS,
     Analysis,
@@ -285,6 +291,39 @@ def _checked(
     # the normalised domain is a function of the domain as written (check_address)
     domains[email.strip().rpartition("@")[2]] = (dom, shard)
     return RecipientIn(norm, vals, shard, line, "", utf8)
+
+
+def valid_domains(reader: RecipientReader) -> set[str]:
+    """The distinct (normalised) domains of the valid addresses of a recipients file,
+    streamed: what routing by MX site resolves before injecting.  A CSV goes through
+    the fast path of ``_csv_batches`` (each domain checked once); JSONL row by row."""
+    domains: set[str] = set()
+    if reader.fmt != "csv":
+        for row in reader:
+            norm, _utf8, err = check_address(row.email)
+            if not err:
+                domains.add(norm.rpartition("@")[2])
+        return domains
+    ncol, ei, _ = reader.csv_columns([])
+    pick = reader._picker([])
+    rd = reader._csv
+    memo: dict[str, tuple[str, int]] = {}
+    last = rd.line_num
+    while True:
+        items, slow, last = csv_rows(rd, _CSV_BATCH, last, ncol, ei, (), (), (), "", memo)
+        for _pos, first, line, rec in slow:
+            row = reader.record(first, line, rec, pick)
+            if row is None or row[3]:
+                continue
+            norm, _utf8, err = check_address(row[1])
+            if not err:
+                dom = norm.rpartition("@")[2]
+                domains.add(dom)
+                if len(memo) >= _DOMAIN_MEMO_MAX:
+                    memo.clear()
+                memo[row[1].strip().rpartition("@")[2]] = (dom, 0)
+        if len(items) < _CSV_BATCH:
+            return domains
 
 
 _PARALLEL_MIN_BYTES = 16 * 1024 * 1024

@@ -79,18 +79,11 @@ async def domain_router(domains: Iterable[str], cfg: Config, *,
 
 def recipient_domains(path: str | os.PathLike[str], fmt: str | None = None) -> set[str]:
     """The distinct domains of the valid addresses of a recipients file (streamed)."""
-    from fastmta.delivery import check_address, open_recipients
+    from fastmta.delivery import open_recipients
+    from fastmta.delivery.injection import valid_domains
 
-    domains: set[str] = set()
-    reader = open_recipients(path, fmt)
-    try:
-        for row in reader:
-            norm, _utf8, err = check_address(row.email)
-            if not err and "@" in norm:
-                domains.add(norm.rpartition("@")[2])
-    finally:
-        reader.close()
-    return domains
+    with open_recipients(path, fmt) as reader:
+        return valid_domains(reader)
 
 
 async def inject_file(spool, cfg: Config, recipients: str | os.PathLike[str],

@@ -13,6 +13,8 @@ from fastmta.delivery import (
     open_recipients,
     reader_from_text,
 )
+from fastmta.delivery.addresses import check_address
+from fastmta.delivery.injection import valid_domains
 from fastmta.records import Status
 from fastmta.spool import Spool
 
@@ -201,6 +203,11 @@ def test_injection_of_a_large_mixed_csv_agrees_with_the_analysis(tmp_path):
             lines.append(f"u.{i}+x@{dom},F{i},L{i}")
     p = tmp_path / "r.csv"
     p.write_text("\n".join(lines) + "\n", newline="")
+    with open_recipients(p) as r:  # the MX routing pre-scan: domains of valid addresses
+        want = {check_address(e)[0].rpartition("@")[2] for _, e, _, err in r.rows([])
+                if not err and not check_address(e)[2]}
+    with open_recipients(p) as r:
+        assert valid_domains(r) == want and len(want) == 303
     exc_a, exc_i = [], []
     with open_recipients(p) as r:
         a = analyze(r, Template(MULTIPART), on_excluded=exc_a.append)
