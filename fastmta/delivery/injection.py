@@ -3,8 +3,10 @@
 The rows are checked as ``analyze`` checks them (``analysis._Prechecker``), routed to a
 shard (``shard_of``, default ``HashShard``) and streamed into the spool as
 ``RecipientIn`` items, durable per batch; duplicates, denylisted and quarantined
-addresses are found by the spool itself.  With ``parallel`` a spawned process reads and
-checks the input while this one writes the spool.
+addresses are found by the spool itself.  A CSV's simple records are checked and
+routed a batch at a time by the compiled core (``csv_rows``, see ``_csv_batches``), the
+others one by one.  With ``parallel`` a spawned process reads and checks the input
+while this one writes the spool.
 """
 
 from __future__ import annotations
