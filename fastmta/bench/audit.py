@@ -14,6 +14,8 @@ from collections import Counter
 from fastmta.bench.profile import BenchProfile, tail_of
 from fastmta.records import Status
 
+TIMELINE_MS = 250  # the acceptance timeline's bucket (``accepted_per_250ms``)
+
 
 def _pct(sorted_vals: list[float], q: float) -> float:
     if not sorted_vals:
@@ -34,6 +36,7 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
     # rate- or connection-capped provider -> acceptance times (ms)
     capped: dict[str, list[int]] = {}
     first_ms = last_ms = 0
+    timeline: Counter = Counter()  # acceptances per TIMELINE_MS from the first injection
     dup = 0
     seen = 0
     for r, lines, times in _runs(spool, runs):
@@ -61,6 +64,7 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
             bp["last_ms"] = max(bp["last_ms"], d)
             first_ms = d if not first_ms else min(first_ms, d)
             last_ms = max(last_ms, d)
+            timeline[max(0, int((d - wall0_ms) // TIMELINE_MS))] += 1
             j = bisect.bisect_right(lines, r.line) - 1
             if j >= 0 and j + 1 < len(lines):  # interpolate within the 512-row mark
                 a, b = lines[j], lines[j + 1]
@@ -116,6 +120,7 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
         "problems": problems[:10], "n_problems": len(problems),
         "latency_p50": round(_pct(lat, 0.50), 1), "latency_p99": round(_pct(lat, 0.99), 1),
         "by_provider": by_provider, "_capped": capped, "_first_ms": first_ms, "_last_ms": last_ms,
+        "accepted_per_250ms": [timeline[i] for i in range(max(timeline) + 1)] if timeline else [],
     }
 
 

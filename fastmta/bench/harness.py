@@ -394,6 +394,11 @@ async def _run(opts, prof, world, sim, kinds, spool_path) -> dict:
         # the sim's view: most connections open at once per provider (= per MX site in
         # the bench worlds), summed over the sim processes serving it
         "peak_connections_by_site": sink_stats.get("peak_connections", {}),
+        # first injection -> last acceptance, per role: on a CPU / runnable waiting for
+        # one, % of the window per process (procs.py); the rest of the window it slept
+        "sched_sending": sampler.sched_window(wall0_ms / 1000.0, last_ms / 1000.0)
+        if last_ms else {},
+        "accepted_per_250ms": audit["accepted_per_250ms"],
         "limits": _limits_summary(sup, sent),
     }
     if prof.name == "throttled" or any(p.behaviour.max_msgs_per_min_per_ip or

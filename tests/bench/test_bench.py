@@ -53,6 +53,13 @@ def test_cli_json_null_profile_2000_messages():
     assert out["latency_ms_p50"] <= out["latency_ms_p99"]
     assert out["domains"] == 50 and out["sites"] == 10
     assert 5 < out["rss_peak_mb"] < 2000
+    # the acceptance timeline counts every delivered recipient once, from the injection
+    assert sum(out["accepted_per_250ms"]) == 2000 and out["accepted_per_250ms"][-1] > 0
+    # where the wall time of the sending went: both workers and both sink processes ran
+    sched = out["sched_sending"]
+    assert sched["worker"]["procs"] == 2 and sched["sink"]["procs"] == 2
+    assert sched["worker"]["run_s"] > 0 and sched["sink"]["run_s"] > 0
+    assert 0 < sched["worker"]["window_s"] < out["elapsed_s"] + 1.0
 
 
 REALISTIC = {"messages": 1500, "domains": 60, "sites": 15}

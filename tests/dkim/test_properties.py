@@ -98,6 +98,29 @@ def test_relaxed_header_equals_dkimpy(value, name):
         assert impl.relaxed_header(raw) == dname + b":" + dvalue
 
 
+WORDS = st.lists(st.sampled_from([b"a", b"Lorem", b"ipsum,", b"<td>", b"x=3D\"1\"", b"\xc3\xa9t\xc3\xa9",
+                                  b"0123456789abcdef", b"\x7f~"]), min_size=1, max_size=12)  # fmt: skip
+
+
+@SETTINGS
+@given(lines=st.lists(WORDS, min_size=1, max_size=8), at=st.integers(0, 10_000),
+       flaw=st.sampled_from([b"", b" ", b"\t", b"\r", b"\n", b"  ", b" \r\n", b"\r\n",
+                             b"\r\n\r\n", b"\x01", b" \x01"]))  # fmt: skip
+def test_relaxed_of_canonical_text(lines, at, flaw):
+    """Long, already canonical bodies (the compiled read-only fast path) and the same
+    with one flaw anywhere: compiled == pure == dkimpy, at every start offset."""
+    body = b"".join(b" ".join(words) + b"\r\n" for words in lines)
+    at = at % (len(body) + 1)
+    body = body[:at] + flaw + body[at:]
+    want = _dkim_py.body_relaxed(body)
+    if body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n"):  # dkimpy takes CRLF
+        assert want == Relaxed.canonicalize_body(body)
+    for impl in IMPLS.values():
+        assert impl.body_relaxed(body) == want
+        for start in (1, at, len(body) // 2):
+            assert impl.body_relaxed(body, start) == _dkim_py.body_relaxed(body, start)
+
+
 FUZZ = st.lists(
     st.sampled_from([b"a", b"Z", b" ", b"\t", b"\r", b"\n", b"\r\n", b":", b"\r\n ", b"\r\n\r\n",
                      b"\n\n", b"\xc3\xa9", b"\x00", b"From", b" :", b"-",
