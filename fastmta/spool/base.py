@@ -58,6 +58,7 @@ _MADV_DONTNEED = 4
 _TRIM_RECORDS = 1_000  # look at the mapped spool pages this often (records handled)
 _TRIM_MAPPED_BYTES = 32 * 1024 * 1024  # unmap once this much more file memory is mapped
 _KPI_LOG_FOLD = 32  # fold ``kpilog`` into ``kpi`` once it holds this many records
+_KPI_LOG_PAGES = 128  # ... or once it spans this many pages (512 KB: a reader decodes it)
 _KPI_LOG_DECODER = msgspec.msgpack.Decoder(list[tuple[int, dict[str, int]]])
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -426,7 +427,9 @@ class SpoolBase:
             cur = txn.cursor(db=ldb)
             seq = K.unpack_u64(cur.key())[0] + 1 if cur.last() else 1
             cur.put(K.pack_u64(seq), ENCODER.encode(logged), append=True)
-            if txn.stat(ldb)["entries"] >= self._kpi_log_fold:
+            st = txn.stat(ldb)  # bounded in records and in bytes (what a reader decodes)
+            if (st["entries"] >= self._kpi_log_fold
+                    or st["overflow_pages"] + st["leaf_pages"] >= _KPI_LOG_PAGES):
                 self._fold_kpi_log(txn)
         if acc.events:
             self._append_events(txn, acc.events)
@@ -434,16 +437,17 @@ class SpoolBase:
     def _fold_kpi_log(self, txn: Any) -> None:
         """Add every ``kpilog`` record into the ``kpi`` counters and empty the log (in the
         caller's write transaction: a crash keeps either the log or its sum)."""
-        total = _kpi_log_sum(txn, self._db["kpilog"], None)
-        if not total:
-            return
         kdb = self._db["kpi"]
-        for key in sorted(total):
-            delta = total[key]
-            if not delta:
-                continue
-            raw = txn.get(key, db=kdb)
-            txn.put(key, K.pack_i64((K.unpack_i64(raw)[0] if raw else 0) + delta), db=kdb)
+        get, put, unpack, pack = txn.get, txn.put, K.unpack_i64, K.pack_i64
+        for did, deltas in sorted(_kpi_log_sum(txn, self._db["kpilog"], None).items()):
+            prefix = K.pack_u32(did)
+            for name in sorted(deltas):
+                delta = deltas[name]
+                if not delta:
+                    continue
+                key = prefix + name.encode()
+                raw = get(key, db=kdb)
+                put(key, pack((unpack(raw)[0] if raw else 0) + delta), db=kdb)
         txn.drop(self._db["kpilog"], delete=False)
 
     def _append_events(self, txn: Any, events: list[Any]) -> None:
@@ -460,18 +464,21 @@ class SpoolBase:
 
 
 
-def _kpi_log_sum(txn: Any, ldb: Any, did: int | None) -> dict[bytes, int]:
-    """The unfolded per-domain deltas of ``kpilog`` (all deliveries, or one), summed by
-    ``kpi`` key (did + name)."""
-    total: dict[bytes, int] = defaultdict(int)
+def _kpi_log_sum(txn: Any, ldb: Any, did: int | None) -> dict[int, dict[str, int]]:
+    """The unfolded per-domain deltas of ``kpilog`` (all deliveries, or one), summed:
+    delivery id -> counter name -> delta."""
+    per: dict[int, dict[str, int]] = {}
     for _k, raw in txn.cursor(db=ldb):
         for d, deltas in _KPI_LOG_DECODER.decode(raw):
             if did is not None and d != did:
                 continue
-            prefix = K.pack_u32(d)
+            acc = per.get(d)
+            if acc is None:
+                per[d] = deltas
+                continue
             for name, delta in deltas.items():
-                total[prefix + name.encode()] += delta
-    return total
+                acc[name] = acc.get(name, 0) + delta
+    return per
 
 
 def _open_env(real: str, cfg: SpoolConfig):

@@ -102,9 +102,8 @@ class ReadingMixin(SpoolBase):
                     break
                 out[k[4:].decode()] = K.unpack_i64(cur.value())[0]
                 ok = cur.next()
-            pending = _kpi_log_sum(txn, self._db["kpilog"], did)
-        for key, delta in pending.items():
-            name = key[4:].decode()
+            pending = _kpi_log_sum(txn, self._db["kpilog"], did).get(did, {})
+        for name, delta in pending.items():
             val = out.get(name, 0) + delta
             if val or name in out:
                 out[name] = val
@@ -116,7 +115,7 @@ class ReadingMixin(SpoolBase):
         key = K.pack_u32(did) + name.encode()
         with self._read() as txn:
             v = txn.get(key, db=self._db["kpi"])
-            extra = (_kpi_log_sum(txn, self._db["kpilog"], did).get(key, 0)
+            extra = (_kpi_log_sum(txn, self._db["kpilog"], did).get(did, {}).get(name, 0)
                      if name.startswith("domain/") else 0)
         return (K.unpack_i64(v)[0] if v is not None else 0) + extra
 
