@@ -12,13 +12,15 @@ One environment per spool directory, opened by each process itself after it star
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import logging
 import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Self
 
 import lmdb
@@ -102,6 +104,22 @@ def unmap_file_pages(data_file: str) -> None:
                     _madvise(lo, hi - lo, _MADV_DONTNEED)
     except OSError:
         return
+
+
+@contextlib.contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """No cyclic garbage collection inside a write transaction.  A commit of 1,000
+    results allocates ~10 tracked objects per result (tuples, work items, dicts) that
+    refcounting frees; the collector ran a generation-0 pass every 700 of them (perf:
+    ~6% of a commit's CPU).  Restored on exit (a process that disabled it keeps it off)."""
+    was = gc.isenabled()
+    if was:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 _REGISTRY: dict[str, SpoolBase] = {}
@@ -266,7 +284,7 @@ class SpoolBase:
         outside the transaction)."""
         for _ in range(5):
             try:
-                with self._env.begin(write=True) as txn:
+                with self._env.begin(write=True) as txn, _no_cyclic_gc():
                     out = fn(txn)
                 if self.full:
                     log.warning("spool %s: space available again, resuming", self.path)

@@ -274,3 +274,19 @@ def test_maintenance(spool):
     assert out == {"recovered": 2, "expired": 0, "released": 0}
     out = spool.maintenance(now_ms=d.expires_ms)
     assert out["expired"] == 4 and spool.kpis(did)["failed_expired"] == 4
+
+
+def test_write_transactions_restore_the_cyclic_gc_state(spool):
+    import gc
+
+    did = make_delivery(spool, 4, shards=1)
+    assert gc.isenabled()
+    items = spool.lease([0], "w", 2)
+    assert gc.isenabled()  # off only inside the transaction
+    gc.disable()
+    try:
+        spool.commit([Result(key=w.key, outcome="sent", code=250) for w in items])
+        assert not gc.isenabled()  # a process that turned it off keeps it off
+    finally:
+        gc.enable()
+    assert spool.kpis(did)["sent"] == 2
