@@ -28,7 +28,7 @@ from enum import IntEnum
 
 import msgspec
 
-SCHEMA_VERSION = 2  # 2: Rcpt.feedback, the inbound database (issue 15)
+SCHEMA_VERSION = 3  # 2: Rcpt.feedback, the inbound database (issue 15); 3: ``kpilog``
 
 
 class Status(IntEnum):

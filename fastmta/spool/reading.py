@@ -20,7 +20,7 @@ from fastmta.records import (
     Rcpt,
 )
 from fastmta.spool import keys as K
-from fastmta.spool.base import SpoolBase
+from fastmta.spool.base import SpoolBase, _kpi_log_sum
 from fastmta.spool.errors import DeliveryNotFound
 
 
@@ -89,7 +89,8 @@ class ReadingMixin(SpoolBase):
         return out
 
     def kpis(self, did: int) -> dict[str, int]:
-        """KPI counters of a delivery (maintained incrementally, never recounted)."""
+        """KPI counters of a delivery (maintained incrementally, never recounted): the
+        ``kpi`` table plus the per-domain deltas not yet folded (``kpilog``)."""
         prefix = K.pack_u32(did)
         out: dict[str, int] = {}
         with self._read() as txn:
@@ -101,13 +102,22 @@ class ReadingMixin(SpoolBase):
                     break
                 out[k[4:].decode()] = K.unpack_i64(cur.value())[0]
                 ok = cur.next()
+            pending = _kpi_log_sum(txn, self._db["kpilog"], did).get(did, {})
+        for name, delta in pending.items():
+            val = out.get(name, 0) + delta
+            if val or name in out:
+                out[name] = val
         return out
 
     def kpi(self, did: int, name: str) -> int:
-        """One KPI counter of a delivery (0 when absent): a single lookup."""
+        """One KPI counter of a delivery (0 when absent): a single lookup (plus the
+        unfolded ``kpilog`` records for a ``domain/...`` counter)."""
+        key = K.pack_u32(did) + name.encode()
         with self._read() as txn:
-            v = txn.get(K.pack_u32(did) + name.encode(), db=self._db["kpi"])
-        return K.unpack_i64(v)[0] if v is not None else 0
+            v = txn.get(key, db=self._db["kpi"])
+            extra = (_kpi_log_sum(txn, self._db["kpilog"], did).get(did, {}).get(name, 0)
+                     if name.startswith("domain/") else 0)
+        return (K.unpack_i64(v)[0] if v is not None else 0) + extra
 
     def recipients(
         self, did: int, *, chunk: int = 5000, start_id: int = 0

@@ -124,6 +124,7 @@ class Spool(EgressStateMixin, ControlsMixin, InjectMixin, CommitMixin, LeaseMixi
                 break
 
         def rest(txn: Any) -> None:
+            self._fold_kpi_log(txn)  # the delivery's unfolded domain counters too
             txn.delete(prefix, db=self._db["seen"])  # all digests of the delivery
             for name in ("kpi",):
                 cur = txn.cursor(db=self._db[name])

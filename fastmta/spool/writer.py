@@ -95,6 +95,7 @@ class ResultWriter:
         self._q: queue.Queue[Any] = queue.Queue()
         self._results: list[Result] = []  # the batch being formed on the loop
         self._waiters: list[Any] = []
+        self._lease_wait: _Call | None = None  # a lease waiting for the next batch
         self._timer: asyncio.TimerHandle | asyncio.Handle | None = None
         self._room: asyncio.Condition | None = None
         self._outstanding = 0
@@ -177,8 +178,12 @@ class ResultWriter:
 
     def _handoff(self) -> None:
         b = self._take()
+        lease, self._lease_wait = self._lease_wait, None
         if b is not None:
+            b.lease = lease  # a deferred lease rides with the batch (one transaction)
             self._q.put(b)
+        elif lease is not None:
+            self._q.put(lease)
 
     def hand(self, results: list[Result], on_durable: Callable[[BaseException | None], None]) -> None:
         """Queue a group of results without a future: ``on_durable(None)`` runs on the
@@ -219,13 +224,23 @@ class ResultWriter:
         assert self._loop is not None, "start() first"
         fut = self._loop.create_future()
         call = _Call(fn, args, kwargs, fut)
-        b = self._take()
-        if b is not None and self._is_lease(fn):  # one transaction for both (one fsync)
+        if self._lease_wait is not None:  # an earlier lease goes first, in order
+            self._handoff()
+        if not self._is_lease(fn):
+            self._handoff()
+            self._q.put(call)
+        elif self._results:  # one transaction for the batch and the lease (one fsync)
+            b = self._take()
+            assert b is not None
             b.lease = call
             self._q.put(b)
+        elif self._outstanding and self.window_s > 0:
+            # results are in flight: the lease waits for the next batch (at most the
+            # commit window) instead of a transaction and an fsync of its own
+            self._lease_wait = call
+            if self._timer is None:
+                self._timer = self._loop.call_later(self.window_s, self._handoff)
         else:
-            if b is not None:
-                self._q.put(b)
             self._q.put(call)
         return await fut
 
@@ -241,14 +256,18 @@ class ResultWriter:
                 self._do_call(item)
                 continue
             # merge the batches queued behind this one (group commit under load); a
-            # call or a lease ends the merge, so the order of writes is kept
+            # call or a lease ends the merge, so the order of writes is kept; a lease
+            # right behind is done in the same transaction, after the commit (one fsync)
             while item.lease is None and len(item.results) < self.commit_max:
                 try:
                     nxt = q.get_nowait()
                 except queue.Empty:
                     break
                 if not isinstance(nxt, _Batch):
-                    held = nxt
+                    if item.lease is None and isinstance(nxt, _Call) and self._is_lease(nxt.fn):
+                        item.lease = nxt  # a lease queued right behind: same transaction
+                    else:
+                        held = nxt
                     break
                 if len(item.results) + len(nxt.results) > self.commit_max:
                     held = nxt

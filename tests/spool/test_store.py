@@ -300,3 +300,19 @@ def test_doubles_within_one_batch_keep_the_first(spool):
     assert st.added == 3 and st.excluded == {"double": 2}
     assert [r.status for _, r in spool.recipients(did)] == [
         Status.PENDING, Status.PENDING, Status.IGNORED, Status.IGNORED, Status.PENDING]
+
+
+def test_write_transactions_restore_the_cyclic_gc_state(spool):
+    import gc
+
+    did = make_delivery(spool, 4, shards=1)
+    assert gc.isenabled()
+    items = spool.lease([0], "w", 2)
+    assert gc.isenabled()  # off only inside the transaction
+    gc.disable()
+    try:
+        spool.commit([Result(key=w.key, outcome="sent", code=250) for w in items])
+        assert not gc.isenabled()  # a process that turned it off keeps it off
+    finally:
+        gc.enable()
+    assert spool.kpis(did)["sent"] == 2

@@ -150,3 +150,61 @@ def test_hand_reports_a_failed_commit(spool):
 
     asyncio.run(asyncio.wait_for(run(), 30))
     assert len(got) == 1 and "bogus" in str(got[0])
+
+
+def test_lease_queued_behind_a_handed_batch_shares_its_transaction(spool):
+    import threading
+
+    did = make_delivery(spool, 300, shards=1)
+    gate = threading.Event()
+
+    async def run():  # no commit window: the lease is queued behind the batch at once
+        async with ResultWriter(spool, commit_batch=100, commit_window_ms=0) as w:
+            first = await w.run(spool.lease, [0], "w", 100)
+            blocked = asyncio.ensure_future(w.run(gate.wait, 10))  # the thread is busy
+            pending = asyncio.ensure_future(w.submit_many(
+                [Result(key=i.key, outcome="sent", code=250) for i in first]))
+            await asyncio.sleep(0)  # a full batch: handed off, queued behind the call
+            second = asyncio.ensure_future(w.run(spool.lease, [0], "w", 100))
+            await asyncio.sleep(0)  # queued as a call behind the batch
+            gate.set()
+            await asyncio.gather(blocked, pending)
+            items = await second
+            assert w.merged_leases == 1 and w.commits == 1
+            assert [i.rcpt_id for i in items] == list(range(100, 200))
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert spool.kpis(did)["sent"] == 100 and len(spool.leases(did)) == 100
+
+
+def test_lease_while_results_are_in_flight_waits_for_the_next_batch(spool):
+    import threading
+
+    did = make_delivery(spool, 400, shards=1)
+    gate = threading.Event()
+
+    async def run():
+        async with ResultWriter(spool, commit_batch=100, commit_window_ms=5000) as w:
+            first = await w.run(spool.lease, [0], "w", 200)
+            blocked = asyncio.ensure_future(w.run(gate.wait, 10))  # the thread is busy
+            a = asyncio.ensure_future(w.submit_many(
+                [Result(key=i.key, outcome="sent", code=250) for i in first[:100]]))
+            await asyncio.sleep(0)  # a full batch, handed off: 100 results in flight
+            second = asyncio.ensure_future(w.run(spool.lease, [0], "w", 100))
+            await asyncio.sleep(0)
+            assert not second.done() and w._lease_wait is not None  # deferred
+            b = asyncio.ensure_future(w.submit_many(
+                [Result(key=i.key, outcome="sent", code=250) for i in first[100:]]))
+            await asyncio.sleep(0)  # the next full batch takes the lease along
+            assert w._lease_wait is None
+            gate.set()
+            await asyncio.gather(blocked, a, b)
+            items = await second
+            # both batches and the lease in one transaction (the thread merged them)
+            assert w.commits == 1 and w.merged_leases == 1 and w.merged_batches == 1
+            assert [i.rcpt_id for i in items] == list(range(200, 300))
+            # with nothing in flight a lease does not wait
+            assert len(await asyncio.wait_for(w.run(spool.lease, [0], "w", 10), 1)) == 10
+
+    asyncio.run(asyncio.wait_for(run(), 30))
+    assert spool.kpis(did)["sent"] == 200 and len(spool.leases(did)) == 110
