@@ -501,6 +501,14 @@ KINDS_CLS16 = [
     ("421 Zu viele E-Mails in kurzer Zeit, bitte spaeter erneut versuchen", "mail", (70, True, "sender", "none"), "soft"),
     ("421 Слишком часто, попробуйте позже", "mail", (70, True, "sender", "none"), "soft"),
     ("421 4.7.0 Try again later", "mail", (20, False, "none", "none"), "soft"),
+    # Postfix anvil per-client limits are sender rates, not per-transaction caps
+    ("452 4.7.0 Error: too many recipients from 198.51.100.7", "rcpt", (70, True, "sender", "none"), "soft"),
+    ("452 4.5.3 Too many recipients", "rcpt", (70, False, "none", "too_many_recipients"), "soft"),
+    # AOL legacy block families; RLY:SN is the sender address, not the IP
+    ("554 (RLY:B1) http://postmaster.info.aol.com/errors/554rlyb1.html", "connect", (51, True, "sender", "none"), "soft"),
+    ("554 5.7.1 (RLY:SN) banned address", "mail", (50, False, "none", "none"), "soft"),
+    # suspicious / unusual activity of the sending host at connect: reputation
+    ("421 4.7.0 Unusual traffic from your network, try again later", "connect", (51, True, "sender", "none"), "soft"),
 ]
 
 
