@@ -509,6 +509,11 @@ KINDS_CLS16 = [
     ("554 5.7.1 (RLY:SN) banned address", "mail", (50, False, "none", "none"), "soft"),
     # suspicious / unusual activity of the sending host at connect: reputation
     ("421 4.7.0 Unusual traffic from your network, try again later", "connect", (51, True, "sender", "none"), "soft"),
+    # what a mailbox receives, or a rate with an x.2.0/x.2.1 mailbox status, is the recipient's
+    ("450 Incoming rate for this mailbox exceeded", "rcpt", (70, True, "recipient", "none"), "soft"),
+    ("450 4.2.1 Too many messages, please slow down", "rcpt", (70, True, "recipient", "none"), "soft"),
+    ("450 4.2.1 Too many messages from your IP, slow down", "rcpt", (70, True, "sender", "none"), "soft"),
+    ("452 4.2.2 Mailbox full", "rcpt", (22, False, "none", "none"), "soft"),
 ]
 
 
