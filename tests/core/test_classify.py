@@ -514,6 +514,11 @@ KINDS_CLS16 = [
     ("450 4.2.1 Too many messages, please slow down", "rcpt", (70, True, "recipient", "none"), "soft"),
     ("450 4.2.1 Too many messages from your IP, slow down", "rcpt", (70, True, "sender", "none"), "soft"),
     ("452 4.2.2 Mailbox full", "rcpt", (22, False, "none", "none"), "soft"),
+    # complaint / bounce rates and temporary restrictions of our host: reputation throttles
+    ("421 4.7.0 Too many spam complaints, try again later", "mail", (51, True, "sender", "none"), "soft"),
+    ("450 4.7.1 Your IP is temporarily restricted", "rcpt", (51, True, "sender", "none"), "soft"),
+    ("451 4.7.1 Daily quota exceeded for sender", "rcpt", (70, True, "sender", "none"), "soft"),
+    ("452 4.2.2 Quota exceeded", "rcpt", (22, False, "none", "none"), "soft"),
 ]
 
 
