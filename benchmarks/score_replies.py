@@ -8,7 +8,9 @@ Usage::
 ``_third`` are two later batches; ``_third`` was scored once and never tuned on): real
 reply texts quoted from providers' pages, the SMTP Field Manual data and field reports
 (each with its URL), collected after the rules and labelled by issue 16's definitions;
-none of them is in the own set.
+none of them is in the own set.  ``_sixth`` (102 replies) is the sixth batch, collected
+2026-12-08 (mostly from other pages than the earlier batches) and unseen by the rules at
+collection time; none of its normalised texts is in ``tests/data`` or the shared corpus.
 
 Each line of the file is one reply written after a provider's published postmaster page,
 an MTA manual or an RFC (its ``source``), with the command it answers, its ``kind`` (what

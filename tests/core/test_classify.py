@@ -463,3 +463,67 @@ def test_issue16e_kinds(impl, reply, command, expected, kind):
     if expected is not None:
         assert (c.bounce_class, c.throttle, c.throttle_scope, c.effect) == expected, c.rule
     assert c.type == kind, c.rule
+
+
+# provider code families and sender-volume vocabulary (branch cls16): own wordings after the
+# providers' code tables, with the near misses that must stay out
+KINDS_CLS16 = [
+    # Yahoo bracketed deferral codes and "messages from <ip> deferred": sender, reputation
+    ("421 4.7.0 [TSS07] Messages from 198.51.100.7 temporarily deferred", "mail", (51, True, "sender", "none"), "soft"),
+    ("421 [MC02] temporarily deferred", "mail", (51, True, "sender", "none"), "soft"),
+    ("421 4.7.1 [TS03] All messages from 198.51.100.7 will be permanently deferred", "mail", (51, True, "sender", "none"), "soft"),
+    ("451 Messages from your server are deferred, slow down", "rcpt", (51, True, "sender", "none"), "soft"),
+    ("451 Message temporarily deferred due to unresolvable RFC.5321 from domain", "mail", (50, False, "none", "none"), "soft"),
+    ("451 4.7.1 Greylisted: messages from 198.51.100.7 deferred for 5 minutes", "rcpt", (70, False, "none", "none"), "soft"),
+    # T-Online IP=<ip>: a block of the host; an SPF text with client-ip= is authentication
+    ("554 IP=198.51.100.7 - A problem occurred. (BL)", "connect", (51, True, "sender", "none"), "soft"),
+    ("550 5.7.23 SPF fail for example.org, client-ip=198.51.100.7", "mail", (50, False, "none", "none"), "soft"),
+    # GoDaddy / Spectrum / Cox / Comcast / Orange code ranges
+    ("421 Too many sessions. IB007", "connect", (70, True, "sender", "connection_limit"), "soft"),
+    ("550 Session message limit. IB510", "mail", (70, False, "none", "session_cap"), "soft"),
+    ("554 Connection refused. (IB104)", "connect", (51, True, "sender", "none"), "soft"),
+    ("421 4.7.0 Connection refused AUP#I-1330", "connect", (70, True, "sender", "connection_limit"), "soft"),
+    ("550 5.7.1 Rejected AUP#I-1220", "connect", (51, True, "sender", "none"), "soft"),
+    ("421 4.7.0 Too many messages AUP#CXMXRT", "mail", (70, True, "sender", "none"), "soft"),
+    ("554 blocked AUP#IPBL0101", "connect", (51, True, "sender", "none"), "soft"),
+    ("554 comcast see smtp-error-codes.php#BL000001", "connect", (51, True, "sender", "none"), "soft"),
+    ("421 mwinf ME Trop de connexions. OFR005_104 [104]", "connect", (70, True, "sender", "connection_limit"), "soft"),
+    # Microsoft 4.7.5xx-8xx "access denied, try again later"; 5.2.122 recipient limit
+    ("451 4.7.855 Access denied, please try again later", "mail", (51, True, "sender", "none"), "soft"),
+    ("550 5.2.121 Recipient's per sender limit for number of messages per hour exceeded", "rcpt",
+     (70, True, "recipient", "none"), "soft"),
+    # policy violations / blocked at connect or MAIL: a reputation slow-down; policy texts out
+    ("450 4.7.1 Deferred for policy violation", "rcpt", (51, True, "sender", "none"), "soft"),
+    ("421 Service unavailable, your IP has been temporarily banned", "connect", (51, True, "sender", "none"), "soft"),
+    ("450 4.7.1 Sender address blocked by policy", "mail", (50, False, "none", "none"), "soft"),
+    ("421 4.7.0 TLS policy violation: STARTTLS required", "mail", (50, False, "none", "none"), "soft"),
+    # sender volume in the issue's languages; a bare "try again later" stays transient
+    ("421 Zu viele E-Mails in kurzer Zeit, bitte spaeter erneut versuchen", "mail", (70, True, "sender", "none"), "soft"),
+    ("421 Слишком часто, попробуйте позже", "mail", (70, True, "sender", "none"), "soft"),
+    ("421 4.7.0 Try again later", "mail", (20, False, "none", "none"), "soft"),
+    # Postfix anvil per-client limits are sender rates, not per-transaction caps
+    ("452 4.7.0 Error: too many recipients from 198.51.100.7", "rcpt", (70, True, "sender", "none"), "soft"),
+    ("452 4.5.3 Too many recipients", "rcpt", (70, False, "none", "too_many_recipients"), "soft"),
+    # AOL legacy block families; RLY:SN is the sender address, not the IP
+    ("554 (RLY:B1) http://postmaster.info.aol.com/errors/554rlyb1.html", "connect", (51, True, "sender", "none"), "soft"),
+    ("554 5.7.1 (RLY:SN) banned address", "mail", (50, False, "none", "none"), "soft"),
+    # suspicious / unusual activity of the sending host at connect: reputation
+    ("421 4.7.0 Unusual traffic from your network, try again later", "connect", (51, True, "sender", "none"), "soft"),
+    # what a mailbox receives, or a rate with an x.2.0/x.2.1 mailbox status, is the recipient's
+    ("450 Incoming rate for this mailbox exceeded", "rcpt", (70, True, "recipient", "none"), "soft"),
+    ("450 4.2.1 Too many messages, please slow down", "rcpt", (70, True, "recipient", "none"), "soft"),
+    ("450 4.2.1 Too many messages from your IP, slow down", "rcpt", (70, True, "sender", "none"), "soft"),
+    ("452 4.2.2 Mailbox full", "rcpt", (22, False, "none", "none"), "soft"),
+    # complaint / bounce rates and temporary restrictions of our host: reputation throttles
+    ("421 4.7.0 Too many spam complaints, try again later", "mail", (51, True, "sender", "none"), "soft"),
+    ("450 4.7.1 Your IP is temporarily restricted", "rcpt", (51, True, "sender", "none"), "soft"),
+    ("451 4.7.1 Daily quota exceeded for sender", "rcpt", (70, True, "sender", "none"), "soft"),
+    ("452 4.2.2 Quota exceeded", "rcpt", (22, False, "none", "none"), "soft"),
+]
+
+
+@pytest.mark.parametrize("reply,command,expected,kind", KINDS_CLS16, ids=[c[0][:48] for c in KINDS_CLS16])
+def test_cls16_provider_codes_and_volume(impl, reply, command, expected, kind):
+    c = impl.classify(reply, command)
+    assert (c.bounce_class, c.throttle, c.throttle_scope, c.effect) == expected, c.rule
+    assert c.type == kind, c.rule
