@@ -64,7 +64,7 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
             bp["last_ms"] = max(bp["last_ms"], d)
             first_ms = d if not first_ms else min(first_ms, d)
             last_ms = max(last_ms, d)
-            timeline[max(0, int((d - wall0_ms) // TIMELINE_MS))] += 1
+            timeline[d] += 1
             j = bisect.bisect_right(lines, r.line) - 1
             if j >= 0 and j + 1 < len(lines):  # interpolate within the 512-row mark
                 a, b = lines[j], lines[j + 1]
@@ -120,8 +120,20 @@ def _audit(spool, runs, world, accepted: dict[str, int], wall0_ms) -> dict:
         "problems": problems[:10], "n_problems": len(problems),
         "latency_p50": round(_pct(lat, 0.50), 1), "latency_p99": round(_pct(lat, 0.99), 1),
         "by_provider": by_provider, "_capped": capped, "_first_ms": first_ms, "_last_ms": last_ms,
-        "accepted_per_250ms": [timeline[i] for i in range(max(timeline) + 1)] if timeline else [],
+        "accepted_per_250ms": _timeline(timeline, wall0_ms),
     }
+
+
+def _timeline(done: Counter, wall0_ms: float) -> list[int]:
+    """Acceptances per TIMELINE_MS from ``wall0_ms`` (from the first acceptance when no
+    injection time is given, e.g. the warm-up bench's simulated days)."""
+    if not done:
+        return []
+    base = wall0_ms if wall0_ms > 0 else min(done)
+    out = [0] * (max(0, int((max(done) - base) // TIMELINE_MS)) + 1)
+    for d, n in done.items():
+        out[max(0, int((d - base) // TIMELINE_MS))] += n
+    return out
 
 
 def _runs(spool, runs):

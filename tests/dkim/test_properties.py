@@ -113,7 +113,9 @@ def test_relaxed_of_canonical_text(lines, at, flaw):
     at = at % (len(body) + 1)
     body = body[:at] + flaw + body[at:]
     want = _dkim_py.body_relaxed(body)
-    if body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n"):  # dkimpy takes CRLF
+    # dkimpy takes CRLF, and keeps the WSP of an unterminated last line (it strips WSP
+    # only before a CRLF, then appends one): compared on CRLF-terminated bodies only
+    if body.count(b"\r") == body.count(b"\n") == body.count(b"\r\n") and body.endswith(b"\r\n"):
         assert want == Relaxed.canonicalize_body(body)
     for impl in IMPLS.values():
         assert impl.body_relaxed(body) == want
