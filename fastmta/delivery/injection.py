@@ -288,11 +288,17 @@ def _checked(
         counts["smtputf8"] += 1
     dom = norm[norm.rindex("@") + 1:]
     shard = shard_of(dom)
-    if len(domains) >= _DOMAIN_MEMO_MAX:
-        domains.clear()
-    # the normalised domain is a function of the domain as written (check_address)
-    domains[email.strip().rpartition("@")[2]] = (dom, shard)
+    _memo_domain(domains, email, dom, shard)
     return RecipientIn(norm, vals, shard, line, "", utf8)
+
+
+def _memo_domain(memo: dict[str, tuple[str, int]], email: str, dom: str, shard: int) -> None:
+    """Remember a valid address's domain as written -> (normalised, shard) for the fast
+    path of ``csv_rows`` (the normalised domain is a function of the written one,
+    ``check_address``); bounded at ``_DOMAIN_MEMO_MAX`` domains."""
+    if len(memo) >= _DOMAIN_MEMO_MAX:
+        memo.clear()
+    memo[email.strip().rpartition("@")[2]] = (dom, shard)
 
 
 def valid_domains(reader: RecipientReader) -> set[str]:
@@ -321,9 +327,7 @@ def valid_domains(reader: RecipientReader) -> set[str]:
             if not err:
                 dom = norm.rpartition("@")[2]
                 domains.add(dom)
-                if len(memo) >= _DOMAIN_MEMO_MAX:
-                    memo.clear()
-                memo[row[1].strip().rpartition("@")[2]] = (dom, 0)
+                _memo_domain(memo, row[1], dom, 0)
         if len(items) < _CSV_BATCH:
             return domains
 

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Self
 
 import lmdb
@@ -422,24 +422,13 @@ class SpoolBase:
         place; the per-domain ones (``domain/...``: one per touched domain, ~1,000 keys
         per commit at 5,000 domains) go as ONE ``kpilog`` record per transaction, folded
         into ``kpi`` every ``_kpi_log_fold`` records (readers add the unfolded records)."""
-        kdb = self._db["kpi"]
         logged: list[tuple[int, dict[str, int]]] = []
         for did, deltas in acc.kpi.items():
-            prefix = K.pack_u32(did)
-            dom: dict[str, int] | None = None
-            for name, delta in deltas.items():
-                if not delta:
-                    continue
-                if name.startswith("domain/"):
-                    if dom is None:
-                        dom = {}
-                        logged.append((did, dom))
-                    dom[name] = delta
-                    continue
-                key = prefix + name.encode()
-                raw = txn.get(key, db=kdb)
-                val = (K.unpack_i64(raw)[0] if raw else 0) + delta
-                txn.put(key, K.pack_i64(val), db=kdb)
+            dom = {n: d for n, d in deltas.items() if d and n.startswith("domain/")}
+            if dom:
+                logged.append((did, dom))
+            _add_counters(txn, self._db["kpi"], did,
+                          [(n, d) for n, d in deltas.items() if n not in dom])
         if logged:
             ldb = self._db["kpilog"]
             cur = txn.cursor(db=ldb)
@@ -455,17 +444,8 @@ class SpoolBase:
     def _fold_kpi_log(self, txn: Any) -> None:
         """Add every ``kpilog`` record into the ``kpi`` counters and empty the log (in the
         caller's write transaction: a crash keeps either the log or its sum)."""
-        kdb = self._db["kpi"]
-        get, put, unpack, pack = txn.get, txn.put, K.unpack_i64, K.pack_i64
         for did, deltas in sorted(_kpi_log_sum(txn, self._db["kpilog"], None).items()):
-            prefix = K.pack_u32(did)
-            for name in sorted(deltas):
-                delta = deltas[name]
-                if not delta:
-                    continue
-                key = prefix + name.encode()
-                raw = get(key, db=kdb)
-                put(key, pack((unpack(raw)[0] if raw else 0) + delta), db=kdb)
+            _add_counters(txn, self._db["kpi"], did, sorted(deltas.items()))
         txn.drop(self._db["kpilog"], delete=False)
 
     def _append_events(self, txn: Any, events: list[Any]) -> None:
@@ -480,6 +460,17 @@ class SpoolBase:
             seq += 1
         cur.putmulti(items, append=True)
 
+
+
+def _add_counters(txn: Any, kdb: Any, did: int, deltas: Iterable[tuple[str, int]]) -> None:
+    """Add each (counter name, delta) of delivery ``did`` into the ``kpi`` table."""
+    prefix = K.pack_u32(did)
+    get, put, unpack, pack = txn.get, txn.put, K.unpack_i64, K.pack_i64
+    for name, delta in deltas:
+        if delta:
+            key = prefix + name.encode()
+            raw = get(key, db=kdb)
+            put(key, pack((unpack(raw)[0] if raw else 0) + delta), db=kdb)
 
 
 def _kpi_log_sum(txn: Any, ldb: Any, did: int | None) -> dict[int, dict[str, int]]:
